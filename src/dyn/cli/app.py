@@ -1,0 +1,41 @@
+"""The ``dyn`` command. Each command lives in its own module and imports its heavy
+dependencies only when it runs, so ``dyn --help`` stays fast."""
+
+from __future__ import annotations
+
+import typer
+
+from dyn import __version__
+from dyn.cli import graph_cmd, up
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="dyn",
+    help="Run and study distributed LLM-serving pipelines.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+app.add_typer(graph_cmd.app, name="graph")
+app.command("up")(up.up)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"dyn {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Run and study distributed LLM-serving pipelines."""
+
+
+def main() -> None:
+    app()

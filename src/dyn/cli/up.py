@@ -1,0 +1,132 @@
+"""``dyn up``: run a graph until Ctrl-C or SIGTERM, then drain and exit 0."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from dyn.cli._common import expected_errors
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from dyn.graph import GraphSpec
+    from dyn.launch.base import Launcher, LaunchObserver
+
+__all__ = ["up"]
+
+
+@expected_errors
+def up(
+    graph_file: Annotated[Path, typer.Argument(help="The graph to run, e.g. graphs/hello_world.yaml.")],
+    port: Annotated[
+        int | None, typer.Option("--port", "-p", help="The frontend's port (overrides the graph).")
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Override COMPONENT.KEY=VALUE (a component field or config key; VALUE is YAML). "
+            "Repeatable.",
+            metavar="COMPONENT.KEY=VALUE",
+        ),
+    ] = None,
+    log_level: Annotated[
+        str, typer.Option(help="debug, info, warning or error.")
+    ] = "info",
+    json_logs: Annotated[bool, typer.Option("--json-logs", help="Log one JSON object per line.")] = False,
+) -> None:
+    """Start every role of a graph, show them coming up, and serve until Ctrl-C."""
+    import anyio
+    from rich.console import Console
+
+    from dyn.observability.logs import setup_logging
+
+    setup_logging(log_level, json_logs=json_logs)
+    graph = resolve_graph(graph_file, list(set_ or ()), port)
+    console = Console(stderr=True, highlight=False)
+    launcher = choose_launcher(graph)
+    anyio.run(_serve, graph, launcher, _ConsoleObserver(console, graph))
+
+
+def resolve_graph(path: Path, overrides: list[str], port: int | None) -> GraphSpec:
+    """Load the graph once with every override applied, ``--port`` included."""
+    from dyn.errors import SpecError
+    from dyn.graph import load_graph
+
+    graph = load_graph(path, overrides)
+    if port is not None:
+        frontends = graph.frontends()
+        if not frontends:
+            raise SpecError([f"{path}: --port needs a graph with a frontend component"])
+        graph = load_graph(path, [*overrides, f"{frontends[0].name}.port={port}"])
+    return graph
+
+
+def choose_launcher(graph: GraphSpec) -> Launcher:
+    from dyn.launch.inprocess import InProcessLauncher
+
+    return InProcessLauncher()
+
+
+async def _serve(graph: GraphSpec, launcher: Launcher, observer: LaunchObserver) -> None:
+    import anyio
+
+    stop = anyio.Event()
+
+    async def watch_signals(scope: anyio.CancelScope) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for _ in signals:
+                if stop.is_set():
+                    scope.cancel()  # a second Ctrl-C: stop waiting for the drain
+                    return
+                stop.set()
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(watch_signals, tasks.cancel_scope)
+        await launcher.run(graph, observer, stop)
+        tasks.cancel_scope.cancel()
+
+
+class _ConsoleObserver:
+    """Shows progress on stderr; the URL and a curl line to try go to stdout."""
+
+    def __init__(self, console: Console, graph: GraphSpec) -> None:
+        self.console = console
+        self.graph = graph
+
+    def role_starting(self, role: str, node: str) -> None:
+        self.console.print(f"[dim]…[/] starting [bold]{role}[/] on {node}")
+
+    def role_up(self, role: str, node: str, seconds: float) -> None:
+        self.console.print(f"[green]✓[/] [bold]{role}[/] up on {node} ({seconds * 1000:.0f} ms)")
+
+    def graph_ready(self, url: str | None, seconds: float) -> None:
+        self.console.print(
+            f"[green]✓[/] graph [bold]{self.graph.name}[/] ready in {seconds:.2f} s "
+            f"({self.graph.transport} transport, {self.graph.discovery.backend} discovery)"
+        )
+        if url:
+            routes = self._example_routes()
+            typer.echo(f"Serving on {url}")
+            for route in routes:
+                typer.echo(f"Try:  curl -N {url}{route} -d '{{\"text\":\"test\"}}'")
+        self.console.print("[dim]Press Ctrl-C to stop.[/]")
+
+    def _example_routes(self) -> list[str]:
+        from dyn.roles.frontend_config import FrontendConfig
+
+        routes: list[str] = []
+        for spec in self.graph.frontends():
+            if isinstance(spec.config, FrontendConfig):
+                routes += list(spec.config.routes)
+        return routes[:1]
+
+    def stopping(self) -> None:
+        self.console.print("[yellow]stopping[/]: draining the frontend, then the other roles")
+
+    def role_stopped(self, role: str) -> None:
+        self.console.print(f"[dim]■ {role} stopped[/]")

@@ -1,0 +1,33 @@
+"""What every launcher shares: the observer it reports progress to, and its interface."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import anyio
+
+from dyn.graph import GraphSpec
+
+__all__ = ["LaunchObserver", "Launcher"]
+
+
+class LaunchObserver:
+    """Receives a launcher's progress. The CLI renders it; tests may record it."""
+
+    def role_starting(self, role: str, node: str) -> None: ...
+    def role_up(self, role: str, node: str, seconds: float) -> None: ...
+    def graph_ready(self, url: str | None, seconds: float) -> None: ...
+    def stopping(self) -> None: ...
+    def role_stopped(self, role: str) -> None: ...
+
+
+class Launcher(ABC):
+    """Runs a whole graph until ``stop`` is set, then drains and stops every role.
+
+    ``run`` returns once nothing it started is left running (no process, no listening
+    socket). A role that fails to start raises :class:`~dyn.errors.LaunchError`.
+    """
+
+    @abstractmethod
+    async def run(self, graph: GraphSpec, observer: LaunchObserver, stop: anyio.Event) -> None:
+        """Start every role, report progress, wait for ``stop``, then shut down."""

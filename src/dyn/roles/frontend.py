@@ -1,0 +1,244 @@
+"""The HTTP frontend role: starlette routes served by uvicorn inside the runtime.
+
+Routes from the graph (``routes: {/generate: middle/generate}``) take a JSON body, call
+the endpoint, and stream each item back as one line of text. ``/health`` is 503 until
+every route's target has a live instance; ``/metrics`` is Prometheus text.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import AsyncIterator
+from contextlib import nullcontext
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import anyio
+
+from dyn.errors import CallError, DynError, LaunchError, NoInstancesError
+from dyn.observability.metrics import FrontendMetrics
+from dyn.roles.frontend_config import FrontendConfig
+from dyn.roles.http_errors import error_body, status_for
+from dyn.runtime.client import Client, ResponseStream
+from dyn.runtime.component import Component
+
+if TYPE_CHECKING:
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+
+__all__ = ["Frontend"]
+
+RETRY_AFTER_S = "1"
+
+
+class Frontend(Component[FrontendConfig]):
+    """Serves HTTP and calls the components the graph wires to it."""
+
+    open_dependencies: ClassVar[bool] = True
+
+    async def start(self) -> None:
+        self.metrics = FrontendMetrics(self.runtime.registry)
+        self.url = ""
+        self._server: uvicorn.Server | None = None
+        self._socket = self._bind()
+        self.port = self._socket.getsockname()[1]
+        self.url = f"http://{_url_host(self.config.host)}:{self.port}"
+        self._targets: dict[str, tuple[Client, str]] = {}
+        for path, target in self.config.routes.items():
+            component, _, endpoint = target.partition("/")
+            self._targets[path] = (self._dyn_clients[component], endpoint)
+
+    def _bind(self) -> socket.socket:
+        family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.config.host, self.config.port))
+        except OSError as exc:
+            sock.close()
+            raise LaunchError(
+                f"frontend {self.info.component!r} cannot listen on "
+                f"{self.config.host}:{self.config.port}: {exc.strerror}; "
+                "choose another port with --port"
+            ) from exc
+        sock.listen(2048)
+        sock.setblocking(False)
+        return sock
+
+    def ready(self) -> bool:
+        return self._server is not None and self._server.started
+
+    async def run(self) -> None:
+        import uvicorn
+
+        config = uvicorn.Config(
+            self.build_app(),
+            log_level="warning",
+            lifespan="off",
+            access_log=False,
+            timeout_graceful_shutdown=30,
+        )
+        self._server = _Server(config)
+        try:
+            await self._server.serve(sockets=[self._socket])
+        finally:
+            self._socket.close()
+
+    async def drain(self) -> None:
+        """Stop accepting, let the requests in flight finish, then return."""
+        server = self._server
+        if server is None:
+            return
+        server.should_exit = True
+        while server.started and (server.server_state.connections or server.server_state.tasks):
+            await anyio.sleep(0.05)
+
+    # -- the ASGI app --------------------------------------------------------------------
+
+    def build_app(self) -> Starlette:
+        from starlette.applications import Starlette
+        from starlette.routing import Route
+
+        routes = [
+            Route("/health", self._health, methods=["GET"]),
+            Route("/metrics", self._metrics_route, methods=["GET"]),
+        ]
+        routes += [Route(path, self._stream_route, methods=["POST"]) for path in self._targets]
+        return Starlette(routes=routes)
+
+    def health(self) -> tuple[bool, dict[str, list[str]]]:
+        """Whether every route's target has an instance, and the instances by target."""
+        instances: dict[str, list[str]] = {}
+        for client, endpoint in self._targets.values():
+            key = f"{client.component}/{endpoint}"
+            instances[key] = [i.instance_id for i in client.instances(endpoint)]
+        return all(instances.values()), instances
+
+    async def _health(self, request: Request) -> Response:
+        from starlette.responses import JSONResponse
+
+        healthy, instances = self.health()
+        body = {"status": "healthy" if healthy else "unavailable", "instances": instances}
+        return JSONResponse(body, status_code=200 if healthy else 503)
+
+    async def _metrics_route(self, request: Request) -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+        from starlette.responses import Response
+
+        body = generate_latest(self.runtime.registry)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+    async def _stream_route(self, request: Request) -> Response:
+        from starlette.responses import StreamingResponse
+
+        route = request.url.path
+        started = time.perf_counter()
+        self.metrics.inflight.labels(route).inc()
+        stream: ResponseStream | None = None
+        try:
+            payload = await self._read_json(request)
+            client, endpoint = self._targets[route]
+            stream = client.stream(endpoint, payload)
+            # Wait for the first item before answering, so that an error still gets its
+            # own status code rather than a 200 with an error line.
+            first = await anext(stream, _END)
+        except (DynError, _HttpError) as exc:
+            if stream is not None:
+                await stream.aclose()
+            self.metrics.inflight.labels(route).dec()
+            return self._error_response(route, exc, started)
+
+        async def lines() -> AsyncIterator[bytes]:
+            assert stream is not None
+            status = "200"
+            try:
+                async with stream:
+                    if first is not _END:
+                        yield f"{self.config.prefix}{_as_text(first)}\n".encode()
+                        async for item in stream:
+                            yield f"{self.config.prefix}{_as_text(item)}\n".encode()
+            except CallError as exc:
+                status = str(status_for(exc.code))
+                yield f"error: {exc.message}\n".encode()
+            except BaseException:
+                status = "499"  # the client went away
+                raise
+            finally:
+                self._finish(route, status, started)
+
+        return StreamingResponse(lines(), media_type="text/plain; charset=utf-8")
+
+    async def _read_json(self, request: Request) -> Any:
+        limit = self.config.max_body_bytes
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise _HttpError(413, f"request body is larger than {limit} bytes")
+        try:
+            # Any content-type is accepted so that a bare `curl -d '{...}'` works.
+            payload = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise _HttpError(400, f"request body is not valid JSON: {exc}") from exc
+        if not isinstance(payload, dict):
+            raise _HttpError(400, "request body must be a JSON object")
+        return payload
+
+    def _error_response(self, route: str, exc: Exception, started: float) -> Response:
+        from starlette.responses import JSONResponse
+
+        if isinstance(exc, _HttpError):
+            status, message, code = exc.status, exc.message, None
+        elif isinstance(exc, NoInstancesError):
+            status, message, code = 503, str(exc), "unavailable"
+        elif isinstance(exc, CallError):
+            status, message, code = status_for(exc.code), exc.message, exc.code
+        else:
+            status, message, code = 500, str(exc), "internal"
+        headers = {"Retry-After": RETRY_AFTER_S} if status in (429, 503) else None
+        self._finish(route, str(status), started, inflight=False)
+        return JSONResponse(error_body(status, message, code=code), status, headers=headers)
+
+    def _finish(self, route: str, status: str, started: float, inflight: bool = True) -> None:
+        self.metrics.requests.labels(route, status).inc()
+        self.metrics.duration.labels(route).observe(time.perf_counter() - started)
+        if inflight:
+            self.metrics.inflight.labels(route).dec()
+
+
+class _HttpError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+_END: Any = object()
+
+
+def _as_text(item: Any) -> str:
+    return item if isinstance(item, str) else json.dumps(item)
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", "::", ""):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
+def _server_class() -> type[uvicorn.Server]:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        # dyn handles SIGINT/SIGTERM itself and drains every role in order.
+        def capture_signals(self) -> Any:
+            return nullcontext()
+
+    return Server
+
+
+def _Server(config: uvicorn.Config) -> uvicorn.Server:  # noqa: N802 - reads as a class
+    return _server_class()(config)

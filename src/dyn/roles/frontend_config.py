@@ -1,0 +1,26 @@
+"""The frontend's config, kept apart from the server so validating a graph stays light."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+
+__all__ = ["FrontendConfig"]
+
+Port = Annotated[int, msgspec.Meta(ge=1, le=65535, description="a TCP port, 1-65535")]
+
+
+class FrontendConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Where the HTTP frontend listens and what its routes call.
+
+    ``routes`` maps an HTTP path to ``component/endpoint``; a POST to that path sends the
+    JSON body to the endpoint and streams each item back as one line of text, prefixed
+    with ``prefix``.
+    """
+
+    host: str = "127.0.0.1"
+    port: Port = 8000
+    routes: dict[str, str] = msgspec.field(default_factory=dict)
+    prefix: str = ""
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=1)] = 1 << 20

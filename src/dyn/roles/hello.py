@@ -1,0 +1,62 @@
+"""The seed's hello-world roles: Middle appends ``-mid``, Backend appends ``-back`` and
+streams the words one at a time. Each hop prefixes what it relays.
+
+They double as the example of writing your own component (see the README).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+
+from dyn.errors import BadRequestError
+from dyn.runtime.component import Component, depends, endpoint
+from dyn.runtime.context import Context
+
+__all__ = ["Backend", "BackendConfig", "Middle", "MiddleConfig"]
+
+
+def _text_of(request: Any) -> str:
+    if isinstance(request, dict) and isinstance(request.get("text"), str):
+        return request["text"]
+    raise BadRequestError("request must be an object with a string field 'text'")
+
+
+class MiddleConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    suffix: str = "-mid"
+    prefix: str = "Middle: "
+
+
+class Middle(Component[MiddleConfig]):
+    """Appends a suffix, forwards to the backend, and prefixes every item it relays."""
+
+    backend = depends()
+
+    @endpoint
+    async def generate(self, request: Any, ctx: Context) -> AsyncIterator[str]:
+        forwarded = {"text": _text_of(request) + self.config.suffix}
+        async with self.backend.stream("generate", forwarded) as items:
+            async for item in items:
+                yield f"{self.config.prefix}{item}"
+
+
+class BackendConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    suffix: str = "-back"
+    prefix: str = "Backend: "
+    delay_s: float = 0.0
+
+
+class Backend(Component[BackendConfig]):
+    """Appends a suffix, then streams the words of the text one at a time."""
+
+    @endpoint
+    async def generate(self, request: Any, ctx: Context) -> AsyncIterator[str]:
+        import anyio
+
+        text = _text_of(request) + self.config.suffix
+        for word in text.split():
+            if self.config.delay_s:
+                await anyio.sleep(self.config.delay_s)
+            yield f"{self.config.prefix}{word}"

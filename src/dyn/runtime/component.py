@@ -1,0 +1,171 @@
+"""How a role is declared in Python.
+
+A component is a class deriving from :class:`Component`, parametrised by its config
+struct. Its endpoints are async generator methods marked with :func:`endpoint`; each
+takes the decoded request and a :class:`~dyn.runtime.context.Context` and yields items
+(anything msgpack can carry). Its dependencies are class attributes made with
+:func:`depends`; the runtime injects a :class:`~dyn.runtime.client.Client` for each one,
+bound to the component the graph wires to that slot::
+
+    class MiddleConfig(msgspec.Struct, forbid_unknown_fields=True):
+        suffix: str = "-mid"
+
+    class Middle(Component[MiddleConfig]):
+        backend = depends()
+
+        @endpoint
+        async def generate(self, request: dict[str, Any], ctx: Context) -> AsyncIterator[str]:
+            async for item in self.backend.stream("generate", {"text": request["text"]}):
+                yield f"Middle: {item}"
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, get_args, get_origin, overload
+
+import msgspec
+
+if TYPE_CHECKING:
+    from dyn.runtime.client import Client
+    from dyn.runtime.context import Context
+    from dyn.runtime.runtime import Runtime
+
+__all__ = [
+    "Component",
+    "ComponentInfo",
+    "Dependency",
+    "EmptyConfig",
+    "EndpointFn",
+    "depends",
+    "endpoint",
+]
+
+
+class EmptyConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """The config of a component that takes none."""
+
+
+ConfigT = TypeVar("ConfigT", bound=msgspec.Struct)
+EndpointFn = Callable[[Any, Any, "Context"], AsyncIterator[Any]]
+
+_ENDPOINT_MARK = "__dyn_endpoint__"
+
+
+def endpoint(fn: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+    """Mark an async generator method as an endpoint named after the method."""
+    setattr(fn, _ENDPOINT_MARK, True)
+    return fn
+
+
+class Dependency:
+    """A dependency slot: a class attribute the runtime fills with a client."""
+
+    def __init__(self, *, strategy: str | None = None) -> None:
+        self.slot = ""
+        self.strategy = strategy
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.slot = name
+
+    @overload
+    def __get__(self, obj: None, owner: type) -> Dependency: ...
+    @overload
+    def __get__(self, obj: object, owner: type) -> Client: ...
+    def __get__(self, obj: object | None, owner: type) -> Dependency | Client:
+        if obj is None:
+            return self
+        clients: dict[str, Client] = obj.__dict__.get("_dyn_clients", {})
+        try:
+            return clients[self.slot]
+        except KeyError:
+            raise AttributeError(
+                f"dependency {self.slot!r} of {type(obj).__name__} is not wired; "
+                "the graph must list it under depends_on"
+            ) from None
+
+
+def depends(*, strategy: str | None = None) -> Any:
+    """Declare a dependency slot, optionally with a default routing strategy.
+
+    Typed as ``Any`` so that ``backend = depends()`` reads as a client in the class body.
+    """
+    return Dependency(strategy=strategy)
+
+
+class ComponentInfo(msgspec.Struct, frozen=True):
+    """Where an instance of a component lives, as the runtime sees it."""
+
+    namespace: str
+    component: str
+    instance_id: str
+    replica: int = 0
+    node: str = "local"
+
+
+class Component(Generic[ConfigT]):
+    """Base class of every role. Subclasses set their config type as the type argument."""
+
+    config_type: ClassVar[type[msgspec.Struct]] = EmptyConfig
+    # A role like the frontend takes whatever dependencies the graph wires to it instead
+    # of declaring slots with depends().
+    open_dependencies: ClassVar[bool] = False
+    config: ConfigT
+    info: ComponentInfo
+    # Set by the launcher before start(): the runtime serving this instance, and a
+    # logger whose lines carry the role's name.
+    runtime: Runtime
+    log: logging.LoggerAdapter[logging.Logger]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for base in getattr(cls, "__orig_bases__", ()):
+            if get_origin(base) is Component:
+                (arg,) = get_args(base)
+                if isinstance(arg, type) and issubclass(arg, msgspec.Struct):
+                    cls.config_type = arg
+
+    def __init__(self, config: ConfigT, info: ComponentInfo, clients: dict[str, Client]) -> None:
+        self.config = config
+        self.info = info
+        self._dyn_clients = dict(clients)
+
+    @classmethod
+    def endpoints(cls) -> dict[str, str]:
+        """Endpoint name → method name, in definition order."""
+        found: dict[str, str] = {}
+        for klass in reversed(cls.__mro__):
+            for name, value in vars(klass).items():
+                if getattr(value, _ENDPOINT_MARK, False):
+                    found[name] = name
+        return found
+
+    @classmethod
+    def dependency_slots(cls) -> dict[str, Dependency]:
+        """Slot name → declaration, for every :func:`depends` attribute."""
+        slots: dict[str, Dependency] = {}
+        for klass in reversed(cls.__mro__):
+            for value in vars(klass).values():
+                if isinstance(value, Dependency):
+                    slots[value.slot] = value
+        return slots
+
+    async def start(self) -> None:
+        """Called once the dependencies are wired, before the endpoints are registered."""
+
+    async def run(self) -> None:
+        """A long-running task for the component's lifetime (the frontend serves HTTP here).
+
+        Returning early is fine; cancellation ends it at shutdown.
+        """
+
+    def ready(self) -> bool:
+        """Whether the component is ready to take traffic (the launcher waits for it)."""
+        return True
+
+    async def drain(self) -> None:
+        """Stop taking new work and wait for the work in flight. Called before shutdown."""
+
+    async def stop(self) -> None:
+        """Release resources. Called after the endpoints are deregistered."""

@@ -1,0 +1,187 @@
+"""The runtime of one process: serves its components' endpoints and makes clients.
+
+One runtime per process owns one transport server, one discovery handle and a task group
+in which every background task lives. Endpoints are addressed by their discovery key,
+``namespace/component/endpoint/instance_id``, so many instances share one server.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import AsyncIterator, Callable, Mapping
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+from anyio.abc import TaskGroup
+from prometheus_client import CollectorRegistry
+
+from dyn import plugins
+from dyn.discovery.base import Discovery, Instance
+from dyn.errors import CallError, DynError, RemoteError
+from dyn.routing.base import Router
+from dyn.runtime import codec
+from dyn.runtime.client import Client
+from dyn.runtime.component import Component, ComponentInfo
+from dyn.runtime.context import Context
+from dyn.transports.base import Transport
+
+__all__ = ["Runtime", "new_instance_id"]
+
+EndpointMethod = Callable[[Any, Context], AsyncIterator[Any]]
+
+
+def new_instance_id() -> str:
+    return secrets.token_hex(8)
+
+
+class Runtime:
+    """Serve components and call others. Use as an async context manager."""
+
+    def __init__(
+        self,
+        *,
+        namespace: str,
+        transport: Transport,
+        discovery: Discovery,
+        node: str = "local",
+        host: str = "127.0.0.1",
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.namespace = namespace
+        self.transport = transport
+        self.discovery = discovery
+        self.node = node
+        self.host = host
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.address = ""
+        self._routes: dict[str, EndpointMethod] = {}
+        self._registered: dict[int, list[Instance]] = {}
+        self._clients: list[Client] = []
+        self._tasks: TaskGroup | None = None
+
+    async def __aenter__(self) -> Self:
+        self._tasks = anyio.create_task_group()
+        await self._tasks.__aenter__()
+        self.address = await self._tasks.start(self._serve)
+        return self
+
+    async def _serve(self, *, task_status: anyio.abc.TaskStatus[str]) -> None:
+        await self.transport.serve(self._dispatch, host=self.host, task_status=task_status)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        assert self._tasks is not None
+        with anyio.CancelScope(shield=True):
+            for instances in list(self._registered.values()):
+                for instance in instances:
+                    await self.discovery.deregister(instance)
+            self._registered.clear()
+        self._tasks.cancel_scope.cancel()
+        try:
+            await self._tasks.__aexit__(exc_type, exc, tb)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.transport.aclose()
+
+    @property
+    def tasks(self) -> TaskGroup:
+        """The task group for background work that lives as long as the runtime."""
+        if self._tasks is None:
+            raise RuntimeError("the runtime is not running; use 'async with Runtime(...)'")
+        return self._tasks
+
+    # -- calling -------------------------------------------------------------------------
+
+    def client(
+        self, component: str, strategy: str | Router = "round_robin", **options: Any
+    ) -> Client:
+        """A client for ``component`` that routes with ``strategy`` (a name or an object)."""
+        if isinstance(strategy, str):
+            router_cls = plugins.load("dyn.routers", strategy)
+            router: Router = router_cls(options or None)
+        else:
+            router = strategy
+        client = Client(self, component, router)
+        self._clients.append(client)
+        self.tasks.start_soon(client.watch)
+        return client
+
+    # -- serving -------------------------------------------------------------------------
+
+    async def serve_component(
+        self,
+        component: Component[Any],
+        *,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> list[Instance]:
+        """Route calls to ``component``'s endpoints and register them in discovery."""
+        info = component.info
+        instances = []
+        for name, method_name in type(component).endpoints().items():
+            instance = Instance(
+                namespace=info.namespace,
+                component=info.component,
+                endpoint=name,
+                instance_id=info.instance_id,
+                address=self.address,
+                transport=self.transport.name,
+                node=self.node,
+                host=self.host,
+                pid=os.getpid(),
+                replica=info.replica,
+                metadata=dict(metadata or {}),
+            )
+            self._routes[instance.key] = getattr(component, method_name)
+            instances.append(instance)
+        for instance in instances:
+            await self.discovery.register(instance)
+        self._registered[id(component)] = instances
+        return instances
+
+    async def withdraw_component(self, component: Component[Any]) -> None:
+        """Deregister ``component``'s endpoints; calls already running go on."""
+        for instance in self._registered.pop(id(component), []):
+            await self.discovery.deregister(instance)
+            self._routes.pop(instance.key, None)
+
+    async def _dispatch(
+        self, path: str, payload: bytes, headers: Mapping[str, str]
+    ) -> AsyncIterator[bytes]:
+        method = self._routes.get(path)
+        if method is None:
+            raise CallError(f"no endpoint {path!r} here", code="not_found")
+        request = codec.decode(payload)
+        ctx = Context.from_headers(headers)
+        ctx.bind()  # each call runs in its own task, so the binding ends with it
+        items = method(request, ctx)
+        try:
+            async for item in items:
+                yield codec.encode(item)
+        except anyio.get_cancelled_exc_class():
+            ctx.cancelled = True
+            raise
+        except DynError:
+            raise
+        except Exception as exc:
+            # A bug in the handler: keep its type and message, not its traceback.
+            raise RemoteError(f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            await items.aclose()  # type: ignore[attr-defined]
+
+
+def component_info(
+    namespace: str, component: str, replica: int = 0, node: str = "local"
+) -> ComponentInfo:
+    return ComponentInfo(
+        namespace=namespace,
+        component=component,
+        instance_id=new_instance_id(),
+        replica=replica,
+        node=node,
+    )

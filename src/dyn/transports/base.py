@@ -1,0 +1,85 @@
+"""The transport interface: move a call's bytes to a server and its stream of results back.
+
+A call is an endpoint path, a payload and headers; the answer is a stream of data frames
+ending with an end frame or an error frame. Payloads are already encoded by the runtime,
+so a transport only moves bytes. Implementations live one per module beside this one.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Callable, Mapping
+from types import TracebackType
+from typing import Any, ClassVar, Self
+
+from anyio.abc import TaskStatus
+
+__all__ = ["CallStream", "Handler", "Transport"]
+
+Handler = Callable[[str, bytes, Mapping[str, str]], AsyncIterator[bytes]]
+"""What a server runs per call: ``handler(path, payload, headers)`` yields data frames.
+
+An exception it raises becomes an error frame (see ``dyn.transports._serving``).
+"""
+
+
+class CallStream(ABC):
+    """The caller's side of one call: an async iterator of data frames.
+
+    Iteration raises :class:`~dyn.errors.CallError` subclasses: ``TransportError`` when the
+    connection breaks (never hangs on a dead peer), or the typed error the handler raised.
+    Closing the stream before the end cancels the handler on the far side.
+    """
+
+    def __aiter__(self) -> Self:
+        return self
+
+    @abstractmethod
+    async def __anext__(self) -> bytes: ...
+
+    @abstractmethod
+    async def aclose(self) -> None:
+        """Stop the call; the far side sees a cancellation if it was still running."""
+
+    @abstractmethod
+    def close_nowait(self) -> None:
+        """Like :meth:`aclose`, usable where awaiting is not possible (a cancelled task)."""
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+class Transport(ABC):
+    """A way to reach servers. One object per process, shared by all its clients."""
+
+    name: ClassVar[str]
+
+    def __init__(self, **options: Any) -> None:
+        self.options = options
+
+    @abstractmethod
+    async def serve(
+        self, handler: Handler, *, host: str, task_status: TaskStatus[str]
+    ) -> None:
+        """Serve calls with ``handler`` until cancelled.
+
+        Reports the address clients should dial through ``task_status.started(address)``.
+        On cancellation, stops accepting, cancels the calls in flight and returns.
+        """
+
+    @abstractmethod
+    def call(
+        self, address: str, path: str, payload: bytes, headers: Mapping[str, str]
+    ) -> CallStream:
+        """Start a call to ``path`` on the server at ``address``. Does not block."""
+
+    async def aclose(self) -> None:
+        """Close pooled connections. The transport must not be used afterwards."""
