@@ -15,7 +15,16 @@ from typing import Any, Literal
 
 from dyn.errors import PluginError
 
-__all__ = ["GROUPS", "Group", "available", "canonical", "import_path", "is_known", "load", "load_import_path"]
+__all__ = [
+    "GROUPS",
+    "Group",
+    "available",
+    "canonical",
+    "import_path",
+    "is_known",
+    "load",
+    "load_import_path",
+]
 
 Group = Literal["dyn.transports", "dyn.routers", "dyn.engines", "dyn.discovery"]
 GROUPS: tuple[Group, ...] = ("dyn.transports", "dyn.routers", "dyn.engines", "dyn.discovery")

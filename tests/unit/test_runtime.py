@@ -91,7 +91,9 @@ async def runtime() -> AsyncIterator[Runtime]:
 async def test_hello_pipeline(runtime: Runtime) -> None:
     backend = Backend(BackendConfig(), component_info("t", "backend"), {})
     await runtime.serve_component(backend)
-    middle = Middle(MiddleConfig(), component_info("t", "middle"), {"backend": runtime.client("backend")})
+    middle = Middle(
+        MiddleConfig(), component_info("t", "middle"), {"backend": runtime.client("backend")}
+    )
     await runtime.serve_component(middle)
     await middle.backend.wait_for_instances()
     client = runtime.client("middle")
@@ -199,9 +201,9 @@ async def test_server_gone_mid_stream_is_a_transport_error() -> None:
 
 async def test_withdrawn_component_leaves_discovery(runtime: Runtime) -> None:
     ticker = await _serve(runtime, Ticker, "ticker")
-    assert len(await runtime.discovery.list("t/ticker/")) == 2  # generate + fail
+    assert len(await runtime.discovery.snapshot("t/ticker/")) == 2  # generate + fail
     await runtime.withdraw_component(ticker)
-    assert await runtime.discovery.list("t/ticker/") == []
+    assert await runtime.discovery.snapshot("t/ticker/") == []
 
 
 class Cfg(msgspec.Struct, frozen=True):

@@ -11,8 +11,6 @@ import typer
 from dyn.cli._common import expected_errors
 
 if TYPE_CHECKING:
-    from rich.console import Console
-
     from dyn.graph import GraphSpec
     from dyn.launch.base import Launcher, LaunchObserver
 
@@ -21,7 +19,9 @@ __all__ = ["up"]
 
 @expected_errors
 def up(
-    graph_file: Annotated[Path, typer.Argument(help="The graph to run, e.g. graphs/hello_world.yaml.")],
+    graph_file: Annotated[
+        Path, typer.Argument(help="The graph to run, e.g. graphs/hello_world.yaml.")
+    ],
     port: Annotated[
         int | None, typer.Option("--port", "-p", help="The frontend's port (overrides the graph).")
     ] = None,
@@ -34,10 +34,10 @@ def up(
             metavar="COMPONENT.KEY=VALUE",
         ),
     ] = None,
-    log_level: Annotated[
-        str, typer.Option(help="debug, info, warning or error.")
-    ] = "info",
-    json_logs: Annotated[bool, typer.Option("--json-logs", help="Log one JSON object per line.")] = False,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    json_logs: Annotated[
+        bool, typer.Option("--json-logs", help="Log one JSON object per line.")
+    ] = False,
 ) -> None:
     """Start every role of a graph, show them coming up, and serve until Ctrl-C."""
     import anyio
@@ -49,7 +49,9 @@ def up(
     graph = resolve_graph(graph_file, list(set_ or ()), port)
     console = Console(stderr=True, highlight=False)
     launcher = choose_launcher(graph)
-    anyio.run(_serve, graph, launcher, _ConsoleObserver(console, graph))
+    from dyn.cli._observer import ConsoleObserver
+
+    anyio.run(_serve, graph, launcher, ConsoleObserver(console, graph))
 
 
 def resolve_graph(path: Path, overrides: list[str], port: int | None) -> GraphSpec:
@@ -89,44 +91,3 @@ async def _serve(graph: GraphSpec, launcher: Launcher, observer: LaunchObserver)
         tasks.start_soon(watch_signals, tasks.cancel_scope)
         await launcher.run(graph, observer, stop)
         tasks.cancel_scope.cancel()
-
-
-class _ConsoleObserver:
-    """Shows progress on stderr; the URL and a curl line to try go to stdout."""
-
-    def __init__(self, console: Console, graph: GraphSpec) -> None:
-        self.console = console
-        self.graph = graph
-
-    def role_starting(self, role: str, node: str) -> None:
-        self.console.print(f"[dim]…[/] starting [bold]{role}[/] on {node}")
-
-    def role_up(self, role: str, node: str, seconds: float) -> None:
-        self.console.print(f"[green]✓[/] [bold]{role}[/] up on {node} ({seconds * 1000:.0f} ms)")
-
-    def graph_ready(self, url: str | None, seconds: float) -> None:
-        self.console.print(
-            f"[green]✓[/] graph [bold]{self.graph.name}[/] ready in {seconds:.2f} s "
-            f"({self.graph.transport} transport, {self.graph.discovery.backend} discovery)"
-        )
-        if url:
-            routes = self._example_routes()
-            typer.echo(f"Serving on {url}")
-            for route in routes:
-                typer.echo(f"Try:  curl -N {url}{route} -d '{{\"text\":\"test\"}}'")
-        self.console.print("[dim]Press Ctrl-C to stop.[/]")
-
-    def _example_routes(self) -> list[str]:
-        from dyn.roles.frontend_config import FrontendConfig
-
-        routes: list[str] = []
-        for spec in self.graph.frontends():
-            if isinstance(spec.config, FrontendConfig):
-                routes += list(spec.config.routes)
-        return routes[:1]
-
-    def stopping(self) -> None:
-        self.console.print("[yellow]stopping[/]: draining the frontend, then the other roles")
-
-    def role_stopped(self, role: str) -> None:
-        self.console.print(f"[dim]■ {role} stopped[/]")

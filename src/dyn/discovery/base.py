@@ -68,7 +68,7 @@ class Discovery(ABC):
         """Remove ``instance`` at once. Removing an unknown instance is not an error."""
 
     @abstractmethod
-    async def list(self, prefix: str) -> list[Instance]:
+    async def snapshot(self, prefix: str) -> list[Instance]:
         """Every live instance whose key starts with ``prefix``, sorted by key."""
 
     @abstractmethod

@@ -29,7 +29,7 @@ class MemoryDiscovery(Discovery):
         if self._instances.pop(instance.key, None) is not None:
             self._signal()
 
-    async def list(self, prefix: str) -> list[Instance]:
+    async def snapshot(self, prefix: str) -> list[Instance]:
         return self._snapshot(prefix)
 
     def _snapshot(self, prefix: str) -> list[Instance]:

@@ -55,8 +55,10 @@ class InProcessLauncher(Launcher):
             self.runtime = runtime
             try:
                 await self._start_all(graph, runtime, observer)
-                url = next((getattr(c, "url", None) for s, c in self.components
-                            if s in graph.frontends()), None)
+                url = next(
+                    (getattr(c, "url", None) for s, c in self.components if s in graph.frontends()),
+                    None,
+                )
                 observer.graph_ready(url, time.perf_counter() - began)
                 await stop.wait()
             finally:
@@ -64,7 +66,9 @@ class InProcessLauncher(Launcher):
                     observer.stopping()
                     await self._stop_all(observer)
 
-    async def _start_all(self, graph: GraphSpec, runtime: Runtime, observer: LaunchObserver) -> None:
+    async def _start_all(
+        self, graph: GraphSpec, runtime: Runtime, observer: LaunchObserver
+    ) -> None:
         for spec in graph.topological_order():
             role_class = spec.role_class()
             for replica in range(spec.replicas):
@@ -73,8 +77,9 @@ class InProcessLauncher(Launcher):
                 observer.role_starting(role, node)
                 t0 = time.perf_counter()
                 clients = {
-                    dep.slot: runtime.client(dep.component, dep.strategy or _default_strategy(
-                        role_class, dep.slot))
+                    dep.slot: runtime.client(
+                        dep.component, dep.strategy or _default_strategy(role_class, dep.slot)
+                    )
                     for dep in spec.depends_on
                 }
                 info = component_info(graph.namespace, spec.name, replica, node)
@@ -94,7 +99,8 @@ class InProcessLauncher(Launcher):
         with anyio.move_on_after(READY_TIMEOUT_S):
             for client in clients.values():
                 await client.wait_for_instances(endpoint=None)
-            while not component.ready():
+            # readiness is a plain predicate: poll it
+            while not component.ready():  # noqa: ASYNC110
                 await anyio.sleep(0.01)
             return
         raise LaunchError(f"role {role!r} did not become ready within {READY_TIMEOUT_S:.0f} s")

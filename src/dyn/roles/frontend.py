@@ -55,6 +55,7 @@ class Frontend(Component[FrontendConfig]):
         family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             sock.bind((self.config.host, self.config.port))
         except OSError as exc:
@@ -93,7 +94,9 @@ class Frontend(Component[FrontendConfig]):
         if server is None:
             return
         server.should_exit = True
-        while server.started and (server.server_state.connections or server.server_state.tasks):
+        # uvicorn offers no event for "last connection closed", so poll its state.
+        busy = server.server_state
+        while server.started and (busy.connections or busy.tasks):  # noqa: ASYNC110
             await anyio.sleep(0.05)
 
     # -- the ASGI app --------------------------------------------------------------------

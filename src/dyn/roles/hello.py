@@ -19,8 +19,9 @@ __all__ = ["Backend", "BackendConfig", "Middle", "MiddleConfig"]
 
 
 def _text_of(request: Any) -> str:
-    if isinstance(request, dict) and isinstance(request.get("text"), str):
-        return request["text"]
+    text = request.get("text") if isinstance(request, dict) else None
+    if isinstance(text, str):
+        return text
     raise BadRequestError("request must be an object with a string field 'text'")
 
 

@@ -50,11 +50,12 @@ class Router(ABC):
             RoutingError: the strategy cannot choose (e.g. a direct target that is gone).
         """
 
-    def on_routed(self, instance: Instance, request: RouteRequest) -> None:
+    # The hooks are optional: a stateless strategy leaves them empty.
+    def on_routed(self, instance: Instance, request: RouteRequest) -> None:  # noqa: B027
         """The request was sent to ``instance``."""
 
-    def on_first_item(self, instance: Instance, request: RouteRequest) -> None:
+    def on_first_item(self, instance: Instance, request: RouteRequest) -> None:  # noqa: B027
         """The first item came back (for an LLM: prefill is done)."""
 
-    def on_finished(self, instance: Instance, request: RouteRequest) -> None:
+    def on_finished(self, instance: Instance, request: RouteRequest) -> None:  # noqa: B027
         """The request ended, by completion, error or cancellation."""

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 from dyn.discovery.base import Instance
 from dyn.errors import RoutingError
-from dyn.routing.base import RouteRequest, Router
+from dyn.routing.base import Router, RouteRequest
 
 __all__ = ["Direct", "Random", "RoundRobin"]
 

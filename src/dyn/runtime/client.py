@@ -11,7 +11,7 @@ import anyio
 
 from dyn.discovery.base import Instance
 from dyn.errors import DeadlineExceeded, NoInstancesError
-from dyn.routing.base import RouteRequest, Router
+from dyn.routing.base import Router, RouteRequest
 from dyn.runtime import codec
 from dyn.runtime.context import HEADER_DEADLINE, HEADER_REQUEST_ID, current_context, new_request_id
 from dyn.transports.base import CallStream

@@ -13,8 +13,8 @@ from dyn.transports.base import Handler
 
 __all__ = ["Frame", "error_to_wire", "run_handler"]
 
-# ("data", bytes) | ("end", b"") | ("error", code, message)
-Frame = tuple[str, bytes] | tuple[str, str, str]
+# ("data", chunk, "") | ("end", b"", "") | ("error", code, message)
+Frame = tuple[str, bytes | str, str]
 
 
 def error_to_wire(exc: BaseException) -> tuple[str, str]:
@@ -54,7 +54,7 @@ async def run_handler(
         items = handler(path, payload, headers)
         try:
             async for chunk in items:
-                await send(("data", chunk))
+                await send(("data", chunk, ""))
         except Exception as exc:  # the handler's failure becomes the caller's typed error
             code, message = error_to_wire(exc)
             await send(("error", code, message))
@@ -62,7 +62,7 @@ async def run_handler(
         finally:
             with anyio.CancelScope(shield=True):
                 await items.aclose()  # type: ignore[attr-defined]
-        await send(("end", b""))
+        await send(("end", b"", ""))
     if scope.cancelled_caught:
         error = DeadlineExceeded(f"deadline passed while serving {path}")
         await send(("error", error.code, error.message))

@@ -38,7 +38,7 @@ class CallStream(ABC):
     async def __anext__(self) -> bytes: ...
 
     @abstractmethod
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027 - a transport without a pool has nothing to do
         """Stop the call; the far side sees a cancellation if it was still running."""
 
     @abstractmethod
@@ -66,9 +66,7 @@ class Transport(ABC):
         self.options = options
 
     @abstractmethod
-    async def serve(
-        self, handler: Handler, *, host: str, task_status: TaskStatus[str]
-    ) -> None:
+    async def serve(self, handler: Handler, *, host: str, task_status: TaskStatus[str]) -> None:
         """Serve calls with ``handler`` until cancelled.
 
         Reports the address clients should dial through ``task_status.started(address)``.
@@ -81,5 +79,5 @@ class Transport(ABC):
     ) -> CallStream:
         """Start a call to ``path`` on the server at ``address``. Does not block."""
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027 - a transport without a pool has nothing to do
         """Close pooled connections. The transport must not be used afterwards."""

@@ -93,13 +93,14 @@ class _InprocCall(CallStream):
         except BaseException:
             self.close_nowait()
             raise
-        if frame[0] == "data":
-            return frame[1]  # type: ignore[return-value]
+        kind, body, message = frame
+        if kind == "data":
+            assert isinstance(body, bytes)
+            return body
         self._finish()
-        if frame[0] == "end":
+        if kind == "end":
             raise StopAsyncIteration
-        _, code, message = frame
-        raise call_error_from_wire(str(code), str(message))
+        raise call_error_from_wire(str(body), message)
 
     def _finish(self) -> None:
         self._done = True

@@ -1,0 +1,52 @@
+"""How `dyn up` shows a launch: progress on stderr, the URL and a curl line on stdout."""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+
+from dyn.graph import GraphSpec
+from dyn.launch.base import LaunchObserver
+
+__all__ = ["ConsoleObserver"]
+
+
+class ConsoleObserver(LaunchObserver):
+    """Shows progress on stderr; the URL and a curl line to try go to stdout."""
+
+    def __init__(self, console: Console, graph: GraphSpec) -> None:
+        self.console = console
+        self.graph = graph
+
+    def role_starting(self, role: str, node: str) -> None:
+        self.console.print(f"[dim]…[/] starting [bold]{role}[/] on {node}")
+
+    def role_up(self, role: str, node: str, seconds: float) -> None:
+        self.console.print(f"[green]✓[/] [bold]{role}[/] up on {node} ({seconds * 1000:.0f} ms)")
+
+    def graph_ready(self, url: str | None, seconds: float) -> None:
+        self.console.print(
+            f"[green]✓[/] graph [bold]{self.graph.name}[/] ready in {seconds:.2f} s "
+            f"({self.graph.transport} transport, {self.graph.discovery.backend} discovery)"
+        )
+        if url:
+            routes = self._example_routes()
+            typer.echo(f"Serving on {url}")
+            for route in routes:
+                typer.echo(f'Try:  curl -N {url}{route} -d \'{{"text":"test"}}\'')
+        self.console.print("[dim]Press Ctrl-C to stop.[/]")
+
+    def _example_routes(self) -> list[str]:
+        from dyn.roles.frontend_config import FrontendConfig
+
+        routes: list[str] = []
+        for spec in self.graph.frontends():
+            if isinstance(spec.config, FrontendConfig):
+                routes += list(spec.config.routes)
+        return routes[:1]
+
+    def stopping(self) -> None:
+        self.console.print("[yellow]stopping[/]: draining the frontend, then the other roles")
+
+    def role_stopped(self, role: str) -> None:
+        self.console.print(f"[dim]■ {role} stopped[/]")
