@@ -1,0 +1,149 @@
+"""Validating a parsed graph document into a :class:`~dyn.graph.model.GraphSpec`.
+
+Every section is checked even after an earlier one failed, so one run lists every
+problem in the file.
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Any
+
+from dyn.graph._components import read_components
+from dyn.graph._fields import (
+    GRAPH_NAME,
+    check_keys,
+    describe,
+    expect_float,
+    expect_int,
+    expect_mapping,
+    expect_name,
+    expect_str,
+    expect_str_list,
+    plugin_name,
+)
+from dyn.graph._yaml import FieldPath, Problems
+from dyn.graph.model import (
+    DEFAULT_DISCOVERY_TTL_S,
+    DEFAULT_TRANSPORT,
+    LOCAL_NODE,
+    DiscoverySpec,
+    GraphSpec,
+    NodeSpec,
+)
+
+__all__ = ["build_graph"]
+
+TOP_KEYS = ("name", "namespace", "description", "transport", "discovery", "nodes", "components")
+DISCOVERY_KEYS = ("backend", "ttl_s", "options")
+NODE_KEYS = ("host", "user", "port", "ssh_options", "python", "workdir", "bind")
+
+
+def build_graph(problems: Problems, doc: Any) -> GraphSpec | None:
+    """The graph ``doc`` describes, or ``None`` once every problem is in ``problems``."""
+    if not isinstance(doc, dict):
+        problems.add(
+            (),
+            f"the top level must be a mapping with 'name' and 'components' (got {describe(doc)})",
+        )
+        return None
+    check_keys(problems, (), doc, TOP_KEYS)
+    name = None
+    if "name" not in doc:
+        problems.add(("name",), "missing; every graph needs a name")
+    else:
+        name = expect_name(problems, ("name",), doc["name"], GRAPH_NAME)
+    namespace = name
+    if doc.get("namespace") is not None:
+        namespace = expect_name(problems, ("namespace",), doc["namespace"], GRAPH_NAME)
+    description = expect_str(problems, ("description",), doc.get("description"), optional=True)
+    transport = plugin_name(
+        problems, ("transport",), doc.get("transport", DEFAULT_TRANSPORT), "dyn.transports"
+    )
+    discovery = _discovery(problems, doc.get("discovery", DiscoverySpec().backend))
+    nodes = _nodes(problems, doc.get("nodes"))
+    # With the nodes section broken, placements cannot be checked against it.
+    node_names = [n.name for n in nodes] if nodes is not None else None
+    components = read_components(problems, doc, node_names)
+    if problems or None in (name, namespace, transport, discovery, nodes, components):
+        return None
+    assert name and namespace and transport and discovery and nodes and components
+    return GraphSpec(
+        name=name,
+        namespace=namespace,
+        description=description,
+        transport=transport,
+        discovery=discovery,
+        nodes=nodes,
+        components=components,
+        source=problems.locator.source,
+    )
+
+
+def _discovery(problems: Problems, raw: Any) -> DiscoverySpec | None:
+    path: FieldPath = ("discovery",)
+    if isinstance(raw, str):
+        backend = plugin_name(problems, path, raw, "dyn.discovery")
+        return DiscoverySpec(backend=backend) if backend else None
+    section = expect_mapping(problems, path, raw)
+    if section is None:
+        return None
+    check_keys(problems, path, section, DISCOVERY_KEYS)
+    if "backend" not in section:
+        problems.add((*path, "backend"), "missing; name a discovery backend, e.g. backend: memory")
+        return None
+    backend = plugin_name(problems, (*path, "backend"), section["backend"], "dyn.discovery")
+    ttl_s = expect_float(
+        problems, (*path, "ttl_s"), section.get("ttl_s", DEFAULT_DISCOVERY_TTL_S), above=0
+    )
+    options = expect_mapping(problems, (*path, "options"), section.get("options", {}))
+    if backend is None or ttl_s is None or options is None:
+        return None
+    return DiscoverySpec(backend=backend, ttl_s=ttl_s, options=MappingProxyType(dict(options)))
+
+
+def _nodes(problems: Problems, raw: Any) -> tuple[NodeSpec, ...] | None:
+    if raw is None:
+        return (LOCAL_NODE,)
+    section = expect_mapping(problems, ("nodes",), raw)
+    if section is None:
+        return None
+    if not section:
+        problems.add(
+            ("nodes",), "must name at least one node (or leave nodes out to run everything here)"
+        )
+        return None
+    nodes: list[NodeSpec] = []
+    for key, body in section.items():
+        path: FieldPath = ("nodes", key)
+        name = expect_name(problems, path, key, GRAPH_NAME)
+        fields = expect_mapping(problems, path, body)
+        if name is None or fields is None:
+            continue
+        check_keys(problems, path, fields, NODE_KEYS)
+        host = None
+        if "host" not in fields:
+            problems.add((*path, "host"), "missing; every node needs a host to reach it at")
+        else:
+            host = expect_str(problems, (*path, "host"), fields["host"])
+            if host == "":
+                problems.add((*path, "host"), "must not be empty")
+                host = None
+        default = NodeSpec(name=name, host="")
+        user = expect_str(problems, (*path, "user"), fields.get("user"), optional=True)
+        port = expect_int(
+            problems, (*path, "port"), fields.get("port", default.port), low=1, high=65535
+        )
+        ssh = expect_str_list(problems, (*path, "ssh_options"), fields.get("ssh_options", []))
+        python = expect_str(problems, (*path, "python"), fields.get("python", default.python))
+        workdir = expect_str(problems, (*path, "workdir"), fields.get("workdir"), optional=True)
+        bind = expect_str(problems, (*path, "bind"), fields.get("bind", default.bind))
+        if (
+            host is not None
+            and port is not None
+            and ssh is not None
+            and python is not None
+            and bind is not None
+        ):
+            nodes.append(NodeSpec(name, host, user, port, ssh, python, workdir, bind))
+    return tuple(nodes) if len(nodes) == len(section) else None

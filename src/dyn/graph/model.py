@@ -1,0 +1,160 @@
+"""The validated graph: frozen, typed objects that nothing downstream re-checks."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from dyn.plugins import canonical
+
+if TYPE_CHECKING:
+    from dyn.runtime.component import Component
+
+__all__ = [
+    "DEFAULT_DISCOVERY_TTL_S",
+    "DEFAULT_TRANSPORT",
+    "LOCAL_NODE",
+    "ComponentSpec",
+    "DependencySpec",
+    "DiscoverySpec",
+    "GraphSpec",
+    "NodeSpec",
+    "RoleInstance",
+]
+
+DEFAULT_TRANSPORT = "inproc"
+DEFAULT_DISCOVERY = "memory"
+# How long a registration outlives its last heartbeat: long enough to ride out a slow
+# heartbeat, short enough that a dead instance soon stops receiving traffic.
+DEFAULT_DISCOVERY_TTL_S = 10.0
+DEFAULT_SSH_PORT = 22
+DEFAULT_PYTHON = "python3"
+DEFAULT_BIND = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class DiscoverySpec:
+    """Which discovery backend the graph's instances register with."""
+
+    backend: str = DEFAULT_DISCOVERY
+    ttl_s: float = DEFAULT_DISCOVERY_TTL_S
+    options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """A machine that runs role instances (reached over ssh unless it is this one)."""
+
+    name: str
+    host: str
+    user: str | None = None
+    port: int = DEFAULT_SSH_PORT
+    ssh_options: tuple[str, ...] = ()
+    python: str = DEFAULT_PYTHON
+    workdir: str | None = None
+    bind: str = DEFAULT_BIND
+
+
+LOCAL_NODE = NodeSpec(name="local", host="127.0.0.1")
+
+
+@dataclass(frozen=True)
+class DependencySpec:
+    """One wire: the client in ``slot`` calls ``component``, routed by ``strategy``."""
+
+    slot: str
+    component: str
+    strategy: str | None = None
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """A component: its role class, how many replicas, where, wired to what."""
+
+    name: str
+    uses: str
+    replicas: int
+    placement: tuple[str, ...]
+    depends_on: tuple[DependencySpec, ...]
+    config: msgspec.Struct
+
+    def role_class(self) -> type[Component[Any]]:
+        """The class ``uses`` names (already imported once during validation)."""
+        from dyn.roles import resolve_role
+
+        return resolve_role(self.uses)
+
+    def dependency(self, slot: str) -> DependencySpec:
+        for dep in self.depends_on:
+            if dep.slot == slot:
+                return dep
+        raise KeyError(slot)
+
+
+@dataclass(frozen=True)
+class RoleInstance:
+    """One replica of a component, placed on a node."""
+
+    component: str
+    replica: int
+    node: str
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """A validated graph. Components keep the order the file wrote them in."""
+
+    name: str
+    namespace: str
+    description: str | None
+    transport: str
+    discovery: DiscoverySpec
+    nodes: tuple[NodeSpec, ...]
+    components: tuple[ComponentSpec, ...]
+    source: str = field(default="<string>", compare=False)
+
+    def component(self, name: str) -> ComponentSpec:
+        for spec in self.components:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+    def node(self, name: str) -> NodeSpec:
+        for spec in self.nodes:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+    def frontends(self) -> list[ComponentSpec]:
+        """The components that use the built-in HTTP frontend."""
+        return [c for c in self.components if canonical(c.uses) == "frontend"]
+
+    def topological_order(self) -> list[ComponentSpec]:
+        """Dependencies before dependents; otherwise the order of the file."""
+        by_name = {c.name: c for c in self.components}
+        done: set[str] = set()
+        order: list[ComponentSpec] = []
+
+        def visit(spec: ComponentSpec) -> None:
+            if spec.name in done:
+                return
+            done.add(spec.name)  # validation rejected cycles, so marking early is safe
+            for dep in spec.depends_on:
+                visit(by_name[dep.component])
+            order.append(spec)
+
+        for spec in self.components:
+            visit(spec)
+        return order
+
+    def instances(self) -> list[RoleInstance]:
+        """Every replica in file order, spread round-robin over its placement nodes."""
+        return [
+            RoleInstance(c.name, replica, c.placement[replica % len(c.placement)])
+            for c in self.components
+            for replica in range(c.replicas)
+        ]
