@@ -44,9 +44,11 @@ class Ticker(Component[EmptyConfig]):
             for i in range(1_000_000):
                 yield i
                 await anyio.sleep(0.01)
-        except anyio.get_cancelled_exc_class():
-            probe.cancelled.set()
-            raise
+        finally:
+            # Stopped from outside: a cancellation at an await, or the generator closed
+            # at a yield; either way it ends early and ctx says so.
+            if ctx.cancelled:
+                probe.cancelled.set()
 
     @endpoint
     async def fail(self, request: Any, ctx: Context) -> AsyncIterator[int]:
@@ -66,9 +68,9 @@ class Relay(Component[EmptyConfig]):
         try:
             async for item in self.ticker.stream("generate", request):
                 yield item
-        except anyio.get_cancelled_exc_class():
-            probe.cancelled.set()
-            raise
+        finally:
+            if ctx.cancelled:
+                probe.cancelled.set()
 
 
 async def _serve(rt: Runtime, cls: type[Component[Any]], name: str, **clients: str) -> Any:

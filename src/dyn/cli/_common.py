@@ -33,10 +33,26 @@ def expected_errors(fn: Callable[P, R]) -> Callable[P, R]:
         try:
             return fn(*args, **kwargs)
         except SpecError as exc:
-            print_error(str(exc))
+            # Problems already read "FILE:LINE: FIELD: message", like a compiler's.
+            sys.stderr.write(f"{exc}\n")
             raise typer.Exit(EXIT_SPEC) from None
         except DynError as exc:
             print_error(str(exc))
             raise typer.Exit(EXIT_ERROR) from None
+        except BaseExceptionGroup as group:
+            # Task groups wrap what their tasks raise; unwrap when every leaf is expected.
+            leaves = _leaves(group)
+            if not all(isinstance(leaf, DynError) for leaf in leaves):
+                raise
+            for leaf in leaves:
+                print_error(str(leaf))
+            raise typer.Exit(EXIT_ERROR) from None
 
     return wrapper
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    leaves: list[BaseException] = []
+    for exc in group.exceptions:
+        leaves.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return leaves

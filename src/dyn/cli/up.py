@@ -51,7 +51,19 @@ def up(
     launcher = choose_launcher(graph)
     from dyn.cli._observer import ConsoleObserver
 
-    anyio.run(_serve, graph, launcher, ConsoleObserver(console, graph))
+    anyio.run(
+        _serve,
+        graph,
+        launcher,
+        ConsoleObserver(console, graph),
+        backend_options={"use_uvloop": _has_uvloop()},
+    )
+
+
+def _has_uvloop() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("uvloop") is not None
 
 
 def resolve_graph(path: Path, overrides: list[str], port: int | None) -> GraphSpec:

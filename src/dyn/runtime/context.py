@@ -41,14 +41,23 @@ class Context:
     """What a handler knows about the request it serves.
 
     ``deadline`` is on anyio's clock (``anyio.current_time()``), or ``inf`` for none.
-    ``cancelled`` turns true when the caller went away or the deadline passed; the handler
-    also sees that as a cancellation at its next ``await``.
+    ``cancelled`` turns true when the caller went away or the deadline passed. The
+    handler is then stopped: with a cancellation at the ``await`` it is waiting on, or,
+    if it is parked at a ``yield``, by having its generator closed there.
     """
 
     request_id: str = field(default_factory=new_request_id)
     deadline: float = math.inf
     headers: Mapping[str, str] = field(default_factory=dict)
-    cancelled: bool = False
+    _stopped: bool = False
+
+    @property
+    def cancelled(self) -> bool:
+        return self._stopped or anyio.current_time() >= self.deadline
+
+    def cancel(self) -> None:
+        """Mark the request as abandoned; the transport then cancels the handler."""
+        self._stopped = True
 
     @classmethod
     def from_headers(cls, headers: Mapping[str, str]) -> Context:

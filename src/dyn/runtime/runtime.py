@@ -150,22 +150,16 @@ class Runtime:
             await self.discovery.deregister(instance)
             self._routes.pop(instance.key, None)
 
-    async def _dispatch(
-        self, path: str, payload: bytes, headers: Mapping[str, str]
-    ) -> AsyncIterator[bytes]:
+    async def _dispatch(self, path: str, payload: bytes, ctx: Context) -> AsyncIterator[bytes]:
         method = self._routes.get(path)
         if method is None:
             raise CallError(f"no endpoint {path!r} here", code="not_found")
         request = codec.decode(payload)
-        ctx = Context.from_headers(headers)
         ctx.bind()  # each call runs in its own task, so the binding ends with it
         items = method(request, ctx)
         try:
             async for item in items:
                 yield codec.encode(item)
-        except anyio.get_cancelled_exc_class():
-            ctx.cancelled = True
-            raise
         except DynError:
             raise
         except Exception as exc:

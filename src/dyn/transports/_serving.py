@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 
 import anyio
 
 from dyn.errors import CallError, DeadlineExceeded, DynError, RoutingError
-from dyn.runtime.context import HEADER_DEADLINE
+from dyn.runtime.context import Context
 from dyn.transports.base import Handler
 
 __all__ = ["Frame", "error_to_wire", "run_handler"]
@@ -28,30 +27,22 @@ def error_to_wire(exc: BaseException) -> tuple[str, str]:
     return "internal", f"{type(exc).__name__}: {exc}"
 
 
-def deadline_of(headers: Mapping[str, str]) -> float:
-    remaining = headers.get(HEADER_DEADLINE)
-    if remaining is None:
-        return math.inf
-    try:
-        return anyio.current_time() + max(0.0, float(remaining))
-    except ValueError:
-        return math.inf
-
-
 async def run_handler(
     handler: Handler,
     path: str,
     payload: bytes,
-    headers: Mapping[str, str],
+    ctx: Context,
     send: Callable[[Frame], Awaitable[None]],
 ) -> None:
     """Run one call to completion, sending data, then end or error, through ``send``.
 
-    A passed deadline stops the handler and sends ``deadline_exceeded``. Cancellation from
-    outside (the caller went away) propagates without sending anything.
+    ``ctx`` comes from the call's headers (``Context.from_headers``); the transport keeps
+    it so that a cancel from the caller can mark it before cancelling this task. A passed
+    deadline stops the handler and sends ``deadline_exceeded``. Cancellation from outside
+    (the caller went away) propagates without sending anything.
     """
-    with anyio.CancelScope(deadline=deadline_of(headers)) as scope:
-        items = handler(path, payload, headers)
+    with anyio.CancelScope(deadline=ctx.deadline) as scope:
+        items = handler(path, payload, ctx)
         try:
             async for chunk in items:
                 await send(("data", chunk, ""))

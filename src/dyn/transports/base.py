@@ -14,10 +14,12 @@ from typing import Any, ClassVar, Self
 
 from anyio.abc import TaskStatus
 
+from dyn.runtime.context import Context
+
 __all__ = ["CallStream", "Handler", "Transport"]
 
-Handler = Callable[[str, bytes, Mapping[str, str]], AsyncIterator[bytes]]
-"""What a server runs per call: ``handler(path, payload, headers)`` yields data frames.
+Handler = Callable[[str, bytes, Context], AsyncIterator[bytes]]
+"""What a server runs per call: ``handler(path, payload, ctx)`` yields data frames.
 
 An exception it raises becomes an error frame (see ``dyn.transports._serving``).
 """

@@ -18,6 +18,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from dyn.errors import TransportError, call_error_from_wire
+from dyn.runtime.context import Context
 from dyn.transports._serving import Frame, run_handler
 from dyn.transports.base import CallStream, Handler, Transport
 
@@ -62,6 +63,7 @@ class _InprocCall(CallStream):
         self._request = (path, payload, headers)
         self._scope = anyio.CancelScope()
         self._receive: MemoryObjectReceiveStream[Frame] | None = None
+        self._ctx = Context.from_headers(headers)
         self._done = False
 
     def _start(self) -> MemoryObjectReceiveStream[Frame]:
@@ -77,7 +79,8 @@ class _InprocCall(CallStream):
         async with send:
             with self._scope:
                 try:
-                    await run_handler(handler, *self._request, send.send)
+                    path, payload, _ = self._request
+                    await run_handler(handler, path, payload, self._ctx, send.send)
                 except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                     pass  # the caller closed its end: nobody to tell
 
@@ -109,6 +112,7 @@ class _InprocCall(CallStream):
 
     def close_nowait(self) -> None:
         if not self._done:
+            self._ctx.cancel()
             self._scope.cancel()
         self._finish()
 
