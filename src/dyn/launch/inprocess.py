@@ -12,7 +12,6 @@ from dyn.discovery.base import Discovery
 from dyn.errors import LaunchError
 from dyn.graph import ComponentSpec, GraphSpec
 from dyn.launch.base import Launcher, LaunchObserver
-from dyn.observability.logs import role_logger
 from dyn.runtime.client import Client
 from dyn.runtime.component import Component
 from dyn.runtime.runtime import Runtime, component_info
@@ -85,7 +84,6 @@ class InProcessLauncher(Launcher):
                 info = component_info(graph.namespace, spec.name, replica, node)
                 component = role_class(spec.config, info, clients)
                 component.runtime = runtime
-                component.log = role_logger(spec.name, replica)
                 await component.start()
                 runtime.tasks.start_soon(component.run)
                 await self._wait_ready(role, component, clients)

@@ -83,6 +83,7 @@ class Frontend(Component[FrontendConfig]):
             timeout_graceful_shutdown=30,
         )
         self._server = _Server(config)
+        self.log.info("listening on %s", self.url)
         try:
             await self._server.serve(sockets=[self._socket])
         finally:
@@ -202,6 +203,8 @@ class Frontend(Component[FrontendConfig]):
         else:
             status, message, code = 500, str(exc), "internal"
         headers = {"Retry-After": RETRY_AFTER_S} if status in (429, 503) else None
+        if status >= 500:
+            self.log.warning("%s answered %d: %s", route, status, message)
         self._finish(route, str(status), started, inflight=False)
         return JSONResponse(error_body(status, message, code=code), status, headers=headers)
 

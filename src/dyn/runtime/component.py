@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, get_args, get
 
 import msgspec
 
+from dyn.observability.logs import role_logger
+
 if TYPE_CHECKING:
     from dyn.runtime.client import Client
     from dyn.runtime.context import Context
@@ -113,9 +115,9 @@ class Component(Generic[ConfigT]):
     open_dependencies: ClassVar[bool] = False
     config: ConfigT
     info: ComponentInfo
-    # Set by the launcher before start(): the runtime serving this instance, and a
-    # logger whose lines carry the role's name.
+    # Set by the launcher before start(): the runtime serving this instance.
     runtime: Runtime
+    # A logger whose lines carry the role's name and replica.
     log: logging.LoggerAdapter[logging.Logger]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -129,6 +131,7 @@ class Component(Generic[ConfigT]):
     def __init__(self, config: ConfigT, info: ComponentInfo, clients: dict[str, Client]) -> None:
         self.config = config
         self.info = info
+        self.log = role_logger(info.component, info.replica)
         self._dyn_clients = dict(clients)
 
     @classmethod
