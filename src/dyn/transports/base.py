@@ -16,7 +16,10 @@ from anyio.abc import TaskStatus
 
 from dyn.runtime.context import Context
 
-__all__ = ["CallStream", "Handler", "Transport"]
+__all__ = ["PROTOCOL_VERSION", "CallStream", "Handler", "Transport"]
+
+# The version of dyn's call protocol (transports/README.md), shared by every transport.
+PROTOCOL_VERSION = 1
 
 Handler = Callable[[str, bytes, Context], AsyncIterator[bytes]]
 """What a server runs per call: ``handler(path, payload, ctx)`` yields data frames.
@@ -64,13 +67,19 @@ class Transport(ABC):
 
     name: ClassVar[str]
 
-    def __init__(self, **options: Any) -> None:
+    def __init__(self, *, protocol_version: int = PROTOCOL_VERSION, **options: Any) -> None:
+        # Both sides of a call must speak the same version; a peer that does not gets a
+        # ProtocolError naming both versions. Tests set another version on purpose.
+        self.protocol_version = protocol_version
         self.options = options
 
     @abstractmethod
-    async def serve(self, handler: Handler, *, host: str, task_status: TaskStatus[str]) -> None:
+    async def serve(
+        self, handler: Handler, *, host: str, port: int = 0, task_status: TaskStatus[str]
+    ) -> None:
         """Serve calls with ``handler`` until cancelled.
 
+        Listens on ``host:port`` (port 0: any free port) where that means something.
         Reports the address clients should dial through ``task_status.started(address)``.
         On cancellation, stops accepting, cancels the calls in flight and returns.
         """

@@ -17,7 +17,7 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from dyn.errors import TransportError, call_error_from_wire
+from dyn.errors import ProtocolError, TransportError, call_error_from_wire
 from dyn.runtime.context import Context
 from dyn.transports._serving import Frame, run_handler
 from dyn.transports.base import CallStream, Handler, Transport
@@ -32,6 +32,7 @@ STREAM_BUFFER = 16
 class _Server:
     handler: Handler
     tasks: TaskGroup
+    protocol_version: int
 
 
 _servers: dict[str, _Server] = {}
@@ -41,11 +42,13 @@ _ids = itertools.count(1)
 class InprocTransport(Transport):
     name: ClassVar[str] = "inproc"
 
-    async def serve(self, handler: Handler, *, host: str, task_status: TaskStatus[str]) -> None:
+    async def serve(
+        self, handler: Handler, *, host: str, port: int = 0, task_status: TaskStatus[str]
+    ) -> None:
         address = f"inproc://{os.getpid()}-{next(_ids)}"
         try:
             async with anyio.create_task_group() as tasks:
-                _servers[address] = _Server(handler, tasks)
+                _servers[address] = _Server(handler, tasks, self.protocol_version)
                 task_status.started(address)
                 await anyio.sleep_forever()
         finally:
@@ -54,12 +57,20 @@ class InprocTransport(Transport):
     def call(
         self, address: str, path: str, payload: bytes, headers: Mapping[str, str]
     ) -> CallStream:
-        return _InprocCall(address, path, payload, headers)
+        return _InprocCall(address, path, payload, headers, self.protocol_version)
 
 
 class _InprocCall(CallStream):
-    def __init__(self, address: str, path: str, payload: bytes, headers: Mapping[str, str]):
+    def __init__(
+        self,
+        address: str,
+        path: str,
+        payload: bytes,
+        headers: Mapping[str, str],
+        protocol_version: int,
+    ):
         self._address = address
+        self._protocol_version = protocol_version
         self._request = (path, payload, headers)
         self._scope = anyio.CancelScope()
         self._receive: MemoryObjectReceiveStream[Frame] | None = None
@@ -70,6 +81,11 @@ class _InprocCall(CallStream):
         server = _servers.get(self._address)
         if server is None:
             raise TransportError(f"no server at {self._address}")
+        if server.protocol_version != self._protocol_version:
+            raise ProtocolError(
+                f"server at {self._address} speaks dyn protocol version "
+                f"{server.protocol_version}, this client speaks {self._protocol_version}"
+            )
         send, receive = anyio.create_memory_object_stream[Frame](STREAM_BUFFER)
         server.tasks.start_soon(self._run, server.handler, send)
         self._receive = receive
