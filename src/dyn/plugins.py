@@ -32,14 +32,19 @@ GROUPS: tuple[Group, ...] = ("dyn.transports", "dyn.routers", "dyn.engines", "dy
 # The built-ins also live here so that a source checkout that was never installed (and so
 # has no entry-point metadata) still finds them. Installed entry points take precedence.
 _BUILTINS: dict[str, dict[str, str]] = {
-    "dyn.transports": {"inproc": "dyn.transports.inproc:InprocTransport"},
+    "dyn.transports": {
+        "inproc": "dyn.transports.inproc:InprocTransport",
+    },
     "dyn.routers": {
         "round_robin": "dyn.routing.simple:RoundRobin",
         "random": "dyn.routing.simple:Random",
         "direct": "dyn.routing.simple:Direct",
     },
     "dyn.engines": {"echo": "dyn.engines.echo:EchoEngine"},
-    "dyn.discovery": {"memory": "dyn.discovery.memory:MemoryDiscovery"},
+    "dyn.discovery": {
+        "memory": "dyn.discovery.memory:MemoryDiscovery",
+        "file": "dyn.discovery.file:FileDiscovery",
+    },
 }
 
 _KIND = {

@@ -55,6 +55,10 @@ class Client:
         while self._count(endpoint) < count:
             await self._changed.wait()
 
+    def instances_any(self) -> bool:
+        """Whether any endpoint of the component has a live instance."""
+        return self._count(None) > 0
+
     def _count(self, endpoint: str | None) -> int:
         if endpoint is not None:
             return len(self._by_endpoint.get(endpoint, ()))

@@ -45,7 +45,10 @@ class InprocTransport(Transport):
     async def serve(
         self, handler: Handler, *, host: str, port: int = 0, task_status: TaskStatus[str]
     ) -> None:
-        address = f"inproc://{os.getpid()}-{next(_ids)}"
+        # A fixed port gives a fixed address, so a restarted server can be found again.
+        address = f"inproc://{os.getpid()}-" + (f"port{port}" if port else str(next(_ids)))
+        if address in _servers:
+            raise TransportError(f"{address} is already being served")
         try:
             async with anyio.create_task_group() as tasks:
                 _servers[address] = _Server(handler, tasks, self.protocol_version)

@@ -1,0 +1,97 @@
+"""Starting and stopping one role instance inside a runtime: shared by every launcher."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+
+from dyn import plugins
+from dyn.discovery.base import Discovery
+from dyn.errors import LaunchError
+from dyn.graph import ComponentSpec, GraphSpec
+from dyn.runtime.client import Client
+from dyn.runtime.component import Component
+from dyn.runtime.runtime import Runtime, component_info
+from dyn.transports.base import Transport
+
+__all__ = [
+    "READY_TIMEOUT_S",
+    "make_discovery",
+    "make_transport",
+    "role_name",
+    "start_role",
+    "stop_role",
+]
+
+# How long a role may take to come up (its dependencies included) before the launch fails.
+READY_TIMEOUT_S = 30.0
+
+
+def make_transport(graph: GraphSpec) -> Transport:
+    cls = plugins.load("dyn.transports", graph.transport)
+    transport: Transport = cls()
+    return transport
+
+
+def make_discovery(graph: GraphSpec) -> Discovery:
+    cls = plugins.load("dyn.discovery", graph.discovery.backend)
+    discovery: Discovery = cls(ttl_s=graph.discovery.ttl_s, **dict(graph.discovery.options))
+    return discovery
+
+
+def role_name(spec: ComponentSpec, replica: int) -> str:
+    """``component`` for a single replica, ``component[i]`` when there are several."""
+    return spec.name if spec.replicas == 1 else f"{spec.name}[{replica}]"
+
+
+def node_of(spec: ComponentSpec, replica: int) -> str:
+    return spec.placement[replica % len(spec.placement)] if spec.placement else "local"
+
+
+async def start_role(
+    runtime: Runtime, graph: GraphSpec, spec: ComponentSpec, replica: int
+) -> Component[Any]:
+    """Build the component, wire its clients, start it, wait until it is ready and its
+    dependencies have instances, then register its endpoints."""
+    role_class = spec.role_class()
+    clients = {
+        dep.slot: runtime.client(
+            dep.component, dep.strategy or _default_strategy(role_class, dep.slot)
+        )
+        for dep in spec.depends_on
+    }
+    info = component_info(graph.namespace, spec.name, replica, node_of(spec, replica))
+    component = role_class(spec.config, info, clients)
+    component.runtime = runtime
+    await component.start()
+    runtime.tasks.start_soon(component.run)
+    await _wait_ready(role_name(spec, replica), component, clients)
+    await runtime.serve_component(component)
+    return component
+
+
+async def stop_role(runtime: Runtime, component: Component[Any]) -> None:
+    """Deregister first, then drain the work in flight, then release resources."""
+    await runtime.withdraw_component(component)
+    with anyio.move_on_after(30):
+        await component.drain()
+    await component.stop()
+
+
+async def _wait_ready(role: str, component: Component[Any], clients: dict[str, Client]) -> None:
+    with anyio.move_on_after(READY_TIMEOUT_S):
+        for client in clients.values():
+            await client.wait_for_instances(endpoint=None)
+        # readiness is a plain predicate: poll it
+        while not component.ready():  # noqa: ASYNC110
+            await anyio.sleep(0.01)
+        return
+    waiting = [c.component for c in clients.values() if not c.instances_any()]
+    detail = f"; still waiting for {', '.join(waiting)}" if waiting else ""
+    raise LaunchError(f"role {role!r} did not become ready within {READY_TIMEOUT_S:.0f} s{detail}")
+
+
+def _default_strategy(role_class: type[Component[Any]], slot: str) -> str:
+    dependency = role_class.dependency_slots().get(slot)
+    return (dependency.strategy if dependency else None) or "round_robin"
