@@ -1,0 +1,321 @@
+"""The calling side of the tcp transport: one multiplexed connection per server.
+
+There is no background reader. A caller waiting for its next frame either reads the
+socket for everyone (dispatching frames to every call's queue) or, if another caller is
+already reading, waits to be woken; the reader hands the job on when it leaves. So
+connections need no task group of their own, and nobody reads for calls nobody awaits,
+which leaves backpressure to TCP and the per-stream windows.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+
+import anyio
+
+from dyn.errors import (
+    BadRequestError,
+    CallError,
+    ProtocolError,
+    TransportError,
+    call_error_from_wire,
+)
+from dyn.transports._tcp_frames import (
+    DATA,
+    END,
+    ERROR,
+    PING,
+    PONG,
+    TYPE_NAMES,
+    Frame,
+    FrameError,
+    decode_preface,
+    encode_cancel,
+    encode_pong,
+    encode_preface,
+    encode_request,
+    encode_window,
+    parse_error,
+)
+from dyn.transports._tcp_wire import Wire, WireClosed, connect
+from dyn.transports.base import CallStream
+
+__all__ = ["ClientConnection", "TcpCall", "fresh_error"]
+
+_LAST_STREAM_ID = 2**32 - 1
+
+
+def fresh_error(error: CallError) -> CallError:
+    # One error object per raise, so tracebacks of different callers do not pile up.
+    return type(error)(error.message, code=error.code)
+
+
+class _Ended:
+    """Marks a call whose server sent END (or whose caller closed it)."""
+
+
+_ENDED = _Ended()
+
+
+class ClientConnection:
+    """A connection to one server address, shared by every call to it."""
+
+    def __init__(self, address: str, host: str, port: int, max_frame_bytes: int) -> None:
+        self.address = address
+        self.host = host
+        self.port = port
+        self.max_frame_bytes = max_frame_bytes
+        self.wire: Wire | None = None
+        self.ready = anyio.Event()
+        self.error: CallError | None = None
+        self.calls: dict[int, TcpCall] = {}
+        self.on_dead: Callable[[ClientConnection], None] = lambda conn: None
+        # Set when the opener was cancelled: others waiting for it should try again.
+        self.open_abandoned = False
+        self._next_id = 1
+        self._reading = False
+        self._waiters: dict[int, anyio.Event] = {}
+
+    # -- opening --------------------------------------------------------------------------
+
+    async def open(self, protocol_version: int, timeout_s: float) -> None:
+        """Connect and shake hands. Raises TransportError or ProtocolError."""
+        where = f"{self.host}:{self.port}"
+        try:
+            with anyio.fail_after(timeout_s):
+                sock = await connect(self.host, self.port)
+                wire = Wire(sock, self.max_frame_bytes)
+                try:
+                    wire.write(encode_preface(protocol_version))
+                    await wire.drain()
+                    preface = await wire.read_preface()
+                except BaseException:
+                    wire.close()
+                    raise
+        except TimeoutError:
+            raise TransportError(f"timed out after {timeout_s}s connecting to {where}") from None
+        except OSError as exc:
+            raise TransportError(f"cannot connect to {where}: {exc.strerror or exc}") from exc
+        except WireClosed as exc:
+            raise TransportError(f"{where} closed the connection in the handshake: {exc}") from None
+        try:
+            version = decode_preface(preface)
+        except FrameError:
+            wire.close()
+            raise ProtocolError(f"{where} is not a dyn tcp server (it sent {preface!r})") from None
+        if version != protocol_version:
+            wire.close()
+            raise ProtocolError(
+                f"server at {where} speaks dyn tcp protocol version {version}, "
+                f"this client speaks {protocol_version}"
+            )
+        self.wire = wire
+
+    def alive(self) -> bool:
+        """Whether new calls may use this connection (it notices a closed peer here)."""
+        if self.error is not None or self.wire is None:
+            return False
+        if self._next_id > _LAST_STREAM_ID:
+            return False  # stream ids ran out: retire it, calls in flight carry on
+        if not self._reading:  # a reader would already have seen the peer go
+            try:
+                while (frames := self.wire.poll_nowait()) is not None:
+                    self._dispatch(frames)
+            except (WireClosed, FrameError) as exc:
+                self._fail(exc)
+        return self.error is None
+
+    def fail(self, error: CallError) -> None:
+        """Close the connection; calls on it raise ``error`` once their queues are empty."""
+        if self.error is not None:
+            return
+        self.error = error
+        if self.wire is not None:
+            self.wire.close()
+        for waiter in self._waiters.values():
+            waiter.set()
+        self._waiters.clear()
+        self.ready.set()
+        self.on_dead(self)
+
+    def _fail(self, exc: Exception) -> None:
+        if isinstance(exc, FrameError):
+            self.fail(ProtocolError(f"server at {self.address} sent a malformed frame: {exc}"))
+        else:
+            self.fail(TransportError(f"connection to {self.address} lost: {exc}"))
+
+    # -- calls ----------------------------------------------------------------------------
+
+    def start(self, call: TcpCall, path: str, payload: bytes, headers: Mapping[str, str]) -> int:
+        """Send a call's REQUEST and its first window grant; returns its stream id."""
+        assert self.wire is not None
+        stream_id = self._next_id
+        request = encode_request(stream_id, path, headers, payload)
+        if len(request) - 4 > self.max_frame_bytes:
+            raise BadRequestError(
+                f"request of {len(payload)} bytes is over the tcp frame limit of "
+                f"{self.max_frame_bytes} bytes (option max_frame_bytes)"
+            )
+        self._next_id += 2
+        self.calls[stream_id] = call
+        self.wire.write(request + encode_window(stream_id, call.window))
+        self.wire.flush_nowait()
+        return stream_id
+
+    def grant(self, stream_id: int, increment: int) -> None:
+        assert self.wire is not None
+        self.wire.write(encode_window(stream_id, increment))
+        self.wire.flush_nowait()
+
+    def cancel(self, stream_id: int) -> None:
+        """Forget a call and tell the server, without waiting (usable from sync code)."""
+        if self.calls.pop(stream_id, None) is not None and self.wire is not None:
+            self.wire.write(encode_cancel(stream_id))
+            self.wire.flush_nowait()
+        waiter = self._waiters.pop(stream_id, None)
+        if waiter is not None:
+            waiter.set()
+
+    async def drain(self) -> None:
+        """Wait until queued bytes are in the kernel (bounds a big REQUEST's memory)."""
+        assert self.wire is not None
+        try:
+            await self.wire.drain()
+        except WireClosed as exc:
+            self._fail(exc)
+        if self.error is not None:
+            raise fresh_error(self.error)
+
+    async def wait_for(self, call: TcpCall) -> None:
+        """Return once ``call`` has a frame or has ended; raise if the connection broke."""
+        assert self.wire is not None
+        try:
+            while not call.queue and call.final is None:
+                if self.error is not None:
+                    raise fresh_error(self.error)
+                if self._reading:
+                    waiter = self._waiters[call.stream_id] = anyio.Event()
+                    try:
+                        await waiter.wait()
+                    finally:
+                        if self._waiters.get(call.stream_id) is waiter:
+                            del self._waiters[call.stream_id]
+                    continue
+                self._reading = True
+                try:
+                    self._dispatch(await self.wire.receive())
+                except (WireClosed, FrameError) as exc:
+                    self._fail(exc)
+                finally:
+                    self._reading = False
+        finally:
+            # Whoever leaves makes sure someone still reads for the calls left waiting.
+            if not self._reading and self._waiters:
+                self._waiters.pop(next(iter(self._waiters))).set()
+
+    def _dispatch(self, frames: list[Frame]) -> None:
+        calls, waiters = self.calls, self._waiters
+        for ftype, stream_id, body in frames:
+            call = calls.get(stream_id)
+            if call is None:
+                if ftype == PING:
+                    assert self.wire is not None
+                    self.wire.write(encode_pong(body))
+                    self.wire.flush_nowait()
+                elif ftype == PONG:
+                    pass
+                elif ftype not in (DATA, END, ERROR):
+                    raise FrameError(f"a server may not send {TYPE_NAMES[ftype]}")
+                elif stream_id >= self._next_id:
+                    raise FrameError(f"{TYPE_NAMES[ftype]} for unopened stream {stream_id}")
+                continue  # a call that was just closed: late frames are a race, not an error
+            if ftype == DATA:
+                if call.credit <= 0:
+                    raise FrameError(f"DATA beyond stream {stream_id}'s window")
+                call.credit -= len(body)
+                call.queue.append(body)
+            elif ftype == END:
+                call.final = _ENDED
+                del calls[stream_id]
+            elif ftype == ERROR:
+                call.final = call_error_from_wire(*parse_error(body))
+                del calls[stream_id]
+            else:
+                raise FrameError(f"a server may not send {TYPE_NAMES[ftype]}")
+            if waiters:
+                waiter = waiters.pop(stream_id, None)
+                if waiter is not None:
+                    waiter.set()
+
+
+class TcpCall(CallStream):
+    """One call over a pooled connection. Connects lazily, on the first ``__anext__``."""
+
+    def __init__(
+        self,
+        get_connection: Callable[[], Awaitable[ClientConnection]],
+        path: str,
+        payload: bytes,
+        headers: Mapping[str, str],
+        window: int,
+    ) -> None:
+        self._get_connection = get_connection
+        self._request: tuple[str, bytes, Mapping[str, str]] | None = (path, payload, headers)
+        self._conn: ClientConnection | None = None
+        self._closed = False
+        self.stream_id = 0
+        self.window = window
+        self.credit = window
+        self._consumed = 0
+        self.queue: deque[bytes] = deque()
+        self.final: _Ended | CallError | None = None
+
+    async def __anext__(self) -> bytes:
+        if self._closed:
+            raise StopAsyncIteration
+        try:
+            conn = self._conn or await self._open()
+            if not self.queue and self.final is None:
+                await conn.wait_for(self)
+        except BaseException:
+            self.close_nowait()
+            raise
+        if self.queue:
+            body = self.queue.popleft()
+            self._consumed += len(body)
+            # Grant credit back in halves: few WINDOW frames, and the sender never idles.
+            if self._consumed >= self.window // 2 and self.final is None:
+                conn.grant(self.stream_id, self._consumed)
+                self.credit += self._consumed
+                self._consumed = 0
+            return body
+        final = self.final
+        self.close_nowait()
+        if isinstance(final, CallError):
+            raise final
+        raise StopAsyncIteration
+
+    async def _open(self) -> ClientConnection:
+        assert self._request is not None
+        path, payload, headers = self._request
+        conn = await self._get_connection()
+        self.stream_id = conn.start(self, path, payload, headers)
+        self._conn, self._request = conn, None
+        assert conn.wire is not None
+        if conn.wire.pending:
+            await conn.drain()
+        return conn
+
+    def close_nowait(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.queue.clear()
+        if self.final is None:
+            self.final = _ENDED
+        if self._conn is not None:
+            self._conn.cancel(self.stream_id)
+
+    async def aclose(self) -> None:
+        self.close_nowait()

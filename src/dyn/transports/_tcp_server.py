@@ -1,0 +1,193 @@
+"""The serving side of the tcp transport: accept connections, run one task per call.
+
+Each connection has a reader (this module's loop), a writer task that batches outgoing
+frames, and one task per call, all in the connection's task group: losing the
+connection cancels its calls, and cancelling the server cancels every connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from dataclasses import dataclass
+
+import anyio
+from anyio.abc import TaskGroup
+
+from dyn.errors import CallError
+from dyn.runtime.context import Context
+from dyn.transports._serving import Frame, run_handler
+from dyn.transports._tcp_frames import (
+    CANCEL,
+    DATA,
+    HEADER,
+    MAGIC,
+    PING,
+    PONG,
+    PREFACE_SIZE,
+    REQUEST,
+    TYPE_NAMES,
+    WINDOW,
+    FrameError,
+    decode_preface,
+    encode_end,
+    encode_error,
+    encode_pong,
+    encode_preface,
+    parse_request,
+    parse_window,
+)
+from dyn.transports._tcp_wire import Wire, WireClosed
+from dyn.transports.base import Handler
+
+__all__ = ["ServerOptions", "serve_connection"]
+
+log = logging.getLogger("dyn.transports.tcp")
+
+# A window above this is a broken peer, not a generous one (HTTP/2 uses the same bound).
+MAX_WINDOW = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    protocol_version: int
+    max_frame_bytes: int
+    handshake_timeout_s: float
+    # Bytes queued for the socket above which handlers wait: bounds the writer's memory.
+    write_high_water: int = 256 * 2**10
+
+
+class _Stream:
+    __slots__ = ("ctx", "scope", "waiter", "window")
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.scope = anyio.CancelScope()
+        self.window = 0  # the caller grants its window with a WINDOW right after REQUEST
+        self.waiter: anyio.Event | None = None
+
+    def stop(self) -> None:
+        self.ctx.cancel()  # first, so the handler's cleanup sees ctx.cancelled
+        self.scope.cancel()
+
+
+async def serve_connection(
+    sock: socket.socket, peer: str, handler: Handler, options: ServerOptions
+) -> None:
+    """Serve one accepted connection until it closes or the server is cancelled."""
+    wire = Wire(sock, options.max_frame_bytes)
+    try:
+        preface = b""
+        with anyio.move_on_after(options.handshake_timeout_s):
+            preface = await wire.read_preface()
+        if len(preface) < PREFACE_SIZE and MAGIC.startswith(preface[:4]):
+            log.info("closing connection from %s: no dyn tcp preface", peer)
+            return
+        try:
+            version = decode_preface(preface)
+        except FrameError:
+            log.info("closing connection from %s: not a dyn tcp client", peer)
+            return
+        # Answer even on a mismatch, so the client can name both versions.
+        wire.write(encode_preface(options.protocol_version))
+        await wire.drain()
+        if version != options.protocol_version:
+            log.warning(
+                "closing connection from %s: it speaks dyn tcp protocol version %d, "
+                "this server speaks %d",
+                peer,
+                version,
+                options.protocol_version,
+            )
+            return
+        await _Connection(wire, peer, handler, options).run()
+    except WireClosed:
+        pass
+    finally:
+        wire.close()
+
+
+class _Connection:
+    def __init__(self, wire: Wire, peer: str, handler: Handler, options: ServerOptions) -> None:
+        self.wire = wire
+        self.peer = peer
+        self.handler = handler
+        self.options = options
+        self.streams: dict[int, _Stream] = {}
+        self.last_id = 0
+
+    async def run(self) -> None:
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(self.wire.run_writer)
+            try:
+                while True:
+                    for ftype, stream_id, body in await self.wire.receive():
+                        self._on_frame(tasks, ftype, stream_id, body)
+            except FrameError as exc:
+                log.warning("closing connection from %s: malformed frame: %s", self.peer, exc)
+            except WireClosed:
+                pass
+            finally:
+                for stream in self.streams.values():
+                    stream.stop()
+                tasks.cancel_scope.cancel()
+
+    def _on_frame(self, tasks: TaskGroup, ftype: int, stream_id: int, body: bytes) -> None:
+        if ftype == REQUEST:
+            if stream_id <= self.last_id:
+                raise FrameError(f"REQUEST reuses stream id {stream_id} (last {self.last_id})")
+            self.last_id = stream_id
+            path, headers, payload = parse_request(body)
+            stream = _Stream(Context.from_headers(headers))
+            self.streams[stream_id] = stream
+            tasks.start_soon(self._run, stream_id, stream, path, payload)
+        elif ftype == WINDOW or ftype == CANCEL:
+            known = self.streams.get(stream_id)
+            if known is None:
+                if stream_id > self.last_id:
+                    raise FrameError(f"{TYPE_NAMES[ftype]} for unopened stream {stream_id}")
+                return  # the call just finished: a race, not an error
+            if ftype == CANCEL:
+                known.stop()
+                return
+            known.window += parse_window(body)
+            if known.window > MAX_WINDOW:
+                raise FrameError(f"stream {stream_id}'s window grew past {MAX_WINDOW}")
+            if known.waiter is not None and known.window > 0:
+                known.waiter.set()
+                known.waiter = None
+        elif ftype == PING:
+            self.wire.write(encode_pong(body))
+        elif ftype != PONG:
+            raise FrameError(f"a client may not send {TYPE_NAMES[ftype]}")
+
+    async def _run(self, stream_id: int, stream: _Stream, path: str, payload: bytes) -> None:
+        wire, high_water = self.wire, self.options.write_high_water
+        limit = self.options.max_frame_bytes - 5
+        header = HEADER.pack
+
+        async def send(frame: Frame) -> None:
+            kind, body, message = frame
+            if kind == "data":
+                assert isinstance(body, bytes)
+                if len(body) > limit:
+                    raise CallError(
+                        f"the handler yielded {len(body)} bytes; a tcp frame holds {limit}"
+                    )
+                while stream.window <= 0:  # flow control: the caller has not caught up
+                    stream.waiter = anyio.Event()
+                    await stream.waiter.wait()
+                stream.window -= len(body)
+                wire.write_frame(header(5 + len(body), DATA, stream_id), body)
+                if wire.pending > high_water:
+                    await wire.wait_for_room(high_water)
+            elif kind == "end":
+                wire.write(encode_end(stream_id))
+            else:
+                wire.write(encode_error(stream_id, str(body), message))
+
+        try:
+            with stream.scope:
+                await run_handler(self.handler, path, payload, stream.ctx, send)
+        finally:
+            self.streams.pop(stream_id, None)

@@ -1,0 +1,248 @@
+"""Socket I/O for the tcp transport: a framed, buffered, non-blocking socket.
+
+The transport drives raw non-blocking sockets with ``anyio.wait_readable`` /
+``wait_writable`` rather than anyio's socket streams because a caller must be able to
+send CANCEL from synchronous code (``CallStream.close_nowait``), and a stream's ``send``
+can only be awaited. A write is therefore two steps: queue the bytes (always synchronous)
+and push queued bytes into the kernel, either right away (:meth:`Wire.flush_nowait`) or
+by awaiting writability (:meth:`Wire.drain`). The queue keeps order, so both may be mixed.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import anyio
+import anyio.lowlevel
+
+from dyn.transports._tcp_frames import PREFACE_SIZE, Frame, FrameDecoder
+
+__all__ = ["RECV_BYTES", "Wire", "WireClosed", "connect", "listen", "tune"]
+
+# Bytes asked of the kernel per read: enough for many small frames per wake-up.
+RECV_BYTES = 256 * 2**10
+
+
+class WireClosed(Exception):
+    """The connection is gone (peer closed, reset, or we closed it); ``str`` says how."""
+
+
+def tune(sock: socket.socket) -> None:
+    sock.setblocking(False)
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        # Frames are small and latency-bound; the writers batch on their own.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+async def connect(host: str, port: int) -> socket.socket:
+    """A connected non-blocking socket to ``host:port``; ``OSError`` if none can be made."""
+    infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    error: OSError = OSError(f"no address found for {host}")
+    for family, kind, proto, _, sockaddr in infos:
+        sock = socket.socket(family, kind, proto)
+        try:
+            tune(sock)
+            try:
+                sock.connect(sockaddr)
+            except BlockingIOError:
+                await anyio.wait_writable(sock)
+                code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if code:
+                    raise OSError(code, os.strerror(code)) from None
+            return sock
+        except OSError as exc:
+            sock.close()
+            error = exc
+        except BaseException:
+            sock.close()
+            raise
+    raise error
+
+
+async def listen(host: str, port: int) -> socket.socket:
+    """A listening non-blocking socket on ``host:port`` (SO_REUSEADDR, so restarts rebind)."""
+    infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, _, _, _, sockaddr = infos[0]
+    sock = socket.create_server(sockaddr[:2], family=family, backlog=1024)
+    sock.setblocking(False)
+    return sock
+
+
+class Wire:
+    """One connection's socket: frames in, queued bytes out. Single-threaded, not locked.
+
+    At most one task may await :meth:`receive` at a time (the transport's callers make
+    sure of that); any number may :meth:`write`.
+    """
+
+    def __init__(self, sock: socket.socket, max_frame_bytes: int) -> None:
+        self.sock = sock
+        self.decoder = FrameDecoder(max_frame_bytes)
+        self.closed: WireClosed | None = None
+        self._out: list[bytes | memoryview] = []
+        self._out_bytes = 0
+        self._room: anyio.Event | None = None
+        self._wake: anyio.Event | None = None
+        self._drain_lock = anyio.Lock()
+
+    # -- reading --------------------------------------------------------------------------
+
+    async def read_preface(self) -> bytes:
+        """The peer's first 8 bytes, read exactly; stops early on a wrong first byte."""
+        got = b""
+        while len(got) < PREFACE_SIZE:
+            chunk = await self._recv(PREFACE_SIZE - len(got))
+            got += chunk
+            if not b"DYN\x00".startswith(got[:4]):
+                break  # not a dyn peer (an HTTP client, say): no need to wait for more
+        return got
+
+    async def receive(self) -> list[Frame]:
+        """The next frames from the peer. Raises ``WireClosed`` or ``FrameError``."""
+        while True:
+            frames = self.decoder.feed(await self._recv(RECV_BYTES))
+            if frames:
+                return frames
+
+    def poll_nowait(self) -> list[Frame] | None:
+        """Frames from what the kernel already holds, ``None`` if it holds nothing."""
+        self._check_open()
+        try:
+            data = self.sock.recv(RECV_BYTES)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            raise self._close(str(exc)) from None
+        if not data:
+            raise self._close("the peer closed the connection")
+        return self.decoder.feed(data)
+
+    async def _recv(self, size: int) -> bytes:
+        # Yield first, so a reader with data always waiting cannot starve other tasks;
+        # after recv() returns there is no await, so no bytes are lost to a cancellation.
+        await anyio.lowlevel.checkpoint()
+        while True:
+            self._check_open()
+            try:
+                data = self.sock.recv(size)
+            except BlockingIOError:
+                try:
+                    await anyio.wait_readable(self.sock)
+                except anyio.ClosedResourceError:
+                    raise self._close("the connection was closed") from None
+                continue
+            except OSError as exc:
+                raise self._close(str(exc)) from None
+            if not data:
+                raise self._close("the peer closed the connection")
+            return data
+
+    # -- writing --------------------------------------------------------------------------
+
+    @property
+    def pending(self) -> int:
+        """Bytes queued and not yet handed to the kernel."""
+        return self._out_bytes
+
+    def write(self, data: bytes) -> None:
+        """Queue ``data``; it goes out at the next flush or drain."""
+        if self.closed is not None:
+            return  # the reader reports the loss; writers need not
+        self._out.append(data)
+        self._out_bytes += len(data)
+        if self._wake is not None:
+            self._wake.set()
+            self._wake = None
+
+    def write_frame(self, header: bytes, body: bytes) -> None:
+        """Queue a frame given as header and body, without copying a large body."""
+        if self.closed is not None:
+            return
+        if len(body) < 4096:  # one small join now beats two queue entries
+            self._out.append(header + body)
+        else:
+            self._out += (header, body)
+        self._out_bytes += len(header) + len(body)
+        if self._wake is not None:
+            self._wake.set()
+            self._wake = None
+
+    def flush_nowait(self) -> None:
+        """Hand the kernel as much of the queue as it takes now, without waiting."""
+        if not self._out or self.closed is not None:
+            return
+        data = self._out[0] if len(self._out) == 1 else b"".join(self._out)
+        try:
+            sent = self.sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            self._close(str(exc))
+            return
+        if sent == len(data):
+            self._out.clear()
+            self._out_bytes = 0
+        else:
+            self._out = [memoryview(data)[sent:]]
+            self._out_bytes = len(data) - sent
+        if self._room is not None and self._out_bytes <= self._low_water:
+            self._room.set()
+            self._room = None
+
+    _low_water = 64 * 2**10
+
+    async def drain(self) -> None:
+        """Wait until the whole queue is in the kernel. Raises ``WireClosed``."""
+        async with self._drain_lock:
+            while True:
+                self.flush_nowait()
+                self._check_open()
+                if not self._out:
+                    return
+                try:
+                    await anyio.wait_writable(self.sock)
+                except anyio.ClosedResourceError:
+                    raise self._close("the connection was closed") from None
+
+    async def wait_for_room(self, high_water: int) -> None:
+        """Block while more than ``high_water`` bytes are queued: the writer's bound."""
+        while self._out_bytes > high_water and self.closed is None:
+            if self._room is None:
+                self._room = anyio.Event()
+            await self._room.wait()
+
+    async def run_writer(self) -> None:
+        """Drain the queue whenever something is written: batches a loop turn's frames.
+
+        Returns when the connection closes (the reader reports why).
+        """
+        try:
+            while self.closed is None:
+                if not self._out:
+                    self._wake = anyio.Event()
+                    await self._wake.wait()
+                await self.drain()
+        except WireClosed:
+            return
+
+    # -- closing --------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self.closed is not None:
+            raise WireClosed(str(self.closed))
+
+    def _close(self, reason: str) -> WireClosed:
+        if self.closed is None:
+            self.closed = WireClosed(reason)
+            self._out.clear()
+            self._out_bytes = 0
+            for event in (self._room, self._wake):
+                if event is not None:
+                    event.set()
+            anyio.notify_closing(self.sock)
+            self.sock.close()
+        return self.closed
+
+    def close(self, reason: str = "the connection was closed") -> None:
+        self._close(reason)
