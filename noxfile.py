@@ -28,3 +28,37 @@ def typecheck(session: nox.Session) -> None:
     """mypy --strict on src/."""
     session.install("-e", ".", "mypy>=1.10", "types-PyYAML")
     session.run("mypy", "--strict", "src/dyn")
+
+
+# The generator is pinned so that regenerating gives byte-identical output; bump these
+# together with the betterproto2 runtime (its minor version must match the compiler's).
+PROTO_GENERATOR = ["betterproto2_compiler==0.10.1", "grpcio-tools==1.85.1", "ruff==0.17.6"]
+PROTO_OUT = "src/dyn/transports/grpc/_proto"
+
+
+@nox.session
+def proto(session: nox.Session) -> None:
+    """Regenerate the gRPC messages from transports/dyn.proto; fail if they changed."""
+    import os
+    import shutil
+
+    session.install(*PROTO_GENERATOR)
+    # Start from nothing so that a file the generator no longer writes shows up as deleted.
+    shutil.rmtree(PROTO_OUT, ignore_errors=True)
+    os.makedirs(PROTO_OUT)
+    session.run(
+        "python",
+        "-m",
+        "grpc_tools.protoc",
+        "--proto_path=transports",
+        # Messages only: the service glue in dyn/transports/grpc is written by hand.
+        f"--python_betterproto2_out=client_generation=none,server_generation=none:{PROTO_OUT}",
+        "transports/dyn.proto",
+    )
+    session.run("git", "diff", "--exit-code", "--", PROTO_OUT, external=True)
+    # git diff is blind to files git does not track: a file the generator newly writes.
+    untracked = session.run(
+        "git", "status", "--porcelain", "--", PROTO_OUT, external=True, silent=True
+    )
+    if untracked:
+        session.error(f"generated code differs from what is committed:\n{untracked}")

@@ -1,0 +1,129 @@
+"""The calling side: one call is one server-streaming RPC on a pooled grpclib Channel."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import h2.exceptions
+from grpclib.client import Channel, Stream
+from grpclib.const import Cardinality, Status
+from grpclib.exceptions import GRPCError, StreamTerminatedError
+from h2.errors import ErrorCodes
+
+from dyn.errors import CallError, ProtocolError, TransportError, call_error_from_wire
+from dyn.transports.base import CallStream
+from dyn.transports.grpc._wire import CALL_METHOD, CallFrame, CallRequest, message_kind
+
+__all__ = ["GrpcCall"]
+
+
+class GrpcCall(CallStream):
+    """One call; the RPC starts on the first ``__anext__``."""
+
+    def __init__(
+        self, address: str, request: CallRequest, channel: Callable[[str], Channel]
+    ) -> None:
+        self._address = address
+        self._request = request
+        self._channel = channel
+        self._stream: Stream[CallRequest, CallFrame] | None = None
+        self._done = False
+
+    async def __anext__(self) -> bytes:
+        if self._done:
+            raise StopAsyncIteration
+        try:
+            stream = self._stream or await self._open()
+            frame = await stream.recv_message()
+            if frame is None:
+                # No end or error frame: the trailers say why (a GRPCError), or the
+                # server broke the contract.
+                await self._finish()
+                raise ProtocolError(f"server at {self._address} ended the call without an end")
+            kind = message_kind(frame)
+            if kind == "data":
+                assert frame.data is not None
+                return frame.data
+            await self._finish()
+        except CallError:
+            self.close_nowait()
+            raise
+        except GRPCError as exc:
+            self.close_nowait()
+            raise _from_status(self._address, exc) from exc
+        except (StreamTerminatedError, OSError, h2.exceptions.H2Error) as exc:
+            self.close_nowait()
+            _undo_wrapper_cancel(exc)
+            raise TransportError(f"connection to {self._address} failed: {exc}") from exc
+        except Exception as exc:  # a frame that does not decode
+            self.close_nowait()
+            raise ProtocolError(f"bad frame from {self._address}: {exc!r}") from exc
+        except BaseException:  # cancelled: reset the stream so the far handler stops
+            self.close_nowait()
+            raise
+        if kind == "end":
+            raise StopAsyncIteration
+        if kind == "error":
+            assert frame.error is not None
+            raise call_error_from_wire(frame.error.code, frame.error.message)
+        raise ProtocolError(f"server at {self._address} sent a frame of unknown kind")
+
+    async def _open(self) -> Stream[CallRequest, CallFrame]:
+        stream = self._channel(self._address).request(
+            CALL_METHOD, Cardinality.UNARY_STREAM, CallRequest, CallFrame
+        )
+        await stream.__aenter__()
+        self._stream = stream
+        await stream.send_message(self._request, end=True)
+        return stream
+
+    async def _finish(self) -> None:
+        """After the last frame: read the trailers (raising their error) and release."""
+        self._done = True
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            await stream.__aexit__(None, None, None)
+
+    def close_nowait(self) -> None:
+        self._done = True
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            _reset_nowait(stream)
+
+    async def aclose(self) -> None:
+        self.close_nowait()
+
+
+def _from_status(address: str, exc: GRPCError) -> TransportError:
+    if exc.status is Status.FAILED_PRECONDITION:  # the version check, see dyn.proto
+        return ProtocolError(exc.message or f"server at {address} refused the call")
+    if exc.status is Status.UNIMPLEMENTED:
+        return ProtocolError(f"server at {address} does not serve dyn calls: {exc.message}")
+    return TransportError(f"call to {address} failed: {exc.status.name} {exc.message or ''}")
+
+
+def _reset_nowait(stream: Stream[CallRequest, CallFrame]) -> None:
+    """Cancel the RPC without awaiting: reset the HTTP/2 stream and release it.
+
+    grpclib's ``Stream.cancel`` and ``__aexit__`` are coroutines, but ``close_nowait`` runs
+    where nothing can be awaited (a cancelled task, a finalizer), so this does their
+    synchronous part. The reset makes grpclib cancel the handler's task on the server.
+    """
+    if not stream._send_request_done:
+        return  # no HTTP/2 stream was opened
+    h2_stream = stream._stream
+    if h2_stream.closable:
+        h2_stream.reset_nowait(ErrorCodes.CANCEL)
+    stream._release_stream()  # also hands back the flow-control window of unread data
+
+
+def _undo_wrapper_cancel(exc: BaseException) -> None:
+    # grpclib wakes a task waiting on a broken stream by cancelling it and turning the
+    # CancelledError into StreamTerminatedError. The task's cancel request stays counted,
+    # which would make a later anyio cancel scope in this task re-raise instead of
+    # catching its own cancellation; take it back.
+    if isinstance(exc.__context__, asyncio.CancelledError):
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            task.uncancel()
