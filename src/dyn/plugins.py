@@ -34,6 +34,8 @@ GROUPS: tuple[Group, ...] = ("dyn.transports", "dyn.routers", "dyn.engines", "dy
 _BUILTINS: dict[str, dict[str, str]] = {
     "dyn.transports": {
         "inproc": "dyn.transports.inproc:InprocTransport",
+        "tcp": "dyn.transports.tcp:TcpTransport",
+        "grpc": "dyn.transports.grpc:GrpcTransport",
     },
     "dyn.routers": {
         "round_robin": "dyn.routing.simple:RoundRobin",

@@ -1,0 +1,301 @@
+"""One conformance suite, run against every transport: inproc, tcp and grpc.
+
+Each transport must give the same call semantics: streams in order, large payloads,
+many concurrent streams, bounded buffering under a slow consumer, version checks,
+cancellation and deadlines reaching the handler, typed errors, and no hang when the
+server dies. Cancellation latencies are printed (`pytest -s`) for the closing notes.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import _handlers
+import anyio
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dyn import plugins
+from dyn.errors import (
+    BadRequestError,
+    DeadlineExceeded,
+    ProtocolError,
+    RemoteError,
+    TransportError,
+)
+from dyn.transports.base import Transport
+
+pytestmark = pytest.mark.anyio
+
+TRANSPORTS = ["inproc", "tcp", "grpc"]
+WIRE_TRANSPORTS = ["tcp", "grpc"]
+HANDLERS_SCRIPT = Path(_handlers.__file__)
+
+
+def make(name: str, **options: Any) -> Transport:
+    transport: Transport = plugins.load("dyn.transports", name)(**options)
+    return transport
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(params=TRANSPORTS)
+def transport_name(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+async def served(transport_name: str) -> AsyncIterator[tuple[Transport, str]]:
+    """A server running the conformance handler in this process, and a client transport."""
+    server, client = make(transport_name), make(transport_name)
+    async with anyio.create_task_group() as tasks:
+        address = await tasks.start(
+            lambda task_status: server.serve(
+                _handlers.handler, host="127.0.0.1", task_status=task_status
+            )
+        )
+        try:
+            yield client, address
+        finally:
+            await client.aclose()
+            tasks.cancel_scope.cancel()
+
+
+async def collect(transport: Transport, address: str, path: str, payload: bytes) -> list[bytes]:
+    async with transport.call(address, path, payload, {}) as items:
+        return [item async for item in items]
+
+
+async def test_unary(served: tuple[Transport, str]) -> None:
+    client, address = served
+    with anyio.fail_after(10):
+        assert await collect(client, address, "echo", b"hello") == [b"hello"]
+
+
+async def test_streaming_keeps_order(served: tuple[Transport, str]) -> None:
+    client, address = served
+    with anyio.fail_after(10):
+        items = await collect(client, address, "count", b"1000")
+    assert items == [str(i).encode() for i in range(1000)]
+
+
+async def test_one_mebibyte_payload_both_ways(served: tuple[Transport, str]) -> None:
+    client, address = served
+    payload = bytes(range(256)) * 4096
+    with anyio.fail_after(10):
+        assert await collect(client, address, "echo", payload) == [payload]
+
+
+async def test_a_thousand_concurrent_streams(served: tuple[Transport, str]) -> None:
+    client, address = served
+    results: dict[int, list[bytes]] = {}
+
+    async def one(i: int) -> None:
+        results[i] = await collect(client, address, "count", b"5")
+
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tasks:
+            for i in range(1000):
+                tasks.start_soon(one, i)
+    assert len(results) == 1000
+    assert all(items == [b"0", b"1", b"2", b"3", b"4"] for items in results.values())
+
+
+async def test_slow_consumer_bounds_what_the_sender_buffers(
+    served: tuple[Transport, str], transport_name: str
+) -> None:
+    client, address = served
+    key = f"flood-{transport_name}"
+    with anyio.fail_after(10):
+        async with client.call(address, "flood", key.encode(), {}) as items:
+            await items.__anext__()
+            await anyio.sleep(1.0)  # the consumer stalls; the producer must stall too
+            produced = _handlers.produced[key]
+    # The handler offers 256 MiB; flow control must stop it after a few windows.
+    print(f"\n{transport_name}: {produced / 2**20:.2f} MiB produced while the consumer stalled")
+    assert produced <= 16 * 2**20
+
+
+async def test_version_mismatch_is_a_clear_error(
+    served: tuple[Transport, str], transport_name: str
+) -> None:
+    _, address = served
+    other = make(transport_name, protocol_version=99)
+    try:
+        with anyio.fail_after(10), pytest.raises(ProtocolError) as caught:
+            await collect(other, address, "echo", b"x")
+    finally:
+        await other.aclose()
+    message = str(caught.value)
+    assert "99" in message and "1" in message and "version" in message
+
+
+async def test_cancel_mid_stream_reaches_the_handler(
+    served: tuple[Transport, str], transport_name: str
+) -> None:
+    client, address = served
+    key = f"cancel-{transport_name}"
+    with anyio.fail_after(10):
+        async with client.call(address, "forever", key.encode(), {}) as items:
+            for _ in range(3):
+                await items.__anext__()
+            closed_at = time.perf_counter()
+        with anyio.fail_after(1.0):  # generous; the note reports the measured latency
+            seen_at = await _handlers.wait_cancelled(key)
+    latency_ms = (seen_at - closed_at) * 1000
+    print(f"\n{transport_name}: cancellation reached the handler in {latency_ms:.2f} ms")
+
+
+async def test_handler_errors_arrive_typed(served: tuple[Transport, str]) -> None:
+    client, address = served
+    got: list[bytes] = []
+    with anyio.fail_after(10):
+        with pytest.raises(BadRequestError, match="the payload was not what I expected"):
+            async with client.call(address, "bad-request", b"", {}) as items:
+                async for item in items:
+                    got.append(item)
+        assert got == [b"first"]
+        with pytest.raises(RemoteError, match="ValueError: something broke inside"):
+            await collect(client, address, "bug", b"")
+
+
+async def test_passed_deadline_stops_both_sides(
+    served: tuple[Transport, str], transport_name: str
+) -> None:
+    client, address = served
+    key = f"deadline-{transport_name}"
+    started = time.perf_counter()
+    with anyio.fail_after(10):
+        with pytest.raises(DeadlineExceeded):
+            async with client.call(address, "sleep", key.encode(), {"dyn-timeout": "0.3"}) as it:
+                async for _ in it:
+                    pass
+        assert time.perf_counter() - started < 5
+        await _handlers.wait_cancelled(key)
+
+
+# -- a server in its own process: killed, restarted, fed garbage ------------------------
+
+
+class ServerProcess:
+    def __init__(self, transport_name: str, port: int) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(HANDLERS_SCRIPT), transport_name, str(port)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        self.address = self.proc.stdout.readline().strip()
+        assert self.address, "the server process printed no address"
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+@pytest.fixture
+def server_process(transport_name: str) -> Iterator[ServerProcess]:
+    if transport_name == "inproc":
+        pytest.skip("inproc servers live in the caller's process; see test_runtime.py")
+    server = ServerProcess(transport_name, free_port())
+    yield server
+    server.kill()
+
+
+async def test_server_killed_mid_stream_fails_fast(
+    server_process: ServerProcess, transport_name: str
+) -> None:
+    client = make(transport_name)
+    try:
+        with anyio.fail_after(15):
+            async with client.call(server_process.address, "forever", b"k", {}) as items:
+                await items.__anext__()
+                server_process.kill()
+                with pytest.raises(TransportError):
+                    async for _ in items:
+                        pass
+    finally:
+        await client.aclose()
+
+
+async def test_client_reconnects_to_a_restarted_server(
+    server_process: ServerProcess, transport_name: str
+) -> None:
+    client = make(transport_name)
+    port = int(server_process.address.rsplit(":", 1)[1])
+    try:
+        with anyio.fail_after(30):
+            assert await collect(client, server_process.address, "echo", b"a") == [b"a"]
+            server_process.kill()
+            with pytest.raises(TransportError):
+                await collect(client, server_process.address, "echo", b"b")
+            restarted = ServerProcess(transport_name, port)
+            try:
+                assert restarted.address == server_process.address
+                assert await collect(client, restarted.address, "echo", b"c") == [b"c"]
+            finally:
+                restarted.kill()
+    finally:
+        await client.aclose()
+
+
+def _connection_closed_after(port: int, garbage: bytes) -> bool:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        raw.sendall(garbage)
+        try:
+            raw.shutdown(socket.SHUT_WR)
+        except OSError:
+            return True
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                if raw.recv(65536) == b"":
+                    return True
+            except (ConnectionResetError, BrokenPipeError):
+                return True
+            except TimeoutError:
+                return False
+    return False
+
+
+@pytest.mark.parametrize("wire", WIRE_TRANSPORTS)
+def test_malformed_bytes_close_only_that_connection(wire: str) -> None:
+    server = ServerProcess(wire, free_port())
+    port = int(server.address.rsplit(":", 1)[1])
+
+    @settings(
+        max_examples=25,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture],
+    )
+    @given(garbage=st.binary(min_size=1, max_size=512))
+    def feed(garbage: bytes) -> None:
+        assert _connection_closed_after(port, garbage)
+
+    async def still_serves() -> list[bytes]:
+        client = make(wire)
+        try:
+            with anyio.fail_after(10):
+                return await collect(client, server.address, "echo", b"ok")
+        finally:
+            await client.aclose()
+
+    try:
+        feed()
+        assert anyio.run(still_serves) == [b"ok"]
+        assert server.proc.poll() is None
+    finally:
+        server.kill()
