@@ -6,7 +6,7 @@ from __future__ import annotations
 import typer
 
 from dyn import __version__
-from dyn.cli import graph_cmd, up
+from dyn.cli import bench, graph_cmd, role, up
 
 __all__ = ["app", "main"]
 
@@ -19,7 +19,9 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 app.add_typer(graph_cmd.app, name="graph")
+app.add_typer(bench.app, name="bench")
 app.command("up")(up.up)
+app.command("_role", hidden=True)(role.role)
 
 
 def _version(value: bool) -> None:

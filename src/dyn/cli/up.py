@@ -34,6 +34,21 @@ def up(
             metavar="COMPONENT.KEY=VALUE",
         ),
     ] = None,
+    transport: Annotated[
+        str | None,
+        typer.Option(help="inproc, tcp or grpc (overrides the graph's transport)."),
+    ] = None,
+    launcher: Annotated[
+        str | None,
+        typer.Option(
+            help="inprocess (every role in this process) or local (one process per role). "
+            "Default: inprocess for the inproc transport, local otherwise."
+        ),
+    ] = None,
+    discovery: Annotated[
+        str | None,
+        typer.Option(help="memory or file (overrides the graph). Default: file when local."),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
     json_logs: Annotated[
         bool, typer.Option("--json-logs", help="Log one JSON object per line.")
@@ -46,15 +61,16 @@ def up(
     from dyn.observability.logs import setup_logging
 
     setup_logging(log_level, json_logs=json_logs)
-    graph = resolve_graph(graph_file, list(set_ or ()), port)
+    graph = resolve_graph(graph_file, list(set_ or ()), port, transport, discovery)
     console = Console(stderr=True, highlight=False)
-    launcher = choose_launcher(graph)
+    chosen = choose_launcher(graph, launcher, str(graph_file))
+    graph = chosen.resolve(graph)
     from dyn.cli._observer import ConsoleObserver
 
     anyio.run(
         _serve,
         graph,
-        launcher,
+        chosen,
         ConsoleObserver(console, graph),
         backend_options={"use_uvloop": _has_uvloop()},
     )
@@ -66,8 +82,17 @@ def _has_uvloop() -> bool:
     return importlib.util.find_spec("uvloop") is not None
 
 
-def resolve_graph(path: Path, overrides: list[str], port: int | None) -> GraphSpec:
-    """Load the graph once with every override applied, ``--port`` included."""
+def resolve_graph(
+    path: Path,
+    overrides: list[str],
+    port: int | None,
+    transport: str | None = None,
+    discovery: str | None = None,
+) -> GraphSpec:
+    """Load the graph once with every override applied, so every launcher sees one graph."""
+    import dataclasses
+
+    from dyn import plugins
     from dyn.errors import SpecError
     from dyn.graph import load_graph
 
@@ -77,13 +102,42 @@ def resolve_graph(path: Path, overrides: list[str], port: int | None) -> GraphSp
         if not frontends:
             raise SpecError([f"{path}: --port needs a graph with a frontend component"])
         graph = load_graph(path, [*overrides, f"{frontends[0].name}.port={port}"])
+    if transport is not None:
+        plugins.import_path("dyn.transports", transport)  # a clear error for unknown names
+        graph = dataclasses.replace(graph, transport=plugins.canonical(transport))
+    if discovery is not None:
+        plugins.import_path("dyn.discovery", discovery)
+        backend = plugins.canonical(discovery)
+        graph = dataclasses.replace(
+            graph, discovery=dataclasses.replace(graph.discovery, backend=backend)
+        )
     return graph
 
 
-def choose_launcher(graph: GraphSpec) -> Launcher:
-    from dyn.launch.inprocess import InProcessLauncher
+LAUNCHERS = ("inprocess", "local")
 
-    return InProcessLauncher()
+
+def choose_launcher(graph: GraphSpec, name: str | None, graph_file: str) -> Launcher:
+    """The launcher asked for, or the natural one for the graph's transport."""
+    from dyn.errors import LaunchError
+
+    if name is None:
+        name = "inprocess" if graph.transport == "inproc" else "local"
+    name = name.replace("-", "").replace("_", "")
+    if name == "inprocess":
+        from dyn.launch.inprocess import InProcessLauncher
+
+        return InProcessLauncher()
+    if name == "local":
+        if graph.transport == "inproc":
+            raise LaunchError(
+                "the inproc transport cannot cross processes; "
+                "use --transport tcp or --transport grpc with the local launcher"
+            )
+        from dyn.launch.local import LocalLauncher
+
+        return LocalLauncher(graph_file)
+    raise LaunchError(f"unknown launcher {name!r}; available: {', '.join(LAUNCHERS)}")
 
 
 async def _serve(graph: GraphSpec, launcher: Launcher, observer: LaunchObserver) -> None:

@@ -28,6 +28,10 @@ class Launcher(ABC):
     socket). A role that fails to start raises :class:`~dyn.errors.LaunchError`.
     """
 
+    def resolve(self, graph: GraphSpec) -> GraphSpec:
+        """The graph as this launcher will run it (e.g. with defaults it implies)."""
+        return graph
+
     @abstractmethod
     async def run(self, graph: GraphSpec, observer: LaunchObserver, stop: anyio.Event) -> None:
         """Start every role, report progress, wait for ``stop``, then shut down."""

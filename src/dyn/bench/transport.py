@@ -1,0 +1,237 @@
+"""``dyn bench transport``: calls/s and stream items/s per transport, against raw sockets.
+
+A server process serves two endpoints over the transport under test: ``unary`` answers
+one small item, ``stream`` answers N small items. This process drives them at a given
+concurrency for a fixed time. The baseline is the same two exchanges over plain asyncio
+sockets with a 4-byte length prefix and nothing else (one connection per concurrent
+caller), measured in the same run, so each transport is reported as a fraction of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+import anyio
+
+from dyn import plugins
+from dyn.runtime.context import Context
+from dyn.transports.base import Transport
+
+__all__ = ["ITEM", "Result", "run_transport_bench", "serve_bench"]
+
+ITEM = b"0123456789abcdef"  # 16-byte items: the cost measured is per message, not per byte
+STREAM_ITEMS = 5_000
+_LEN = struct.Struct(">I")
+
+
+@dataclass
+class Result:
+    transport: str
+    kind: str  # "unary" (calls/s) or "stream" (items/s)
+    concurrency: int
+    rate: float
+
+
+# -- the server side ------------------------------------------------------------------
+
+
+async def _handler(path: str, payload: bytes, ctx: Context) -> AsyncIterator[bytes]:
+    if path == "unary":
+        yield payload
+    else:
+        for _ in range(int(payload)):
+            yield ITEM
+
+
+async def _raw_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while True:
+            header = await reader.readexactly(5)
+            (length,) = _LEN.unpack_from(header)
+            body = await reader.readexactly(length - 1)
+            if header[4:5] == b"u":
+                writer.write(_LEN.pack(len(body)) + body)
+            else:
+                frame = _LEN.pack(len(ITEM)) + ITEM
+                for _ in range(int(body)):
+                    writer.write(frame)
+                    await writer.drain()  # the same backpressure a transport must apply
+                writer.write(_LEN.pack(0))
+            await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError):
+        writer.close()
+
+
+async def serve_bench(transport_name: str) -> None:
+    """Serve the benchmark endpoints and print the address (run in its own process)."""
+    if transport_name == "raw":
+        server = await asyncio.start_server(_raw_connection, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        print(f"raw://127.0.0.1:{port}", flush=True)
+        await server.serve_forever()
+        return
+    transport: Transport = plugins.load("dyn.transports", transport_name)()
+    async with anyio.create_task_group() as tasks:
+        address = await tasks.start(
+            lambda task_status: transport.serve(_handler, host="127.0.0.1", task_status=task_status)
+        )
+        print(address, flush=True)
+
+
+# -- the client side ------------------------------------------------------------------
+
+Op = Callable[[], Awaitable[int]]  # one call; returns the items it received
+
+
+async def _drive(make_op: Callable[[], Awaitable[Op]], concurrency: int, seconds: float) -> float:
+    done = 0
+    ends_at = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        nonlocal done
+        op = await make_op()
+        while time.perf_counter() < ends_at:
+            # Not `done += await op()`: that reads `done` before awaiting and loses counts.
+            received = await op()
+            done += received
+
+    began = time.perf_counter()
+    async with anyio.create_task_group() as tasks:
+        for _ in range(concurrency):
+            tasks.start_soon(worker)
+    return done / (time.perf_counter() - began)
+
+
+def _transport_ops(transport: Transport, address: str, kind: str) -> Callable[[], Awaitable[Op]]:
+    payload = b"x" * 16 if kind == "unary" else str(STREAM_ITEMS).encode()
+
+    async def make() -> Op:
+        async def op() -> int:
+            count = 0
+            async with transport.call(address, kind, payload, {}) as items:
+                async for _ in items:
+                    count += 1
+            return count
+
+        return op
+
+    return make
+
+
+def _raw_ops(address: str, kind: str) -> Callable[[], Awaitable[Op]]:
+    host, port = address.removeprefix("raw://").rsplit(":", 1)
+
+    async def make() -> Op:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        request = b"u" + b"x" * 16 if kind == "unary" else b"s" + str(STREAM_ITEMS).encode()
+        frame = _LEN.pack(len(request)) + request
+
+        async def op() -> int:
+            writer.write(frame)
+            if kind == "unary":
+                (length,) = _LEN.unpack(await reader.readexactly(4))
+                await reader.readexactly(length)
+                return 1
+            count = 0
+            while True:
+                (length,) = _LEN.unpack(await reader.readexactly(4))
+                if length == 0:
+                    return count
+                await reader.readexactly(length)
+                count += 1
+
+        return op
+
+    return make
+
+
+async def _measure(
+    name: str, address: str, concurrencies: list[int], seconds: float
+) -> list[Result]:
+    if name != "raw":
+        transport: Transport = plugins.load("dyn.transports", name)()
+        try:
+            return await _measure_with(transport, name, address, concurrencies, seconds)
+        finally:
+            await transport.aclose()
+    results = []
+    for kind in ("unary", "stream"):
+        for concurrency in concurrencies:
+            make = _raw_ops(address, kind)
+            await _drive(make, concurrency, min(0.5, seconds / 4))  # warm up
+            results.append(
+                Result(name, kind, concurrency, await _drive(make, concurrency, seconds))
+            )
+    return results
+
+
+class _ServerProcess:
+    def __init__(self, transport: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dyn.bench.transport", transport],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        self.address = self.proc.stdout.readline().strip()
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+def run_transport_bench(
+    transports: list[str],
+    concurrencies: list[int],
+    seconds: float,
+    progress: Callable[[str], None] = lambda _: None,
+) -> list[Result]:
+    """Measure the raw baseline and each transport, each server in its own process."""
+    results: list[Result] = []
+    for name in ["raw", *transports]:
+        progress(name)
+        if name == "inproc":
+            results += asyncio.run(_measure_inproc(concurrencies, seconds))
+            continue
+        server = _ServerProcess(name)
+        try:
+            results += asyncio.run(_measure(name, server.address, concurrencies, seconds))
+        finally:
+            server.close()
+    return results
+
+
+async def _measure_inproc(concurrencies: list[int], seconds: float) -> list[Result]:
+    # inproc cannot cross processes: its server shares this process and event loop.
+    transport: Transport = plugins.load("dyn.transports", "inproc")()
+    async with anyio.create_task_group() as tasks:
+        address = await tasks.start(
+            lambda task_status: transport.serve(_handler, host="", task_status=task_status)
+        )
+        results = await _measure_with(transport, "inproc", address, concurrencies, seconds)
+        tasks.cancel_scope.cancel()
+    return results
+
+
+async def _measure_with(
+    transport: Transport, name: str, address: str, concurrencies: list[int], seconds: float
+) -> list[Result]:
+    results = []
+    for kind in ("unary", "stream"):
+        for concurrency in concurrencies:
+            make = _transport_ops(transport, address, kind)
+            await _drive(make, concurrency, min(0.5, seconds / 4))  # warm up
+            results.append(
+                Result(name, kind, concurrency, await _drive(make, concurrency, seconds))
+            )
+    return results
+
+
+if __name__ == "__main__":
+    asyncio.run(serve_bench(sys.argv[1]))

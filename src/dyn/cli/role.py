@@ -1,0 +1,30 @@
+"""``dyn _role``: the body of one role process (started by launchers, not by hand)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dyn.cli._common import expected_errors
+
+__all__ = ["role"]
+
+
+@expected_errors
+def role(
+    graph_file: Annotated[Path, typer.Argument(help="The resolved graph the launcher wrote.")],
+    component: Annotated[str, typer.Argument(help="The component to serve.")],
+    replica: Annotated[int, typer.Argument(help="Which replica of it.")] = 0,
+    watch_stdin: Annotated[
+        bool, typer.Option(help="Stop when stdin closes (the launcher went away).")
+    ] = True,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Serve one role instance until SIGTERM."""
+    from dyn.launch.role_main import run_role
+    from dyn.observability.logs import setup_logging
+
+    setup_logging(log_level)
+    run_role(graph_file, component, replica, watch_stdin=watch_stdin)

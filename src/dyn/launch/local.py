@@ -1,0 +1,237 @@
+"""The local launcher: one OS process per role replica on this machine.
+
+Every run gets its own state directory (run record, resolved graph, discovery files,
+logs). Each role process is started with ``python -m dyn _role``, in its own session
+so a Ctrl-C in the terminal reaches only ``dyn up``, which then stops the roles in
+order: frontends first, then dependents before their dependencies.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, TextIO
+
+import anyio
+from anyio.abc import Process
+
+from dyn import state
+from dyn.errors import LaunchError
+from dyn.graph import DiscoverySpec, GraphSpec, dump_graph_yaml
+from dyn.launch._roles import READY_TIMEOUT_S, node_of, role_name
+from dyn.launch.base import Launcher, LaunchObserver
+from dyn.launch.role_main import READY_MARK
+
+__all__ = ["LocalLauncher", "prepare_run"]
+
+# How long a role may take to exit after SIGTERM before it is killed.
+STOP_GRACE_S = 30.0
+# Log lines kept per role to show when it fails to start.
+TAIL_LINES = 20
+
+
+@dataclass
+class _Role:
+    role: str
+    component: str
+    replica: int
+    node: str
+    process: Process = field(init=False)
+    log: TextIO = field(init=False)
+    tail: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL_LINES))
+    ready: dict[str, Any] | None = None
+    ready_event: anyio.Event = field(default_factory=anyio.Event)
+    exited: anyio.Event = field(default_factory=anyio.Event)
+
+
+def prepare_run(graph: GraphSpec, launcher: str) -> tuple[state.RunDir, GraphSpec, Path]:
+    """Create the run's state directory and write the graph every role process loads.
+
+    File discovery without a directory of its own gets the run's folder.
+    """
+    run = state.create_run(graph.name)
+    discovery = graph.discovery
+    if discovery.backend == "file" and "path" not in discovery.options:
+        options = {**dict(discovery.options), "path": str(run.discovery_dir)}
+        discovery = DiscoverySpec("file", discovery.ttl_s, MappingProxyType(options))
+    resolved = dataclasses.replace(graph, discovery=discovery)
+    graph_path = run.path / "graph.yaml"
+    graph_path.write_text(dump_graph_yaml(resolved), encoding="utf-8")
+    return run, resolved, graph_path
+
+
+class LocalLauncher(Launcher):
+    def __init__(self, graph_file: str | None = None) -> None:
+        self.graph_file = graph_file
+        self.roles: list[_Role] = []
+        self.run_dir: state.RunDir | None = None
+        self._stopping = False
+
+    def resolve(self, graph: GraphSpec) -> GraphSpec:
+        # Separate processes cannot share memory: in-memory discovery becomes file
+        # discovery in the run's own folder.
+        if graph.discovery.backend != "memory":
+            return graph
+        return dataclasses.replace(
+            graph, discovery=dataclasses.replace(graph.discovery, backend="file")
+        )
+
+    async def run(self, graph: GraphSpec, observer: LaunchObserver, stop: anyio.Event) -> None:
+        began = time.perf_counter()
+        run, resolved, graph_path = prepare_run(graph, "local")
+        self.run_dir = run
+        record = state.RunRecord(
+            run_id=run.run_id,
+            graph=graph.name,
+            graph_file=self.graph_file,
+            started_at=time.time(),
+            pid=os.getpid(),
+            launcher="local",
+            transport=resolved.transport,
+            discovery=resolved.discovery.backend,
+            discovery_dir=str(run.discovery_dir),
+        )
+        state.write_record(run, record)
+        async with anyio.create_task_group() as tasks:
+            try:
+                for spec in resolved.topological_order():
+                    # Replicas of one component start together; components in order.
+                    batch = []
+                    for replica in range(spec.replicas):
+                        role = _Role(
+                            role_name(spec, replica), spec.name, replica, node_of(spec, replica)
+                        )
+                        observer.role_starting(role.role, role.node)
+                        await self._spawn(tasks, run, graph_path, role)
+                        batch.append(role)
+                    for started in batch:
+                        await self._wait_ready(started)
+                        observer.role_up(started.role, started.node, time.perf_counter() - began)
+                url = next((r.ready["url"] for r in self.roles if r.ready and r.ready["url"]), None)
+                record.frontend_url = url
+                record.roles = [
+                    state.RoleRecord(
+                        role=r.role,
+                        component=r.component,
+                        replica=r.replica,
+                        node=r.node,
+                        pid=r.process.pid,
+                        address=(r.ready or {}).get("address"),
+                    )
+                    for r in self.roles
+                ]
+                state.write_record(run, record)
+                observer.graph_ready(url, time.perf_counter() - began)
+                await stop.wait()
+            finally:
+                with anyio.CancelScope(shield=True):
+                    observer.stopping()
+                    await self._stop_all(resolved, observer)
+                tasks.cancel_scope.cancel()
+
+    async def _spawn(
+        self,
+        tasks: anyio.abc.TaskGroup,
+        run: state.RunDir,
+        graph_path: Path,
+        role: _Role,
+    ) -> None:
+        command = [
+            sys.executable,
+            "-m",
+            "dyn",
+            "_role",
+            str(graph_path),
+            role.component,
+            str(role.replica),
+        ]
+        process = await anyio.open_process(
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches dyn up only; it stops roles in order
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        role.process = process
+        role.log = run.log_path(role.role).open("a", encoding="utf-8")
+        self.roles.append(role)
+        tasks.start_soon(self._pump, role)
+
+    async def _pump(self, role: _Role) -> None:
+        """Copy the role's output to its log file and to our stderr with its prefix."""
+        assert role.process.stdout is not None
+        buffered = b""
+        try:
+            async for chunk in role.process.stdout:
+                buffered += chunk
+                *lines, buffered = buffered.split(b"\n")
+                for raw in lines:
+                    self._line(role, raw.decode(errors="replace"))
+            if buffered:
+                self._line(role, buffered.decode(errors="replace"))
+        finally:
+            code = await role.process.wait()
+            if not self._stopping and role.ready is not None:
+                self._line(role, f"exited unexpectedly with code {code}")
+            role.log.close()
+            role.exited.set()
+            role.ready_event.set()
+
+    def _line(self, role: _Role, line: str) -> None:
+        if line.startswith(READY_MARK):
+            role.ready = json.loads(line[len(READY_MARK) :])
+            role.ready_event.set()
+            return
+        role.tail.append(line)
+        role.log.write(line + "\n")
+        role.log.flush()
+        sys.stderr.write(f"{role.role:<14} | {line}\n")
+
+    async def _wait_ready(self, role: _Role) -> None:
+        with anyio.move_on_after(READY_TIMEOUT_S + 5):
+            await role.ready_event.wait()
+        if role.ready is not None:
+            return
+        if role.exited.is_set():
+            reason = f"exited with code {role.process.returncode} during start-up"
+        else:
+            reason = f"did not become ready within {READY_TIMEOUT_S + 5:.0f} s"
+        tail = "\n".join(f"  {line}" for line in role.tail) or "  (no output)"
+        raise LaunchError(f"role {role.role!r} {reason}; its last log lines:\n{tail}")
+
+    async def _stop_all(self, graph: GraphSpec, observer: LaunchObserver) -> None:
+        self._stopping = True
+        frontends = {spec.name for spec in graph.frontends()}
+        first = [r for r in self.roles if r.component in frontends]
+        rest = [r for r in reversed(self.roles) if r.component not in frontends]
+        for group in (first, rest):
+            for role in group:
+                await self._stop(role)
+                observer.role_stopped(role.role)
+
+    async def _stop(self, role: _Role) -> None:
+        if role.process.returncode is None:
+            _signal(role.process, signal.SIGTERM)
+            with anyio.move_on_after(STOP_GRACE_S):
+                await role.exited.wait()
+            if role.process.returncode is None:
+                _signal(role.process, signal.SIGKILL)
+        await role.exited.wait()
+
+
+def _signal(process: Process, sig: signal.Signals) -> None:
+    try:
+        # The role is its own session and process group: reach anything it started too.
+        os.killpg(process.pid, sig)
+    except ProcessLookupError:
+        pass
