@@ -11,19 +11,27 @@ __all__ = ["Engine", "EngineOutput", "EngineRequest"]
 
 
 class EngineRequest(msgspec.Struct, frozen=True, kw_only=True):
-    """One generation: the prompt's token ids and how many tokens to produce."""
+    """One generation: the prompt's token ids and how many tokens to produce.
+
+    This is also the payload of a worker's ``generate`` endpoint.
+    """
 
     request_id: str
     tokens: list[int]
     max_tokens: int
     ignore_eos: bool = False
+    min_tokens: int = 0
 
 
 class EngineOutput(msgspec.Struct, frozen=True, kw_only=True):
-    """One step's new tokens; the last output carries ``finish_reason``."""
+    """One step's new tokens; the last output carries ``finish_reason``.
+
+    ``cached_tokens`` (prompt tokens served from the prefix cache) is set on the first
+    output of a request and 0 afterwards.
+    """
 
     tokens: list[int]
-    finish_reason: str | None = None
+    finish_reason: str | None = None  # "length" (max_tokens) or "stop" (end of sequence)
     cached_tokens: int = 0
 
 

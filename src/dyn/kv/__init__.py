@@ -1,0 +1,1 @@
+"""KV-cache facts shared by engines and routers: block hashing and cache events."""

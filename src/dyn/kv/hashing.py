@@ -1,0 +1,46 @@
+"""Block hashes, computed the same way by engines (in their events) and routers.
+
+A prompt is split into full blocks of ``block_size`` tokens (a partial last block is
+ignored). A block's local hash is xxh3-64, seed 1337, of its tokens as little-endian
+u32; its sequence hash chains the local hashes so that equal sequence hashes mean equal
+prefixes (REFERENCE.md §3, as Dynamo computes them).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+
+import xxhash
+
+__all__ = ["HASH_SEED", "local_block_hashes", "sequence_hashes"]
+
+HASH_SEED = 1337  # Dynamo's seed for block hashes
+_PAIR = struct.Struct("<QQ")
+
+
+def local_block_hashes(tokens: Sequence[int], block_size: int) -> list[int]:
+    """The local hash of each full block of ``tokens``."""
+    full = len(tokens) - len(tokens) % block_size
+    if full == 0:
+        return []
+    data = struct.pack(f"<{full}I", *tokens[:full])
+    step = block_size * 4
+    return [
+        xxhash.xxh3_64_intdigest(data[start : start + step], seed=HASH_SEED)
+        for start in range(0, len(data), step)
+    ]
+
+
+def sequence_hashes(local_hashes: Sequence[int]) -> list[int]:
+    """Chain local hashes: ``seq[0] = local[0]``, ``seq[i] = xxh3(seq[i-1] || local[i])``."""
+    result: list[int] = []
+    previous = 0
+    for i, local in enumerate(local_hashes):
+        previous = (
+            local
+            if i == 0
+            else xxhash.xxh3_64_intdigest(_PAIR.pack(previous, local), seed=HASH_SEED)
+        )
+        result.append(previous)
+    return result
