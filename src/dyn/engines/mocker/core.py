@@ -1,0 +1,305 @@
+"""The mocker's pure core: continuous batching over a simulated KV cache.
+
+No I/O, no clock: the caller passes ``now`` and advances its clock by each step's
+``duration_s`` (real time in :class:`~dyn.engines.mocker.engine.MockerEngine`, virtual
+time in the simulator). One :meth:`MockerCore.step` is one forward pass of the engine:
+
+1. every decoding sequence gets one token of the step's budget; one whose next token
+   starts a new block takes a slot, preempting the most recently admitted running
+   sequence (LIFO, possibly itself) while none can be had;
+2. sequences still prefilling continue, then waiting ones are admitted (FCFS, up to
+   ``max_num_seqs`` running, while their blocks fit under the watermark) and prefill
+   their uncached tokens, chunked across steps if the budget runs out;
+3. each decoding sequence, and each whose prefill completed, emits one token; finished
+   sequences release their blocks.
+
+A preempted sequence goes back to the front of the queue and later recomputes its prompt
+plus the tokens it generated (often mostly from the prefix cache); its output continues
+where it stopped. Step cost is O(batch), plus O(tokens) for what is admitted or hashed.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from dataclasses import dataclass, field
+
+from dyn.engines.base import EngineOutput, EngineRequest
+from dyn.engines.mocker.blocks import BlockManager, EventData
+from dyn.engines.mocker.config import MockerConfig
+from dyn.engines.mocker.sampling import TokenSampler
+from dyn.engines.mocker.sequence import Sequence
+from dyn.engines.mocker.timing import StepTiming
+from dyn.errors import BadRequestError
+from dyn.kv.events import KvCleared, KvEvent, WorkerLoad
+
+__all__ = ["MockerCore", "StepResult"]
+
+_MAX_TOKEN_ID = (1 << 32) - 1  # block hashes pack tokens as u32
+
+
+@dataclass(slots=True)
+class StepResult:
+    """What one step did. ``outputs`` holds one token per sequence that produced one."""
+
+    duration_s: float
+    outputs: list[tuple[str, EngineOutput]] = field(default_factory=list)
+    events: list[KvEvent] = field(default_factory=list)
+    prefill_tokens: int = 0  # uncached prompt tokens computed
+    decoded: int = 0  # sequences that decoded (not counting first tokens)
+
+
+class MockerCore:
+    """A simulated engine, advanced one step at a time by its caller.
+
+    Event ids start at 1 and increase by one per event for the core's whole life
+    (steps and :meth:`clear`). Counters: ``prompt_tokens_total`` and
+    ``cached_prompt_tokens_total`` (counted when a request emits its first token) and
+    ``preemptions_total``.
+    """
+
+    def __init__(self, config: MockerConfig) -> None:
+        self.config = config
+        self.now = 0.0  # the caller's clock at the last add or step
+        self.prompt_tokens_total = 0
+        self.cached_prompt_tokens_total = 0
+        self.preemptions_total = 0
+        self._blocks = BlockManager(config.num_gpu_blocks, config.admit_limit)
+        self._timing = StepTiming(config)
+        self._live: dict[str, Sequence] = {}
+        self._waiting: deque[Sequence] = deque()
+        self._running: dict[str, Sequence] = {}  # in admission order: LIFO preemption
+        self._decode_context = 0  # sum of len(context) over decoding sequences
+        self._next_event_id = 1
+
+    # -- requests ------------------------------------------------------------------------
+
+    def add(self, request: EngineRequest, now: float) -> None:
+        """Queue ``request``. Raises :class:`BadRequestError` if it can never run."""
+        config = self.config
+        if request.request_id in self._live:
+            raise BadRequestError(f"request id {request.request_id!r} is already running")
+        if request.max_tokens < 1:
+            raise BadRequestError(f"max_tokens must be at least 1, got {request.max_tokens}")
+        tokens = request.tokens
+        if tokens and (min(tokens) < 0 or max(tokens) > _MAX_TOKEN_ID):
+            raise BadRequestError("token ids must be between 0 and 2**32 - 1")
+        needed = -(-(len(tokens) + request.max_tokens) // config.block_size)
+        if needed > config.admit_limit:
+            raise BadRequestError(
+                f"request needs {needed} KV blocks ({len(tokens)} prompt tokens + "
+                f"max_tokens {request.max_tokens}, {config.block_size} per block) but this "
+                f"engine admits at most {config.admit_limit}; shorten the request or raise "
+                f"num_gpu_blocks"
+            )
+        self.now = now
+        sampler = TokenSampler(config.seed, config.vocab_size, tokens)
+        sequence = Sequence(request, now, config.block_size, sampler)
+        self._live[request.request_id] = sequence
+        self._waiting.append(sequence)
+
+    def cancel(self, request_id: str) -> bool:
+        """Drop a request and free its blocks now; False if it is not running or queued."""
+        sequence = self._live.pop(request_id, None)
+        if sequence is None:
+            return False
+        if sequence.running:
+            self._unschedule(sequence)
+        else:
+            self._waiting.remove(sequence)
+        return True
+
+    def has_work(self) -> bool:
+        return bool(self._running or self._waiting)
+
+    # -- the step ------------------------------------------------------------------------
+
+    def step(self, now: float) -> StepResult:
+        """Run one forward pass starting at ``now``; see the module docstring."""
+        self.now = now
+        config = self.config
+        decoders = [
+            sequence
+            for sequence in list(self._running.values())
+            if sequence.running and sequence.decoding and self._reserve_next(sequence)
+        ]
+        budget = config.max_num_batched_tokens - len(decoders)
+        decode_context = self._decode_context
+        prefills: list[tuple[Sequence, int]] = []
+        prefill_tokens = 0
+        for sequence in self._running.values():
+            if not sequence.decoding and budget > 0:
+                chunk = min(len(sequence.context) - sequence.computed, budget)
+                prefills.append((sequence, chunk))
+                budget -= chunk
+                prefill_tokens += chunk
+        while self._waiting and len(self._running) < config.max_num_seqs:
+            first = self._admit(self._waiting[0], budget, prefill_tokens)
+            if first is None:
+                break
+            prefills.append((self._waiting.popleft(), first))
+            budget -= first
+            prefill_tokens += first
+
+        result = StepResult(
+            duration_s=self._timing.duration_s(prefill_tokens, len(decoders), decode_context),
+            prefill_tokens=prefill_tokens,
+            decoded=len(decoders),
+        )
+        for sequence in decoders:
+            self._emit(sequence, result.outputs)
+        for sequence, chunk in prefills:
+            sequence.computed += chunk
+            self._commit_computed(sequence)
+            if sequence.computed == len(sequence.context):
+                sequence.decoding = True
+                self._decode_context += len(sequence.context)
+                self._emit(sequence, result.outputs)
+        result.events = self._number(self._blocks.take_events())
+        return result
+
+    def _reserve_next(self, sequence: Sequence) -> bool:
+        """Make room for the sequence's next token; False if it had to be preempted."""
+        if len(sequence.context) % self.config.block_size:
+            return True  # the last block still has room
+        while not self._blocks.allocate(1):
+            victim = next(reversed(self._running.values()))
+            self._unschedule(victim)
+            victim.reset()
+            self._waiting.appendleft(victim)
+            self.preemptions_total += 1
+            if victim is sequence:
+                return False
+        sequence.n_private += 1
+        return True
+
+    def _admit(self, sequence: Sequence, budget: int, prefill_tokens: int) -> int | None:
+        """Admit the head of the queue; returns its first chunk, or None if it must wait."""
+        config = self.config
+        hit = self._blocks.match(sequence.hashes) if config.enable_prefix_caching else 0
+        cached = hit * config.block_size
+        uncached = len(sequence.context) - cached
+        if config.enable_chunked_prefill:
+            if uncached > 0 and budget <= 0:
+                return None
+            chunk = min(uncached, budget)
+        else:
+            # A prompt larger than the whole budget would never fit: it runs alone.
+            alone = prefill_tokens == 0 and uncached > config.max_num_batched_tokens
+            if uncached > budget and not alone:
+                return None
+            chunk = uncached
+        # Room for the context and the token the prefill ends with.
+        needed = -(-(len(sequence.context) + 1) // config.block_size)
+        cached_hashes = sequence.hashes[:hit]
+        if not self._blocks.can_admit(cached_hashes, needed - hit):
+            return None
+        self._blocks.acquire(cached_hashes)
+        if not self._blocks.allocate(needed - hit):
+            raise AssertionError("admitted blocks must fit")  # can_admit checked this
+        sequence.n_hashed, sequence.n_private = hit, needed - hit
+        sequence.computed = sequence.cached_tokens = cached
+        sequence.running = True
+        self._running[sequence.request_id] = sequence
+        return chunk
+
+    def _emit(self, sequence: Sequence, outputs: list[tuple[str, EngineOutput]]) -> None:
+        request, config = sequence.request, self.config
+        token = sequence.sampler.peek()
+        stops = token == config.eos_token_id and not request.ignore_eos
+        if stops and sequence.generated < request.min_tokens:
+            # Like vLLM, end-of-sequence is suppressed until min_tokens: take another token.
+            token, stops = (token + 1) % config.vocab_size, False
+        self._decode_context += 1
+        if sequence.append(token):
+            self._commit_computed(sequence)
+        cached = 0
+        if sequence.generated == 1:
+            cached = sequence.cached_tokens
+            self.prompt_tokens_total += len(request.tokens)
+            self.cached_prompt_tokens_total += cached
+        finish = "length" if sequence.generated >= request.max_tokens else None
+        if finish is None and stops:
+            finish = "stop"
+        outputs.append(
+            (
+                request.request_id,
+                EngineOutput(tokens=[token], finish_reason=finish, cached_tokens=cached),
+            )
+        )
+        if finish is not None:
+            del self._live[request.request_id]
+            self._unschedule(sequence)
+
+    def _commit_computed(self, sequence: Sequence) -> None:
+        """Hash and publish the sequence's blocks that are now full and computed."""
+        if not self.config.enable_prefix_caching:
+            return  # without prefix caching nothing is shared, so nothing is published
+        full = min(sequence.computed // self.config.block_size, len(sequence.hashes))
+        start = sequence.n_hashed
+        if full <= start:
+            return
+        parent = sequence.hashes[start - 1] if start else None
+        self._blocks.commit(sequence.hashes[start:full], sequence.local[start:full], parent)
+        sequence.n_private -= full - start
+        sequence.n_hashed = full
+
+    def _unschedule(self, sequence: Sequence) -> None:
+        """Take a running sequence out of the batch and release its blocks."""
+        self._blocks.release(sequence.hashes[: sequence.n_hashed], sequence.n_private)
+        if sequence.decoding:
+            self._decode_context -= len(sequence.context)
+        del self._running[sequence.request_id]
+        sequence.running = False
+
+    # -- state for routers and benchmarks ------------------------------------------------
+
+    def load(self) -> WorkerLoad:
+        prompt = self.prompt_tokens_total
+        return WorkerLoad(
+            active_blocks=self._blocks.active,
+            total_blocks=self.config.num_gpu_blocks,
+            waiting=len(self._waiting),
+            running=len(self._running),
+            prefix_hit_rate=self.cached_prompt_tokens_total / prompt if prompt else 0.0,
+        )
+
+    @property
+    def inactive_blocks(self) -> int:
+        """Cached blocks no request holds: what :meth:`clear` would drop."""
+        return self._blocks.inactive
+
+    def snapshot(self) -> list[KvEvent]:
+        """The whole cache as events: ``KvCleared``, then ``KvStored`` parents first.
+
+        Consumes no ids: every event carries the id of the last event already emitted
+        (0 before any), which the snapshot includes, so the next live event is that + 1.
+        """
+        last = self._next_event_id - 1
+        events = [KvEvent(event_id=last, data=KvCleared())]
+        events.extend(KvEvent(event_id=last, data=stored) for stored in self._blocks.stored())
+        return events
+
+    def clear(self) -> list[KvEvent]:
+        """Drop every inactive cached block, e.g. between benchmark arms.
+
+        Meant for an idle engine, where it empties the cache and emits ``KvCleared``. While
+        requests run their blocks stay and the dropped ones are reported as ``KvRemoved``.
+        """
+        self._blocks.clear()
+        return self._number(self._blocks.take_events())
+
+    def check(self) -> None:
+        """Assert the block accounting invariants (for tests; O(resident blocks))."""
+        self._blocks.check()
+        running = list(self._running.values())
+        assert sum(s.n_private for s in running) == self._blocks.private
+        held = Counter(h for s in running for h in s.hashes[: s.n_hashed])
+        assert held == self._blocks.active_refs()
+        assert all(s.blocks_held == 0 and not s.running for s in self._waiting)
+        assert self._decode_context == sum(len(s.context) for s in running if s.decoding)
+        assert set(self._live) == set(self._running) | {s.request_id for s in self._waiting}
+
+    def _number(self, data: list[EventData]) -> list[KvEvent]:
+        first = self._next_event_id
+        self._next_event_id += len(data)
+        return [KvEvent(event_id=first + i, data=item) for i, item in enumerate(data)]

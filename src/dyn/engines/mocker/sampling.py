@@ -1,0 +1,37 @@
+"""Deterministic "model" output: the next token is a hash of the seed and the context.
+
+A streaming xxh3 over the context's tokens gives the same digest however the context was
+built up, so a request resubmitted elsewhere with its prompt plus the tokens generated so
+far continues with exactly the tokens the first engine would have produced.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+
+import xxhash
+
+__all__ = ["TokenSampler"]
+
+_TOKEN = struct.Struct("<I")
+
+
+class TokenSampler:
+    """The sampling state of one sequence: a running hash of its context."""
+
+    __slots__ = ("_hash", "_vocab_size")
+
+    def __init__(self, seed: int, vocab_size: int, context: Sequence[int]) -> None:
+        self._vocab_size = vocab_size
+        self._hash = xxhash.xxh3_64(seed=seed)
+        if context:
+            self._hash.update(struct.pack(f"<{len(context)}I", *context))
+
+    def peek(self) -> int:
+        """The token the current context leads to (near-uniform over the vocabulary)."""
+        return int(self._hash.intdigest()) % self._vocab_size
+
+    def push(self, token: int) -> None:
+        """Extend the context by ``token``."""
+        self._hash.update(_TOKEN.pack(token))
