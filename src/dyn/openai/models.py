@@ -1,0 +1,206 @@
+"""Request bodies of the OpenAI routes: decoding, validation, and the chat template.
+
+Bodies are decoded straight into msgspec structs (unknown fields are ignored, as OpenAI
+clients send many we do not use); a type error becomes a 400 naming the field. The
+checks that follow are the ones OpenAI's API makes too.
+
+Chat messages become one prompt with this template, one line per message and a final
+cue for the answer::
+
+    system: You are terse.
+    user: Hi!
+    assistant:
+
+It is deliberately simple: the simulated engine only needs realistic token counts and a
+prefix that repeats across turns of a conversation (so prefix caching sees it).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TypeVar
+
+import msgspec
+
+from dyn.openai.errors import ApiError
+from dyn.openai.protocol import GenerateRequest, ModelInfo
+
+__all__ = [
+    "DEFAULT_COMPLETION_MAX_TOKENS",
+    "ChatMessage",
+    "ChatRequest",
+    "CompletionRequest",
+    "ContentPart",
+    "context_overflow",
+    "StreamOptions",
+    "decode_body",
+    "render_chat",
+    "to_generate",
+]
+
+# OpenAI's documented default for /v1/completions. Chat has none: it runs to the end of
+# the context, so the backend gets the whole context length as the cap.
+DEFAULT_COMPLETION_MAX_TOKENS = 16
+
+
+class StreamOptions(msgspec.Struct):
+    include_usage: bool = False
+
+
+class _Sampling(msgspec.Struct, kw_only=True):
+    # Optional scalars also accept null: some clients send explicit nulls for defaults.
+    model: str
+    max_tokens: int | None = None
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    n: int | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    ignore_eos: bool | None = False
+    min_tokens: int | None = None
+
+
+class CompletionRequest(_Sampling, kw_only=True):
+    prompt: str | list[str]
+
+
+class ContentPart(msgspec.Struct):
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(msgspec.Struct):
+    role: str
+    content: str | list[ContentPart] | None = None
+
+
+class ChatRequest(_Sampling, kw_only=True):
+    messages: list[ChatMessage]
+    max_completion_tokens: int | None = None
+
+
+_R = TypeVar("_R", CompletionRequest, ChatRequest)
+
+_AT = re.compile(r" - at `\$\.?(.*)`$")
+_MISSING = re.compile(r"missing required field `([^`]+)`")
+
+
+def decode_body(body: bytes, kind: type[_R]) -> _R:
+    """Decode and type-check ``body``; an :class:`ApiError` (400) names the bad field."""
+    try:
+        return msgspec.json.decode(body, type=kind)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        at = _AT.search(message)
+        path = at.group(1) if at else ""
+        missing = _MISSING.search(message)
+        if missing:
+            path = f"{path}.{missing.group(1)}" if path else missing.group(1)
+        if message.startswith("Expected `object`") and not path:
+            raise ApiError(400, "request body must be a JSON object") from exc
+        raise ApiError(400, f"invalid request: {message}", param=path or None) from exc
+    except msgspec.DecodeError as exc:
+        raise ApiError(400, f"request body is not valid JSON: {exc}") from exc
+
+
+def render_chat(messages: list[ChatMessage]) -> str:
+    """The prompt for ``messages`` (see the module docstring for the template)."""
+    if not messages:
+        raise ApiError(400, "messages must hold at least one message", param="messages")
+    lines = []
+    for i, message in enumerate(messages):
+        content = message.content
+        if isinstance(content, list):
+            texts = []
+            for part in content:
+                if part.type != "text" or part.text is None:
+                    raise ApiError(
+                        400,
+                        f"content part type {part.type!r} is not supported; send text parts",
+                        param=f"messages[{i}].content",
+                    )
+                texts.append(part.text)
+            content = "".join(texts)
+        lines.append(f"{message.role}: {content or ''}\n")
+    lines.append("assistant:")
+    return "".join(lines)
+
+
+def to_generate(
+    req: CompletionRequest | ChatRequest, request_id: str, model: ModelInfo
+) -> tuple[GenerateRequest, str | None]:
+    """Check what types alone cannot and build the backend's request.
+
+    Also returns the field that set ``max_tokens`` (``None`` when it is a default), the
+    one to blame if the prompt turns out to leave too little room in the context.
+    """
+    if req.model != model.id:
+        raise ApiError(
+            404,
+            f"model {req.model!r} is not served here; available: {model.id}",
+            param="model",
+            code="model_not_found",
+        )
+    if isinstance(req, ChatRequest):
+        prompt = render_chat(req.messages)
+        max_tokens = req.max_completion_tokens or req.max_tokens
+        given = req.max_completion_tokens is not None or req.max_tokens is not None
+        param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
+    else:
+        prompt = _one_prompt(req.prompt)
+        max_tokens = req.max_tokens
+        given = max_tokens is not None
+        param = "max_tokens"
+    if given and (max_tokens is None or max_tokens < 1):
+        raise ApiError(400, f"{param} must be at least 1; got {max_tokens}", param=param)
+    if max_tokens is not None and max_tokens > model.max_model_len:
+        raise ApiError(400, context_overflow(max_tokens, None, model.max_model_len), param=param)
+    if max_tokens is None:
+        chat = isinstance(req, ChatRequest)
+        max_tokens = model.max_model_len if chat else DEFAULT_COMPLETION_MAX_TOKENS
+    if req.n not in (None, 1):
+        raise ApiError(400, f"only n=1 is supported; got n={req.n}", param="n")
+    temperature = 1.0 if req.temperature is None else req.temperature
+    if not 0.0 <= temperature <= 2.0:
+        message = f"temperature must be in [0, 2]; got {temperature}"
+        raise ApiError(400, message, param="temperature")
+    top_p = 1.0 if req.top_p is None else req.top_p
+    if not 0.0 < top_p <= 1.0:
+        raise ApiError(400, f"top_p must be in (0, 1]; got {top_p}", param="top_p")
+    min_tokens = req.min_tokens or 0
+    if not 0 <= min_tokens <= max_tokens:
+        message = f"min_tokens must be between 0 and max_tokens ({max_tokens}); got {min_tokens}"
+        raise ApiError(400, message, param="min_tokens")
+    stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or ())
+    generate = GenerateRequest(
+        request_id=request_id,
+        prompt=prompt,
+        max_tokens=max_tokens,
+        ignore_eos=bool(req.ignore_eos),
+        min_tokens=min_tokens,
+        stop=[s for s in stop if s],
+        seed=req.seed,
+        temperature=temperature,
+        top_p=top_p,
+    )
+    return generate, param if given else None
+
+
+def _one_prompt(prompt: str | list[str]) -> str:
+    if isinstance(prompt, str):
+        return prompt
+    if len(prompt) != 1:
+        message = f"only one prompt per request is supported; got a list of {len(prompt)}"
+        raise ApiError(400, message, param="prompt")
+    return prompt[0]
+
+
+def context_overflow(max_tokens: int, prompt_tokens: int | None, max_model_len: int) -> str:
+    """The message for a request that does not fit the context."""
+    prompt = f"{prompt_tokens} prompt tokens + " if prompt_tokens is not None else ""
+    return (
+        f"this model's context is {max_model_len} tokens, but {prompt}max_tokens "
+        f"{max_tokens} asks for more; lower max_tokens or shorten the prompt"
+    )
