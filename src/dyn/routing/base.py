@@ -2,7 +2,10 @@
 
 Strategies are pure: no I/O, no web-framework objects, one fixed synchronous signature
 that subclasses never extend. State a strategy keeps (a counter, a cache index) is fed
-through the ``on_*`` hooks, which the client calls as a request moves along.
+through the ``on_*`` hooks: the client calls ``on_routed``, ``on_first_item`` and
+``on_finished`` as a request moves along; the processor feeds every worker's KV events
+and load to ``on_kv_event`` and ``on_load``, and membership changes to ``on_instances``.
+``explain`` and ``describe`` let ``dyn route`` show why a worker was chosen.
 """
 
 from __future__ import annotations
@@ -13,8 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from dyn.discovery.base import Instance
+from dyn.kv.events import KvEvent, WorkerLoad
 
-__all__ = ["RouteRequest", "Router"]
+__all__ = ["RouteRequest", "Router", "WorkerScore"]
 
 
 @dataclass(frozen=True)
@@ -25,6 +29,22 @@ class RouteRequest:
     tokens: Sequence[int] = ()
     instance_id: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class WorkerScore:
+    """How a strategy weighs one candidate for one request (lower ``cost`` wins).
+
+    Strategies that ignore the request's content leave the figures at zero.
+    """
+
+    instance_id: str
+    overlap_blocks: int = 0
+    prefill_blocks: float = 0.0
+    decode_blocks: float = 0.0
+    cost: float = 0.0
+    chosen: bool = False
+    notes: str = ""
 
 
 class Router(ABC):
@@ -59,3 +79,29 @@ class Router(ABC):
 
     def on_finished(self, instance: Instance, request: RouteRequest) -> None:  # noqa: B027
         """The request ended, by completion, error or cancellation."""
+
+    def on_kv_event(self, instance_id: str, event: KvEvent) -> None:  # noqa: B027
+        """``instance_id`` reported a change to its KV cache (events arrive in order)."""
+
+    def on_load(self, instance_id: str, load: WorkerLoad) -> None:  # noqa: B027
+        """``instance_id`` reported its current load."""
+
+    def on_instances(self, instance_ids: Sequence[str]) -> None:  # noqa: B027
+        """These are now the live instances: forget whatever is kept about the others."""
+
+    def explain(self, candidates: Sequence[Instance], request: RouteRequest) -> list[WorkerScore]:
+        """One score per candidate, in order, marking what ``select`` would choose.
+
+        Computed without changing any state, so it may be called at any time. A strategy
+        whose choice itself changes state (round-robin's counter, a random draw) marks no
+        candidate, unless the request names its target.
+        """
+        return [
+            WorkerScore(c.instance_id, chosen=c.instance_id == request.instance_id)
+            for c in candidates
+        ]
+
+    def describe(self) -> dict[str, dict[str, float]]:
+        """What the strategy keeps per instance (tracked load, cached blocks, last report),
+        for display; empty for a stateless strategy."""
+        return {}

@@ -1,0 +1,267 @@
+"""The ``kv`` strategy: route to the worker whose cache and load make the request cheapest.
+
+The radix index (fed by the workers' KV events) gives each worker's cached overlap with
+the prompt; the tracker gives the load this router has in flight there; the cost function
+weighs both (REFERENCE.md §3). ``KvApproxRouter`` keeps the same machinery but guesses
+the index from its own decisions instead of events.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from dyn.discovery.base import Instance
+from dyn.errors import RoutingError
+from dyn.kv.events import KvEvent, WorkerLoad
+from dyn.kv.hashing import local_block_hashes
+from dyn.routing.base import Router, RouteRequest, WorkerScore
+from dyn.routing.kv.cost import (
+    DEFAULT_BLOCK_SIZE,
+    DEFAULT_OVERLAP_SCORE_WEIGHT,
+    DEFAULT_TEMPERATURE,
+    choose,
+    worker_cost,
+)
+from dyn.routing.kv.indexer import RadixIndex, chain_keys
+from dyn.routing.kv.tracker import LoadTracker
+from dyn.routing.simple import Direct
+
+__all__ = ["KvRouter", "KvSettings", "block_size_of"]
+
+_PENDING_LIMIT = 4096  # plans kept between select and on_routed; the client calls both at once
+
+
+@dataclass(frozen=True)
+class KvSettings:
+    overlap_score_weight: float = DEFAULT_OVERLAP_SCORE_WEIGHT
+    temperature: float = DEFAULT_TEMPERATURE
+    block_size: int = DEFAULT_BLOCK_SIZE  # used only when no worker declares its own
+    seed: int | None = None
+    ttl_s: float = 0.0  # kv_approx only
+
+    @classmethod
+    def parse(cls, strategy: str, options: Mapping[str, Any], valid: Sequence[str]) -> KvSettings:
+        unknown = sorted(set(options) - set(valid))
+        if unknown:
+            names = ", ".join(repr(name) for name in unknown)
+            raise RoutingError(
+                f"unknown option {names} for the {strategy} strategy; "
+                f"valid options: {', '.join(sorted(valid))}"
+            )
+        values: dict[str, Any] = {}
+        for key, value in options.items():
+            kind = int if key in ("block_size", "seed") else float
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise RoutingError(f"{strategy} option {key} must be a number, got {value!r}")
+            if kind is int and value != int(value):
+                raise RoutingError(f"{strategy} option {key} must be a whole number, got {value}")
+            values[key] = kind(value)
+        settings = cls(**values)
+        if settings.block_size < 1:
+            raise RoutingError(f"{strategy} option block_size must be at least 1")
+        if settings.temperature < 0 or settings.overlap_score_weight < 0 or settings.ttl_s < 0:
+            raise RoutingError(
+                f"{strategy} options temperature, overlap_score_weight and ttl_s "
+                "must not be negative"
+            )
+        return settings
+
+
+def block_size_of(candidates: Sequence[Instance], fallback: int) -> int:
+    """The block size the candidates registered, or ``fallback`` if none did.
+
+    Raises:
+        RoutingError: candidates declare different sizes; hashing at either would
+            silently zero the other's overlap, so the router refuses to guess.
+    """
+    declared: dict[str, Any] = {
+        c.instance_id: c.metadata["block_size"] for c in candidates if "block_size" in c.metadata
+    }
+    sizes = set(declared.values())
+    if not sizes:
+        return fallback
+    if len(sizes) > 1:
+        listing = ", ".join(f"{iid}={size}" for iid, size in declared.items())
+        raise RoutingError(
+            f"workers disagree on block_size: {listing}; the kv router needs one block size"
+        )
+    (size,) = sizes
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise RoutingError(f"workers registered an invalid block_size {size!r}")
+    return size
+
+
+@dataclass(frozen=True)
+class _Plan:
+    block_size: int
+    keys: list[int]
+    local: list[int]
+    extra_blocks: int  # the prompt's partial last block, if any
+    overlaps: dict[str, int]
+    scores: list[WorkerScore]
+
+
+class KvRouter(Router):
+    """Lowest cost of cached overlap and tracked load (REFERENCE.md §3)."""
+
+    name: ClassVar[str] = "kv"
+    OPTIONS: ClassVar[tuple[str, ...]] = (
+        "block_size",
+        "overlap_score_weight",
+        "seed",
+        "temperature",
+    )
+
+    def __init__(self, options: Mapping[str, Any] | None = None, *, seed: int | None = None):
+        super().__init__(options, seed=seed)
+        self.settings = KvSettings.parse(self.name, self.options, self.OPTIONS)
+        self.index = RadixIndex()
+        self.tracker = LoadTracker()
+        self.loads: dict[str, WorkerLoad] = {}
+        chosen_seed = self.settings.seed if self.settings.seed is not None else seed
+        self._rng = random.Random(chosen_seed)
+        self._pending: dict[str, tuple[str, _Plan]] = {}
+
+    # -- what subclasses change --------------------------------------------------------
+
+    def cached_overlaps(self, local: Sequence[int], keys: Sequence[int]) -> dict[str, int]:
+        """Blocks of the prompt each worker has cached."""
+        return self.index.match_keys(keys)
+
+    # -- choosing ----------------------------------------------------------------------
+
+    def _plan(self, candidates: Sequence[Instance], request: RouteRequest) -> _Plan:
+        settings = self.settings
+        block_size = block_size_of(candidates, settings.block_size)
+        tokens = request.tokens
+        local = local_block_hashes(tokens, block_size)
+        keys = chain_keys(local)
+        extra = 1 if len(tokens) % block_size else 0
+        cached = self.cached_overlaps(local, keys)
+        overlaps: dict[str, int] = {}
+        scores: list[WorkerScore] = []
+        for candidate in candidates:
+            worker = candidate.instance_id
+            flight = self.tracker.flight(worker)
+            inflight = self.tracker.inflight_overlap(worker, keys)
+            overlap = max(cached.get(worker, 0), inflight)
+            overlaps[worker] = overlap
+            cost = worker_cost(
+                isl_tokens=len(tokens),
+                block_size=block_size,
+                overlap_blocks=overlap,
+                active_prefill_tokens=flight.prefill_tokens,
+                active_blocks=flight.active_blocks,
+                new_blocks=len(keys) + extra - inflight,
+                overlap_score_weight=settings.overlap_score_weight,
+            )
+            scores.append(
+                WorkerScore(
+                    worker,
+                    overlap_blocks=overlap,
+                    prefill_blocks=cost.prefill_blocks,
+                    decode_blocks=cost.decode_blocks,
+                    cost=cost.cost,
+                )
+            )
+        return _Plan(block_size, keys, local, extra, overlaps, scores)
+
+    def select(self, candidates: Sequence[Instance], request: RouteRequest) -> Instance:
+        if request.instance_id is not None:
+            return Direct.pick(candidates, request.instance_id)
+        plan = self._plan(candidates, request)
+        index = choose([s.cost for s in plan.scores], self.settings.temperature, self._rng)
+        chosen = candidates[index]
+        if len(self._pending) >= _PENDING_LIMIT:
+            del self._pending[next(iter(self._pending))]
+        self._pending[request.request_id] = (chosen.instance_id, plan)
+        return chosen
+
+    def explain(self, candidates: Sequence[Instance], request: RouteRequest) -> list[WorkerScore]:
+        if request.instance_id is not None:
+            return super().explain(candidates, request)
+        scores = self._plan(candidates, request).scores
+        best = min(s.cost for s in scores)
+        ties = sum(1 for s in scores if s.cost == best)
+        temperature = self.settings.temperature
+        note = (
+            f"sampled at temperature {temperature:g}; marked: the most likely"
+            if temperature > 0
+            else (f"a random pick among {ties} equal costs" if ties > 1 else "")
+        )
+        marked = next(i for i, s in enumerate(scores) if s.cost == best)
+        return [
+            WorkerScore(
+                s.instance_id,
+                overlap_blocks=s.overlap_blocks,
+                prefill_blocks=s.prefill_blocks,
+                decode_blocks=s.decode_blocks,
+                cost=s.cost,
+                chosen=i == marked,
+                notes=note if i == marked else "",
+            )
+            for i, s in enumerate(scores)
+        ]
+
+    # -- tracking ----------------------------------------------------------------------
+
+    def on_routed(self, instance: Instance, request: RouteRequest) -> None:
+        worker = instance.instance_id
+        pending = self._pending.pop(request.request_id, None)
+        plan = pending[1] if pending is not None and pending[0] == worker else None
+        if plan is None:  # a direct target, or the caller overrode the choice
+            plan = self._plan([instance], request)
+        overlap = plan.overlaps[worker]
+        prefill = max(0, len(request.tokens) - overlap * plan.block_size)
+        self.tracker.add(request.request_id, worker, plan.keys, plan.extra_blocks, prefill)
+        self.routed(worker, plan)
+
+    def routed(self, worker: str, plan: _Plan) -> None:
+        """Hook for subclasses: ``plan``'s request now runs on ``worker``."""
+
+    def on_first_item(self, instance: Instance, request: RouteRequest) -> None:
+        self.tracker.prefill_done(request.request_id)
+
+    def on_finished(self, instance: Instance, request: RouteRequest) -> None:
+        self.tracker.finish(request.request_id)
+        self._pending.pop(request.request_id, None)
+
+    def on_kv_event(self, instance_id: str, event: KvEvent) -> None:
+        self.index.apply(instance_id, event)
+
+    def on_load(self, instance_id: str, load: WorkerLoad) -> None:
+        self.loads[instance_id] = load
+
+    def on_instances(self, instance_ids: Sequence[str]) -> None:
+        live = set(instance_ids)
+        known = set(self.index.workers) | set(self.tracker.workers) | set(self.loads)
+        for worker in known - live:
+            self.index.remove_worker(worker)
+            self.tracker.remove_worker(worker)
+            self.loads.pop(worker, None)
+
+    def describe(self) -> dict[str, dict[str, float]]:
+        workers = sorted(set(self.index.workers) | set(self.tracker.workers) | set(self.loads))
+        result: dict[str, dict[str, float]] = {}
+        for worker in workers:
+            flight = self.tracker.flight(worker)
+            row: dict[str, float] = {
+                "cached_blocks": self.index.block_count(worker),
+                "active_blocks": flight.active_blocks,
+                "prefill_tokens": flight.prefill_tokens,
+                "requests": flight.requests,
+            }
+            load = self.loads.get(worker)
+            if load is not None:
+                row.update(
+                    reported_active_blocks=load.active_blocks,
+                    reported_total_blocks=load.total_blocks,
+                    reported_waiting=load.waiting,
+                    reported_running=load.running,
+                    reported_prefix_hit_rate=load.prefix_hit_rate,
+                )
+            result[worker] = row
+        return result
