@@ -17,3 +17,9 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _state_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
+    # Runs started by tests record themselves here, never in the user's state dir.
+    os.environ.setdefault("DYN_STATE_DIR", str(tmp_path_factory.mktemp("dyn-state")))

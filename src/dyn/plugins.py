@@ -41,8 +41,14 @@ _BUILTINS: dict[str, dict[str, str]] = {
         "round_robin": "dyn.routing.simple:RoundRobin",
         "random": "dyn.routing.simple:Random",
         "direct": "dyn.routing.simple:Direct",
+        "least_loaded": "dyn.routing.least_loaded:LeastLoaded",
+        "kv": "dyn.routing.kv.router:KvRouter",
+        "kv_approx": "dyn.routing.kv.approx:KvApproxRouter",
     },
-    "dyn.engines": {"echo": "dyn.engines.echo:EchoEngine"},
+    "dyn.engines": {
+        "echo": "dyn.engines.echo:EchoEngine",
+        "mocker": "dyn.engines.mocker:MockerEngine",
+    },
     "dyn.discovery": {
         "memory": "dyn.discovery.memory:MemoryDiscovery",
         "file": "dyn.discovery.file:FileDiscovery",

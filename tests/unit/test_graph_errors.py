@@ -106,7 +106,8 @@ def test_unknown_top_level_key_suggests() -> None:
     line = only(GOOD.replace("name: g\n", "name: g\nnamspace: x\n"))
     assert line.startswith("g.yaml:2: namspace: unknown key 'namspace' (did you mean 'namespace'?)")
     assert (
-        "valid keys: name, namespace, description, transport, discovery, nodes, components" in line
+        "valid keys: name, namespace, description, transport, discovery, nodes, model, components"
+        in line
     )
 
 
@@ -164,7 +165,7 @@ def test_unknown_config_field_suggests_and_lists_fields() -> None:
     assert line.startswith(
         "g.yaml:7: components.front.config.prot: unknown field 'prot' (did you mean 'port'?)"
     )
-    assert line.endswith("valid fields: host, port, routes, prefix, max_body_bytes")
+    assert line.endswith("valid fields: host, port, routes, openai, prefix, max_body_bytes")
 
 
 def test_bad_config_value_points_at_its_line() -> None:
@@ -286,8 +287,8 @@ def test_unknown_strategy_in_depends_on() -> None:
         )
     )
     assert line == (
-        "g.yaml:10: components.mid.depends_on.backend.strategy: unknown strategy 'kvv'; "
-        "available: direct, random, round_robin (or an import path 'package.module:Name')"
+        "g.yaml:10: components.mid.depends_on.backend.strategy: unknown strategy 'kvv' (did you mean 'kv'?); "
+        "available: direct, kv, kv_approx, least_loaded, random, round_robin (or an import path 'package.module:Name')"
     )
 
 

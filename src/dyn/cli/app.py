@@ -6,7 +6,7 @@ from __future__ import annotations
 import typer
 
 from dyn import __version__
-from dyn.cli import bench, graph_cmd, role, up
+from dyn.cli import bench, graph_cmd, role, route, up
 
 __all__ = ["app", "main"]
 
@@ -21,6 +21,7 @@ app = typer.Typer(
 app.add_typer(graph_cmd.app, name="graph")
 app.add_typer(bench.app, name="bench")
 app.command("up")(up.up)
+app.command("route")(route.route)
 app.command("_role", hidden=True)(role.role)
 
 

@@ -6,11 +6,12 @@ from typing import Annotated
 
 import typer
 
+from dyn.cli import bench_router
 from dyn.cli._common import expected_errors
 
 __all__ = ["app"]
 
-app = typer.Typer(help="Measure dyn: transports now; the load benchmark comes with the engines.")
+app = typer.Typer(help="Measure dyn: transports, the KV router.")
 
 
 def _csv(value: str) -> list[str]:
@@ -66,3 +67,6 @@ def transport(
         "raw: asyncio sockets with a length prefix, one connection per caller. "
         "inproc runs in this process; the others talk to a server process."
     )
+
+
+app.command("router")(bench_router.router)

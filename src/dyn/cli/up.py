@@ -127,7 +127,7 @@ def choose_launcher(graph: GraphSpec, name: str | None, graph_file: str) -> Laun
     if name == "inprocess":
         from dyn.launch.inprocess import InProcessLauncher
 
-        return InProcessLauncher()
+        return InProcessLauncher(graph_file)
     if name == "local":
         if graph.transport == "inproc":
             raise LaunchError(

@@ -21,6 +21,7 @@ from dyn.graph.model import (
     DependencySpec,
     DiscoverySpec,
     GraphSpec,
+    ModelSpec,
     NodeSpec,
     RoleInstance,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "DependencySpec",
     "DiscoverySpec",
     "GraphSpec",
+    "ModelSpec",
     "NodeSpec",
     "RoleInstance",
     "dump_graph",

@@ -29,6 +29,8 @@ def dump_graph(spec: GraphSpec) -> dict[str, Any]:
         "options": copy.deepcopy(dict(spec.discovery.options)),
     }
     out["nodes"] = {node.name: _node(node) for node in spec.nodes}
+    if spec.model is not None:
+        out["model"] = msgspec.to_builtins(spec.model)
     out["components"] = {c.name: _component(c) for c in spec.components}
     return out
 

@@ -10,6 +10,7 @@ from types import MappingProxyType
 from typing import Any
 
 from dyn.graph._components import read_components
+from dyn.graph._config import convert_config
 from dyn.graph._fields import (
     GRAPH_NAME,
     check_keys,
@@ -29,12 +30,22 @@ from dyn.graph.model import (
     LOCAL_NODE,
     DiscoverySpec,
     GraphSpec,
+    ModelSpec,
     NodeSpec,
 )
 
 __all__ = ["build_graph"]
 
-TOP_KEYS = ("name", "namespace", "description", "transport", "discovery", "nodes", "components")
+TOP_KEYS = (
+    "name",
+    "namespace",
+    "description",
+    "transport",
+    "discovery",
+    "nodes",
+    "model",
+    "components",
+)
 DISCOVERY_KEYS = ("backend", "ttl_s", "options")
 NODE_KEYS = ("host", "user", "port", "ssh_options", "python", "workdir", "bind")
 
@@ -65,6 +76,7 @@ def build_graph(problems: Problems, doc: Any) -> GraphSpec | None:
     # With the nodes section broken, placements cannot be checked against it.
     node_names = [n.name for n in nodes] if nodes is not None else None
     components = read_components(problems, doc, node_names)
+    model = _model(problems, doc.get("model"))
     if problems or None in (name, namespace, transport, discovery, nodes, components):
         return None
     assert name and namespace and transport and discovery and nodes and components
@@ -76,6 +88,7 @@ def build_graph(problems: Problems, doc: Any) -> GraphSpec | None:
         discovery=discovery,
         nodes=nodes,
         components=components,
+        model=model,
         source=problems.locator.source,
     )
 
@@ -147,3 +160,17 @@ def _nodes(problems: Problems, raw: Any) -> tuple[NodeSpec, ...] | None:
         ):
             nodes.append(NodeSpec(name, host, user, port, ssh, python, workdir, bind))
     return tuple(nodes) if len(nodes) == len(section) else None
+
+
+def _model(problems: Problems, raw: Any) -> ModelSpec | None:
+    if raw is None:
+        return None
+    mapping = expect_mapping(problems, ("model",), raw)
+    if mapping is None:
+        return None
+    if "name" not in mapping:
+        problems.add(("model",), "missing 'name': the model id clients ask for")
+        return None
+    model, _ = convert_config(problems, ("model",), mapping, ModelSpec)
+    assert model is None or isinstance(model, ModelSpec)
+    return model

@@ -132,6 +132,8 @@ def _check_routes(
     for dep, _ in draft.deps:
         targets.setdefault(dep.component, dep.component)
         targets[dep.slot] = dep.component
+    if config.openai is not None:
+        _check_openai(problems, draft, config.openai, targets, by_name)
     for route, target in config.routes.items():
         path = (*draft.path, "config", "routes", route)
         if not route.startswith("/"):
@@ -161,3 +163,30 @@ def _check_routes(
                 f"component {callee.name!r} ({role_path(callee.cls)}) has no endpoint "
                 f"{endpoint!r}{hint}; its endpoints: {listing}",
             )
+
+
+def _check_openai(
+    problems: Problems,
+    draft: Draft,
+    target: str,
+    targets: dict[str, str],
+    by_name: dict[str, Draft],
+) -> None:
+    path = (*draft.path, "config", "openai")
+    if target not in targets:
+        wired = ", ".join(targets) or "nothing"
+        problems.add(
+            path,
+            f"{target!r} is not in depends_on of {draft.name!r}{did_you_mean(target, targets)}; "
+            f"name the processor it depends on (it depends on: {wired})",
+        )
+        return
+    callee = by_name.get(targets[target])
+    if callee is None or callee.cls is None:
+        return
+    if "generate" not in callee.cls.endpoints():
+        problems.add(
+            path,
+            f"component {callee.name!r} ({role_path(callee.cls)}) has no 'generate' endpoint; "
+            "the OpenAI routes need a processor",
+        )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 
@@ -22,6 +22,7 @@ __all__ = [
     "DependencySpec",
     "DiscoverySpec",
     "GraphSpec",
+    "ModelSpec",
     "NodeSpec",
     "RoleInstance",
 ]
@@ -104,6 +105,18 @@ class RoleInstance:
     node: str
 
 
+class ModelSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """The served model: its id in the OpenAI API, its context length, its tokenizer.
+
+    ``tokenizer`` is a path to a Hugging Face ``tokenizer.json`` (needs ``dyn[hf]``);
+    without one the built-in word-level tokenizer is used.
+    """
+
+    name: str
+    max_model_len: Annotated[int, msgspec.Meta(ge=1)] = 8192
+    tokenizer: str | None = None
+
+
 @dataclass(frozen=True)
 class GraphSpec:
     """A validated graph. Components keep the order the file wrote them in."""
@@ -115,6 +128,7 @@ class GraphSpec:
     discovery: DiscoverySpec
     nodes: tuple[NodeSpec, ...]
     components: tuple[ComponentSpec, ...]
+    model: ModelSpec | None = None
     source: str = field(default="<string>", compare=False)
 
     def component(self, name: str) -> ComponentSpec:

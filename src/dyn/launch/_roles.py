@@ -64,10 +64,11 @@ async def start_role(
     info = component_info(graph.namespace, spec.name, replica, node_of(spec, replica))
     component = role_class(spec.config, info, clients)
     component.runtime = runtime
+    component.model = graph.model
     await component.start()
     runtime.tasks.start_soon(component.run)
     await _wait_ready(role_name(spec, replica), component, clients)
-    await runtime.serve_component(component)
+    await runtime.serve_component(component, metadata=component.metadata())
     return component
 
 

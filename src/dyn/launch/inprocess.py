@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
 import anyio
 
+from dyn import state
 from dyn.graph import ComponentSpec, GraphSpec
 from dyn.launch._roles import (
     make_discovery,
@@ -26,12 +28,25 @@ __all__ = ["InProcessLauncher"]
 class InProcessLauncher(Launcher):
     """One process, one runtime, one registry: the embedded default for a single node."""
 
-    def __init__(self) -> None:
+    def __init__(self, graph_file: str | None = None) -> None:
+        self.graph_file = graph_file
         self.runtime: Runtime | None = None
         self.components: list[tuple[ComponentSpec, Component[Any]]] = []
 
     async def run(self, graph: GraphSpec, observer: LaunchObserver, stop: anyio.Event) -> None:
         began = time.perf_counter()
+        run = state.create_run(graph.name)
+        record = state.RunRecord(
+            run_id=run.run_id,
+            graph=graph.name,
+            graph_file=self.graph_file,
+            started_at=time.time(),
+            pid=os.getpid(),
+            launcher="inprocess",
+            transport=graph.transport,
+            discovery=graph.discovery.backend,
+            discovery_dir="",
+        )
         async with (
             make_discovery(graph) as discovery,
             Runtime(
@@ -48,6 +63,19 @@ class InProcessLauncher(Launcher):
                     (getattr(c, "url", None) for s, c in self.components if s.name in frontends),
                     None,
                 )
+                record.frontend_url = url
+                record.roles = [
+                    state.RoleRecord(
+                        role=role_name(spec, c.info.replica),
+                        component=spec.name,
+                        replica=c.info.replica,
+                        node=c.info.node,
+                        pid=os.getpid(),
+                        address=runtime.address,
+                    )
+                    for spec, c in self.components
+                ]
+                state.write_record(run, record)
                 observer.graph_ready(url, time.perf_counter() - began)
                 await stop.wait()
             finally:

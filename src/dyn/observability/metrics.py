@@ -8,9 +8,12 @@ in one-process mode every role shares the runtime's registry and the frontend's
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
 __all__ = ["LATENCY_BUCKETS", "FrontendMetrics"]
+
+# The `_created` timestamp series double every counter's output and nobody reads them.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 # Seconds; spans sub-millisecond in-process hops up to minute-long generations.
 LATENCY_BUCKETS = (

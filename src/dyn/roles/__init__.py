@@ -13,6 +13,8 @@ __all__ = ["BUILTIN_ROLES", "resolve_role"]
 
 BUILTIN_ROLES: dict[str, str] = {
     "frontend": "dyn.roles.frontend:Frontend",
+    "processor": "dyn.roles.processor:Processor",
+    "worker": "dyn.roles.worker:Worker",
 }
 
 

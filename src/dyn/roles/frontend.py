@@ -46,10 +46,14 @@ class Frontend(Component[FrontendConfig]):
         self._socket = self._bind()
         self.port = self._socket.getsockname()[1]
         self.url = f"http://{_url_host(self.config.host)}:{self.port}"
+        by_name = dict(self._dyn_clients)  # a route may name the slot or the component
+        for client in self._dyn_clients.values():
+            by_name.setdefault(client.component, client)
         self._targets: dict[str, tuple[Client, str]] = {}
         for path, target in self.config.routes.items():
             component, _, endpoint = target.partition("/")
-            self._targets[path] = (self._dyn_clients[component], endpoint)
+            self._targets[path] = (by_name[component], endpoint)
+        self.processor = by_name[self.config.openai] if self.config.openai else None
 
     def _bind(self) -> socket.socket:
         family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
@@ -111,6 +115,26 @@ class Frontend(Component[FrontendConfig]):
             Route("/metrics", self._metrics_route, methods=["GET"]),
         ]
         routes += [Route(path, self._stream_route, methods=["POST"]) for path in self._targets]
+        if self.processor is not None:
+            from dyn.openai.backend import ClientBackend
+            from dyn.openai.metrics import OpenAIMetrics
+            from dyn.openai.protocol import ModelInfo
+            from dyn.openai.routes import build_openai_routes
+            from dyn.roles.frontend_admin import admin_routes
+
+            model = self.model
+            info = ModelInfo(
+                id=model.name if model else "dyn",
+                max_model_len=model.max_model_len if model else 8192,
+                created=int(time.time()),
+            )
+            routes += build_openai_routes(
+                ClientBackend(self.processor),
+                info,
+                OpenAIMetrics(self.runtime.registry, self.metrics),
+                max_body_bytes=self.config.max_body_bytes,
+            )
+            routes += admin_routes(self.processor)
         return Starlette(routes=routes)
 
     def health(self) -> tuple[bool, dict[str, list[str]]]:

@@ -22,5 +22,8 @@ class FrontendConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     host: str = "127.0.0.1"
     port: Port = 8000
     routes: dict[str, str] = msgspec.field(default_factory=dict)
+    # The component (in depends_on) behind the OpenAI routes and the /admin/route routes:
+    # a processor. Unset, the frontend serves only `routes`.
+    openai: str | None = None
     prefix: str = ""
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1)] = 1 << 20

@@ -33,11 +33,17 @@ class Client:
         self._by_endpoint: dict[str, list[Instance]] = {}
         self._changed = anyio.Event()
 
+    def set_router(self, router: Router) -> None:
+        """Route later calls with ``router`` (calls in flight keep the one they started with)."""
+        self.router = router
+        router.on_instances(sorted({i.instance_id for g in self._by_endpoint.values() for i in g}))
+
     def _update(self, instances: list[Instance]) -> None:
         by_endpoint: dict[str, list[Instance]] = {}
         for instance in instances:
             by_endpoint.setdefault(instance.endpoint, []).append(instance)
         self._by_endpoint = by_endpoint
+        self.router.on_instances(sorted({i.instance_id for i in instances}))
         self._changed.set()
         self._changed = anyio.Event()
 
@@ -45,6 +51,10 @@ class Client:
         """Follow discovery for this component until cancelled (run by the runtime)."""
         async for instances in self.runtime.discovery.watch(self.prefix):
             self._update(instances)
+
+    async def changed(self) -> None:
+        """Wait until the set of live instances changes."""
+        await self._changed.wait()
 
     def instances(self, endpoint: str = "generate") -> list[Instance]:
         """The live instances serving ``endpoint``, in discovery order."""

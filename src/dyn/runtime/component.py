@@ -30,6 +30,7 @@ import msgspec
 from dyn.observability.logs import role_logger
 
 if TYPE_CHECKING:
+    from dyn.graph.model import ModelSpec
     from dyn.runtime.client import Client
     from dyn.runtime.context import Context
     from dyn.runtime.runtime import Runtime
@@ -119,6 +120,8 @@ class Component(Generic[ConfigT]):
     runtime: Runtime
     # A logger whose lines carry the role's name and replica.
     log: logging.LoggerAdapter[logging.Logger]
+    # The graph's served model, if it names one; set by the launcher before start().
+    model: ModelSpec | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -153,6 +156,10 @@ class Component(Generic[ConfigT]):
                 if isinstance(value, Dependency):
                     slots[value.slot] = value
         return slots
+
+    def metadata(self) -> dict[str, Any]:
+        """Facts published with this instance's discovery entries (e.g. a block size)."""
+        return {}
 
     async def start(self) -> None:
         """Called once the dependencies are wired, before the endpoints are registered."""

@@ -1,0 +1,148 @@
+"""``dyn route``: show, switch and explain the routing of a running graph."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from dyn.cli._common import expected_errors
+
+__all__ = ["frontend_url", "route"]
+
+
+def frontend_url(url: str | None) -> str:
+    """``--url`` as given, else the frontend of the latest ``dyn up`` on this machine."""
+    from dyn import state
+    from dyn.errors import LaunchError
+
+    if url:
+        return url.rstrip("/")
+    run = state.latest_run()
+    if run is None:
+        raise LaunchError("no graph is running here; start one with `dyn up` or pass --url")
+    record = state.read_record(run)
+    if not record.frontend_url:
+        raise LaunchError(
+            f"the latest run ({record.run_id}) has no frontend URL yet; "
+            "is it still starting? or pass --url"
+        )
+    return record.frontend_url
+
+
+def _request(method: str, url: str, body: Any = None) -> Any:
+    import httpx
+
+    from dyn.errors import LaunchError
+
+    try:
+        response = httpx.request(method, url, json=body, timeout=10)
+    except httpx.TransportError as exc:
+        raise LaunchError(f"cannot reach {url}: {exc}; is the graph running?") from exc
+    try:
+        data = response.json()
+    except ValueError:
+        data = None
+    if response.status_code == 404:
+        raise LaunchError(f"{url} has no admin routes; does the frontend set `openai:`?")
+    if response.status_code >= 400:
+        message = (data or {}).get("error", {}).get("message") if isinstance(data, dict) else None
+        raise LaunchError(f"{url} answered {response.status_code}: {message or response.text}")
+    return data
+
+
+@expected_errors
+def route(
+    url: Annotated[
+        str | None,
+        typer.Option(help="The frontend's base URL. Default: the latest `dyn up` on this machine."),
+    ] = None,
+    strategy: Annotated[
+        str | None, typer.Option(help="Switch the routing strategy live, e.g. kv or round_robin.")
+    ] = None,
+    explain: Annotated[
+        str | None,
+        typer.Option(help="Score every worker for this prompt without sending a request."),
+    ] = None,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print JSON instead of a table.")
+    ] = False,
+) -> None:
+    """Show the routing strategy and each worker's load and cached blocks."""
+    import json
+
+    from rich.console import Console
+
+    base = frontend_url(url)
+    console = Console()
+    if strategy is not None:
+        before = _request("GET", f"{base}/admin/route")["strategy"]
+        after = _request("POST", f"{base}/admin/route", {"strategy": strategy})["strategy"]
+        if json_out:
+            typer.echo(json.dumps({"before": before, "strategy": after}))
+        else:
+            console.print(f"strategy: {before} → [bold]{after}[/]")
+        return
+    if explain is not None:
+        data = _request("POST", f"{base}/admin/route/explain", {"text": explain})
+        if json_out:
+            typer.echo(json.dumps(data, indent=2))
+        else:
+            console.print(_explain_table(data))
+        return
+    data = _request("GET", f"{base}/admin/route")
+    if json_out:
+        typer.echo(json.dumps(data, indent=2))
+    else:
+        console.print(_info_table(data))
+
+
+def _info_table(data: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    workers: dict[str, dict[str, Any]] = data.get("workers") or {}
+    table = Table(title=f"routing strategy: {data['strategy']}")
+    table.add_column("worker (replica)")
+    fixed = ["active_blocks", "total_blocks", "cached_blocks", "waiting", "running"]
+    for column in ("active", "total", "cached", "waiting", "running", "hit rate"):
+        table.add_column(column, justify="right")
+    # Whatever else the strategy tracks (in-flight requests, prefill tokens, ...).
+    extra = sorted({k for s in workers.values() for k in s} - {*fixed, "prefix_hit_rate"})
+    for column in extra:
+        table.add_column(column.replace("_", " "), justify="right")
+    for instance in data.get("instances", []):
+        stats = workers.get(instance["instance_id"], {})
+        rate = stats.get("prefix_hit_rate")
+        table.add_row(
+            f"{instance['instance_id'][:8]} ({instance['replica']})",
+            *[_fmt(stats.get(column, "")) for column in fixed],
+            f"{rate:.0%}" if isinstance(rate, float) else "",
+            *[_fmt(stats.get(column, "")) for column in extra],
+        )
+    return table
+
+
+def _explain_table(data: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    table = Table(
+        title=f"{data['strategy']}: a {data['prompt_tokens']}-token prompt would go to the ✓ worker"
+    )
+    for column in ("worker", "overlap blocks", "prefill blocks", "decode blocks", "cost", ""):
+        table.add_column(column, justify="left" if column == "worker" else "right")
+    for score in data["workers"]:
+        table.add_row(
+            score["instance_id"][:8],
+            _fmt(score["overlap_blocks"]),
+            _fmt(score["prefill_blocks"]),
+            _fmt(score["decode_blocks"]),
+            _fmt(score["cost"]),
+            "✓" if score["chosen"] else "",
+        )
+    return table
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
+    return str(value)

@@ -1,0 +1,206 @@
+"""The processor role: tokenize, route to a worker, call it, detokenize.
+
+It speaks the OpenAI layer's ``GenerateRequest`` / ``GenerateOutput`` on ``generate``
+and the worker's ``EngineRequest`` / ``EngineOutput`` downstream. It follows every
+worker's ``kv_events`` stream and feeds the routing strategy, which can be switched while
+running (``set_strategy``) and asked to explain a decision (``explain``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import anyio
+import msgspec
+
+from dyn import plugins
+from dyn.engines.base import EngineOutput, EngineRequest
+from dyn.errors import BadRequestError, DynError
+from dyn.kv.events import KvRemoved, KvStored, WorkerUpdate
+from dyn.observability.worker_metrics import RouterMetrics
+from dyn.openai.protocol import GenerateOutput, GenerateRequest
+from dyn.routing.base import Router, RouteRequest
+from dyn.runtime.component import Component, depends, endpoint
+from dyn.runtime.context import Context
+from dyn.tokenizer import Tokenizer, load_tokenizer
+
+__all__ = ["Processor", "ProcessorConfig"]
+
+# How long to wait before resubscribing to a worker whose event stream broke.
+RESUBSCRIBE_DELAY_S = 0.5
+
+
+class ProcessorConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    strategy: str = "kv"
+    strategy_options: dict[str, Any] = msgspec.field(default_factory=dict)
+    seed: int | None = None
+
+
+class Processor(Component[ProcessorConfig]):
+    """Tokenizes, routes with the configured strategy, and detokenizes the stream."""
+
+    worker = depends()
+
+    async def start(self) -> None:
+        model = self.model
+        self.tokenizer: Tokenizer = load_tokenizer(model.tokenizer if model else None)
+        self.max_model_len = model.max_model_len if model else None
+        self.metrics = RouterMetrics.of(self.runtime.registry)
+        self.strategy = ""
+        self._subscriptions = anyio.CancelScope()
+        # What each worker last reported, whatever the strategy: for `dyn route`.
+        self.worker_stats: dict[str, dict[str, float]] = {}
+        self._install(self.config.strategy, self.config.strategy_options)
+
+    def _install(self, strategy: str, options: Mapping[str, Any]) -> None:
+        router_cls = plugins.load("dyn.routers", strategy)
+        router: Router = router_cls(dict(options) or None, seed=self.config.seed)
+        self.worker.set_router(router)
+        self.strategy = plugins.canonical(strategy)
+        # A new router starts empty: resubscribe so every worker sends it a snapshot.
+        self._subscriptions.cancel()
+
+    async def run(self) -> None:
+        while True:
+            with anyio.CancelScope() as scope:
+                self._subscriptions = scope
+                await self._follow_workers()
+
+    async def _follow_workers(self) -> None:
+        """Keep one kv_events subscription per live worker instance."""
+        following: dict[str, anyio.CancelScope] = {}
+        async with anyio.create_task_group() as tasks:
+            while True:
+                live = {i.instance_id for i in self.worker.instances("kv_events")}
+                for instance_id in live - following.keys():
+                    following[instance_id] = anyio.CancelScope()
+                    tasks.start_soon(self._subscribe, instance_id, following[instance_id])
+                for instance_id in following.keys() - live:
+                    following.pop(instance_id).cancel()
+                    self.worker_stats.pop(instance_id, None)
+                await self.worker.changed()
+
+    async def _subscribe(self, instance_id: str, scope: anyio.CancelScope) -> None:
+        with scope:
+            while True:
+                route = RouteRequest(request_id=f"kv-events-{instance_id}", instance_id=instance_id)
+                try:
+                    async with self.worker.stream("kv_events", {}, route=route) as updates:
+                        async for raw in updates:
+                            update = msgspec.convert(raw, WorkerUpdate)
+                            self._apply(instance_id, update)
+                except DynError as exc:
+                    self.log.debug("kv events from %s broke: %s", instance_id, exc)
+                await anyio.sleep(RESUBSCRIBE_DELAY_S)
+
+    def _apply(self, instance_id: str, update: WorkerUpdate) -> None:
+        router = self.worker.router
+        stats = self.worker_stats.setdefault(instance_id, {"cached_blocks": 0})
+        for event in update.events:
+            router.on_kv_event(instance_id, event)
+            data = event.data
+            if isinstance(data, KvStored):
+                stats["cached_blocks"] += len(data.blocks)
+            elif isinstance(data, KvRemoved):
+                stats["cached_blocks"] -= len(data.block_hashes)
+            else:
+                stats["cached_blocks"] = 0
+        if update.load is not None:
+            router.on_load(instance_id, update.load)
+            stats.update(msgspec.structs.asdict(update.load))
+
+    # -- endpoints -----------------------------------------------------------------------
+
+    @endpoint
+    async def generate(self, request: Any, ctx: Context) -> AsyncIterator[dict[str, Any]]:
+        try:
+            req = msgspec.convert(request, GenerateRequest)
+        except msgspec.ValidationError as exc:
+            raise BadRequestError(f"invalid generate request: {exc}") from exc
+        tokens = self.tokenizer.encode(req.prompt)
+        max_tokens = req.max_tokens
+        if self.max_model_len is not None:
+            # A request without max_tokens asks for the whole context: cap it to the room
+            # the prompt leaves, and refuse only when there is none.
+            room = self.max_model_len - len(tokens)
+            if room < 1:
+                raise BadRequestError(
+                    f"this model's maximum context length is {self.max_model_len} tokens; "
+                    f"the prompt alone has {len(tokens)}"
+                )
+            max_tokens = min(max_tokens, room)
+        engine_request = EngineRequest(
+            request_id=req.request_id,
+            tokens=tokens,
+            max_tokens=max_tokens,
+            ignore_eos=req.ignore_eos,
+            min_tokens=req.min_tokens,
+        )
+        route = RouteRequest(request_id=req.request_id, tokens=tokens)
+        decoder = self.tokenizer.incremental_decoder()
+        first = True
+        async with self.worker.stream("generate", engine_request, route=route) as outputs:
+            async for raw in outputs:
+                out = msgspec.convert(raw, EngineOutput)
+                if first and outputs.instance is not None:
+                    self.metrics.decision(outputs.instance.instance_id)
+                text = decoder.feed(out.tokens)
+                if out.finish_reason is not None:
+                    text += decoder.flush()
+                yield msgspec.to_builtins(
+                    GenerateOutput(
+                        text=text,
+                        token_count=len(out.tokens),
+                        finish_reason=out.finish_reason,
+                        prompt_tokens=len(tokens) if first else None,
+                        cached_tokens=out.cached_tokens if first else None,
+                    )
+                )
+                first = False
+
+    @endpoint
+    async def route_info(self, request: Any, ctx: Context) -> AsyncIterator[dict[str, Any]]:
+        """The strategy in use and what it knows of each worker."""
+        workers = self.worker.instances("generate")
+        described = self.worker.router.describe()
+        live = {i.instance_id for i in workers}
+        yield {
+            "strategy": self.strategy,
+            "workers": {
+                worker: {**stats, **described.get(worker, {})}
+                for worker, stats in self.worker_stats.items()
+                if worker in live
+            },
+            "instances": [
+                {"instance_id": i.instance_id, "replica": i.replica, "node": i.node}
+                for i in workers
+            ],
+        }
+
+    @endpoint
+    async def set_strategy(self, request: Any, ctx: Context) -> AsyncIterator[dict[str, Any]]:
+        """Switch the routing strategy live: ``{"strategy": NAME, "options": {...}}``."""
+        if not isinstance(request, dict) or not isinstance(request.get("strategy"), str):
+            raise BadRequestError("set_strategy needs {'strategy': NAME}")
+        options = request.get("options") or {}
+        try:
+            self._install(request["strategy"], options)
+        except DynError as exc:
+            raise BadRequestError(str(exc)) from exc
+        self.log.info("routing strategy is now %s", self.strategy)
+        yield {"strategy": self.strategy}
+
+    @endpoint
+    async def explain(self, request: Any, ctx: Context) -> AsyncIterator[dict[str, Any]]:
+        """Score every worker for a prompt without sending anything: ``{"text": ...}``."""
+        if not isinstance(request, dict) or not isinstance(request.get("text"), str):
+            raise BadRequestError("explain needs {'text': PROMPT}")
+        tokens = self.tokenizer.encode(request["text"])
+        candidates = self.worker.instances("generate")
+        scores = self.worker.router.explain(candidates, RouteRequest("explain", tokens=tokens))
+        yield {
+            "strategy": self.strategy,
+            "prompt_tokens": len(tokens),
+            "workers": [msgspec.to_builtins(score) for score in scores],
+        }
