@@ -2,8 +2,10 @@
 
 ``GET /admin/route`` shows the strategy and what it knows of each worker; ``POST
 /admin/route`` switches the strategy (``{"strategy": NAME, "options": {...}}``); ``POST
-/admin/route/explain`` scores every worker for ``{"text": PROMPT}`` without sending it.
-They call the processor's ``route_info``, ``set_strategy`` and ``explain`` endpoints.
+/admin/route/explain`` scores every worker for ``{"text": PROMPT}`` without sending it; ``POST /admin/kv/clear``
+empties every worker's prefix cache (``dyn bench --compare`` calls it between arms).
+They call the processor's ``route_info``, ``set_strategy``, ``explain`` and ``clear_kv``
+endpoints.
 """
 
 from __future__ import annotations
@@ -57,8 +59,12 @@ def admin_routes(processor: Client) -> list[Route]:
     async def explain(request: Request) -> Response:
         return await call("explain", await body(request))
 
+    async def clear_kv(request: Request) -> Response:
+        return await call("clear_kv", {})
+
     return [
         Route("/admin/route", info, methods=["GET"]),
         Route("/admin/route", switch, methods=["POST"]),
         Route("/admin/route/explain", explain, methods=["POST"]),
+        Route("/admin/kv/clear", clear_kv, methods=["POST"]),
     ]

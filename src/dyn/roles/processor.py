@@ -3,7 +3,8 @@
 It speaks the OpenAI layer's ``GenerateRequest`` / ``GenerateOutput`` on ``generate``
 and the worker's ``EngineRequest`` / ``EngineOutput`` downstream. It follows every
 worker's ``kv_events`` stream and feeds the routing strategy, which can be switched while
-running (``set_strategy``) and asked to explain a decision (``explain``).
+running (``set_strategy``) and asked to explain a decision (``explain``); ``clear_kv``
+empties every worker's prefix cache (between benchmark arms).
 """
 
 from __future__ import annotations
@@ -204,3 +205,17 @@ class Processor(Component[ProcessorConfig]):
             "prompt_tokens": len(tokens),
             "workers": [msgspec.to_builtins(score) for score in scores],
         }
+
+    @endpoint
+    async def clear_kv(self, request: Any, ctx: Context) -> AsyncIterator[dict[str, Any]]:
+        """Drop every worker's cached blocks: ``{"cleared_blocks": N, "workers": W}``."""
+        total = 0
+        workers = self.worker.instances("clear_kv")
+        for instance in workers:
+            route = RouteRequest(
+                request_id=f"clear-kv-{instance.instance_id}", instance_id=instance.instance_id
+            )
+            async with self.worker.stream("clear_kv", {}, route=route) as replies:
+                async for reply in replies:
+                    total += int(reply.get("cleared_blocks", 0))
+        yield {"cleared_blocks": total, "workers": len(workers)}

@@ -20,6 +20,7 @@ from dyn.errors import BadRequestError
 from dyn.observability.worker_metrics import WorkerMetrics
 from dyn.runtime.component import Component, endpoint
 from dyn.runtime.context import Context
+from dyn.tokenizer import load_tokenizer
 
 __all__ = ["Worker"]
 
@@ -31,7 +32,12 @@ class Worker(Component[MockerConfig]):
         return {"block_size": self.config.block_size, "total_blocks": self.config.num_gpu_blocks}
 
     async def start(self) -> None:
-        self.engine = MockerEngine(self.config)
+        # The engine samples ids the processor's tokenizer must decode: same vocabulary.
+        tokenizer = load_tokenizer(self.model.tokenizer if self.model else None)
+        config = msgspec.structs.replace(
+            self.config, vocab_size=tokenizer.vocab_size, eos_token_id=tokenizer.eos_token_id
+        )
+        self.engine = MockerEngine(config)
         self.metrics = WorkerMetrics.of(self.runtime.registry)
         self.label = self.info.instance_id
         self.metrics.kv_total_blocks.labels(self.label).set(self.config.num_gpu_blocks)

@@ -7,6 +7,7 @@ in which every background task lives. Endpoints are addressed by their discovery
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -28,6 +29,8 @@ from dyn.runtime.context import Context
 from dyn.transports.base import Transport
 
 __all__ = ["Runtime", "new_instance_id"]
+
+_log = logging.getLogger("dyn.runtime")
 
 EndpointMethod = Callable[[Any, Context], AsyncIterator[Any]]
 
@@ -163,7 +166,9 @@ class Runtime:
         except DynError:
             raise
         except Exception as exc:
-            # A bug in the handler: keep its type and message, not its traceback.
+            # A bug in the handler: the caller gets its type and message, the log its
+            # traceback.
+            _log.exception("handler %s failed", path)
             raise RemoteError(f"{type(exc).__name__}: {exc}") from exc
         finally:
             await items.aclose()  # type: ignore[attr-defined]

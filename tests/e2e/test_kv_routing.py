@@ -1,0 +1,248 @@
+"""graphs/kv_routing.yaml through `dyn up` as a real process, spoken to by real clients.
+
+One graph is started for the module (speedup 20, so the polynomial timing model runs
+twenty times faster than real time) and every test talks to it over loopback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+GRAPH = ROOT / "graphs" / "kv_routing.yaml"
+MODEL = "dyn-mock"
+WORDS = (
+    "time year people way day man thing woman life child world school state family student "
+    "group country problem hand part place case week company system program question work "
+    "government number night point home water room mother area money story fact month lot"
+).split()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("kv_routing") / "up.log"
+    log = log_path.open("w")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dyn",
+            "up",
+            str(GRAPH),
+            "--port",
+            str(port),
+            "--set",
+            "worker.speedup_ratio=20",
+        ],  # fmt: skip
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, log_path.read_text()
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "kv_routing did not come up"
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+        # Kept for a failing test's report: what the graph logged.
+        print(log_path.read_text()[-4000:])
+
+
+def prompt(rng: random.Random, words: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(words))
+
+
+def test_openai_client_lists_completes_chats_and_streams(base_url: str) -> None:
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused")
+    models = client.models.list()
+    assert [m.id for m in models.data] == [MODEL]
+
+    completion = client.completions.create(model=MODEL, prompt="Hello there", max_tokens=8)
+    assert completion.choices[0].finish_reason == "length"
+    assert completion.usage is not None and completion.usage.completion_tokens == 8
+    assert completion.choices[0].text
+
+    chat = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Hi!"}], max_tokens=5
+    )
+    assert chat.choices[0].message.role == "assistant"
+    assert chat.usage is not None and chat.usage.completion_tokens == 5
+
+    stream = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Tell me a story"}],
+        max_tokens=6,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == 6
+    assert chunks[-2].choices[0].finish_reason == "length"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text
+
+
+def test_streamed_sse_bytes_are_exact(base_url: str) -> None:
+    """The bytes of a streamed completion, against tokens computed by the engine core."""
+    from dyn.engines.base import EngineRequest
+    from dyn.engines.mocker import MockerConfig, MockerCore
+    from dyn.tokenizer import load_tokenizer
+
+    text, max_tokens = "The quick brown fox jumps over the lazy dog.", 4
+    body = {
+        "model": MODEL,
+        "prompt": text,
+        "max_tokens": max_tokens,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    headers = {"x-request-id": "sse-exact-1"}
+    raw = httpx.post(f"{base_url}/v1/completions", json=body, headers=headers, timeout=30)
+    assert raw.headers["content-type"].startswith("text/event-stream")
+
+    # The same tokens the worker must have produced: the engine is deterministic.
+    tokenizer = load_tokenizer(None)
+    prompt_ids = tokenizer.encode(text)
+    config = MockerConfig(
+        block_size=16,
+        num_gpu_blocks=512,
+        vocab_size=tokenizer.vocab_size,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    core = MockerCore(config)
+    core.add(EngineRequest(request_id="x", tokens=prompt_ids, max_tokens=max_tokens), 0.0)
+    produced: list[int] = []
+    while core.has_work():
+        produced += [t for _, out in core.step(0.0).outputs for t in out.tokens]
+    decoder = tokenizer.decode_stream()
+    pieces = [decoder.step(token) for token in produced]
+    pieces[-1] += decoder.flush()
+
+    created = json.loads(raw.text.split("\n", 1)[0].removeprefix("data: "))["created"]
+    cached = int(re.search(r'"cached_tokens":(\d+)', raw.text).group(1))  # type: ignore[union-attr]
+    head = f'{{"id":"cmpl-sse-exact-1","object":"text_completion","created":{created},"model":"{MODEL}"'
+    expected = ""
+    for i, piece in enumerate(pieces):
+        finish = '"length"' if i == len(pieces) - 1 else "null"
+        choice = (
+            f'{{"index":0,"text":{json.dumps(piece)},"logprobs":null,"finish_reason":{finish}}}'
+        )
+        expected += f'data: {head},"choices":[{choice}],"usage":null}}\n\n'
+    usage = (
+        f'{{"prompt_tokens":{len(prompt_ids)},"completion_tokens":{max_tokens},'
+        f'"total_tokens":{len(prompt_ids) + max_tokens},'
+        f'"prompt_tokens_details":{{"cached_tokens":{cached}}}}}'
+    )
+    expected += f'data: {head},"choices":[],"usage":{usage}}}\n\ndata: [DONE]\n\n'
+    assert raw.text == expected
+
+
+def _hit_rate(base_url: str, strategy: str, seed: int) -> float:
+    switched = httpx.post(f"{base_url}/admin/route", json={"strategy": strategy}, timeout=10)
+    assert switched.status_code == 200 and switched.json()["strategy"] == strategy
+    rng = random.Random(seed)
+    groups = [prompt(rng, 160) for _ in range(8)]  # ~10 blocks of 16 tokens each
+    requests = [f"{groups[g]} {prompt(rng, 12)}" for _ in range(4) for g in range(8)]
+    rng.shuffle(requests)  # in file order, round-robin would pin each group by accident
+    cached = total = 0
+    with httpx.Client(timeout=60) as http:
+        for text in requests:
+            body = {"model": MODEL, "prompt": text, "max_tokens": 4, "ignore_eos": True}
+            usage = http.post(f"{base_url}/v1/completions", json=body).json()["usage"]
+            cached += usage["prompt_tokens_details"]["cached_tokens"]
+            total += usage["prompt_tokens"]
+    return cached / total
+
+
+def test_kv_beats_round_robin_on_shared_prefixes(base_url: str) -> None:
+    # Different seeds, so neither arm finds the other's prefixes in the caches.
+    round_robin = _hit_rate(base_url, "round_robin", seed=1)
+    kv = _hit_rate(base_url, "kv", seed=2)
+    print(f"\nprefix hit rate: round_robin {round_robin:.2f}, kv {kv:.2f}")
+    assert kv > round_robin + 0.2
+
+
+def _decisions(base_url: str) -> dict[str, float]:
+    text = httpx.get(f"{base_url}/metrics", timeout=10).text
+    found = re.findall(r'^dyn_router_decisions_total\{worker="([^"]+)"\} (\S+)$', text, re.M)
+    return {worker: float(value) for worker, value in found}
+
+
+def test_kv_spreads_load_when_every_request_shares_its_first_block(base_url: str) -> None:
+    import concurrent.futures
+
+    httpx.post(f"{base_url}/admin/route", json={"strategy": "kv"}, timeout=10)
+    rng = random.Random(7)
+    shared = prompt(rng, 24)  # at least one full block every request shares
+    texts = [f"{shared} {prompt(rng, 40)}" for _ in range(48)]
+    before = _decisions(base_url)
+
+    def send(text: str) -> None:
+        body = {"model": MODEL, "prompt": text, "max_tokens": 16, "ignore_eos": True}
+        assert httpx.post(f"{base_url}/v1/completions", json=body, timeout=60).status_code == 200
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(send, texts))
+    after = _decisions(base_url)
+    shares = [after[w] - before.get(w, 0.0) for w in after]
+    mean = sum(shares) / 4
+    print(f"\nrequests per worker: {sorted(shares)}")
+    assert len(shares) == 4 and max(shares) <= 1.5 * mean
+
+
+def test_route_shows_and_explains(base_url: str) -> None:
+    from typer.testing import CliRunner
+
+    from dyn.cli.app import app
+
+    runner = CliRunner()
+    shown = runner.invoke(app, ["route", "--url", base_url, "--json"])
+    assert shown.exit_code == 0, shown.output
+    data = json.loads(shown.stdout)
+    assert len(data["instances"]) == 4
+    explained = runner.invoke(
+        app, ["route", "--url", base_url, "--explain", "hello " * 40, "--json"]
+    )
+    assert explained.exit_code == 0, explained.output
+    scores = json.loads(explained.stdout)["workers"]
+    assert len(scores) == 4 and sum(s["chosen"] for s in scores) == 1
+    switched = runner.invoke(app, ["route", "--url", base_url, "--strategy", "round-robin"])
+    assert switched.exit_code == 0 and "round_robin" in switched.stdout
+    bad = runner.invoke(app, ["route", "--url", base_url, "--strategy", "kvv"])
+    assert bad.exit_code == 1 and "unknown strategy 'kvv'" in bad.stderr
