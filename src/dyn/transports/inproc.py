@@ -11,12 +11,14 @@ import itertools
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import ClassVar
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from dyn._streams import receive_soon, send_soon
 from dyn.errors import ProtocolError, TransportError, call_error_from_wire
 from dyn.runtime.context import Context
 from dyn.transports._serving import Frame, run_handler
@@ -99,7 +101,7 @@ class _InprocCall(CallStream):
             with self._scope:
                 try:
                     path, payload, _ = self._request
-                    await run_handler(handler, path, payload, self._ctx, send.send)
+                    await run_handler(handler, path, payload, self._ctx, partial(send_soon, send))
                 except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                     pass  # the caller closed its end: nobody to tell
 
@@ -108,7 +110,7 @@ class _InprocCall(CallStream):
             raise StopAsyncIteration
         receive = self._receive or self._start()
         try:
-            frame = await receive.receive()
+            frame = await receive_soon(receive)
         except anyio.EndOfStream:
             self._finish()
             raise TransportError(f"server at {self._address} went away mid-call") from None

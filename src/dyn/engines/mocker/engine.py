@@ -15,6 +15,7 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectSendStream
 
+from dyn._streams import receive_soon
 from dyn.engines.base import Engine, EngineOutput, EngineRequest
 from dyn.engines.mocker.config import MockerConfig
 from dyn.engines.mocker.core import MockerCore
@@ -136,7 +137,11 @@ class MockerEngine(Engine):
         self._wake.set()
         try:
             async with receive:
-                async for output in receive:
+                while True:
+                    try:
+                        output = await receive_soon(receive)
+                    except anyio.EndOfStream:
+                        return
                     yield output
                     if output.finish_reason is not None:
                         return
