@@ -2,8 +2,9 @@
 
 ``GET /admin/route`` shows the strategy and what it knows of each worker; ``POST
 /admin/route`` switches the strategy (``{"strategy": NAME, "options": {...}}``); ``POST
-/admin/route/explain`` scores every worker for ``{"text": PROMPT}`` without sending it; ``POST /admin/kv/clear``
-empties every worker's prefix cache (``dyn bench --compare`` calls it between arms).
+/admin/route/explain`` scores every worker for ``{"text": PROMPT}`` without sending it;
+``POST /admin/kv/clear`` empties every worker's prefix cache (``dyn bench --compare``
+calls it between arms).
 They call the processor's ``route_info``, ``set_strategy``, ``explain`` and ``clear_kv``
 endpoints.
 """

@@ -1,0 +1,243 @@
+"""Benchmark results out: vLLM's text table, a side-by-side comparison, CSV, JSON, plots.
+
+Results are the dictionaries :func:`dyn.bench.stats.summarize` makes (a comparison is a
+dictionary of them, keyed by arm), so a saved result can be reported again.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from dyn.bench.stats import DEFAULT_PERCENTILES, METRICS, percentile_key
+from dyn.errors import DynError
+
+__all__ = [
+    "check_plotting",
+    "compare_table",
+    "plot_cdfs",
+    "result_table",
+    "write_csv",
+    "write_json",
+]
+
+# vLLM benchmark_serving's section titles and row names.
+_TITLES = {
+    "ttft": ("Time to First Token", "TTFT"),
+    "tpot": ("Time per Output Token (excl. 1st token)", "TPOT"),
+    "itl": ("Inter-token Latency", "ITL"),
+    "e2el": ("End-to-end Latency", "E2EL"),
+}
+_WIDTH = 50
+
+
+def _row(name: str, value: Any) -> str:
+    shown = f"{value:<10.2f}" if isinstance(value, float) else f"{value:<10}"
+    return f"{name:<40} {shown}".rstrip()
+
+
+def _rule(title: str, fill: str) -> str:
+    return f"{title:{fill}^{_WIDTH}}"
+
+
+def _share(share: Mapping[str, float]) -> str:
+    return ", ".join(f"{worker[:8]} {frac:.0%}" for worker, frac in share.items()) or "n/a"
+
+
+def _errors(errors: Mapping[str, int]) -> str:
+    return ", ".join(f"{kind}: {count}" for kind, count in errors.items()) or "none"
+
+
+def result_table(
+    result: Mapping[str, Any],
+    percentiles: Sequence[float] = DEFAULT_PERCENTILES,
+    metrics: Sequence[str] = METRICS,
+    title: str = " Serving Benchmark Result ",
+) -> str:
+    """vLLM's summary layout, then dyn's rows (hit rate, worker share, errors)."""
+    lines = [
+        _rule(title, "="),
+        _row("Successful requests:", result["completed"]),
+        _row("Benchmark duration (s):", result["duration"]),
+        _row("Total input tokens:", result["total_input_tokens"]),
+        _row("Total generated tokens:", result["total_output_tokens"]),
+        _row("Request throughput (req/s):", result["request_throughput"]),
+        _row("Output token throughput (tok/s):", result["output_throughput"]),
+        _row("Total Token throughput (tok/s):", result["total_token_throughput"]),
+    ]
+    for metric in metrics:
+        section, short = _TITLES[metric]
+        lines.append(_rule(section, "-"))
+        lines.append(_row(f"Mean {short} (ms):", result[f"mean_{metric}_ms"]))
+        lines.append(_row(f"Median {short} (ms):", result[f"median_{metric}_ms"]))
+        for p in percentiles:
+            key = percentile_key(p)
+            if p == 50:  # the median, just above
+                continue
+            lines.append(_row(f"{key.upper()} {short} (ms):", result[f"{key}_{metric}_ms"]))
+    lines += [
+        _rule("dyn", "-"),
+        _row("Failed requests:", result["failed"]),
+        _row("Errors by status:", _errors(result.get("errors_by_status", {}))),
+        _row("Prefix cache hit rate:", f"{result['prefix_hit_rate']:.1%}"),
+        _row("Worker request share:", _share(result.get("worker_request_share", {}))),
+        "=" * _WIDTH,
+    ]
+    return "\n".join(lines)
+
+
+def _compare_rows(
+    percentiles: Sequence[float], metrics: Sequence[str]
+) -> list[tuple[str, str, bool]]:
+    """(label, result key, higher is better) for the comparison table."""
+    rows = [
+        ("Successful requests", "completed", True),
+        ("Failed requests", "failed", False),
+        ("Benchmark duration (s)", "duration", False),
+        ("Request throughput (req/s)", "request_throughput", True),
+        ("Output token throughput (tok/s)", "output_throughput", True),
+    ]
+    for metric in metrics:
+        short = _TITLES[metric][1]
+        rows.append((f"Mean {short} (ms)", f"mean_{metric}_ms", False))
+        rows.append((f"Median {short} (ms)", f"median_{metric}_ms", False))
+        for p in percentiles:
+            key = percentile_key(p)
+            if p == 50:
+                continue
+            rows.append((f"{key.upper()} {short} (ms)", f"{key}_{metric}_ms", False))
+    rows.append(("Prefix cache hit rate", "prefix_hit_rate", True))
+    return rows
+
+
+def compare_table(
+    arms: Mapping[str, Mapping[str, Any]],
+    percentiles: Sequence[float] = DEFAULT_PERCENTILES,
+    metrics: Sequence[str] = METRICS,
+) -> str:
+    """One column per arm; later arms show their ratio to the first (``×0.50``)."""
+    names = list(arms)
+    header = ["", *names]
+    table = [header]
+    for label, key, _ in _compare_rows(percentiles, metrics):
+        base = arms[names[0]][key]
+        cells = [label]
+        for i, name in enumerate(names):
+            value = arms[name][key]
+            text = f"{value:.1%}" if key == "prefix_hit_rate" else _number(value)
+            if i and isinstance(base, int | float) and base:
+                text += f" (×{value / base:.2f})"
+            cells.append(text)
+        table.append(cells)
+    share = ["Busiest worker share"]
+    share += [
+        f"{max(arms[n].get('worker_request_share', {}).values(), default=0):.0%}" for n in names
+    ]
+    table.append(share)
+    widths = [max(len(row[c]) for row in table) for c in range(len(header))]
+    lines = []
+    for r, row in enumerate(table):
+        cells = [row[0].ljust(widths[0])] + [row[c].rjust(widths[c]) for c in range(1, len(row))]
+        lines.append("  ".join(cells).rstrip())
+        if r == 0:
+            lines.append("-" * len(lines[0]))
+    return "\n".join(lines)
+
+
+def _number(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.2f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def write_json(path: str | Path, data: Mapping[str, Any]) -> None:
+    try:
+        Path(path).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise DynError(f"cannot write {path}: {exc.strerror}") from exc
+
+
+CSV_COLUMNS = (
+    "arm",
+    "index",
+    "error",
+    "input_len",
+    "output_len",
+    "cached_tokens",
+    "ttft_ms",
+    "tpot_ms",
+    "mean_itl_ms",
+    "e2el_ms",
+)
+
+
+def write_csv(path: str | Path, arms: Mapping[str, Mapping[str, Any]]) -> None:
+    """One row per request of every arm (a single run is one arm)."""
+    try:
+        with Path(path).open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(CSV_COLUMNS)
+            for arm, result in arms.items():
+                for i, ttft in enumerate(result["ttfts"]):
+                    out_len, e2el, itls = (
+                        result["output_lens"][i],
+                        result["e2els"][i],
+                        result["itls"][i],
+                    )
+                    tpot = (e2el - ttft) / (out_len - 1) * 1000 if out_len > 1 else ""
+                    writer.writerow(
+                        [
+                            arm,
+                            i,
+                            result["errors"][i],
+                            result["input_lens"][i],
+                            out_len,
+                            result["cached_tokens"][i],
+                            ttft * 1000,
+                            tpot,
+                            sum(itls) / len(itls) * 1000 if itls else "",
+                            e2el * 1000,
+                        ]
+                    )
+    except OSError as exc:
+        raise DynError(f"cannot write {path}: {exc.strerror}") from exc
+
+
+def check_plotting() -> Any:
+    """The ``matplotlib`` module; checked before a run so a long benchmark is not wasted."""
+    try:
+        return importlib.import_module("matplotlib")
+    except ImportError:
+        raise DynError("--plot needs matplotlib: pip install 'dyn[plot]'") from None
+
+
+def plot_cdfs(path: str | Path, arms: Mapping[str, Mapping[str, Any]]) -> None:
+    """TTFT and end-to-end latency CDFs, one line per arm, into an image file."""
+    matplotlib = check_plotting()
+    matplotlib.use("Agg")  # no display needed
+    pyplot = importlib.import_module("matplotlib.pyplot")
+    figure, axes = pyplot.subplots(1, 2, figsize=(11, 4))
+    for axis, key, title in ((axes[0], "ttfts", "TTFT"), (axes[1], "e2els", "End-to-end latency")):
+        for arm, result in arms.items():
+            values = sorted(
+                v * 1000 for v, err in zip(result[key], result["errors"], strict=True) if not err
+            )
+            if values:
+                fractions = [(i + 1) / len(values) for i in range(len(values))]
+                axis.step(values, fractions, where="post", label=arm)
+        axis.set_title(f"{title} CDF")
+        axis.set_xlabel("ms")
+        axis.set_ylabel("fraction of requests")
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.tight_layout()
+    try:
+        figure.savefig(path)
+    except OSError as exc:
+        raise DynError(f"cannot write {path}: {exc.strerror}") from exc
+    finally:
+        pyplot.close(figure)
