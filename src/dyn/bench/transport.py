@@ -26,7 +26,8 @@ from dyn.transports.base import Transport
 __all__ = ["ITEM", "Result", "run_transport_bench", "serve_bench"]
 
 ITEM = b"0123456789abcdef"  # 16-byte items: the cost measured is per message, not per byte
-STREAM_ITEMS = 5_000
+STREAM_ITEMS = 1_000
+_RAW_BATCH = 64  # items the raw server writes between drains
 _LEN = struct.Struct(">I")
 
 
@@ -58,10 +59,12 @@ async def _raw_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWr
             if header[4:5] == b"u":
                 writer.write(_LEN.pack(len(body)) + body)
             else:
-                frame = _LEN.pack(len(ITEM)) + ITEM
-                for _ in range(int(body)):
-                    writer.write(frame)
-                    await writer.drain()  # the same backpressure a transport must apply
+                # One write per item, as a server producing items one at a time would;
+                # drain (backpressure) every few items rather than after each.
+                for i in range(int(body)):
+                    writer.write(_LEN.pack(len(ITEM)) + ITEM)
+                    if i % _RAW_BATCH == _RAW_BATCH - 1:
+                        await writer.drain()
                 writer.write(_LEN.pack(0))
             await writer.drain()
     except (asyncio.IncompleteReadError, ConnectionError):
@@ -86,7 +89,8 @@ async def serve_bench(transport_name: str) -> None:
 
 # -- the client side ------------------------------------------------------------------
 
-Op = Callable[[], Awaitable[int]]  # one call; returns the items it received
+# One call, given the deadline; returns the items it received before the deadline.
+Op = Callable[[float], Awaitable[int]]
 
 
 async def _drive(make_op: Callable[[], Awaitable[Op]], concurrency: int, seconds: float) -> float:
@@ -98,24 +102,27 @@ async def _drive(make_op: Callable[[], Awaitable[Op]], concurrency: int, seconds
         op = await make_op()
         while time.perf_counter() < ends_at:
             # Not `done += await op()`: that reads `done` before awaiting and loses counts.
-            received = await op()
+            received = await op(ends_at)
             done += received
 
     began = time.perf_counter()
     async with anyio.create_task_group() as tasks:
         for _ in range(concurrency):
             tasks.start_soon(worker)
-    return done / (time.perf_counter() - began)
+    # Items after the deadline are not counted, so the time ends there too.
+    return done / (min(time.perf_counter(), ends_at) - began)
 
 
 def _transport_ops(transport: Transport, address: str, kind: str) -> Callable[[], Awaitable[Op]]:
     payload = b"x" * 16 if kind == "unary" else str(STREAM_ITEMS).encode()
 
     async def make() -> Op:
-        async def op() -> int:
+        async def op(ends_at: float) -> int:
             count = 0
             async with transport.call(address, kind, payload, {}) as items:
                 async for _ in items:
+                    if time.perf_counter() > ends_at:
+                        break  # leaving the block cancels the rest of the stream
                     count += 1
             return count
 
@@ -132,19 +139,28 @@ def _raw_ops(address: str, kind: str) -> Callable[[], Awaitable[Op]]:
         request = b"u" + b"x" * 16 if kind == "unary" else b"s" + str(STREAM_ITEMS).encode()
         frame = _LEN.pack(len(request)) + request
 
-        async def op() -> int:
+        async def op(ends_at: float) -> int:
             writer.write(frame)
             if kind == "unary":
                 (length,) = _LEN.unpack(await reader.readexactly(4))
                 await reader.readexactly(length)
                 return 1
-            count = 0
+            # Parse frames out of whatever arrived, as an efficient client would.
+            count, buffer = 0, b""
             while True:
-                (length,) = _LEN.unpack(await reader.readexactly(4))
-                if length == 0:
-                    return count
-                await reader.readexactly(length)
-                count += 1
+                buffer += await reader.read(65536)
+                offset = 0
+                while len(buffer) - offset >= 4:
+                    (length,) = _LEN.unpack_from(buffer, offset)
+                    if length == 0:
+                        return count
+                    if len(buffer) - offset - 4 < length:
+                        break
+                    offset += 4 + length
+                    count += 1
+                buffer = buffer[offset:]
+                if time.perf_counter() > ends_at:
+                    return count  # this connection is done: its worker stops now
 
         return op
 
