@@ -125,7 +125,13 @@ def new_run_id(graph_name: str, now: float | None = None) -> str:
 def create_run(graph_name: str, *, now: float | None = None) -> RunDir:
     """Create a fresh run directory (with ``discovery/`` and ``logs/``), private to the user."""
     root = _runs_root()
-    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LaunchError(
+            f"cannot create the state directory {root}: {exc.strerror}; "
+            "set DYN_STATE_DIR to a writable folder"
+        ) from exc
     while True:
         run_id = new_run_id(graph_name, now)
         path = root / run_id

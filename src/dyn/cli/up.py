@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -14,7 +15,14 @@ if TYPE_CHECKING:
     from dyn.graph import GraphSpec
     from dyn.launch.base import Launcher, LaunchObserver
 
-__all__ = ["up"]
+__all__ = ["LogLevel", "up"]
+
+
+class LogLevel(enum.StrEnum):
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
 
 
 @expected_errors
@@ -23,7 +31,10 @@ def up(
         Path, typer.Argument(help="The graph to run, e.g. graphs/hello_world.yaml.")
     ],
     port: Annotated[
-        int | None, typer.Option("--port", "-p", help="The frontend's port (overrides the graph).")
+        int | None,
+        typer.Option(
+            "--port", "-p", min=1, max=65535, help="The frontend's port (overrides the graph)."
+        ),
     ] = None,
     set_: Annotated[
         list[str] | None,
@@ -49,7 +60,9 @@ def up(
         str | None,
         typer.Option(help="memory or file (overrides the graph). Default: file when local."),
     ] = None,
-    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    log_level: Annotated[
+        LogLevel, typer.Option(case_sensitive=False, help="How much the roles log.")
+    ] = LogLevel.info,
     json_logs: Annotated[
         bool, typer.Option("--json-logs", help="Log one JSON object per line.")
     ] = False,
@@ -60,7 +73,7 @@ def up(
 
     from dyn.observability.logs import setup_logging
 
-    setup_logging(log_level, json_logs=json_logs)
+    setup_logging(log_level.value, json_logs=json_logs)
     graph = resolve_graph(graph_file, list(set_ or ()), port, transport, discovery)
     console = Console(stderr=True, highlight=False)
     chosen = choose_launcher(graph, launcher, str(graph_file))

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+from types import MappingProxyType
 from typing import Any
 
 import anyio
 
-from dyn import plugins
+from dyn import plugins, state
 from dyn.discovery.base import Discovery
 from dyn.errors import LaunchError
 from dyn.graph import ComponentSpec, GraphSpec
@@ -40,6 +42,15 @@ def make_discovery(graph: GraphSpec) -> Discovery:
     return discovery
 
 
+def discovery_in_run(graph: GraphSpec, run: state.RunDir) -> GraphSpec:
+    """File discovery without a directory of its own gets the run's folder."""
+    discovery = graph.discovery
+    if discovery.backend != "file" or "path" in discovery.options:
+        return graph
+    options = MappingProxyType({**dict(discovery.options), "path": str(run.discovery_dir)})
+    return dataclasses.replace(graph, discovery=dataclasses.replace(discovery, options=options))
+
+
 def role_name(spec: ComponentSpec, replica: int) -> str:
     """``component`` for a single replica, ``component[i]`` when there are several."""
     return spec.name if spec.replicas == 1 else f"{spec.name}[{replica}]"
@@ -65,7 +76,13 @@ async def start_role(
     component = role_class(spec.config, info, clients)
     component.runtime = runtime
     component.model = graph.model
-    await component.start()
+    with anyio.move_on_after(READY_TIMEOUT_S) as started:
+        await component.start()
+    if started.cancelled_caught:
+        raise LaunchError(
+            f"role {role_name(spec, replica)!r}: start() did not return within "
+            f"{READY_TIMEOUT_S:.0f} s"
+        )
     runtime.tasks.start_soon(component.run)
     await _wait_ready(role_name(spec, replica), component, clients)
     await runtime.serve_component(component, metadata=component.metadata())

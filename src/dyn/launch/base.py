@@ -8,7 +8,13 @@ import anyio
 
 from dyn.graph import GraphSpec
 
-__all__ = ["LaunchObserver", "Launcher"]
+__all__ = ["LaunchObserver", "Launcher", "cancel_when_set"]
+
+
+async def cancel_when_set(event: anyio.Event, scope: anyio.CancelScope) -> None:
+    """Cancel ``scope`` once ``event`` is set (e.g. Ctrl-C during start-up)."""
+    await event.wait()
+    scope.cancel()
 
 
 class LaunchObserver:

@@ -11,6 +11,7 @@ import anyio
 from dyn import state
 from dyn.graph import ComponentSpec, GraphSpec
 from dyn.launch._roles import (
+    discovery_in_run,
     make_discovery,
     make_transport,
     node_of,
@@ -18,7 +19,7 @@ from dyn.launch._roles import (
     start_role,
     stop_role,
 )
-from dyn.launch.base import Launcher, LaunchObserver
+from dyn.launch.base import Launcher, LaunchObserver, cancel_when_set
 from dyn.runtime.component import Component
 from dyn.runtime.runtime import Runtime
 
@@ -36,6 +37,7 @@ class InProcessLauncher(Launcher):
     async def run(self, graph: GraphSpec, observer: LaunchObserver, stop: anyio.Event) -> None:
         began = time.perf_counter()
         run = state.create_run(graph.name)
+        graph = discovery_in_run(graph, run)
         record = state.RunRecord(
             run_id=run.run_id,
             graph=graph.name,
@@ -55,9 +57,14 @@ class InProcessLauncher(Launcher):
         ):
             self.runtime = runtime
             try:
-                for spec in graph.topological_order():
-                    for replica in range(spec.replicas):
-                        await self._start(runtime, graph, spec, replica, observer)
+                # Ctrl-C during start-up stops the start-up, then tears down what came up.
+                with anyio.CancelScope() as startup:
+                    runtime.tasks.start_soon(cancel_when_set, stop, startup)
+                    for spec in graph.topological_order():
+                        for replica in range(spec.replicas):
+                            await self._start(runtime, graph, spec, replica, observer)
+                if startup.cancelled_caught:
+                    return
                 frontends = {spec.name for spec in graph.frontends()}
                 url = next(
                     (getattr(c, "url", None) for s, c in self.components if s.name in frontends),

@@ -18,7 +18,6 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any, TextIO
 
 import anyio
@@ -26,9 +25,9 @@ from anyio.abc import Process
 
 from dyn import state
 from dyn.errors import LaunchError
-from dyn.graph import DiscoverySpec, GraphSpec, dump_graph_yaml
-from dyn.launch._roles import READY_TIMEOUT_S, node_of, role_name
-from dyn.launch.base import Launcher, LaunchObserver
+from dyn.graph import GraphSpec, dump_graph_yaml
+from dyn.launch._roles import READY_TIMEOUT_S, discovery_in_run, node_of, role_name
+from dyn.launch.base import Launcher, LaunchObserver, cancel_when_set
 from dyn.launch.role_main import READY_MARK
 
 __all__ = ["LocalLauncher", "prepare_run"]
@@ -59,11 +58,7 @@ def prepare_run(graph: GraphSpec, launcher: str) -> tuple[state.RunDir, GraphSpe
     File discovery without a directory of its own gets the run's folder.
     """
     run = state.create_run(graph.name)
-    discovery = graph.discovery
-    if discovery.backend == "file" and "path" not in discovery.options:
-        options = {**dict(discovery.options), "path": str(run.discovery_dir)}
-        discovery = DiscoverySpec("file", discovery.ttl_s, MappingProxyType(options))
-    resolved = dataclasses.replace(graph, discovery=discovery)
+    resolved = discovery_in_run(graph, run)
     graph_path = run.path / "graph.yaml"
     graph_path.write_text(dump_graph_yaml(resolved), encoding="utf-8")
     return run, resolved, graph_path
@@ -103,19 +98,12 @@ class LocalLauncher(Launcher):
         state.write_record(run, record)
         async with anyio.create_task_group() as tasks:
             try:
-                for spec in resolved.topological_order():
-                    # Replicas of one component start together; components in order.
-                    batch = []
-                    for replica in range(spec.replicas):
-                        role = _Role(
-                            role_name(spec, replica), spec.name, replica, node_of(spec, replica)
-                        )
-                        observer.role_starting(role.role, role.node)
-                        await self._spawn(tasks, run, graph_path, role)
-                        batch.append(role)
-                    for started in batch:
-                        await self._wait_ready(started)
-                        observer.role_up(started.role, started.node, time.perf_counter() - began)
+                # Ctrl-C during start-up stops the start-up, then tears down what came up.
+                with anyio.CancelScope() as startup:
+                    tasks.start_soon(cancel_when_set, stop, startup)
+                    await self._start_all(resolved, run, graph_path, observer, tasks, began)
+                if startup.cancelled_caught:
+                    return
                 url = next((r.ready["url"] for r in self.roles if r.ready and r.ready["url"]), None)
                 record.frontend_url = url
                 record.roles = [
@@ -137,6 +125,27 @@ class LocalLauncher(Launcher):
                     observer.stopping()
                     await self._stop_all(resolved, observer)
                 tasks.cancel_scope.cancel()
+
+    async def _start_all(
+        self,
+        graph: GraphSpec,
+        run: state.RunDir,
+        graph_path: Path,
+        observer: LaunchObserver,
+        tasks: anyio.abc.TaskGroup,
+        began: float,
+    ) -> None:
+        for spec in graph.topological_order():
+            # Replicas of one component start together; components in order.
+            batch = []
+            for replica in range(spec.replicas):
+                role = _Role(role_name(spec, replica), spec.name, replica, node_of(spec, replica))
+                observer.role_starting(role.role, role.node)
+                await self._spawn(tasks, run, graph_path, role)
+                batch.append(role)
+            for started in batch:
+                await self._wait_ready(started)
+                observer.role_up(started.role, started.node, time.perf_counter() - began)
 
     async def _spawn(
         self,

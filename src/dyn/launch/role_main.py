@@ -18,6 +18,7 @@ import anyio
 
 from dyn.graph import GraphSpec, load_graph
 from dyn.launch._roles import make_discovery, make_transport, start_role, stop_role
+from dyn.launch.base import cancel_when_set
 from dyn.runtime.runtime import Runtime
 
 __all__ = ["READY_MARK", "run_role"]
@@ -49,7 +50,11 @@ async def _serve(graph: GraphSpec, component_name: str, replica: int, watch_stdi
         runtime.tasks.start_soon(_watch_signals, stop)
         if watch_stdin:
             runtime.tasks.start_soon(_watch_stdin, stop)
-        component = await start_role(runtime, graph, spec, replica)
+        with anyio.CancelScope() as startup:  # SIGTERM during start-up: just leave
+            runtime.tasks.start_soon(cancel_when_set, stop, startup)
+            component = await start_role(runtime, graph, spec, replica)
+        if startup.cancelled_caught:
+            return
         ready: dict[str, Any] = {
             "pid": os.getpid(),
             "address": runtime.address,
