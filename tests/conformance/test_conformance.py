@@ -8,6 +8,7 @@ server dies. Cancellation latencies are printed (`pytest -s`) for the closing no
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from typing import Any
 
 import _handlers
 import anyio
+import anyio.to_thread
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -124,7 +126,7 @@ async def test_slow_consumer_bounds_what_the_sender_buffers(
             produced = _handlers.produced[key]
     # The handler offers 256 MiB; flow control must stop it after a few windows.
     print(f"\n{transport_name}: {produced / 2**20:.2f} MiB produced while the consumer stalled")
-    assert produced <= 16 * 2**20
+    assert produced <= 4 * 2**20
 
 
 async def test_version_mismatch_is_a_clear_error(
@@ -138,7 +140,9 @@ async def test_version_mismatch_is_a_clear_error(
     finally:
         await other.aclose()
     message = str(caught.value)
-    assert "99" in message and "1" in message and "version" in message
+    # Both versions are named: 99 here, and the server's own (1), not as part of an address.
+    assert "version" in message and re.search(r"\b99\b", message)
+    assert re.search(r"(?<![\d.:])1(?![\d.:])", message), message
 
 
 async def test_cancel_mid_stream_reaches_the_handler(
@@ -252,6 +256,11 @@ async def test_client_reconnects_to_a_restarted_server(
         await client.aclose()
 
 
+# A valid opening, so that the garbage reaches the frame parser instead of failing the
+# handshake at its first byte.
+PREFACES = {"tcp": b"DYN\x00\x00\x01\x00\x00", "grpc": b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"}
+
+
 def _connection_closed_after(port: int, garbage: bytes) -> bool:
     with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
         raw.sendall(garbage)
@@ -283,19 +292,25 @@ def test_malformed_bytes_close_only_that_connection(wire: str) -> None:
     )
     @given(garbage=st.binary(min_size=1, max_size=512))
     def feed(garbage: bytes) -> None:
-        assert _connection_closed_after(port, garbage)
+        assert _connection_closed_after(port, PREFACES[wire] + garbage)
 
-    async def still_serves() -> list[bytes]:
+    async def bystander_survives() -> list[bytes]:
+        # A stream on a healthy connection, open while the garbage arrives, must go on.
         client = make(wire)
         try:
-            with anyio.fail_after(10):
-                return await collect(client, server.address, "echo", b"ok")
+            with anyio.fail_after(60):
+                async with client.call(server.address, "count", b"3", {}) as items:
+                    first = await items.__anext__()
+                    await anyio.to_thread.run_sync(feed)
+                    rest = [item async for item in items]
+                # ... and the same connection still takes new calls.
+                assert await collect(client, server.address, "echo", b"ok") == [b"ok"]
+                return [first, *rest]
         finally:
             await client.aclose()
 
     try:
-        feed()
-        assert anyio.run(still_serves) == [b"ok"]
+        assert anyio.run(bystander_survives) == [b"0", b"1", b"2"]
         assert server.proc.poll() is None
     finally:
         server.kill()
