@@ -24,6 +24,10 @@ runner = CliRunner()
         (["graph", "--help"], "validate"),
         (["graph", "validate", "--help"], "The graph YAML file"),
         (["graph", "show", "--help"], "The graph YAML file"),
+        (["route", "--help"], "--explain"),
+        (["bench", "--help"], "transport"),
+        (["bench", "transport", "--help"], "raw-socket baseline"),
+        (["bench", "router", "--help"], "find_matches"),
     ],
 )
 def test_help(args: list[str], expected: str) -> None:
@@ -61,8 +65,8 @@ def test_up_bad_override_names_it(tmp_path: Path) -> None:
 def test_up_bad_port_is_a_spec_error() -> None:
     result = runner.invoke(app, ["up", str(HELLO), "--port", "70000"])
     assert result.exit_code == 2
-    assert "components.frontend.config.port" in result.stderr
-    assert "1 to 65535" in result.stderr
+    assert "Invalid value for '--port'" in result.stderr
+    assert "65535" in result.stderr
 
 
 def test_up_port_in_use_is_one_clear_line() -> None:
@@ -85,3 +89,18 @@ def test_up_without_frontend_rejects_port(tmp_path: Path) -> None:
     result = runner.invoke(app, ["up", str(graph), "--port", "9000"])
     assert result.exit_code == 2
     assert "--port needs a graph with a frontend component" in result.stderr
+
+
+def test_bench_transport_prints_ratios_against_the_raw_baseline() -> None:
+    args = ["bench", "transport", "--transports", "tcp", "--concurrency", "1", "--seconds", "0.2"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.stdout.splitlines() if line.startswith(("│ raw", "│ tcp"))]
+    assert len(rows) == 2
+    assert "%" in rows[1] and "%" not in rows[0]
+
+
+def test_bench_transport_rejects_unknown_transports() -> None:
+    result = runner.invoke(app, ["bench", "transport", "--transports", "udp"])
+    assert result.exit_code == 1
+    assert "unknown transport 'udp'; available: grpc, inproc, tcp" in result.stderr

@@ -131,11 +131,14 @@ def _transport_ops(transport: Transport, address: str, kind: str) -> Callable[[]
     return make
 
 
-def _raw_ops(address: str, kind: str) -> Callable[[], Awaitable[Op]]:
+def _raw_ops(
+    address: str, kind: str, opened: list[asyncio.StreamWriter]
+) -> Callable[[], Awaitable[Op]]:
     host, port = address.removeprefix("raw://").rsplit(":", 1)
 
     async def make() -> Op:
         reader, writer = await asyncio.open_connection(host, int(port))
+        opened.append(writer)
         request = b"u" + b"x" * 16 if kind == "unary" else b"s" + str(STREAM_ITEMS).encode()
         frame = _LEN.pack(len(request)) + request
 
@@ -179,11 +182,15 @@ async def _measure(
     results = []
     for kind in ("unary", "stream"):
         for concurrency in concurrencies:
-            make = _raw_ops(address, kind)
-            await _drive(make, concurrency, min(0.5, seconds / 4))  # warm up
-            results.append(
-                Result(name, kind, concurrency, await _drive(make, concurrency, seconds))
-            )
+            opened: list[asyncio.StreamWriter] = []
+            make = _raw_ops(address, kind, opened)
+            try:
+                await _drive(make, concurrency, min(0.5, seconds / 4))  # warm up
+                rate = await _drive(make, concurrency, seconds)
+            finally:
+                for writer in opened:
+                    writer.close()
+            results.append(Result(name, kind, concurrency, rate))
     return results
 
 
@@ -200,6 +207,8 @@ class _ServerProcess:
     def close(self) -> None:
         self.proc.kill()
         self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
 
 
 def run_transport_bench(

@@ -31,5 +31,7 @@ def resolve_role(uses: str) -> type[Component[object]]:  # type: ignore[type-var
         path = uses
     obj = load_import_path(path)
     if not (isinstance(obj, type) and issubclass(obj, Component)):
-        raise PluginError(f"{uses!r} is not a component class (it must derive dyn.Component)")
+        raise PluginError(
+            f"{uses!r} is not a component class (it must derive dyn.runtime.component.Component)"
+        )
     return obj
