@@ -103,7 +103,9 @@ class _OpenAI:
 
     async def _generate(self, request: Request, kind: Kind) -> Response:
         started = time.perf_counter()
-        route = request.url.path
+        # What request.url.path gives for a path that matched a route, without building
+        # the whole URL (host, scheme, query) for every request.
+        route = request.scope["path"]
         metrics = self._metrics.route(route, self._model.id) if self._metrics else None
         if metrics is not None:
             metrics.inflight.inc()
@@ -219,7 +221,13 @@ class _Call:
         while True:
             self._tokens += output.token_count
             yield output
-            if output.finish_reason is not None or self._items is None:
+            if self._items is None:
+                return
+            if output.finish_reason is not None:
+                # Pull once more so the backend's handlers end by themselves (and count
+                # the request as completed) rather than being closed mid-stream: over
+                # the in-process transport they run only while pulled.
+                await anext(self._items, None)
                 return
             nxt = await anext(self._items, None)
             self._last_at = time.perf_counter()

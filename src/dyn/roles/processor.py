@@ -114,7 +114,7 @@ class Processor(Component[ProcessorConfig]):
     # -- endpoints -----------------------------------------------------------------------
 
     @endpoint
-    async def generate(self, request: Any, ctx: Context) -> AsyncIterator[dict[str, Any]]:
+    async def generate(self, request: Any, ctx: Context) -> AsyncIterator[GenerateOutput]:
         try:
             req = msgspec.convert(request, GenerateRequest)
         except msgspec.ValidationError as exc:
@@ -149,14 +149,13 @@ class Processor(Component[ProcessorConfig]):
                 text = decoder.feed(out.tokens)
                 if out.finish_reason is not None:
                     text += decoder.flush()
-                yield msgspec.to_builtins(
-                    GenerateOutput(
-                        text=text,
-                        token_count=len(out.tokens),
-                        finish_reason=out.finish_reason,
-                        prompt_tokens=len(tokens) if first else None,
-                        cached_tokens=out.cached_tokens if first else None,
-                    )
+                # A struct, not its dict: the runtime's msgpack encodes both the same.
+                yield GenerateOutput(
+                    text=text,
+                    token_count=len(out.tokens),
+                    finish_reason=out.finish_reason,
+                    prompt_tokens=len(tokens) if first else None,
+                    cached_tokens=out.cached_tokens if first else None,
                 )
                 first = False
 

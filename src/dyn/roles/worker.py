@@ -13,10 +13,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
+from prometheus_client import Counter
 
-from dyn.engines.base import EngineRequest
+from dyn.engines.base import EngineOutput, EngineRequest
 from dyn.engines.mocker import MockerConfig, MockerEngine
 from dyn.errors import BadRequestError
+from dyn.kv.events import WorkerUpdate
 from dyn.observability.worker_metrics import WorkerMetrics
 from dyn.runtime.component import Component, endpoint
 from dyn.runtime.context import Context
@@ -41,50 +43,78 @@ class Worker(Component[MockerConfig]):
         self.metrics = WorkerMetrics.of(self.runtime.registry)
         self.label = self.info.instance_id
         self.metrics.kv_total_blocks.labels(self.label).set(self.config.num_gpu_blocks)
+        self._own = _OwnMetrics(self.metrics, self.label)
 
     async def run(self) -> None:
         await self.engine.run()
 
     @endpoint
-    async def generate(self, request: Any, ctx: Context) -> AsyncIterator[dict[str, Any]]:
+    async def generate(self, request: Any, ctx: Context) -> AsyncIterator[EngineOutput]:
         try:
             req = msgspec.convert(request, EngineRequest)
         except msgspec.ValidationError as exc:
             raise BadRequestError(f"invalid engine request: {exc}") from exc
-        metrics, label = self.metrics, self.label
-        started = last = time.perf_counter()
+        own = self._own
+        itl = own.itl
+        clock = time.perf_counter
+        started = last = clock()
         status = "cancelled"
-        metrics.inflight.labels(label).inc()
+        own.inflight.inc()
         try:
             first = True
             async for output in self.engine.generate(req):
-                now = time.perf_counter()
+                now = clock()
                 if first:
-                    metrics.ttft.labels(label).observe(now - started)
-                    metrics.prompt_tokens.labels(label).inc(len(req.tokens))
-                    metrics.cached_prompt_tokens.labels(label).inc(output.cached_tokens)
+                    own.ttft.observe(now - started)
+                    own.prompt_tokens.inc(len(req.tokens))
+                    own.cached_prompt_tokens.inc(output.cached_tokens)
                     first = False
                 else:
-                    metrics.itl.labels(label).observe(now - last)
+                    itl.observe(now - last)
                 last = now
-                yield msgspec.to_builtins(output)
+                # A struct, not its dict: the runtime's msgpack encodes both the same.
+                yield output
             status = "ok"
         except Exception:
             status = "error"
             raise
         finally:
-            metrics.inflight.labels(label).dec()
-            metrics.requests.labels(label, status).inc()
-            metrics.duration.labels(label).observe(time.perf_counter() - started)
-            metrics.kv_active_blocks.labels(label).set(self.engine.load().active_blocks)
+            own.inflight.dec()
+            own.finished(status)
+            own.duration.observe(clock() - started)
+            own.kv_active_blocks.set(self.engine.load().active_blocks)
 
     @endpoint
-    async def kv_events(self, request: Any, ctx: Context) -> AsyncIterator[dict[str, Any]]:
+    async def kv_events(self, request: Any, ctx: Context) -> AsyncIterator[WorkerUpdate]:
         async for update in self.engine.subscribe():
             if update.load is not None:
-                self.metrics.kv_active_blocks.labels(self.label).set(update.load.active_blocks)
-            yield msgspec.to_builtins(update)
+                self._own.kv_active_blocks.set(update.load.active_blocks)
+            yield update  # encoded as its dict would be, as generate's outputs are
 
     @endpoint
     async def clear_kv(self, request: Any, ctx: Context) -> AsyncIterator[dict[str, Any]]:
         yield {"cleared_blocks": self.engine.clear_cache()}
+
+
+class _OwnMetrics:
+    """One worker's children of the shared metric families, looked up once: ``labels()``
+    takes a lock and hashes the label values on every call, several times per token."""
+
+    def __init__(self, metrics: WorkerMetrics, label: str) -> None:
+        self.prompt_tokens = metrics.prompt_tokens.labels(label)
+        self.cached_prompt_tokens = metrics.cached_prompt_tokens.labels(label)
+        self.kv_active_blocks = metrics.kv_active_blocks.labels(label)
+        self.inflight = metrics.inflight.labels(label)
+        self.ttft = metrics.ttft.labels(label)
+        self.itl = metrics.itl.labels(label)
+        self.duration = metrics.duration.labels(label)
+        self._requests = metrics.requests
+        self._label = label
+        # By status, made on first use so that /metrics shows only statuses that occurred.
+        self._finished: dict[str, Counter] = {}
+
+    def finished(self, status: str) -> None:
+        counter = self._finished.get(status)
+        if counter is None:
+            counter = self._finished[status] = self._requests.labels(self._label, status)
+        counter.inc()

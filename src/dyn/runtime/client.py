@@ -108,7 +108,8 @@ class ResponseStream:
             call_headers.update(ctx.to_headers())
         if headers:
             call_headers.update(headers)
-        call_headers.setdefault(HEADER_REQUEST_ID, new_request_id())
+        if HEADER_REQUEST_ID not in call_headers:  # not setdefault: a uuid4 costs a syscall
+            call_headers[HEADER_REQUEST_ID] = new_request_id()
         self.headers = call_headers
         self.deadline = ctx.deadline if ctx is not None else math.inf
         if HEADER_DEADLINE in call_headers and math.isinf(self.deadline):
@@ -148,18 +149,20 @@ class ResponseStream:
         if self._closed:
             raise StopAsyncIteration
         try:
-            data = await self._next_frame(self._call or self._start())
+            call = self._call or self._start()
+            if self.deadline == math.inf:
+                data = await call.__anext__()
+            else:
+                data = await self._next_frame(call)
         except BaseException:  # end, error or cancellation: the call is over either way
             self._finish()
             raise
-        self._items += 1
-        if self._items == 1 and self.instance is not None:
+        if self._items == 0 and self.instance is not None:
             self._client.router.on_first_item(self.instance, self._route)
+        self._items += 1
         return codec.decode(data)
 
     async def _next_frame(self, call: CallStream) -> bytes:
-        if math.isinf(self.deadline):
-            return await call.__anext__()
         with anyio.move_on_after(self.deadline - anyio.current_time()):
             return await call.__anext__()
         raise DeadlineExceeded(

@@ -158,10 +158,20 @@ class Runtime:
         if method is None:
             raise CallError(f"no endpoint {path!r} here", code="not_found")
         request = codec.decode(payload)
-        ctx.bind()  # each call runs in its own task, so the binding ends with it
         items = method(request, ctx)
+        step = items.__anext__
         try:
-            async for item in items:
+            while True:
+                # The handler's code sees its own context. A transport may run this
+                # generator in the caller's task, so the binding is undone before every
+                # item goes back and the caller's own context is current again.
+                token = ctx.bind()
+                try:
+                    item = await step()
+                except StopAsyncIteration:
+                    return
+                finally:
+                    ctx.unbind(token)
                 yield codec.encode(item)
         except DynError:
             raise
@@ -171,7 +181,11 @@ class Runtime:
             _log.exception("handler %s failed", path)
             raise RemoteError(f"{type(exc).__name__}: {exc}") from exc
         finally:
-            await items.aclose()  # type: ignore[attr-defined]
+            token = ctx.bind()
+            try:
+                await items.aclose()  # type: ignore[attr-defined]
+            finally:
+                ctx.unbind(token)
 
 
 def component_info(

@@ -1,44 +1,62 @@
-"""In-process transport: calls go through memory streams to a server in the same process.
+"""In-process transport: the caller's own task runs the handler, one item per pull.
 
-Each call runs its handler as a task in the server's task group, exactly as a network
-server would, so cancellation, deadlines and errors behave as they do over a socket.
+A call drives the handler's async generator straight from ``__anext__``, so an item
+crosses no task switch and no buffer on its way, and the handler runs only while the
+caller pulls: the backpressure a network transport gets from flow control. What a
+server task would give for free is kept by hand, so calls behave as they do over a
+socket:
+
+- closing the stream early marks the context cancelled and closes the handler at its
+  ``yield``; a cancellation of the caller's task lands at the handler's ``await``, and
+  its context already reads cancelled there. Calls a handler made are closed with it.
+- a ``dyn-timeout`` deadline cancels the handler and the call raises DeadlineExceeded.
+- a handler's exception arrives as the same typed error it would over a wire.
+- a server that stops breaks its calls in flight: their next item is a TransportError.
+
 It doubles as the test double for role code.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import itertools
+import logging
+import math
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
-from functools import partial
-from typing import ClassVar
+from collections.abc import AsyncGenerator, Mapping
+from dataclasses import dataclass, field
+from typing import ClassVar, cast
 
 import anyio
-from anyio.abc import TaskGroup, TaskStatus
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from anyio.abc import TaskStatus
 
-from dyn._streams import receive_soon, send_soon
-from dyn.errors import ProtocolError, TransportError, call_error_from_wire
+from dyn.errors import DeadlineExceeded, ProtocolError, TransportError, call_error_from_wire
 from dyn.runtime.context import Context
-from dyn.transports._serving import Frame, run_handler
+from dyn.transports._serving import error_to_wire
 from dyn.transports.base import CallStream, Handler, Transport
 
 __all__ = ["InprocTransport"]
 
-# Frames buffered per call before the handler blocks: the backpressure bound.
-STREAM_BUFFER = 16
+_log = logging.getLogger("dyn.transports.inproc")
 
 
-@dataclass
+@dataclass(eq=False)
 class _Server:
     handler: Handler
-    tasks: TaskGroup
     protocol_version: int
+    # Calls started and not yet over, to break when the server stops.
+    calls: set[_InprocCall] = field(default_factory=set)
 
 
 _servers: dict[str, _Server] = {}
 _ids = itertools.count(1)
+
+# The call whose handler this task is running now. A call started inside it is its child
+# and is closed with it, as a network server's task cancellation would reach it.
+_running: contextvars.ContextVar[_InprocCall | None] = contextvars.ContextVar(
+    "dyn_inproc_call", default=None
+)
 
 
 class InprocTransport(Transport):
@@ -51,18 +69,44 @@ class InprocTransport(Transport):
         address = f"inproc://{os.getpid()}-" + (f"port{port}" if port else str(next(_ids)))
         if address in _servers:
             raise TransportError(f"{address} is already being served")
+        server = _Server(handler, self.protocol_version)
+        _servers[address] = server
         try:
-            async with anyio.create_task_group() as tasks:
-                _servers[address] = _Server(handler, tasks, self.protocol_version)
-                task_status.started(address)
-                await anyio.sleep_forever()
+            task_status.started(address)
+            await anyio.sleep_forever()
         finally:
             _servers.pop(address, None)
+            for call in list(server.calls):
+                call.break_off()
 
     def call(
         self, address: str, path: str, payload: bytes, headers: Mapping[str, str]
     ) -> CallStream:
         return _InprocCall(address, path, payload, headers, self.protocol_version)
+
+
+class _CallContext(Context):
+    """A context whose handler runs in its caller's task.
+
+    A cancellation of that task is the caller going away, but it reaches the handler's
+    ``await`` before the transport can call :meth:`cancel`; so a handler unwinding from
+    a cancellation must already read ``cancelled``.
+    """
+
+    @property
+    def cancelled(self) -> bool:
+        return super().cancelled or _task_cancelled()
+
+
+def _task_cancelled() -> bool:
+    if anyio.current_effective_deadline() == -math.inf:  # an enclosing scope was cancelled
+        return True
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # not on asyncio: anyio's scopes are all there is
+        return False
+    # A plain asyncio cancel, such as the HTTP layer's when a client disconnects.
+    return task is not None and task.cancelling() > 0
 
 
 class _InprocCall(CallStream):
@@ -75,14 +119,20 @@ class _InprocCall(CallStream):
         protocol_version: int,
     ):
         self._address = address
+        self._path = path
+        self._payload = payload
         self._protocol_version = protocol_version
-        self._request = (path, payload, headers)
-        self._scope = anyio.CancelScope()
-        self._receive: MemoryObjectReceiveStream[Frame] | None = None
-        self._ctx = Context.from_headers(headers)
-        self._done = False
+        self._ctx = _CallContext.from_headers(headers)
+        self._items: AsyncGenerator[bytes, None] | None = None
+        self._server: _Server | None = None
+        self._parent: _InprocCall | None = None
+        self._children: set[_InprocCall] = set()
+        self._done = False  # over for the caller: ended, failed or closed
+        self._broken = False  # its server stopped
+        self._stepping = False  # the handler is running (it cannot be closed then)
 
-    def _start(self) -> MemoryObjectReceiveStream[Frame]:
+    def _start(self) -> AsyncGenerator[bytes, None]:
+        self._done = True  # until the handler exists there is nothing to close
         server = _servers.get(self._address)
         if server is None:
             raise TransportError(f"no server at {self._address}")
@@ -91,51 +141,126 @@ class _InprocCall(CallStream):
                 f"server at {self._address} speaks dyn protocol version "
                 f"{server.protocol_version}, this client speaks {self._protocol_version}"
             )
-        send, receive = anyio.create_memory_object_stream[Frame](STREAM_BUFFER)
-        server.tasks.start_soon(self._run, server.handler, send)
-        self._receive = receive
-        return receive
-
-    async def _run(self, handler: Handler, send: MemoryObjectSendStream[Frame]) -> None:
-        async with send:
-            with self._scope:
-                try:
-                    path, payload, _ = self._request
-                    await run_handler(handler, path, payload, self._ctx, partial(send_soon, send))
-                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                    pass  # the caller closed its end: nobody to tell
+        self._server = server
+        server.calls.add(self)
+        parent = _running.get()
+        if parent is not None and not parent._done:
+            self._parent = parent
+            parent._children.add(self)
+        # Handlers are async generator functions; the Handler alias only promises an
+        # iterator, but closing one needs the generator's aclose().
+        items = cast(
+            "AsyncGenerator[bytes, None]", server.handler(self._path, self._payload, self._ctx)
+        )
+        self._items = items
+        self._done = False
+        return items
 
     async def __anext__(self) -> bytes:
         if self._done:
             raise StopAsyncIteration
-        receive = self._receive or self._start()
+        items = self._items or self._start()
+        if self._broken:
+            await self.aclose()
+            raise TransportError(f"server at {self._address} went away mid-call")
+        deadline = self._ctx.deadline
+        timed_out = False
+        token = _running.set(self)
+        self._stepping = True
         try:
-            frame = await receive_soon(receive)
-        except anyio.EndOfStream:
-            self._finish()
-            raise TransportError(f"server at {self._address} went away mid-call") from None
-        except BaseException:
+            if deadline == math.inf:
+                item = await items.__anext__()
+            else:
+                item = b""
+                with anyio.CancelScope(deadline=deadline) as scope:
+                    item = await items.__anext__()
+                timed_out = scope.cancelled_caught
+        except StopAsyncIteration:
+            self._stepping = False
+            self._forget()
+            raise
+        except Exception as exc:  # the handler's failure becomes the caller's typed error
+            self._stepping = False
+            self._forget()
+            code, message = error_to_wire(exc)
+            raise call_error_from_wire(code, message) from None
+        except BaseException:  # the caller's task was cancelled inside the handler
+            self._stepping = False
             self.close_nowait()
             raise
-        kind, body, message = frame
-        if kind == "data":
-            assert isinstance(body, bytes)
-            return body
-        self._finish()
-        if kind == "end":
+        finally:
+            _running.reset(token)
+        self._stepping = False
+        if timed_out:
+            await self.aclose()
+            raise DeadlineExceeded(f"deadline passed while serving {self._path}")
+        if self._broken:  # the server stopped while the handler ran
+            await self.aclose()
+            raise TransportError(f"server at {self._address} went away mid-call")
+        if self._done:  # closed from elsewhere while the handler ran
+            await self._close_items(items)
             raise StopAsyncIteration
-        raise call_error_from_wire(str(body), message)
+        return item
 
-    def _finish(self) -> None:
+    def break_off(self) -> None:
+        """The server stopped: the caller's next pull fails."""
+        self._broken = True
+        self._ctx.cancel()
+
+    def _forget(self) -> None:
+        """The call is over: untrack it and close the calls its handler left open."""
         self._done = True
-        if self._receive is not None:
-            self._receive.close()
+        if self._server is not None:
+            self._server.calls.discard(self)
+        if self._parent is not None:
+            self._parent._children.discard(self)
+            self._parent = None
+        while self._children:
+            self._children.pop().close_nowait()
 
     def close_nowait(self) -> None:
-        if not self._done:
-            self._ctx.cancel()
-            self._scope.cancel()
-        self._finish()
+        if self._done:
+            return
+        self._ctx.cancel()
+        if self._items is not None and not self._stepping:
+            _close_now(self._items)
+        # While the handler runs it cannot be closed; the pull running it does that.
+        self._forget()
 
     async def aclose(self) -> None:
-        self.close_nowait()
+        if self._done:
+            return
+        self._ctx.cancel()
+        if self._items is not None and not self._stepping:
+            await self._close_items(self._items)
+        self._forget()
+
+    async def _close_items(self, items: AsyncGenerator[bytes, None]) -> None:
+        try:
+            # The handler's cleanup runs to its end even in a cancelled caller, as it
+            # would in a server's task.
+            with anyio.CancelScope(shield=True):
+                await items.aclose()
+        except Exception:
+            _log.exception("closing the handler for %s failed", self._path)
+
+
+def _close_now(items: AsyncGenerator[bytes, None]) -> None:
+    """Close a handler parked at a ``yield`` without awaiting.
+
+    Cleanup that only releases things finishes at once. Cleanup that must wait for
+    something cannot, here: it is cut short at that wait.
+    """
+    closing = items.aclose()
+    try:
+        closing.send(None)
+    except StopIteration:
+        return
+    except Exception:
+        _log.exception("closing a handler failed")
+        return
+    try:
+        closing.close()
+    except RuntimeError:
+        pass
+    _log.warning("a handler's cleanup waited while its call was closed; it was cut short")

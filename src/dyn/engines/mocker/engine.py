@@ -8,14 +8,14 @@ task group can instead ``await task_group.start(engine.run)`` and cancel it to s
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import AsyncIterator
 from types import TracebackType
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
-from anyio.streams.memory import MemoryObjectSendStream
 
-from dyn._streams import receive_soon
+from dyn._streams import Wakeup
 from dyn.engines.base import Engine, EngineOutput, EngineRequest
 from dyn.engines.mocker.config import MockerConfig
 from dyn.engines.mocker.core import MockerCore
@@ -28,6 +28,35 @@ __all__ = ["MockerEngine"]
 MAX_PENDING_EVENTS = 4096
 
 
+class _Outputs:
+    """One request's outputs on their way from the loop to its ``generate``.
+
+    A memory stream would do, but its ``receive()`` passes a checkpoint before it waits,
+    and a reader here nearly always finds the stream empty (it took the last step's
+    output already): that is a second trip round the event loop per token. This waits
+    once. Never more than the request's own outputs are held.
+    """
+
+    __slots__ = ("_wakeup", "closed", "items")
+
+    def __init__(self) -> None:
+        self.items: deque[EngineOutput] = deque()
+        self.closed = False
+        self._wakeup = Wakeup()
+
+    def put(self, output: EngineOutput) -> None:
+        self.items.append(output)
+        self._wakeup.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self._wakeup.set()
+
+    async def wait(self) -> None:
+        """Until an output arrives or the stream closes."""
+        await self._wakeup.wait()
+
+
 class _Subscriber:
     """One ``subscribe()`` stream: events since its snapshot, coalesced until read."""
 
@@ -36,7 +65,7 @@ class _Subscriber:
         self.load: WorkerLoad | None = None
         self.since = 0  # id the snapshot covers: older events are already in it
         self.stale = True  # needs a snapshot before anything else
-        self.wake = anyio.Event()
+        self.wake = Wakeup()
 
     def push(self, events: list[KvEvent], load: WorkerLoad) -> None:
         if not self.stale:
@@ -59,9 +88,9 @@ class MockerEngine(Engine):
     def __init__(self, config: MockerConfig | None = None) -> None:
         self.config = config or MockerConfig()
         self.core = MockerCore(self.config)
-        self._streams: dict[str, MemoryObjectSendStream[EngineOutput]] = {}
+        self._streams: dict[str, _Outputs] = {}
         self._subscribers: set[_Subscriber] = set()
-        self._wake = anyio.Event()
+        self._wake = Wakeup()
         self._running = False
         self._task_group: TaskGroup | None = None
 
@@ -100,7 +129,6 @@ class MockerEngine(Engine):
         try:
             while True:
                 if not self.core.has_work():
-                    self._wake = anyio.Event()
                     await self._wake.wait()
                     continue
                 result = self.core.step(anyio.current_time())
@@ -130,21 +158,22 @@ class MockerEngine(Engine):
                 "`engine.run` in a task group first"
             )
         request_id = request.request_id
-        # Sized for the whole output, so the loop never waits on a slow reader.
-        send, receive = anyio.create_memory_object_stream[EngineOutput](request.max_tokens)
+        outputs = _Outputs()
         self.core.add(request, anyio.current_time())
-        self._streams[request_id] = send
+        self._streams[request_id] = outputs
         self._wake.set()
         try:
-            async with receive:
-                while True:
-                    try:
-                        output = await receive_soon(receive)
-                    except anyio.EndOfStream:
-                        return
-                    yield output
-                    if output.finish_reason is not None:
-                        return
+            while True:
+                if outputs.items:
+                    output = outputs.items.popleft()
+                elif outputs.closed:
+                    return
+                else:
+                    await outputs.wait()
+                    continue
+                yield output
+                if output.finish_reason is not None:
+                    return
         finally:
             stream = self._streams.pop(request_id, None)
             if stream is not None:  # closed early: the request is still in the core
@@ -155,7 +184,7 @@ class MockerEngine(Engine):
         stream = self._streams.get(request_id)
         if stream is None:
             return  # cancelled while the step ran
-        stream.send_nowait(output)
+        stream.put(output)
         if output.finish_reason is not None:
             del self._streams[request_id]
             stream.close()
@@ -180,7 +209,6 @@ class MockerEngine(Engine):
                     load, subscriber.load = subscriber.load, None
                     yield WorkerUpdate(events=events, load=load)
                 else:
-                    subscriber.wake = anyio.Event()
                     await subscriber.wake.wait()
         finally:
             self._subscribers.discard(subscriber)
