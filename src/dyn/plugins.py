@@ -48,6 +48,7 @@ _BUILTINS: dict[str, dict[str, str]] = {
     "dyn.engines": {
         "echo": "dyn.engines.echo:EchoEngine",
         "mocker": "dyn.engines.mocker:MockerEngine",
+        "openai_proxy": "dyn.engines.openai_proxy:OpenAIProxyEngine",
     },
     "dyn.discovery": {
         "memory": "dyn.discovery.memory:MemoryDiscovery",

@@ -207,6 +207,8 @@ class _Call:
         self._finished = False
         self._first_at = self._last_at = t0
         self._tokens = 0
+        # Usually on the first output; an upstream proxy learns it only at the end.
+        self._cached: int | None = None
 
     async def start(self, backend: OpenAIBackend, generate: GenerateRequest) -> None:
         self._items = await self._stack.enter_async_context(backend.generate(generate))
@@ -220,6 +222,8 @@ class _Call:
         output = self.first
         while True:
             self._tokens += output.token_count
+            if output.cached_tokens is not None:
+                self._cached = output.cached_tokens
             yield output
             if self._items is None:
                 return
@@ -237,7 +241,7 @@ class _Call:
 
     def usage(self) -> Any:
         prompt = self.first.prompt_tokens or 0
-        return usage(prompt, self._tokens, self.first.cached_tokens or 0)
+        return usage(prompt, self._tokens, self._cached or 0)
 
     async def collect(self, model: str, created: int) -> bytes:
         parts: list[str] = []
@@ -288,7 +292,7 @@ class _Call:
             m.itl.observe((self._last_at - self._first_at) / later)
         m.input_tokens.observe(self.first.prompt_tokens or 0)
         m.output_tokens.observe(self._tokens)
-        m.cached_tokens.inc(self.first.cached_tokens or 0)
+        m.cached_tokens.inc(self._cached or 0)
 
 
 def _stream_error(exc: Exception) -> tuple[int, str, str]:

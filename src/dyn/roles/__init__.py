@@ -14,6 +14,7 @@ __all__ = ["BUILTIN_ROLES", "resolve_role"]
 BUILTIN_ROLES: dict[str, str] = {
     "frontend": "dyn.roles.frontend:Frontend",
     "processor": "dyn.roles.processor:Processor",
+    "proxy_worker": "dyn.roles.proxy_worker:ProxyWorker",
     "worker": "dyn.roles.worker:Worker",
 }
 

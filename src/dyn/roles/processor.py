@@ -155,7 +155,9 @@ class Processor(Component[ProcessorConfig]):
                     token_count=len(out.tokens),
                     finish_reason=out.finish_reason,
                     prompt_tokens=len(tokens) if first else None,
-                    cached_tokens=out.cached_tokens if first else None,
+                    # On the first output from an engine; at the end from an upstream
+                    # proxy, which only learns it with the final usage.
+                    cached_tokens=out.cached_tokens if first or out.cached_tokens else None,
                 )
                 first = False
 

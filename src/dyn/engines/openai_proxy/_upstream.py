@@ -1,0 +1,124 @@
+"""Reading an upstream's answers: SSE lines, usage, and its errors as dyn's errors.
+
+Status mapping (the client asked dyn, so only what the client can fix stays a 4xx)::
+
+    400, 422        BadRequestError, the upstream's message (prompt too long, bad value)
+    413             payload_too_large
+    429             overloaded (the frontend answers 429 with Retry-After)
+    401, 403, 404   unavailable: dyn's key or model name is wrong, not the client's request
+    5xx, no answer  unavailable (503 with Retry-After)
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+
+from dyn.errors import BadRequestError, CallError
+
+__all__ = [
+    "cached_tokens_of",
+    "error_from_body",
+    "error_from_status",
+    "in_band_error",
+    "sse_data",
+]
+
+_DONE = "[DONE]"
+
+
+def _message_of(body: bytes) -> str:
+    """The ``error.message`` of an OpenAI-style error body, or the body's start."""
+    try:
+        decoded = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return body[:300].decode("utf-8", "replace").strip()
+    if isinstance(decoded, dict):
+        error = decoded.get("error", decoded)
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return str(error["message"])
+        if isinstance(decoded.get("detail"), str):  # FastAPI's own errors
+            return str(decoded["detail"])
+        if isinstance(error, str):
+            return error
+    return body[:300].decode("utf-8", "replace").strip()
+
+
+def error_from_status(status: int, message: str, upstream: str) -> CallError:
+    """The dyn error for an upstream HTTP status (see the module docstring)."""
+    if status in (400, 422):
+        return BadRequestError(message)
+    if status == 413:
+        return CallError(message, code="payload_too_large")
+    if status == 429:
+        return CallError(f"upstream {upstream} is overloaded: {message}", code="overloaded")
+    if status in (401, 403):
+        return CallError(
+            f"upstream {upstream} refused dyn's credentials ({status}: {message}); "
+            "check the proxy worker's api_key",
+            code="unavailable",
+        )
+    if status == 404:
+        return CallError(
+            f"upstream {upstream} answered 404 ({message}); check the proxy worker's "
+            "upstream URL and model",
+            code="unavailable",
+        )
+    return CallError(f"upstream {upstream} answered {status}: {message}", code="unavailable")
+
+
+def error_from_body(status: int, body: bytes, upstream: str) -> CallError:
+    return error_from_status(status, _message_of(body) or f"HTTP {status}", upstream)
+
+
+def in_band_error(error: Any, upstream: str) -> CallError:
+    """An error event inside a stream: vLLM puts the HTTP status in ``code``, dyn's own
+    frontend a wire code such as ``"unavailable"``."""
+    message = str(error.get("message", error)) if isinstance(error, dict) else str(error)
+    code = error.get("code") if isinstance(error, dict) else None
+    if isinstance(code, int) and not isinstance(code, bool):
+        return error_from_status(code, message, upstream)
+    if code == "bad_request":
+        return BadRequestError(message)
+    if code == "overloaded":
+        return CallError(message, code="overloaded")
+    return CallError(f"upstream {upstream} failed mid-stream: {message}", code="unavailable")
+
+
+def cached_tokens_of(usage: Any) -> int | None:
+    """``usage.prompt_tokens_details.cached_tokens``, when the upstream reports it."""
+    if not isinstance(usage, dict):
+        return None
+    details = usage.get("prompt_tokens_details")
+    if not isinstance(details, dict):
+        return None
+    cached = details.get("cached_tokens")
+    return cached if isinstance(cached, int) and not isinstance(cached, bool) else None
+
+
+async def sse_data(lines: AsyncIterator[str]) -> AsyncIterator[dict[str, Any]]:
+    """The JSON objects of an SSE stream's ``data:`` lines, up to ``[DONE]``.
+
+    Comments, ``event:`` lines and blank lines carry nothing an OpenAI stream needs.
+    """
+    async for line in lines:
+        if not line.startswith("data:"):
+            continue
+        data = line[5:].strip()
+        if data == _DONE:
+            # Read to the end of the body so the connection can be reused.
+            async for _ in lines:
+                pass
+            return
+        if not data:
+            continue
+        try:
+            item = msgspec.json.decode(data)
+        except msgspec.DecodeError as exc:
+            raise CallError(
+                f"upstream sent an event that is not JSON: {data[:80]!r}", code="unavailable"
+            ) from exc
+        if isinstance(item, dict):
+            yield item

@@ -1,0 +1,217 @@
+"""The openai_proxy engine against a scripted upstream (httpx's MockTransport)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+
+from dyn.engines.base import EngineOutput, EngineRequest
+from dyn.engines.openai_proxy import OpenAIProxyConfig, OpenAIProxyEngine
+from dyn.errors import BadRequestError, CallError
+from dyn.tokenizer import load_tokenizer
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
+
+TOKENIZER = load_tokenizer(None)
+MODELS = {"object": "list", "data": [{"id": "up-model", "object": "model"}]}
+
+
+def sse(*items: Any, done: bool = True) -> bytes:
+    lines = [f"data: {json.dumps(item)}\n\n" for item in items]
+    return ("".join(lines) + ("data: [DONE]\n\n" if done else "")).encode()
+
+
+def chunk(text: str, finish: str | None = None, **extra: Any) -> dict[str, Any]:
+    return {"choices": [{"index": 0, "text": text, "finish_reason": finish, **extra}]}
+
+
+def usage(cached: int | None) -> dict[str, Any]:
+    body: dict[str, Any] = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+    if cached is not None:
+        body["prompt_tokens_details"] = {"cached_tokens": cached}
+    return {"choices": [], "usage": body}
+
+
+class Stream(httpx.AsyncByteStream):
+    """A body that can hang after its parts and records being closed."""
+
+    def __init__(self, parts: list[bytes], hang: bool = False) -> None:
+        self.parts = parts
+        self.hang = hang
+        self.closed = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        import anyio
+
+        for part in self.parts:
+            yield part
+        if self.hang:
+            await anyio.sleep_forever()
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+def engine(handler: Handler, **config: Any) -> OpenAIProxyEngine:
+    settings = msgspec.convert({"upstream": "http://up:8000/v1/", **config}, OpenAIProxyConfig)
+    return OpenAIProxyEngine(settings, TOKENIZER, transport=httpx.MockTransport(handler))
+
+
+def request(text: str = "Hello there", **fields: Any) -> EngineRequest:
+    return EngineRequest(
+        request_id="r1",
+        tokens=TOKENIZER.encode(text),
+        max_tokens=fields.pop("max_tokens", 4),
+        **fields,
+    )
+
+
+def answering(body: bytes, seen: list[httpx.Request] | None = None) -> Handler:
+    def handler(req: httpx.Request) -> httpx.Response:
+        if req.url.path == "/v1/models":
+            return httpx.Response(200, json=MODELS)
+        if seen is not None:
+            seen.append(req)
+        return httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
+
+    return handler
+
+
+async def collect(proxy: OpenAIProxyEngine, req: EngineRequest) -> list[EngineOutput]:
+    try:
+        return [out async for out in proxy.generate(req)]
+    finally:
+        await proxy.aclose()
+
+
+async def test_forwards_text_and_re_encodes_the_answer() -> None:
+    seen: list[httpx.Request] = []
+    body = sse(chunk(" big"), chunk(" world"), chunk("!", "length"), usage(None))
+    proxy = engine(answering(body, seen), api_key="sk-1")
+    outputs = await collect(proxy, request(ignore_eos=True))
+    sent = json.loads(seen[0].content)
+    assert seen[0].url == "http://up:8000/v1/completions"
+    assert seen[0].headers["authorization"] == "Bearer sk-1"
+    assert seen[0].headers["x-request-id"] == "r1"
+    assert sent == {
+        "model": "up-model",
+        "prompt": "Hello there",
+        "max_tokens": 4,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "ignore_eos": True,
+    }
+    assert TOKENIZER.decode([t for o in outputs for t in o.tokens]) == " big world!"
+    assert [o.finish_reason for o in outputs] == [None, None, "length"]
+
+
+async def test_cached_tokens_ride_on_the_finishing_output_when_they_come_last() -> None:
+    body = sse(chunk("a"), chunk("b", "stop"), usage(7))
+    outputs = await collect(engine(answering(body), model="up-model"), request())
+    assert [o.cached_tokens for o in outputs] == [0, 7]
+
+
+async def test_cached_tokens_known_early_go_on_the_first_output_once() -> None:
+    early = {**chunk("a"), **usage(5)}
+    early["choices"] = chunk("a")["choices"]
+    body = sse(early, chunk("b", "length"), usage(5))
+    proxy = engine(answering(body), model="up-model")
+    outputs = await collect(proxy, request())
+    assert [o.cached_tokens for o in outputs] == [5, 0]
+    assert proxy.cached_prompt_tokens_total == 5
+
+
+async def test_token_ids_mode_sends_and_returns_ids() -> None:
+    seen: list[httpx.Request] = []
+    body = sse(chunk("x", token_ids=[11, 12]), chunk("", "length", token_ids=[13]))
+    outputs = await collect(engine(answering(body, seen), token_ids=True), request())
+    sent = json.loads(seen[0].content)
+    assert sent["prompt"] == TOKENIZER.encode("Hello there")
+    assert sent["return_token_ids"] is True
+    assert [o.tokens for o in outputs] == [[11, 12], [13]]
+
+
+@pytest.mark.parametrize(
+    ("status", "kind", "code", "text"),
+    [
+        (400, BadRequestError, "bad_request", "prompt is too long"),
+        (429, CallError, "overloaded", "overloaded"),
+        (500, CallError, "unavailable", "answered 500"),
+        (503, CallError, "unavailable", "answered 503"),
+        (401, CallError, "unavailable", "api_key"),
+    ],
+)
+async def test_upstream_statuses_map_to_dyn_errors(
+    status: int, kind: type[CallError], code: str, text: str
+) -> None:
+    error = {"error": {"message": "prompt is too long", "type": "x", "code": status}}
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, json=error)
+
+    with pytest.raises(kind, match=text) as caught:
+        await collect(engine(handler, model="m"), request())
+    assert caught.value.code == code
+
+
+async def test_unreachable_upstream_is_unavailable() -> None:
+    def handler(req: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=req)
+
+    with pytest.raises(CallError, match="unreachable") as caught:
+        await collect(engine(handler, model="m"), request())
+    assert caught.value.code == "unavailable"
+
+
+async def test_an_in_band_error_or_a_cut_stream_ends_with_an_error() -> None:
+    in_band = sse(chunk("a"), {"error": {"message": "engine died", "code": 500}})
+    with pytest.raises(CallError, match="engine died") as caught:
+        await collect(engine(answering(in_band), model="m"), request())
+    assert caught.value.code == "unavailable"
+    cut = sse(chunk("a"), done=False)
+    with pytest.raises(CallError, match="before the answer finished"):
+        await collect(engine(answering(cut), model="m"), request())
+
+
+async def test_closing_the_generator_closes_the_upstream_response() -> None:
+    stream = Stream([sse(chunk("a"), done=False)], hang=True)
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, stream=stream)
+
+    proxy = engine(handler, model="m")
+    outputs = proxy.generate(request())
+    first = await anext(outputs)
+    assert first.tokens and proxy.requests_inflight == 1
+    await outputs.aclose()  # type: ignore[attr-defined]
+    assert stream.closed and proxy.requests_inflight == 0
+    await proxy.aclose()
+
+
+async def test_probe_finds_the_model_or_says_what_is_served() -> None:
+    proxy = engine(answering(b""))
+    assert await proxy.probe() == "up-model"
+    await proxy.aclose()
+    wrong = engine(answering(b""), model="other")
+    with pytest.raises(CallError, match="does not serve model 'other'; it serves up-model"):
+        await wrong.probe()
+    await wrong.aclose()
+
+
+def test_config_takes_one_upstream_or_one_per_replica() -> None:
+    config = msgspec.convert({"upstreams": ["http://a/v1", "http://b/"]}, OpenAIProxyConfig)
+    assert [config.upstream_for(i) for i in range(3)] == ["http://a", "http://b", "http://a"]
+    with pytest.raises(msgspec.ValidationError, match="exactly one of the two"):
+        msgspec.convert({}, OpenAIProxyConfig)
+    with pytest.raises(msgspec.ValidationError, match="exactly one of the two"):
+        msgspec.convert({"upstream": "http://a", "upstreams": ["http://b"]}, OpenAIProxyConfig)
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.convert({"upstream": "ftp://a"}, OpenAIProxyConfig)
