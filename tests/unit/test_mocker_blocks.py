@@ -96,9 +96,9 @@ def test_blocks_never_leak_or_double_free(
         for request_id, output in result.outputs:
             produced[request_id] = produced.get(request_id, 0) + len(output.tokens)
 
-    for what, prompt, n in ops:
+    for added, (what, prompt, n) in enumerate(ops):
         if what == "add":
-            request_id = f"r{len(wanted)}"
+            request_id = f"r{added}"  # never an id reused after a cancel: outputs count by id
             try:
                 core.add(request(request_id, prompt, n), 0.0)
             except BadRequestError:

@@ -32,6 +32,7 @@ __all__ = [
     "Message",
     "MultiTurn",
     "SharedPrefix",
+    "TraceRecord",
     "WorkItem",
     "WORKLOADS",
     "Words",
@@ -40,6 +41,7 @@ __all__ = [
     "poisson_arrivals",
     "read_trace",
     "shared_prefix",
+    "trace_records",
     "with_arrivals",
 ]
 
@@ -174,6 +176,52 @@ def multi_turn(spec: MultiTurn, words: Words, seed: int) -> list[WorkItem]:
     return items
 
 
+@dataclass(frozen=True)
+class TraceRecord:
+    """One line of a Mooncake trace, its arrival already scaled by the replay speed-up."""
+
+    line_no: int
+    arrival_s: float
+    input_len: int
+    output_len: int
+    hash_ids: tuple[int, ...]
+
+
+def trace_records(
+    path: str | Path, *, speedup: float = 1.0, limit: int | None = None
+) -> Iterator[TraceRecord]:
+    """The records of a Mooncake JSONL trace, arrivals at ``timestamp / speedup``.
+
+    Raises :class:`DynError` for a missing file or a malformed line.
+    """
+    if speedup <= 0:
+        raise DynError(f"--trace-speedup must be positive, got {speedup}")
+    try:
+        handle = Path(path).open(encoding="utf-8")
+    except OSError as exc:
+        raise DynError(f"cannot read trace {path}: {exc.strerror}") from exc
+    with handle:
+        count = 0
+        for line_no, line in enumerate(handle, 1):
+            if limit is not None and count >= limit:
+                return
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                stamp_ms = float(record["timestamp"])
+                input_len = int(record["input_length"])
+                output_len = int(record["output_length"])
+                hash_ids = tuple(int(h) for h in record["hash_ids"])
+            except (ValueError, KeyError, TypeError) as exc:
+                raise DynError(
+                    f"{path}:{line_no}: not a Mooncake trace record "
+                    "(timestamp, input_length, output_length, hash_ids)"
+                ) from exc
+            yield TraceRecord(line_no, stamp_ms / 1000 / speedup, input_len, output_len, hash_ids)
+            count += 1
+
+
 def read_trace(
     path: str | Path,
     words: Words,
@@ -187,48 +235,25 @@ def read_trace(
 
     Raises :class:`DynError` for a missing file or a malformed line.
     """
-    if speedup <= 0:
-        raise DynError(f"--trace-speedup must be positive, got {speedup}")
-    try:
-        handle = Path(path).open(encoding="utf-8")
-    except OSError as exc:
-        raise DynError(f"cannot read trace {path}: {exc.strerror}") from exc
     blocks: dict[int, list[str]] = {}  # recently made blocks: most ids repeat nearby
-    with handle:
-        count = 0
-        for line_no, line in enumerate(handle, 1):
-            if limit is not None and count >= limit:
-                return
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                stamp_ms = float(record["timestamp"])
-                input_len = int(record["input_length"])
-                output_len = int(record["output_length"])
-                hash_ids = [int(h) for h in record["hash_ids"]]
-            except (ValueError, KeyError, TypeError) as exc:
-                raise DynError(
-                    f"{path}:{line_no}: not a Mooncake trace record "
-                    "(timestamp, input_length, output_length, hash_ids)"
-                ) from exc
-            tokens: list[str] = []
-            for hash_id in hash_ids:
-                if len(tokens) >= input_len:
-                    break
-                tokens += _block(blocks, hash_id, words, seed)
-            if len(tokens) < input_len:  # a trace longer than its blocks: pad uniquely
-                pad = random.Random(f"{seed}/pad/{line_no}")
-                tokens += pad.choices(words.words, k=input_len - len(tokens))
-            yield WorkItem(
-                index=count,
-                messages=(Message("user", "".join(tokens[:input_len])),),
-                input_len=input_len,
-                output_len=max(1, output_len),
-                group=hash_ids[0] if hash_ids else -1,
-                arrival_s=stamp_ms / 1000 / speedup,
-            )
-            count += 1
+    for count, record in enumerate(trace_records(path, speedup=speedup, limit=limit)):
+        input_len = record.input_len
+        tokens: list[str] = []
+        for hash_id in record.hash_ids:
+            if len(tokens) >= input_len:
+                break
+            tokens += _block(blocks, hash_id, words, seed)
+        if len(tokens) < input_len:  # a trace longer than its blocks: pad uniquely
+            pad = random.Random(f"{seed}/pad/{record.line_no}")
+            tokens += pad.choices(words.words, k=input_len - len(tokens))
+        yield WorkItem(
+            index=count,
+            messages=(Message("user", "".join(tokens[:input_len])),),
+            input_len=input_len,
+            output_len=max(1, record.output_len),
+            group=record.hash_ids[0] if record.hash_ids else -1,
+            arrival_s=record.arrival_s,
+        )
 
 
 def _block(cache: dict[int, list[str]], hash_id: int, words: Words, seed: int) -> list[str]:

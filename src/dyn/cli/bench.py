@@ -7,7 +7,7 @@ compares the transports and ``router`` measures the KV index.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
@@ -24,6 +24,10 @@ app = typer.Typer(
     help="Load-test an OpenAI-compatible server (no subcommand), or measure dyn's parts.",
     invoke_without_command=True,
 )
+
+# The simulation's options are listed apart in --help.
+_SIM = "Simulation (--sim)"
+_sim: dict[str, Any] = {"rich_help_panel": _SIM}
 
 # Warm-up requests have the workload's shape but their own text, drawn with this seed
 # offset, so they warm connections and the engine without pre-filling measured prefixes.
@@ -147,10 +151,43 @@ def load(
     plot: Annotated[
         str | None, typer.Option(help="Draw TTFT and latency CDFs to this PNG (dyn[plot]).")
     ] = None,
+    sim: Annotated[
+        bool,
+        typer.Option(
+            "--sim",
+            help="Replay in virtual time through the real router and mocker core: no server.",
+            rich_help_panel=_SIM,
+        ),
+    ] = False,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Simulated workers. Default: the graph's, else 4.", min=1, **_sim),
+    ] = None,
+    graph: Annotated[
+        str | None,
+        typer.Option(help="Take worker settings and strategy from this graph file.", **_sim),
+    ] = None,
+    block_size: Annotated[int | None, typer.Option(help="Tokens per KV block.", **_sim)] = None,
+    num_gpu_blocks: Annotated[
+        int | None, typer.Option(help="KV blocks per worker.", **_sim)
+    ] = None,
+    max_num_seqs: Annotated[
+        int | None, typer.Option(help="Running sequences per worker.", **_sim)
+    ] = None,
+    max_num_batched_tokens: Annotated[
+        int | None, typer.Option(help="Tokens per engine step.", **_sim)
+    ] = None,
+    speedup_ratio: Annotated[
+        float | None, typer.Option(help="Engine step times are divided by this.", **_sim)
+    ] = None,
+    timing: Annotated[
+        str | None, typer.Option(help="polynomial or fixed:PREFILL_MS,DECODE_MS.", **_sim)
+    ] = None,
 ) -> None:
     """Drive an OpenAI-compatible server with streaming requests and report TTFT, TPOT,
     ITL and end-to-end latency as vLLM's benchmark does, plus dyn's prefix hit rate and
-    per-worker share. Subcommands measure dyn's own parts."""
+    per-worker share; or, with --sim, replay the same workload in virtual time. Subcommands
+    measure dyn's own parts."""
     if ctx.invoked_subcommand is not None:
         return
     import math
@@ -187,8 +224,26 @@ def load(
 
         check_plotting()
 
-    base = frontend_url(url).removesuffix("/v1")
-    words = Words(load_tokenizer(None))
+    from dyn.cli.bench_sim import SimFlags, mocker_flags, run_sim
+
+    flags = SimFlags(
+        graph,
+        workers,
+        mocker_flags(
+            block_size=block_size,
+            num_gpu_blocks=num_gpu_blocks,
+            max_num_seqs=max_num_seqs,
+            max_num_batched_tokens=max_num_batched_tokens,
+            speedup_ratio=speedup_ratio,
+            timing=timing,
+        ),
+    )
+    if not sim and (flags.graph or flags.workers or flags.mocker):
+        raise DynError("--graph, --workers and the worker settings only apply with --sim")
+    if sim and url is not None:
+        raise DynError("--sim runs no server; drop --url")
+    if sim and api != "completions":
+        raise DynError("--sim replays completion prompts; drop --api chat")
     shapes: dict[str, Any] = {
         "shared": SharedPrefix(
             groups, prompts_per_group, system_prompt_len, question_len, output_len
@@ -196,22 +251,44 @@ def load(
         "multi": MultiTurn(sessions, turns, question_len, output_len),
         "trace_speedup": trace_speedup,
     }
-    items = make_workload(workload, words, seed, limit=num_prompts, **shapes)
-    if not items:
-        raise DynError(f"workload {workload} has no requests")
-    items = with_arrivals(items, rate, seed)
     warm_seed = seed + WARMUP_SEED_OFFSET
-    warm = make_workload(workload, words, warm_seed, limit=warmup, **shapes) if warmup else []
-    plan = Plan(items, warm, max_concurrency, percentiles)
-    target = Target(base, model, "chat" if api == "chat" else "completions", api_key, ignore_eos)
-    arms = _run(target, plan, strategies)
+    if sim:
+        base = None
+        arms = run_sim(
+            flags,
+            workload=workload,
+            shapes=shapes,
+            seed=seed,
+            warm_seed=warm_seed,
+            num_prompts=num_prompts,
+            warmup=warmup,
+            rate=rate,
+            max_concurrency=max_concurrency,
+            ignore_eos=ignore_eos,
+            percentiles=percentiles,
+            strategies=strategies,
+        )
+        count = len(next(iter(arms.values()))["ttfts"])
+    else:
+        base = frontend_url(url).removesuffix("/v1")
+        words = Words(load_tokenizer(None))
+        items = make_workload(workload, words, seed, limit=num_prompts, **shapes)
+        if not items:
+            raise DynError(f"workload {workload} has no requests")
+        items = with_arrivals(items, rate, seed)
+        warm = make_workload(workload, words, warm_seed, limit=warmup, **shapes) if warmup else []
+        plan = Plan(items, warm, max_concurrency, percentiles)
+        api_kind: Literal["completions", "chat"] = "chat" if api == "chat" else "completions"
+        target = Target(base, model, api_kind, api_key, ignore_eos)
+        arms = _run(target, plan, strategies)
+        count = len(items)
 
     meta = {
         "date": datetime.now().strftime("%Y%m%d-%H%M%S"),
         "base_url": base,
         "api": api,
         "workload": workload,
-        "num_prompts": len(items),
+        "num_prompts": count,
         "request_rate": "inf" if math.isinf(rate) else rate,
         "max_concurrency": max_concurrency,
         "warmup": warmup,

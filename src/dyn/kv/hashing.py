@@ -9,14 +9,31 @@ prefixes (REFERENCE.md §3, as Dynamo computes them).
 from __future__ import annotations
 
 import struct
+import sys
+from array import array
 from collections.abc import Sequence
 
 import xxhash
 
-__all__ = ["HASH_SEED", "local_block_hashes", "sequence_hashes"]
+__all__ = ["HASH_SEED", "local_block_hashes", "pack_u32", "sequence_hashes"]
 
 HASH_SEED = 1337  # Dynamo's seed for block hashes
 _PAIR = struct.Struct("<QQ")
+_U32 = next(code for code in "IL" if array(code).itemsize == 4)  # 32-bit unsigned
+_BIG_ENDIAN = sys.byteorder == "big"
+
+
+def pack_u32(tokens: Sequence[int]) -> array[int]:
+    """``tokens`` as little-endian u32, as block hashes read them.
+
+    One C loop (``array.fromlist``), several times faster than ``struct.pack(*tokens)``
+    for a long prompt. Raises :class:`OverflowError` for an id outside 0 .. 2**32 - 1.
+    """
+    packed = array(_U32)
+    packed.fromlist(tokens if isinstance(tokens, list) else list(tokens))
+    if _BIG_ENDIAN:
+        packed.byteswap()
+    return packed
 
 
 def local_block_hashes(tokens: Sequence[int], block_size: int) -> list[int]:
@@ -24,12 +41,10 @@ def local_block_hashes(tokens: Sequence[int], block_size: int) -> list[int]:
     full = len(tokens) - len(tokens) % block_size
     if full == 0:
         return []
-    data = struct.pack(f"<{full}I", *tokens[:full])
+    data = memoryview(pack_u32(tokens[:full] if full < len(tokens) else tokens)).cast("B")
     step = block_size * 4
-    return [
-        xxhash.xxh3_64_intdigest(data[start : start + step], seed=HASH_SEED)
-        for start in range(0, len(data), step)
-    ]
+    digest = xxhash.xxh3_64_intdigest
+    return [digest(data[start : start + step], HASH_SEED) for start in range(0, full * 4, step)]
 
 
 def sequence_hashes(local_hashes: Sequence[int]) -> list[int]:

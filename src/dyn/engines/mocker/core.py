@@ -32,9 +32,7 @@ from dyn.engines.mocker.timing import StepTiming
 from dyn.errors import BadRequestError
 from dyn.kv.events import KvCleared, KvEvent, WorkerLoad
 
-__all__ = ["MockerCore", "StepResult"]
-
-_MAX_TOKEN_ID = (1 << 32) - 1  # block hashes pack tokens as u32
+__all__ = ["DecodeRun", "MockerCore", "StepResult"]
 
 
 @dataclass(slots=True)
@@ -46,6 +44,17 @@ class StepResult:
     events: list[KvEvent] = field(default_factory=list)
     prefill_tokens: int = 0  # uncached prompt tokens computed
     decoded: int = 0  # sequences that decoded (not counting first tokens)
+
+
+@dataclass(slots=True)
+class DecodeRun:
+    """What :meth:`MockerCore.decode_steps` did: every sequence of the batch produced one
+    token per step (``tokens``, by request id), some finished in the last step."""
+
+    durations: list[float] = field(default_factory=list)
+    tokens: dict[str, list[int]] = field(default_factory=dict)
+    finished: dict[str, str] = field(default_factory=dict)  # request id -> finish reason
+    events: list[KvEvent] = field(default_factory=list)
 
 
 class MockerCore:
@@ -81,8 +90,6 @@ class MockerCore:
         if request.max_tokens < 1:
             raise BadRequestError(f"max_tokens must be at least 1, got {request.max_tokens}")
         tokens = request.tokens
-        if tokens and (min(tokens) < 0 or max(tokens) > _MAX_TOKEN_ID):
-            raise BadRequestError("token ids must be between 0 and 2**32 - 1")
         needed = -(-(len(tokens) + request.max_tokens) // config.block_size)
         if needed > config.admit_limit:
             raise BadRequestError(
@@ -91,8 +98,12 @@ class MockerCore:
                 f"engine admits at most {config.admit_limit}; shorten the request or raise "
                 f"num_gpu_blocks"
             )
+        try:
+            # Packing the prompt as u32 checks every id in one pass (min/max took two).
+            sampler = TokenSampler(config.seed, config.vocab_size, tokens)
+        except OverflowError:
+            raise BadRequestError("token ids must be between 0 and 2**32 - 1") from None
         self.now = now
-        sampler = TokenSampler(config.seed, config.vocab_size, tokens)
         sequence = Sequence(request, now, config.block_size, sampler)
         self._live[request.request_id] = sequence
         self._waiting.append(sequence)
@@ -157,6 +168,50 @@ class MockerCore:
         result.events = self._number(self._blocks.take_events())
         return result
 
+    def decode_steps(self, now: float, until: float) -> DecodeRun | None:
+        """Further steps from ``now``, back to back, while the batch only decodes.
+
+        Each step does exactly what :meth:`step` would; what this adds is knowing its
+        duration before taking it, which holds while nothing waits, every running
+        sequence decodes and none needs preempting, so a virtual-time caller can skip
+        over an unchanged batch in one call without a result object per token. Steps
+        start before ``until`` and end by it; the run stops after a step in which a
+        request finished. ``None`` when the batch is not decode-only.
+        """
+        running = self._running
+        if self._waiting or not running or not all(s.decoding for s in running.values()):
+            return None
+        batch = list(running.values())
+        run = DecodeRun(tokens={s.request_id: [] for s in batch})
+        outputs = [(s, run.tokens[s.request_id]) for s in batch]
+        durations, finished = run.durations, run.finished
+        block_size = self.config.block_size
+        blocks, advance, decode_s = self._blocks, self._advance, self._timing.decode_only_s
+        while now < until:
+            # Sequences starting a new block each take a slot; if even eviction cannot
+            # give them all one, step() would preempt and change the batch.
+            starting = [s for s in batch if not len(s.context) % block_size]
+            if starting and len(starting) > blocks.free + blocks.inactive:
+                break
+            duration = decode_s(self._decode_context)
+            if now + duration > until:
+                break
+            for sequence in starting:  # in batch order, as step() reserves them
+                blocks.allocate(1)
+                sequence.n_private += 1
+            for sequence, tokens in outputs:
+                token, finish = advance(sequence)
+                tokens.append(token)
+                if finish is not None:
+                    finished[sequence.request_id] = finish
+            durations.append(duration)
+            self.now = now
+            now += duration
+            if finished:
+                break
+        run.events = self._number(blocks.take_events())
+        return run
+
     def _reserve_next(self, sequence: Sequence) -> bool:
         """Make room for the sequence's next token; False if it had to be preempted."""
         if len(sequence.context) % self.config.block_size:
@@ -203,6 +258,18 @@ class MockerCore:
         return chunk
 
     def _emit(self, sequence: Sequence, outputs: list[tuple[str, EngineOutput]]) -> None:
+        token, finish = self._advance(sequence)
+        cached = sequence.cached_tokens if sequence.generated == 1 else 0
+        outputs.append(
+            (
+                sequence.request_id,
+                EngineOutput(tokens=[token], finish_reason=finish, cached_tokens=cached),
+            )
+        )
+
+    def _advance(self, sequence: Sequence) -> tuple[int, str | None]:
+        """Generate the sequence's next token; its finish reason if that ended it (its
+        blocks are then released)."""
         request, config = sequence.request, self.config
         token = sequence.sampler.peek()
         stops = token == config.eos_token_id and not request.ignore_eos
@@ -212,23 +279,16 @@ class MockerCore:
         self._decode_context += 1
         if sequence.append(token):
             self._commit_computed(sequence)
-        cached = 0
         if sequence.generated == 1:
-            cached = sequence.cached_tokens
             self.prompt_tokens_total += len(request.tokens)
-            self.cached_prompt_tokens_total += cached
+            self.cached_prompt_tokens_total += sequence.cached_tokens
         finish = "length" if sequence.generated >= request.max_tokens else None
         if finish is None and stops:
             finish = "stop"
-        outputs.append(
-            (
-                request.request_id,
-                EngineOutput(tokens=[token], finish_reason=finish, cached_tokens=cached),
-            )
-        )
         if finish is not None:
             del self._live[request.request_id]
             self._unschedule(sequence)
+        return token, finish
 
     def _commit_computed(self, sequence: Sequence) -> None:
         """Hash and publish the sequence's blocks that are now full and computed."""

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 import xxhash
 
+from dyn.kv.hashing import pack_u32
+
 __all__ = ["TokenSampler"]
 
 _TOKEN = struct.Struct("<I")
@@ -26,7 +28,7 @@ class TokenSampler:
         self._vocab_size = vocab_size
         self._hash = xxhash.xxh3_64(seed=seed)
         if context:
-            self._hash.update(struct.pack(f"<{len(context)}I", *context))
+            self._hash.update(pack_u32(context))
 
     def peek(self) -> int:
         """The token the current context leads to (near-uniform over the vocabulary)."""

@@ -64,3 +64,10 @@ class StepTiming:
             if decoding > 0:
                 ms += decode_ms(context_tokens, self._capacity_tokens)
         return ms * self._scale
+
+    def decode_only_s(self, context_tokens: int) -> float:
+        """What :meth:`duration_s` gives for a step that only decodes (faster: the
+        simulator asks once per step)."""
+        if self._fixed is not None:
+            return self._fixed.decode_ms * self._scale
+        return decode_ms(context_tokens, self._capacity_tokens) * self._scale

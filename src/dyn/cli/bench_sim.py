@@ -1,0 +1,115 @@
+"""``dyn bench --sim``: the load test's workload replayed in virtual time, no server.
+
+The callback in :mod:`dyn.cli.bench` parses the flags; this builds the workers' settings
+and the requests, runs one arm per strategy and hands back results shaped like a live
+run's, which the callback renders and saves the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+__all__ = ["SimFlags", "mocker_flags", "run_sim"]
+
+
+@dataclass(frozen=True)
+class SimFlags:
+    """The flags that shape a simulated run (``None``: from the graph, else defaults)."""
+
+    graph: str | None
+    workers: int | None
+    mocker: dict[str, Any]
+
+
+def mocker_flags(
+    *,
+    block_size: int | None,
+    num_gpu_blocks: int | None,
+    max_num_seqs: int | None,
+    max_num_batched_tokens: int | None,
+    speedup_ratio: float | None,
+    timing: str | None,
+) -> dict[str, Any]:
+    """The worker settings given on the command line, by their graph names."""
+    from dyn.bench.sim_run import parse_timing
+
+    given: dict[str, Any] = {
+        "block_size": block_size,
+        "num_gpu_blocks": num_gpu_blocks,
+        "max_num_seqs": max_num_seqs,
+        "max_num_batched_tokens": max_num_batched_tokens,
+        "speedup_ratio": speedup_ratio,
+    }
+    out = {name: value for name, value in given.items() if value is not None}
+    if timing is not None:
+        out["timing"] = parse_timing(timing)
+    return out
+
+
+def run_sim(
+    flags: SimFlags,
+    *,
+    workload: str,
+    shapes: dict[str, Any],
+    seed: int,
+    warm_seed: int,
+    num_prompts: int | None,
+    warmup: int,
+    rate: float,
+    max_concurrency: int | None,
+    ignore_eos: bool,
+    percentiles: list[float],
+    strategies: list[str],
+) -> dict[str, dict[str, Any]]:
+    """One simulated arm per strategy (the graph's, or ``kv``, without ``--compare``)."""
+    from rich.console import Console
+
+    from dyn.bench.sim import SimRequest
+    from dyn.bench.sim_run import sim_setup, simulate, text_requests, trace_requests
+    from dyn.bench.workloads import Words, make_workload, with_arrivals
+    from dyn.errors import DynError
+    from dyn.tokenizer import load_tokenizer
+
+    setup, tokenizer = sim_setup(flags.graph, workers=flags.workers, mocker=flags.mocker)
+    requests: list[SimRequest]
+    warm: list[SimRequest] = []
+    if workload.startswith("trace:") and len(workload) > len("trace:"):
+        path, speedup = workload.removeprefix("trace:"), shapes["trace_speedup"]
+        requests = trace_requests(path, seed, speedup=speedup, limit=num_prompts)
+        if warmup:
+            warm = trace_requests(path, warm_seed, speedup=speedup, limit=warmup)
+    else:
+        # The same text as a live run (words of the built-in tokenizer), encoded by the
+        # model's tokenizer as the processor would.
+        words = Words(load_tokenizer(None))
+        items = make_workload(workload, words, seed, limit=num_prompts, **shapes)
+        requests = text_requests(with_arrivals(items, rate, seed), tokenizer)
+        if warmup:
+            warm_items = make_workload(workload, words, warm_seed, limit=warmup, **shapes)
+            warm = text_requests(warm_items, tokenizer)
+    if not requests:
+        raise DynError(f"workload {workload} has no requests")
+    # As live: the warm-up keeps no schedule, it only has to warm the caches.
+    warm = [replace(request, arrival_s=None) for request in warm]
+
+    arms: dict[str, dict[str, Any]] = {}
+    console = Console(stderr=True)
+    for strategy in strategies or [setup.strategy]:
+        with console.status(f"simulating {strategy}…"):
+            result = simulate(
+                requests,
+                setup,
+                strategy,
+                seed=seed,
+                warmup=warm,
+                max_concurrency=max_concurrency,
+                ignore_eos=ignore_eos,
+                percentiles=percentiles,
+            )
+        arms[result["strategy"]] = result
+        console.print(
+            f"{result['strategy']}: {len(requests)} requests, "
+            f"{result['duration']:,.1f} s simulated in {result['sim']['wall_s']:.1f} s"
+        )
+    return arms
