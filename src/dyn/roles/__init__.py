@@ -12,7 +12,10 @@ from dyn.runtime.component import Component
 __all__ = ["BUILTIN_ROLES", "resolve_role"]
 
 BUILTIN_ROLES: dict[str, str] = {
+    "decode_worker": "dyn.roles.decode_worker:DecodeWorker",
     "frontend": "dyn.roles.frontend:Frontend",
+    "prefill_queue": "dyn.roles.prefill_queue:PrefillQueueRole",
+    "prefill_worker": "dyn.roles.prefill_worker:PrefillWorker",
     "processor": "dyn.roles.processor:Processor",
     "proxy_worker": "dyn.roles.proxy_worker:ProxyWorker",
     "worker": "dyn.roles.worker:Worker",

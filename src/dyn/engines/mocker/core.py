@@ -31,6 +31,7 @@ from dyn.engines.mocker.sequence import Sequence
 from dyn.engines.mocker.timing import StepTiming
 from dyn.errors import BadRequestError
 from dyn.kv.events import KvCleared, KvEvent, WorkerLoad
+from dyn.kv.hashing import local_block_hashes, sequence_hashes
 
 __all__ = ["DecodeRun", "MockerCore", "StepResult"]
 
@@ -310,6 +311,41 @@ class MockerCore:
             self._decode_context -= len(sequence.context)
         del self._running[sequence.request_id]
         sequence.running = False
+
+    # -- disaggregated serving -----------------------------------------------------------
+
+    def cached_prefix_tokens(self, tokens: list[int]) -> int:
+        """Prompt tokens of ``tokens`` whose blocks are resident now (a prefix match)."""
+        if not self.config.enable_prefix_caching:
+            return 0
+        hashes = sequence_hashes(local_block_hashes(tokens, self.config.block_size))
+        return self._blocks.match(hashes) * self.config.block_size
+
+    def import_blocks(self, tokens: list[int], now: float) -> tuple[int, list[KvEvent]]:
+        """Make the full blocks of ``tokens`` resident, as if their KV arrived from another
+        engine, and return how many are resident and the ``KvStored`` events.
+
+        The blocks land in the inactive pool (cached, held by no request) so that the
+        request added next finds them by prefix match, exactly as a local prefix hit.
+        Stops short, importing a prefix only, if the cache has no room for them all.
+        """
+        self.now = now
+        if not self.config.enable_prefix_caching:
+            return 0, []
+        block_size = self.config.block_size
+        local = local_block_hashes(tokens, block_size)
+        hashes = sequence_hashes(local)
+        hit = self._blocks.match(hashes)
+        room = self._blocks.free + self._blocks.inactive
+        count = min(len(hashes) - hit, room)
+        if count > 0 and self._blocks.allocate(count):
+            end = hit + count
+            parent = hashes[hit - 1] if hit else None
+            self._blocks.commit(hashes[hit:end], local[hit:end], parent)
+            self._blocks.release(hashes[hit:end], 0)
+        else:
+            count = 0
+        return hit + count, self._number(self._blocks.take_events())
 
     # -- state for routers and benchmarks ------------------------------------------------
 

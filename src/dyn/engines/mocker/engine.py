@@ -223,6 +223,13 @@ class MockerEngine(Engine):
         self._publish(self.core.clear())
         return dropped
 
+    def import_blocks(self, tokens: list[int]) -> int:
+        """Make the prompt's full blocks resident as transferred KV (see
+        :meth:`MockerCore.import_blocks`), tell subscribers, and return how many are."""
+        resident, events = self.core.import_blocks(tokens, anyio.current_time())
+        self._publish(events)
+        return resident
+
     def _publish(self, events: list[KvEvent]) -> None:
         if not self._subscribers:
             return

@@ -1,0 +1,180 @@
+"""The prefill worker role: pulls prefill jobs, computes them, ships the KV blocks.
+
+Each of ``max_concurrent_jobs`` pullers long-polls the ``prefill_queue``, runs the
+job's prompt through this worker's own simulated engine (a one-token generation, so it
+costs exactly the engine's prefill time and leaves the prompt in this cache for later
+prefix hits), "transfers" the blocks under the :class:`~dyn.disagg.transfer.KvTransferModel`
+(a sleep of the modelled time) and hands their hashes to the decode worker named in the
+job through its ``kv_transfer`` endpoint. The job is acked only then: a prefill worker
+that dies holding one lets its lease expire and another worker gets it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import anyio
+import msgspec
+
+from dyn.disagg.transfer import KvTransferModel
+from dyn.engines.base import EngineRequest
+from dyn.engines.mocker import MockerConfig, MockerEngine
+from dyn.errors import DynError
+from dyn.kv.events import WorkerUpdate
+from dyn.kv.hashing import local_block_hashes, sequence_hashes
+from dyn.observability.disagg_metrics import DisaggMetrics
+from dyn.routing.base import RouteRequest
+from dyn.runtime.component import Component, depends, endpoint
+from dyn.runtime.context import Context
+from dyn.tokenizer import load_tokenizer
+
+__all__ = ["PrefillJob", "PrefillWorker", "PrefillWorkerConfig"]
+
+# Pause after a failed pull (queue restarting or gone) before polling again.
+RETRY_DELAY_S = 0.5
+# Bound on one call to the queue or to a decode worker.
+CALL_TIMEOUT_S = 10.0
+
+
+class PrefillWorkerConfig(MockerConfig, forbid_unknown_fields=True, frozen=True):
+    """The mocker's settings plus how jobs are taken and blocks moved."""
+
+    max_concurrent_jobs: Annotated[int, msgspec.Meta(gt=0)] = 4
+    pull_wait_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    kv_transfer: KvTransferModel = msgspec.field(default_factory=KvTransferModel)
+
+
+class PrefillJob(msgspec.Struct, frozen=True):
+    """What a decode worker pushes (see :mod:`dyn.roles.decode_worker`)."""
+
+    request_id: str
+    tokens: list[int]
+    block_hashes: list[int]
+    block_size: int
+    decode_instance_id: str
+
+
+class PrefillWorker(Component[PrefillWorkerConfig]):
+    prefill_queue = depends()
+    worker = depends()  # the decode workers, called by instance id
+
+    def metadata(self) -> dict[str, Any]:
+        return {"block_size": self.config.block_size, "total_blocks": self.config.num_gpu_blocks}
+
+    async def start(self) -> None:
+        tokenizer = load_tokenizer(self.model.tokenizer if self.model else None)
+        engine_fields = {
+            name: getattr(self.config, name) for name in MockerConfig.__struct_fields__
+        }
+        engine_fields.update(vocab_size=tokenizer.vocab_size, eos_token_id=tokenizer.eos_token_id)
+        self.engine = MockerEngine(MockerConfig(**engine_fields))
+        self.metrics = DisaggMetrics.of(self.runtime.registry)
+        self._draining = False
+        self.jobs_done = 0
+
+    async def run(self) -> None:
+        async with anyio.create_task_group() as tasks:
+            await tasks.start(self.engine.run)
+            for _ in range(self.config.max_concurrent_jobs):
+                tasks.start_soon(self._puller)
+
+    async def drain(self) -> None:
+        self._draining = True
+
+    async def _puller(self) -> None:
+        while not self._draining:
+            try:
+                lease = await self._pull()
+            except (DynError, TimeoutError) as exc:
+                self.log.debug("pull failed: %s", exc)
+                await anyio.sleep(RETRY_DELAY_S)
+                continue
+            if lease is not None:
+                await self._work(lease)
+
+    async def _pull(self) -> dict[str, Any] | None:
+        wait_s = self.config.pull_wait_s
+        route = RouteRequest(request_id=f"pull-{self.info.instance_id}-{time.monotonic_ns()}")
+        with anyio.fail_after(wait_s + CALL_TIMEOUT_S):
+            async with self.prefill_queue.stream("pull", {"wait_s": wait_s}, route=route) as items:
+                async for item in items:
+                    return dict(item)
+        return None
+
+    async def _work(self, lease: dict[str, Any]) -> None:
+        job_id = str(lease["job_id"])
+        try:
+            job = msgspec.convert(lease["payload"], PrefillJob)
+        except msgspec.ValidationError as exc:
+            self.log.warning("dropping malformed prefill job %s: %s", job_id, exc)
+            await self._queue_call("ack", {"job_id": job_id})
+            return
+        self.log.info("prefilling job %s (request %s)", job_id, job.request_id)
+        async with anyio.create_task_group() as tasks:
+            # Renew the lease while working, so that a slow prefill is not handed to a
+            # second worker; only a dead (or hung) worker lets it lapse.
+            tasks.start_soon(self._keep_lease, job_id, float(lease["lease_s"]))
+            await self._compute_and_ship(job_id, lease, job)
+            tasks.cancel_scope.cancel()
+        try:
+            await self._queue_call("ack", {"job_id": job_id})
+        except (DynError, TimeoutError) as exc:
+            self.log.warning("could not ack prefill job %s: %s", job_id, exc)
+
+    async def _keep_lease(self, job_id: str, lease_s: float) -> None:
+        while True:
+            await anyio.sleep(max(lease_s / 3, 0.01))
+            with contextlib.suppress(DynError, TimeoutError):
+                await self._queue_call("touch", {"job_id": job_id})
+
+    async def _compute_and_ship(self, job_id: str, lease: dict[str, Any], job: PrefillJob) -> None:
+        try:
+            hashes = await self._prefill(job, f"{job_id}-{lease['delivery']}")
+            started = time.perf_counter()
+            await anyio.sleep(
+                self.config.kv_transfer.seconds(len(hashes), self.config.speedup_ratio)
+            )
+            accepted = await self._deliver(job, hashes)
+            self.metrics.kv_transfer.observe(time.perf_counter() - started)
+            if not accepted:
+                self.log.info("request %s no longer waits for its prefill", job.request_id)
+        except DynError as exc:
+            # The decode worker is gone or refused: nobody can use this prefill.
+            self.log.warning("prefill job %s failed: %s", job_id, exc)
+        self.jobs_done += 1
+
+    async def _prefill(self, job: PrefillJob, engine_request_id: str) -> list[int]:
+        """Compute the prompt here; the hashes of its full blocks, now in this cache."""
+        request = EngineRequest(
+            request_id=engine_request_id, tokens=job.tokens, max_tokens=1, ignore_eos=True
+        )
+        async for _ in self.engine.generate(request):
+            pass
+        return sequence_hashes(local_block_hashes(job.tokens, job.block_size))
+
+    async def _deliver(self, job: PrefillJob, hashes: list[int]) -> bool:
+        route = RouteRequest(
+            request_id=f"kv-transfer-{job.request_id}", instance_id=job.decode_instance_id
+        )
+        payload = {"request_id": job.request_id, "block_hashes": hashes}
+        with anyio.fail_after(CALL_TIMEOUT_S):
+            async with self.worker.stream("kv_transfer", payload, route=route) as replies:
+                async for reply in replies:
+                    return bool(reply.get("accepted"))
+        return False
+
+    async def _queue_call(self, name: str, payload: dict[str, Any]) -> None:
+        route = RouteRequest(request_id=f"{name}-{time.monotonic_ns()}")
+        with anyio.fail_after(CALL_TIMEOUT_S):
+            async with self.prefill_queue.stream(name, payload, route=route) as replies:
+                async for _ in replies:
+                    pass
+
+    @endpoint
+    async def kv_events(self, request: Any, ctx: Context) -> AsyncIterator[WorkerUpdate]:
+        """This worker's own cache, for observation (no router routes to it)."""
+        async for update in self.engine.subscribe():
+            yield update
