@@ -26,7 +26,7 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typecheck(session: nox.Session) -> None:
     """mypy --strict on src/."""
-    session.install("-e", ".", "mypy>=1.10", "types-PyYAML")
+    session.install("-e", ".[test]", "mypy>=1.10", "types-PyYAML")
     session.run("mypy", "--strict", "src/dyn")
 
 

@@ -165,7 +165,10 @@ def test_unknown_config_field_suggests_and_lists_fields() -> None:
     assert line.startswith(
         "g.yaml:7: components.front.config.prot: unknown field 'prot' (did you mean 'port'?)"
     )
-    assert line.endswith("valid fields: host, port, routes, openai, prefix, max_body_bytes")
+    assert line.endswith(
+        "valid fields: host, port, routes, openai, prefix, max_body_bytes, max_inflight, "
+        "max_queued, queue_timeout_s, request_timeout_s, api_key, admin_token"
+    )
 
 
 def test_bad_config_value_points_at_its_line() -> None:
@@ -304,7 +307,7 @@ def test_strategy_in_config_is_checked_and_canonicalised() -> None:
 @pytest.mark.parametrize(
     ("uses", "message"),
     [
-        ("frontnd", "unknown role 'frontnd'; built-in roles: frontend"),
+        ("frontnd", "unknown role 'frontnd'; built-in roles: decode_worker, frontend"),
         ("nosuch.module:X", "cannot import 'nosuch.module'"),
         ("dyn.roles.hello:Nope", "module 'dyn.roles.hello' has no attribute 'Nope'"),
         ("dyn.errors:SpecError", "'dyn.errors:SpecError' is not a component class"),

@@ -66,6 +66,15 @@ def up(
     json_logs: Annotated[
         bool, typer.Option("--json-logs", help="Log one JSON object per line.")
     ] = False,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key",
+            envvar="DYN_API_KEY",
+            show_envvar=True,
+            help="Clients must send 'Authorization: Bearer KEY' (all but /health, /metrics).",
+        ),
+    ] = None,
 ) -> None:
     """Start every role of a graph, show them coming up, and serve until Ctrl-C."""
     import anyio
@@ -74,6 +83,12 @@ def up(
     from dyn.observability.logs import setup_logging
 
     setup_logging(log_level.value, json_logs=json_logs)
+    if api_key:
+        import os
+
+        # Through the environment, which role processes inherit, rather than the graph
+        # the launcher writes to the run directory: the key never lands on disk.
+        os.environ["DYN_API_KEY"] = api_key
     graph = resolve_graph(graph_file, list(set_ or ()), port, transport, discovery)
     console = Console(stderr=True, highlight=False)
     chosen = choose_launcher(graph, launcher, str(graph_file))

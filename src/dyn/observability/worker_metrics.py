@@ -96,6 +96,11 @@ class RouterMetrics(_PerRegistry):
             ["worker"],
             registry=registry,
         )
+        self.migrations = Counter(
+            "dyn_migrations",
+            "Requests resent to another worker after their stream broke mid-way.",
+            registry=registry,
+        )
 
     def decision(self, worker: str) -> None:
         self.decisions.labels(worker).inc()

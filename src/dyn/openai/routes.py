@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
@@ -26,6 +27,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from dyn.errors import CallError, DynError, NoInstancesError
+from dyn.openai.admission import Admission
 from dyn.openai.errors import RETRY_AFTER_S, ApiError
 from dyn.openai.metrics import OpenAIMetrics, RouteMetrics
 from dyn.openai.models import (
@@ -38,13 +40,15 @@ from dyn.openai.models import (
 from dyn.openai.protocol import GenerateOutput, GenerateRequest, ModelInfo, OpenAIBackend
 from dyn.openai.sse import DONE, ChunkFormatter, Kind, error_event, full_response, usage
 from dyn.roles.http_errors import error_body, status_for
-from dyn.runtime.context import HEADER_REQUEST_ID, new_request_id
+from dyn.runtime.context import HEADER_REQUEST_ID, Context, new_request_id
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "build_openai_routes"]
 
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 _JSON = "application/json"
 _SSE = "text/event-stream"
+# A client's own deadline for one request, in seconds; past it the answer is 504.
+HEADER_TIMEOUT = "x-request-timeout"
 _log = logging.getLogger("dyn.openai")
 
 
@@ -55,12 +59,18 @@ def build_openai_routes(
     *,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     clock: Callable[[], float] = time.time,
+    admission: Admission | None = None,
+    request_timeout_s: float | None = None,
 ) -> list[Route]:
     """The three routes, ready to mount on a Starlette app beside ``/health``.
 
-    ``clock`` gives the responses' ``created`` timestamps (tests pin it).
+    ``clock`` gives the responses' ``created`` timestamps (tests pin it). ``admission``
+    bounds the generations in flight; ``request_timeout_s`` is the deadline of a request
+    that names none in its ``x-request-timeout`` header.
     """
     api = _OpenAI(backend, model, metrics, max_body_bytes, clock)
+    api.admission = admission or Admission()
+    api.request_timeout_s = request_timeout_s
     return [
         Route("/v1/completions", api.completions, methods=["POST"]),
         Route("/v1/chat/completions", api.chat, methods=["POST"]),
@@ -82,6 +92,8 @@ class _OpenAI:
         self._model = model
         self._metrics = metrics
         self._limit = max_body_bytes
+        self.admission = Admission()
+        self.request_timeout_s: float | None = None
         card = {
             "id": model.id,
             "object": "model",
@@ -113,6 +125,9 @@ class _OpenAI:
         headers = {HEADER_REQUEST_ID: request_id}
         call = _Call(kind, request_id, metrics, started)
         try:
+            await self.admission.enter()
+            call.release = self.admission.leave
+            deadline = self._deadline(request)
             body = await self._read_body(request)
             req: ChatRequest | CompletionRequest = (
                 decode_body(body, ChatRequest)
@@ -122,7 +137,7 @@ class _OpenAI:
             generate, blame = to_generate(req, request_id, self._model)
             call.stream = bool(req.stream)
             call.include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            await call.start(self._backend, generate)
+            await call.start(self._backend, generate, request_id, deadline)
             self._check_fits(call.first, generate, blame, kind)
         except Exception as exc:
             await call.close()
@@ -148,6 +163,19 @@ class _OpenAI:
             await call.close()
         call.finish(200)
         return Response(body, 200, headers, _JSON)
+
+    def _deadline(self, request: Request) -> float:
+        """The request's deadline on anyio's clock: its header's timeout, else the default."""
+        timeout = self.request_timeout_s
+        given = request.headers.get(HEADER_TIMEOUT)
+        if given is not None:
+            try:
+                timeout = float(given)
+            except ValueError:
+                timeout = math.nan
+            if not timeout > 0 or math.isinf(timeout):
+                raise ApiError(400, f"{HEADER_TIMEOUT} must be a positive number of seconds")
+        return math.inf if timeout is None else anyio.current_time() + timeout
 
     async def _read_body(self, request: Request) -> bytes:
         limit = self._limit
@@ -205,13 +233,23 @@ class _Call:
         self._stack = AsyncExitStack()
         self._items: AsyncIterator[GenerateOutput] | None = None
         self._finished = False
+        # Gives back the admission slot; set once the request was admitted.
+        self.release: Callable[[], None] | None = None
         self._first_at = self._last_at = t0
         self._tokens = 0
         # Usually on the first output; an upstream proxy learns it only at the end.
         self._cached: int | None = None
 
-    async def start(self, backend: OpenAIBackend, generate: GenerateRequest) -> None:
-        self._items = await self._stack.enter_async_context(backend.generate(generate))
+    async def start(
+        self, backend: OpenAIBackend, generate: GenerateRequest, request_id: str, deadline: float
+    ) -> None:
+        # Calls made while this context is current carry its deadline downstream, where
+        # the processor's and the worker's handlers are stopped once it passes.
+        token = Context(request_id=request_id, deadline=deadline).bind()
+        try:
+            self._items = await self._stack.enter_async_context(backend.generate(generate))
+        finally:
+            Context.unbind(token)
         first = await anext(self._items, None)
         self._first_at = self._last_at = time.perf_counter()
         # A backend that ends without output has generated nothing: an empty answer.
@@ -280,6 +318,8 @@ class _Call:
         if self._finished:
             return
         self._finished = True
+        if self.release is not None:
+            self.release()
         m = self.metrics
         if m is None:
             return

@@ -8,6 +8,7 @@ every route's target has a live instance; ``/metrics`` is Prometheus text.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -32,6 +33,9 @@ if TYPE_CHECKING:
 __all__ = ["Frontend"]
 
 RETRY_AFTER_S = "1"
+# Where the API key and the admin token come from when the graph does not set them.
+API_KEY_ENV = "DYN_API_KEY"
+ADMIN_TOKEN_ENV = "DYN_ADMIN_TOKEN"
 
 
 class Frontend(Component[FrontendConfig]):
@@ -54,6 +58,10 @@ class Frontend(Component[FrontendConfig]):
             component, _, endpoint = target.partition("/")
             self._targets[path] = (by_name[component], endpoint)
         self.processor = by_name[self.config.openai] if self.config.openai else None
+        from dyn.openai.admission import Admission
+
+        config = self.config
+        self.admission = Admission(config.max_inflight, config.max_queued, config.queue_timeout_s)
 
     def _bind(self) -> socket.socket:
         family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
@@ -98,6 +106,9 @@ class Frontend(Component[FrontendConfig]):
         server = self._server
         if server is None:
             return
+        # New generations get 503 (clients retry elsewhere) while admitted ones finish;
+        # only then does the server stop listening.
+        await self.admission.drain()
         server.should_exit = True
         # uvicorn offers no event for "last connection closed", so poll its state.
         busy = server.server_state
@@ -133,9 +144,21 @@ class Frontend(Component[FrontendConfig]):
                 info,
                 OpenAIMetrics(self.runtime.registry, self.metrics),
                 max_body_bytes=self.config.max_body_bytes,
+                admission=self.admission,
+                request_timeout_s=self.config.request_timeout_s,
             )
             routes += admin_routes(self.processor)
-        return Starlette(routes=routes)
+        from starlette.middleware import Middleware
+
+        from dyn.roles.frontend_admin import AuthMiddleware, is_loopback
+
+        auth = Middleware(
+            AuthMiddleware,
+            api_key=self.config.api_key or os.environ.get(API_KEY_ENV) or None,
+            admin_token=self.config.admin_token or os.environ.get(ADMIN_TOKEN_ENV) or None,
+            loopback=is_loopback(self.config.host),
+        )
+        return Starlette(routes=routes, middleware=[auth])
 
     def health(self) -> tuple[bool, dict[str, list[str]]]:
         """Whether every route's target has an instance, and the instances by target."""

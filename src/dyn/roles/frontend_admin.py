@@ -7,12 +7,21 @@
 calls it between arms).
 They call the processor's ``route_info``, ``set_strategy``, ``explain`` and ``clear_kv``
 endpoints.
+
+:class:`AuthMiddleware` guards the app: with an API key every route but ``/health`` and
+``/metrics`` (probes and scrapers) needs ``Authorization: Bearer <key>``; the admin routes
+need the admin token instead, and are refused outright on a frontend bound beyond
+loopback that has none.
 """
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import json
 from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 from dyn.errors import CallError, DynError, NoInstancesError
 from dyn.roles.http_errors import error_body, status_for
@@ -22,8 +31,11 @@ if TYPE_CHECKING:
     from starlette.requests import Request
     from starlette.responses import Response
     from starlette.routing import Route
+    from starlette.types import ASGIApp, Receive, Scope, Send
 
-__all__ = ["admin_routes"]
+__all__ = ["AuthMiddleware", "admin_routes", "is_loopback"]
+
+_OPEN_PATHS = frozenset({"/health", "/metrics"})
 
 
 def admin_routes(processor: Client) -> list[Route]:
@@ -69,3 +81,68 @@ def admin_routes(processor: Client) -> list[Route]:
         Route("/admin/route/explain", explain, methods=["POST"]),
         Route("/admin/kv/clear", clear_kv, methods=["POST"]),
     ]
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a frontend bound to ``host`` is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class AuthMiddleware:
+    """Checks the bearer token of every HTTP request before the app sees it."""
+
+    def __init__(
+        self, app: ASGIApp, *, api_key: str | None, admin_token: str | None, loopback: bool
+    ) -> None:
+        self.app = app
+        self.api_key = api_key.encode() if api_key else None
+        self.admin_token = admin_token.encode() if admin_token else None
+        self.loopback = loopback
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in _OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        refusal = self._refusal(scope)
+        if refusal is None:
+            await self.app(scope, receive, send)
+            return
+        status, message = refusal
+        body = msgspec.json.encode(error_body(status, message, code="invalid_api_key"))
+        headers = [(b"content-type", b"application/json")]
+        if status == 401:
+            headers.append((b"www-authenticate", b"Bearer"))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    def _refusal(self, scope: Scope) -> tuple[int, str] | None:
+        given = _bearer(scope)
+        if scope["path"].startswith("/admin/"):
+            if self.admin_token is None:
+                if self.loopback:
+                    return None
+                return 403, (
+                    "admin routes are off on a frontend bound beyond loopback; "
+                    "set the frontend's admin_token (or DYN_ADMIN_TOKEN) to use them"
+                )
+            if given is None or not hmac.compare_digest(given, self.admin_token):
+                return 401, "admin routes need 'Authorization: Bearer <admin token>'"
+            return None
+        if self.api_key is None:
+            return None
+        if given is None or not hmac.compare_digest(given, self.api_key):
+            return 401, "missing or wrong API key; send 'Authorization: Bearer <key>'"
+        return None
+
+
+def _bearer(scope: Scope) -> bytes | None:
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            scheme, _, token = value.partition(b" ")
+            return token.strip() if scheme.lower() == b"bearer" else None
+    return None

@@ -10,14 +10,14 @@ empties every worker's prefix cache (between benchmark arms).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
 import msgspec
 
 from dyn import plugins
 from dyn.engines.base import EngineOutput, EngineRequest
-from dyn.errors import BadRequestError, DynError
+from dyn.errors import BadRequestError, CallError, DynError
 from dyn.kv.events import KvRemoved, KvStored, WorkerUpdate
 from dyn.observability.worker_metrics import RouterMetrics
 from dyn.openai.protocol import GenerateOutput, GenerateRequest
@@ -30,12 +30,21 @@ __all__ = ["Processor", "ProcessorConfig"]
 
 # How long to wait before resubscribing to a worker whose event stream broke.
 RESUBSCRIBE_DELAY_S = 0.5
+# Dynamo's default is 0 (off); dyn resends a broken stream up to three times by default.
+DEFAULT_MIGRATION_LIMIT = 3
+# A request that got nothing back from a dead instance is sent to another one (never to
+# one that already failed it); this bounds how many it tries.
+MAX_REROUTES = 8
+# Wire codes that mean "the worker is gone", as opposed to "the request is wrong".
+_LOST_CODES = frozenset({"unavailable", "protocol"})
 
 
 class ProcessorConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     strategy: str = "kv"
     strategy_options: dict[str, Any] = msgspec.field(default_factory=dict)
     seed: int | None = None
+    # How many times one request may be resent after its worker's stream broke mid-way.
+    migration_limit: Annotated[int, msgspec.Meta(ge=0)] = DEFAULT_MIGRATION_LIMIT
 
 
 class Processor(Component[ProcessorConfig]):
@@ -131,35 +140,67 @@ class Processor(Component[ProcessorConfig]):
                     f"the prompt alone has {len(tokens)}"
                 )
             max_tokens = min(max_tokens, room)
-        engine_request = EngineRequest(
-            request_id=req.request_id,
-            tokens=tokens,
-            max_tokens=max_tokens,
-            ignore_eos=req.ignore_eos,
-            min_tokens=req.min_tokens,
-        )
-        route = RouteRequest(request_id=req.request_id, tokens=tokens)
         decoder = self.tokenizer.incremental_decoder()
-        first = True
-        async with self.worker.stream("generate", engine_request, route=route) as outputs:
-            async for raw in outputs:
-                out = msgspec.convert(raw, EngineOutput)
-                if first and outputs.instance is not None:
-                    self.metrics.decision(outputs.instance.instance_id)
-                text = decoder.feed(out.tokens)
-                if out.finish_reason is not None:
-                    text += decoder.flush()
-                # A struct, not its dict: the runtime's msgpack encodes both the same.
-                yield GenerateOutput(
-                    text=text,
-                    token_count=len(out.tokens),
-                    finish_reason=out.finish_reason,
-                    prompt_tokens=len(tokens) if first else None,
-                    # On the first output from an engine; at the end from an upstream
-                    # proxy, which only learns it with the final usage.
-                    cached_tokens=out.cached_tokens if first or out.cached_tokens else None,
+        generated: list[int] = []  # every token sent on, so a resend can continue after it
+        migrations = 0
+        failed: set[str] = set()
+        while True:
+            engine_request = EngineRequest(
+                request_id=req.request_id,
+                tokens=tokens + generated,
+                max_tokens=max_tokens - len(generated),
+                ignore_eos=req.ignore_eos,
+                min_tokens=max(0, req.min_tokens - len(generated)),
+            )
+            route = RouteRequest(request_id=req.request_id, tokens=engine_request.tokens)
+            received = 0
+            stream = self.worker.stream("generate", engine_request, route=route, exclude=failed)
+            try:
+                async with stream as outputs:
+                    async for raw in outputs:
+                        out = msgspec.convert(raw, EngineOutput)
+                        if received == 0 and outputs.instance is not None:
+                            self.metrics.decision(outputs.instance.instance_id)
+                        first = not generated and received == 0
+                        received += 1
+                        generated += out.tokens
+                        text = decoder.feed(out.tokens)
+                        if out.finish_reason is not None:
+                            text += decoder.flush()
+                        # A struct, not its dict: the runtime's msgpack encodes both the same.
+                        yield GenerateOutput(
+                            text=text,
+                            token_count=len(out.tokens),
+                            finish_reason=out.finish_reason,
+                            prompt_tokens=len(tokens) if first else None,
+                            cached_tokens=_cached(out, first, resent=received == 1 and not first),
+                        )
+                    return
+            except CallError as exc:
+                if not _worker_lost(exc):
+                    raise
+                if stream.instance is not None:
+                    failed.add(stream.instance.instance_id)
+                live = self.worker.instances("generate")
+                if not any(i.instance_id not in failed for i in live):
+                    raise  # no other worker to resend to: retrying this one would not help
+                # Nothing came back yet: the request is simply sent elsewhere, which is
+                # routing around a dead instance, not a migration.
+                if received == 0 and len(failed) < MAX_REROUTES:
+                    self.log.info("request %s: %s; rerouting", req.request_id, exc.message)
+                    continue
+                if migrations >= self.config.migration_limit or len(generated) >= max_tokens:
+                    raise
+                migrations += 1
+                self.metrics.migrations.inc()
+                self.log.info(
+                    "request %s: %s; migrating after %d tokens (%d of %d)",
+                    req.request_id,
+                    exc.message,
+                    len(generated),
+                    migrations,
+                    self.config.migration_limit,
                 )
-                first = False
 
     @endpoint
     async def route_info(self, request: Any, ctx: Context) -> AsyncIterator[dict[str, Any]]:
@@ -220,3 +261,19 @@ class Processor(Component[ProcessorConfig]):
                 async for reply in replies:
                     total += int(reply.get("cleared_blocks", 0))
         yield {"cleared_blocks": total, "workers": len(workers)}
+
+
+def _worker_lost(exc: CallError) -> bool:
+    """Whether ``exc`` means the worker (or the way to it) is gone, so another may serve."""
+    return exc.code in _LOST_CODES
+
+
+def _cached(out: EngineOutput, first: bool, *, resent: bool) -> int | None:
+    # On the first output from an engine; at the end from an upstream proxy, which only
+    # learns it with the final usage. A resent request's prefix hits on its new worker
+    # are its own continuation's, not the client's prompt's: they are not reported.
+    if first:
+        return out.cached_tokens
+    if resent:
+        return None
+    return out.cached_tokens or None

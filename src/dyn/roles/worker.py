@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 import msgspec
 from prometheus_client import Counter
 
@@ -44,6 +45,9 @@ class Worker(Component[MockerConfig]):
         self.label = self.info.instance_id
         self.metrics.kv_total_blocks.labels(self.label).set(self.config.num_gpu_blocks)
         self._own = _OwnMetrics(self.metrics, self.label)
+        self._active = 0  # generate calls in flight, which drain() waits for
+        self._idle = anyio.Event()
+        self._idle.set()
 
     async def run(self) -> None:
         await self.engine.run()
@@ -60,6 +64,9 @@ class Worker(Component[MockerConfig]):
         started = last = clock()
         status = "cancelled"
         own.inflight.inc()
+        if self._active == 0:
+            self._idle = anyio.Event()
+        self._active += 1
         try:
             first = True
             async for output in self.engine.generate(req):
@@ -79,10 +86,19 @@ class Worker(Component[MockerConfig]):
             status = "error"
             raise
         finally:
+            self._active -= 1
+            if self._active == 0:
+                self._idle.set()
             own.inflight.dec()
             own.finished(status)
             own.duration.observe(clock() - started)
             own.kv_active_blocks.set(self.engine.load().active_blocks)
+
+    async def drain(self) -> None:
+        """Wait for the generations in flight (the launcher has deregistered us already)."""
+        if self._active:
+            self.log.info("draining %d requests in flight", self._active)
+        await self._idle.wait()
 
     @endpoint
     async def kv_events(self, request: Any, ctx: Context) -> AsyncIterator[WorkerUpdate]:

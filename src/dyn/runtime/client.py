@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
@@ -12,6 +12,7 @@ import anyio
 from dyn.discovery.base import Instance
 from dyn.errors import DeadlineExceeded, NoInstancesError
 from dyn.routing.base import Router, RouteRequest
+from dyn.routing.simple import Direct
 from dyn.runtime import codec
 from dyn.runtime.context import HEADER_DEADLINE, HEADER_REQUEST_ID, current_context, new_request_id
 from dyn.transports.base import CallStream
@@ -81,14 +82,16 @@ class Client:
         *,
         route: RouteRequest | None = None,
         headers: Mapping[str, str] | None = None,
+        exclude: Collection[str] = (),
     ) -> ResponseStream:
         """Call ``endpoint`` and iterate the decoded items it yields.
 
         Use as ``async with client.stream(...) as items: async for item in items``; leaving
         the block early cancels the handler on the far side. Inside a handler the call
-        inherits the current request's id and deadline.
+        inherits the current request's id and deadline. Instances named in ``exclude`` are
+        not chosen unless no other instance is live (a retry avoiding one that failed).
         """
-        return ResponseStream(self, endpoint, payload, route, headers)
+        return ResponseStream(self, endpoint, payload, route, headers, exclude)
 
 
 class ResponseStream:
@@ -101,6 +104,7 @@ class ResponseStream:
         payload: Any,
         route: RouteRequest | None,
         headers: Mapping[str, str] | None,
+        exclude: Collection[str] = (),
     ) -> None:
         ctx = current_context()
         call_headers: dict[str, str] = {}
@@ -118,7 +122,9 @@ class ResponseStream:
         self._endpoint = endpoint
         self._payload = payload
         self._route = route or RouteRequest(request_id=call_headers[HEADER_REQUEST_ID])
+        self._exclude = exclude
         self.instance: Instance | None = None
+        self._tracked = True  # whether the strategy saw this call (on_routed)
         self._call: CallStream | None = None
         self._items = 0
         self._closed = False
@@ -131,8 +137,16 @@ class ResponseStream:
                 f"no live instance of {client.component}/{self._endpoint}; "
                 "is the component running?"
             )
-        instance = client.router.select(candidates, self._route)
-        client.router.on_routed(instance, self._route)
+        if self._exclude:
+            candidates = [i for i in candidates if i.instance_id not in self._exclude] or candidates
+        if self._route.instance_id is not None:
+            # A call to a named instance (a subscription, an admin call) is no routing
+            # decision: the strategy neither chooses it nor counts it as load.
+            instance = Direct.pick(candidates, self._route.instance_id)
+            self._tracked = False
+        else:
+            instance = client.router.select(candidates, self._route)
+            client.router.on_routed(instance, self._route)
         self.instance = instance
         path = instance.key
         if not math.isinf(self.deadline):
@@ -158,7 +172,8 @@ class ResponseStream:
             self._finish()
             raise
         if self._items == 0 and self.instance is not None:
-            self._client.router.on_first_item(self.instance, self._route)
+            if self._tracked:
+                self._client.router.on_first_item(self.instance, self._route)
         self._items += 1
         return codec.decode(data)
 
@@ -176,7 +191,8 @@ class ResponseStream:
         if self._call is not None:
             self._call.close_nowait()
         if self.instance is not None:
-            self._client.router.on_finished(self.instance, self._route)
+            if self._tracked:
+                self._client.router.on_finished(self.instance, self._route)
 
     async def aclose(self) -> None:
         self._finish()

@@ -60,6 +60,8 @@ class Runtime:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.address = ""
         self._routes: dict[str, EndpointMethod] = {}
+        # Paths of withdrawn endpoints: a late call to one is told to go elsewhere.
+        self._withdrawn: set[str] = set()
         self._registered: dict[int, list[Instance]] = {}
         self._clients: list[Client] = []
         self._tasks: TaskGroup | None = None
@@ -141,6 +143,7 @@ class Runtime:
                 metadata=dict(metadata or {}),
             )
             self._routes[instance.key] = getattr(component, method_name)
+            self._withdrawn.discard(instance.key)
             instances.append(instance)
         for instance in instances:
             await self.discovery.register(instance)
@@ -152,10 +155,14 @@ class Runtime:
         for instance in self._registered.pop(id(component), []):
             await self.discovery.deregister(instance)
             self._routes.pop(instance.key, None)
+            self._withdrawn.add(instance.key)
 
     async def _dispatch(self, path: str, payload: bytes, ctx: Context) -> AsyncIterator[bytes]:
         method = self._routes.get(path)
         if method is None:
+            if path in self._withdrawn:
+                # A caller whose discovery is behind: "unavailable" lets it pick another.
+                raise CallError(f"{path!r} is shutting down", code="unavailable")
             raise CallError(f"no endpoint {path!r} here", code="not_found")
         request = codec.decode(payload)
         items = method(request, ctx)

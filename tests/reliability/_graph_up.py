@@ -1,0 +1,185 @@
+"""A `dyn up` run as a subprocess, and streaming clients that record what they got."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+KV_GRAPH = ROOT / "graphs" / "kv_routing.yaml"
+MODEL = "dyn-mock"
+WORDS = (
+    "time year people way day man thing woman life child world school state family student "
+    "group country problem hand part place case week company system program question work "
+    "government number night point home water room mother area money story fact month lot"
+).split()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def prompts(count: int, seed: int = 0, words: int = 40) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(words)) for _ in range(count)]
+
+
+class Up:
+    """`dyn up GRAPH ARGS` with its own state directory; stderr goes to a file."""
+
+    def __init__(self, state: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        self.state = state
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = state.parent / f"{state.name}-up.log"
+        state.mkdir(parents=True, exist_ok=True)
+        self._log = self.log_path.open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dyn", "up", *args, "--port", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=self._log,
+            text=True,
+            cwd=ROOT,
+            env={
+                **os.environ,
+                **(env or {}),
+                "DYN_STATE_DIR": str(state),
+                "PYTHONUNBUFFERED": "1",
+            },
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def wait_healthy(self, timeout: float = 60, headers: dict[str, str] | None = None) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"dyn up exited early:\n{self.log()}"
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"dyn up did not become healthy:\n{self.log()[-3000:]}")
+
+    def role_pids(self) -> dict[str, int]:
+        """Role name (``worker[1]``) → pid, from the run record."""
+        (run,) = (self.state / "runs").iterdir()
+        deadline = time.monotonic() + 10
+        # The launcher rewrites the record once every role is up; it then names the frontend.
+        while True:
+            record = json.loads((run / "run.json").read_text())
+            if record["frontend_url"] or time.monotonic() > deadline:
+                return {r["role"]: r["pid"] for r in record["roles"]}
+            time.sleep(0.05)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+@dataclass
+class Streamed:
+    """What one streamed completion delivered."""
+
+    status: int = 0
+    text: str = ""
+    tokens: int | None = None  # completion_tokens from the usage chunk
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    done: bool = False
+    events: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 200 and self.done and not self.errors
+
+
+def completion_body(prompt: str, max_tokens: int, **extra: Any) -> dict[str, Any]:
+    return {
+        "model": MODEL,
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        **extra,
+    }
+
+
+async def stream_completion(
+    http: httpx.AsyncClient,
+    prompt: str,
+    max_tokens: int,
+    on_event: Any = None,
+    headers: dict[str, str] | None = None,
+) -> Streamed:
+    got = Streamed()
+    body = completion_body(prompt, max_tokens)
+    async with http.stream("POST", "/v1/completions", json=body, headers=headers) as resp:
+        got.status = resp.status_code
+        if resp.status_code != 200:
+            await resp.aread()
+            got.errors.append(resp.json())
+            return got
+        async for line in resp.aiter_lines():
+            if not line.startswith("data: "):
+                continue
+            data = line.removeprefix("data: ")
+            if data == "[DONE]":
+                got.done = True
+                continue
+            event = json.loads(data)
+            got.events += 1
+            if "error" in event:
+                got.errors.append(event)
+            elif event["choices"]:
+                got.text += event["choices"][0]["text"]
+            elif event.get("usage"):
+                got.tokens = event["usage"]["completion_tokens"]
+            if on_event is not None:
+                await on_event(got)
+    return got
+
+
+async def run_streams(
+    url: str,
+    texts: list[str],
+    max_tokens: int,
+    concurrency: int,
+    on_event: Any = None,
+) -> list[Streamed]:
+    results: list[Streamed | None] = [None] * len(texts)
+    limit = anyio.Semaphore(concurrency)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as http:
+
+        async def one(i: int) -> None:
+            async with limit:
+                results[i] = await stream_completion(http, texts[i], max_tokens, on_event)
+
+        async with anyio.create_task_group() as tasks:
+            for i in range(len(texts)):
+                tasks.start_soon(one, i)
+    return [r for r in results if r is not None]

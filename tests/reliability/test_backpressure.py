@@ -1,0 +1,98 @@
+"""Overload and emptiness at the frontend: 429 or 503, both with Retry-After, both fast."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import anyio
+import httpx
+import pytest
+from _graph_up import KV_GRAPH, completion_body, free_port, prompts
+from _inprocess import serve_graph
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
+
+MAX_INFLIGHT = 8
+MAX_QUEUED = 4
+# Generous for CI; the measured figures are printed.
+FAST_S = 0.5
+
+
+async def test_overload_at_4x_gets_200_or_429_and_every_accepted_request_completes() -> None:
+    port = free_port()
+    async with serve_graph(
+        str(KV_GRAPH),
+        f"frontend.port={port}",
+        f"frontend.max_inflight={MAX_INFLIGHT}",
+        f"frontend.max_queued={MAX_QUEUED}",
+        "worker.speedup_ratio=10",
+    ):
+        clients = 4 * MAX_INFLIGHT
+        texts = prompts(clients * 3, seed=3)
+        statuses: list[int] = []
+        refused_in: list[float] = []
+        completed = 0
+        limits = httpx.Limits(max_connections=clients)
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}", timeout=60, limits=limits
+        ) as http:
+
+            async def one(text: str) -> None:
+                nonlocal completed
+                t0 = time.perf_counter()
+                body = completion_body(text, 64)
+                async with http.stream("POST", "/v1/completions", json=body) as resp:
+                    raw = await resp.aread()
+                statuses.append(resp.status_code)
+                if resp.status_code == 429:
+                    refused_in.append(time.perf_counter() - t0)
+                    assert resp.headers["retry-after"] == "1"
+                    assert resp.json()["error"]["type"] == "rate_limit_error"
+                elif resp.status_code == 200:
+                    assert raw.endswith(b"data: [DONE]\n\n") and b'"error"' not in raw
+                    assert b'"completion_tokens":64' in raw
+                    completed += 1
+
+            async def client(i: int) -> None:
+                for text in texts[i::clients]:
+                    await one(text)
+
+            async with anyio.create_task_group() as tasks:
+                for i in range(clients):
+                    tasks.start_soon(client, i)
+    accepted = statuses.count(200)
+    print(
+        f"\n{len(statuses)} requests from {clients} clients against max_inflight "
+        f"{MAX_INFLIGHT} + max_queued {MAX_QUEUED}: {accepted} accepted and completed, "
+        f"{statuses.count(429)} refused with 429 in median "
+        f"{statistics.median(refused_in) * 1000:.1f} ms, max {max(refused_in) * 1000:.1f} ms"
+    )
+    assert set(statuses) <= {200, 429}
+    assert refused_in, "the frontend was never overloaded"
+    assert completed == accepted
+    assert max(refused_in) < FAST_S
+
+
+async def test_no_workers_is_503_with_retry_after_fast() -> None:
+    port = free_port()
+    async with serve_graph(str(KV_GRAPH), f"frontend.port={port}", "worker.replicas=1") as launcher:
+        assert launcher.runtime is not None
+        for spec, component in launcher.components:
+            if spec.name == "worker":
+                await launcher.runtime.withdraw_component(component)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            with anyio.fail_after(5):  # until the processor has seen the workers go
+                body = completion_body("warm", 8)
+                while (await http.post("/v1/completions", json=body)).status_code != 503:  # noqa: ASYNC110
+                    await anyio.sleep(0.02)
+            took: list[float] = []
+            for text in prompts(10, seed=4):
+                t0 = time.perf_counter()
+                resp = await http.post("/v1/completions", json=completion_body(text, 8))
+                took.append(time.perf_counter() - t0)
+                assert resp.status_code == 503
+                assert resp.headers["retry-after"] == "1"
+                assert resp.json()["error"]["code"] == "unavailable"
+    print(f"\nno workers: 503 in median {statistics.median(took) * 1000:.1f} ms")
+    assert max(took) < FAST_S
