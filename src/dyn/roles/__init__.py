@@ -17,6 +17,7 @@ BUILTIN_ROLES: dict[str, str] = {
     "prefill_queue": "dyn.roles.prefill_queue:PrefillQueueRole",
     "prefill_worker": "dyn.roles.prefill_worker:PrefillWorker",
     "processor": "dyn.roles.processor:Processor",
+    "router": "dyn.roles.router:Router",
     "proxy_worker": "dyn.roles.proxy_worker:ProxyWorker",
     "worker": "dyn.roles.worker:Worker",
 }
