@@ -2,13 +2,33 @@
 
 from __future__ import annotations
 
+import os
+import time
 from abc import ABC, abstractmethod
 
 import anyio
 
+from dyn import state
 from dyn.graph import GraphSpec
 
-__all__ = ["LaunchObserver", "Launcher", "cancel_when_set"]
+__all__ = ["LaunchObserver", "Launcher", "cancel_when_set", "new_record"]
+
+
+def new_record(
+    run: state.RunDir, graph: GraphSpec, launcher: str, graph_file: str | None
+) -> state.RunRecord:
+    """The run record of a launch that is starting (roles and URL are filled in later)."""
+    return state.RunRecord(
+        run_id=run.run_id,
+        graph=graph.name,
+        graph_file=graph_file,
+        started_at=time.time(),
+        pid=os.getpid(),
+        launcher=launcher,
+        transport=graph.transport,
+        discovery=graph.discovery.backend,
+        discovery_dir=str(run.discovery_dir) if graph.discovery.backend == "file" else "",
+    )
 
 
 async def cancel_when_set(event: anyio.Event, scope: anyio.CancelScope) -> None:

@@ -19,7 +19,7 @@ from dyn.launch._roles import (
     start_role,
     stop_role,
 )
-from dyn.launch.base import Launcher, LaunchObserver, cancel_when_set
+from dyn.launch.base import Launcher, LaunchObserver, cancel_when_set, new_record
 from dyn.runtime.component import Component
 from dyn.runtime.runtime import Runtime
 
@@ -38,17 +38,7 @@ class InProcessLauncher(Launcher):
         began = time.perf_counter()
         run = state.create_run(graph.name)
         graph = discovery_in_run(graph, run)
-        record = state.RunRecord(
-            run_id=run.run_id,
-            graph=graph.name,
-            graph_file=self.graph_file,
-            started_at=time.time(),
-            pid=os.getpid(),
-            launcher="inprocess",
-            transport=graph.transport,
-            discovery=graph.discovery.backend,
-            discovery_dir="",
-        )
+        record = new_record(run, graph, "inprocess", self.graph_file)
         async with (
             make_discovery(graph) as discovery,
             Runtime(

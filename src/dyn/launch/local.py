@@ -27,7 +27,7 @@ from dyn import state
 from dyn.errors import LaunchError
 from dyn.graph import GraphSpec, dump_graph_yaml
 from dyn.launch._roles import READY_TIMEOUT_S, discovery_in_run, node_of, role_name
-from dyn.launch.base import Launcher, LaunchObserver, cancel_when_set
+from dyn.launch.base import Launcher, LaunchObserver, cancel_when_set, new_record
 from dyn.launch.role_main import READY_MARK
 
 __all__ = ["LocalLauncher", "prepare_run"]
@@ -84,17 +84,7 @@ class LocalLauncher(Launcher):
         began = time.perf_counter()
         run, resolved, graph_path = prepare_run(graph, "local")
         self.run_dir = run
-        record = state.RunRecord(
-            run_id=run.run_id,
-            graph=graph.name,
-            graph_file=self.graph_file,
-            started_at=time.time(),
-            pid=os.getpid(),
-            launcher="local",
-            transport=resolved.transport,
-            discovery=resolved.discovery.backend,
-            discovery_dir=str(run.discovery_dir),
-        )
+        record = new_record(run, resolved, "local", self.graph_file)
         state.write_record(run, record)
         async with anyio.create_task_group() as tasks:
             try:
