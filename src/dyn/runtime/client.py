@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Mapping
+import time
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 import anyio
 
 from dyn.discovery.base import Instance
-from dyn.errors import DeadlineExceeded, NoInstancesError
+from dyn.errors import DeadlineExceeded, NoInstancesError, TransportError
 from dyn.routing.base import Router, RouteRequest
 from dyn.routing.simple import Direct
 from dyn.runtime import codec
@@ -20,17 +22,70 @@ from dyn.transports.base import CallStream
 if TYPE_CHECKING:
     from dyn.runtime.runtime import Runtime
 
-__all__ = ["Client", "ResponseStream"]
+__all__ = ["Client", "EjectionPolicy", "ResponseStream"]
+
+# Defaults for ejecting failing instances; the shape (consecutive failures, exponential
+# back-off with a cap) follows Envoy's outlier detection, the numbers are dyn's own.
+DEFAULT_EJECT_AFTER = 3
+DEFAULT_EJECT_BASE_S = 5.0
+DEFAULT_EJECT_MAX_S = 60.0
+
+
+@dataclass(frozen=True)
+class EjectionPolicy:
+    """When a client stops routing to an instance whose calls keep failing.
+
+    ``failures`` calls in a row that fail to reach the instance (a ``TransportError``:
+    connection refused or broken, protocol fault, code ``unavailable``) eject it for
+    ``base_s`` seconds; each further ejection without a success in between doubles that,
+    up to ``max_s``. After its back-off the instance is routed to again on probation: one
+    more failure ejects it at once, one success clears its record. ``failures=0`` turns
+    ejection off.
+    """
+
+    failures: int = DEFAULT_EJECT_AFTER
+    base_s: float = DEFAULT_EJECT_BASE_S
+    max_s: float = DEFAULT_EJECT_MAX_S
+
+    def __post_init__(self) -> None:
+        if self.failures < 0:
+            raise ValueError(f"failures must be 0 (off) or more, not {self.failures}")
+        if not 0 < self.base_s <= self.max_s:
+            raise ValueError(
+                f"need 0 < base_s <= max_s, not base_s={self.base_s}, max_s={self.max_s}"
+            )
+
+
+class _Health:
+    """One instance's failure record."""
+
+    __slots__ = ("ejections", "failures", "until")
+
+    def __init__(self) -> None:
+        self.failures = 0  # calls in a row that failed to reach it
+        self.ejections = 0  # ejections since its last success; > 0 means on probation
+        self.until = -math.inf  # ejected until this clock reading
 
 
 class Client:
     """Calls to one component, kept up to date with its live instances by discovery."""
 
-    def __init__(self, runtime: Runtime, component: str, router: Router) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        component: str,
+        router: Router,
+        *,
+        ejection: EjectionPolicy | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.runtime = runtime
         self.component = component
         self.router = router
         self.prefix = f"{runtime.namespace}/{component}/"
+        self.ejection = ejection or EjectionPolicy()
+        self._clock = clock
+        self._health: dict[str, _Health] = {}
         self._by_endpoint: dict[str, list[Instance]] = {}
         self._changed = anyio.Event()
 
@@ -44,7 +99,11 @@ class Client:
         for instance in instances:
             by_endpoint.setdefault(instance.endpoint, []).append(instance)
         self._by_endpoint = by_endpoint
-        self.router.on_instances(sorted({i.instance_id for i in instances}))
+        live = {i.instance_id for i in instances}
+        # An instance that left discovery and comes back (a restart) starts afresh.
+        for gone in self._health.keys() - live:
+            del self._health[gone]
+        self.router.on_instances(sorted(live))
         self._changed.set()
         self._changed = anyio.Event()
 
@@ -75,6 +134,41 @@ class Client:
             return len(self._by_endpoint.get(endpoint, ()))
         return len({i.instance_id for group in self._by_endpoint.values() for i in group})
 
+    # -- health ---------------------------------------------------------------------------
+
+    def ejected(self) -> dict[str, float]:
+        """Instances ejected from routing now, each with the seconds left of its back-off."""
+        now = self._clock()
+        return {iid: h.until - now for iid, h in self._health.items() if h.until > now}
+
+    def _routable(self, candidates: list[Instance]) -> list[Instance]:
+        # Ejected instances are left out unless that leaves nothing: a call to a failing
+        # instance is better than no call at all, and it may have recovered.
+        if not self._health:
+            return candidates
+        now = self._clock()
+        healthy = [i for i in candidates if self._health.get(i.instance_id, _OK).until <= now]
+        return healthy or candidates
+
+    def _record_success(self, instance_id: str) -> None:
+        self._health.pop(instance_id, None)
+
+    def _record_failure(self, instance_id: str) -> None:
+        policy = self.ejection
+        if policy.failures == 0:
+            return
+        health = self._health.setdefault(instance_id, _Health())
+        health.failures += 1
+        now = self._clock()
+        if health.until > now:
+            return  # already ejected: calls that started before it do not extend it
+        if health.ejections == 0 and health.failures < policy.failures:
+            return
+        backoff = min(policy.max_s, policy.base_s * 2.0**health.ejections)
+        health.ejections += 1
+        health.failures = 0
+        health.until = now + backoff
+
     def stream(
         self,
         endpoint: str,
@@ -92,6 +186,9 @@ class Client:
         not chosen unless no other instance is live (a retry avoiding one that failed).
         """
         return ResponseStream(self, endpoint, payload, route, headers, exclude)
+
+
+_OK = _Health()
 
 
 class ResponseStream:
@@ -145,7 +242,7 @@ class ResponseStream:
             instance = Direct.pick(candidates, self._route.instance_id)
             self._tracked = False
         else:
-            instance = client.router.select(candidates, self._route)
+            instance = client.router.select(client._routable(candidates), self._route)
             client.router.on_routed(instance, self._route)
         self.instance = instance
         path = instance.key
@@ -168,14 +265,29 @@ class ResponseStream:
                 data = await call.__anext__()
             else:
                 data = await self._next_frame(call)
-        except BaseException:  # end, error or cancellation: the call is over either way
+        except StopAsyncIteration:
+            self._healthy()
+            self._finish()
+            raise
+        except TransportError:
+            if self.instance is not None:
+                self._client._record_failure(self.instance.instance_id)
+            self._finish()
+            raise
+        except BaseException:  # error or cancellation: the call is over either way
             self._finish()
             raise
         if self._items == 0 and self.instance is not None:
+            self._healthy()
             if self._tracked:
                 self._client.router.on_first_item(self.instance, self._route)
         self._items += 1
         return codec.decode(data)
+
+    def _healthy(self) -> None:
+        # Any answer from the instance (an item, or the end) shows it is reachable.
+        if self.instance is not None and self._items == 0:
+            self._client._record_success(self.instance.instance_id)
 
     async def _next_frame(self, call: CallStream) -> bytes:
         with anyio.move_on_after(self.deadline - anyio.current_time()):

@@ -9,6 +9,7 @@ which leaves backpressure to TCP and the per-stream windows.
 
 from __future__ import annotations
 
+import hmac
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 
@@ -21,22 +22,24 @@ from dyn.errors import (
     TransportError,
     call_error_from_wire,
 )
+from dyn.transports import _auth
 from dyn.transports._tcp_frames import (
     DATA,
     END,
     ERROR,
+    FLAG_AUTH,
     PING,
     PONG,
     TYPE_NAMES,
     Frame,
     FrameError,
-    decode_preface,
     encode_cancel,
     encode_pong,
     encode_preface,
     encode_request,
     encode_window,
     parse_error,
+    parse_preface,
 )
 from dyn.transports._tcp_wire import Wire, WireClosed, connect
 from dyn.transports.base import CallStream
@@ -79,7 +82,9 @@ class ClientConnection:
 
     # -- opening --------------------------------------------------------------------------
 
-    async def open(self, protocol_version: int, timeout_s: float) -> None:
+    async def open(
+        self, protocol_version: int, timeout_s: float, secret: bytes | None = None
+    ) -> None:
         """Connect and shake hands. Raises TransportError or ProtocolError."""
         where = f"{self.host}:{self.port}"
         try:
@@ -87,9 +92,7 @@ class ClientConnection:
                 sock = await connect(self.host, self.port)
                 wire = Wire(sock, self.max_frame_bytes)
                 try:
-                    wire.write(encode_preface(protocol_version))
-                    await wire.drain()
-                    preface = await wire.read_preface()
+                    await self._handshake(wire, where, protocol_version, secret)
                 except BaseException:
                     wire.close()
                     raise
@@ -99,18 +102,53 @@ class ClientConnection:
             raise TransportError(f"cannot connect to {where}: {exc.strerror or exc}") from exc
         except WireClosed as exc:
             raise TransportError(f"{where} closed the connection in the handshake: {exc}") from None
+        self.wire = wire
+
+    @staticmethod
+    async def _handshake(
+        wire: Wire, where: str, protocol_version: int, secret: bytes | None
+    ) -> None:
+        wire.write(encode_preface(protocol_version))
+        await wire.drain()
+        preface = await wire.read_preface()
         try:
-            version = decode_preface(preface)
+            version, flags = parse_preface(preface)
         except FrameError:
-            wire.close()
             raise ProtocolError(f"{where} is not a dyn tcp server (it sent {preface!r})") from None
         if version != protocol_version:
-            wire.close()
             raise ProtocolError(
                 f"server at {where} speaks dyn tcp protocol version {version}, "
                 f"this client speaks {protocol_version}"
             )
-        self.wire = wire
+        if not flags & FLAG_AUTH:
+            if secret is not None:
+                # Calls carry requests (prompts) a server outside the cluster must not get.
+                raise ProtocolError(
+                    f"the server at {where} does not require a cluster secret but this client "
+                    f"has one; give the server the same {_auth.ENV_CLUSTER_SECRET}"
+                )
+            return
+        if secret is None:
+            raise ProtocolError(
+                f"the server at {where} requires a cluster secret; set "
+                f"{_auth.ENV_CLUSTER_SECRET} (or the transport option cluster_secret)"
+            )
+        server_nonce = await wire.read_exact(_auth.NONCE_BYTES)
+        client_nonce = _auth.new_nonce()
+        proof = _auth.tag(secret, _auth.TCP_CLIENT_LABEL, server_nonce, client_nonce)
+        wire.write(client_nonce + proof)
+        await wire.drain()
+        try:
+            answer = await wire.read_exact(_auth.TAG_BYTES)
+        except WireClosed:
+            # The server closes without a word on a wrong proof (tcp.md, 1.1).
+            raise ProtocolError(
+                f"cluster secret rejected by the server at {where}; check that "
+                f"{_auth.ENV_CLUSTER_SECRET} is the same on both sides"
+            ) from None
+        expected = _auth.tag(secret, _auth.TCP_SERVER_LABEL, server_nonce, client_nonce)
+        if not hmac.compare_digest(answer, expected):
+            raise ProtocolError(f"the server at {where} could not prove it has the cluster secret")
 
     def alive(self) -> bool:
         """Whether new calls may use this connection (it notices a closed peer here)."""

@@ -22,6 +22,7 @@ __all__ = [
     "END",
     "ERROR",
     "HEADER",
+    "FLAG_AUTH",
     "MAGIC",
     "PING",
     "PONG",
@@ -33,6 +34,7 @@ __all__ = [
     "FrameDecoder",
     "FrameError",
     "decode_preface",
+    "parse_preface",
     "encode_cancel",
     "encode_data",
     "encode_end",
@@ -51,6 +53,8 @@ __all__ = [
 MAGIC = b"DYN\x00"
 _PREFACE = struct.Struct(">4sHH")  # magic, protocol version, flags
 PREFACE_SIZE = _PREFACE.size
+# Preface flag set by a server that requires the cluster-secret handshake (tcp.md, 1.1).
+FLAG_AUTH = 0x0001
 
 # length (of everything after it: type + stream id + body), type, stream id
 HEADER = struct.Struct(">IBI")
@@ -94,10 +98,15 @@ def encode_preface(version: int, flags: int = 0) -> bytes:
 
 def decode_preface(data: bytes) -> int:
     """The protocol version in an 8-byte preface; ``FrameError`` if it is not one."""
+    return parse_preface(data)[0]
+
+
+def parse_preface(data: bytes) -> tuple[int, int]:
+    """``(version, flags)`` of an 8-byte preface; ``FrameError`` if it is not one."""
     if len(data) != PREFACE_SIZE or data[:4] != MAGIC:
         raise FrameError("not a dyn tcp preface")
-    _, version, _flags = _PREFACE.unpack(data)
-    return int(version)  # flags are reserved: version 1 sends 0 and ignores them
+    _, version, flags = _PREFACE.unpack(data)
+    return int(version), int(flags)
 
 
 # -- encoding -----------------------------------------------------------------------------

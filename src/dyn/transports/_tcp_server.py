@@ -7,6 +7,7 @@ connection cancels its calls, and cancelling the server cancels every connection
 
 from __future__ import annotations
 
+import hmac
 import logging
 import socket
 from dataclasses import dataclass
@@ -16,10 +17,12 @@ from anyio.abc import TaskGroup
 
 from dyn.errors import CallError
 from dyn.runtime.context import Context
+from dyn.transports import _auth
 from dyn.transports._serving import Frame, run_handler
 from dyn.transports._tcp_frames import (
     CANCEL,
     DATA,
+    FLAG_AUTH,
     HEADER,
     MAGIC,
     PING,
@@ -53,6 +56,8 @@ class ServerOptions:
     protocol_version: int
     max_frame_bytes: int
     handshake_timeout_s: float
+    # The cluster secret callers must prove they know; None: anyone may call.
+    secret: bytes | None = None
     # Bytes queued for the socket above which handlers wait: bounds the writer's memory.
     write_high_water: int = 256 * 2**10
 
@@ -88,10 +93,10 @@ async def serve_connection(
         except FrameError:
             log.info("closing connection from %s: not a dyn tcp client", peer)
             return
-        # Answer even on a mismatch, so the client can name both versions.
-        wire.write(encode_preface(options.protocol_version))
-        await wire.drain()
         if version != options.protocol_version:
+            # Answer even on a mismatch, so the client can name both versions.
+            wire.write(encode_preface(options.protocol_version))
+            await wire.drain()
             log.warning(
                 "closing connection from %s: it speaks dyn tcp protocol version %d, "
                 "this server speaks %d",
@@ -100,11 +105,38 @@ async def serve_connection(
                 options.protocol_version,
             )
             return
+        if options.secret is None:
+            wire.write(encode_preface(options.protocol_version))
+            await wire.drain()
+        elif not await _authenticate(wire, peer, options, options.secret):
+            return
         await _Connection(wire, peer, handler, options).run()
     except WireClosed:
         pass
     finally:
         wire.close()
+
+
+async def _authenticate(wire: Wire, peer: str, options: ServerOptions, secret: bytes) -> bool:
+    """The cluster-secret exchange (tcp.md, 1.1); False: the caller was refused."""
+    server_nonce = _auth.new_nonce()
+    wire.write(encode_preface(options.protocol_version, FLAG_AUTH) + server_nonce)
+    await wire.drain()
+    answer = b""
+    with anyio.move_on_after(options.handshake_timeout_s):
+        answer = await wire.read_exact(_auth.NONCE_BYTES + _auth.TAG_BYTES)
+    if not answer:
+        log.warning("closing connection from %s: no cluster-secret proof in time", peer)
+        return False
+    client_nonce, proof = answer[: _auth.NONCE_BYTES], answer[_auth.NONCE_BYTES :]
+    expected = _auth.tag(secret, _auth.TCP_CLIENT_LABEL, server_nonce, client_nonce)
+    if not hmac.compare_digest(proof, expected):
+        # Nothing is sent back: a caller without the secret learns nothing more.
+        log.warning("closing connection from %s: cluster secret rejected", peer)
+        return False
+    wire.write(_auth.tag(secret, _auth.TCP_SERVER_LABEL, server_nonce, client_nonce))
+    await wire.drain()
+    return True
 
 
 class _Connection:

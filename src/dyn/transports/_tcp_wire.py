@@ -98,6 +98,13 @@ class Wire:
                 break  # not a dyn peer (an HTTP client, say): no need to wait for more
         return got
 
+    async def read_exact(self, size: int) -> bytes:
+        """Exactly ``size`` bytes (handshake fields); raises ``WireClosed`` if they stop."""
+        got = b""
+        while len(got) < size:
+            got += await self._recv(size - len(got))
+        return got
+
     async def receive(self) -> list[Frame]:
         """The next frames from the peer. Raises ``WireClosed`` or ``FrameError``."""
         while True:

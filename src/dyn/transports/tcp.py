@@ -15,6 +15,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from dyn.errors import CallError, TransportError
+from dyn.transports._auth import resolve_secret
 from dyn.transports._tcp_client import ClientConnection, TcpCall, fresh_error
 from dyn.transports._tcp_frames import DEFAULT_MAX_FRAME_BYTES, DEFAULT_STREAM_WINDOW_BYTES
 from dyn.transports._tcp_server import MAX_WINDOW, ServerOptions, serve_connection
@@ -43,7 +44,10 @@ def _format_address(host: str, port: int) -> str:
 
 class TcpTransport(Transport):
     """Options: ``max_frame_bytes`` (16 MiB), ``stream_window_bytes`` (256 KiB, the
-    receive window each call grants), ``connect_timeout_s`` (5; also bounds the handshake).
+    receive window each call grants), ``connect_timeout_s`` (5; also bounds the handshake),
+    ``cluster_secret`` (default: the ``DYN_CLUSTER_SECRET`` environment variable; when set,
+    the server refuses callers that cannot prove they have it, and the client refuses
+    servers that do not ask).
     """
 
     name: ClassVar[str] = "tcp"
@@ -55,6 +59,7 @@ class TcpTransport(Transport):
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         stream_window_bytes: int = DEFAULT_STREAM_WINDOW_BYTES,
         connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+        cluster_secret: str | None = None,
         **options: Any,
     ) -> None:
         super().__init__(protocol_version=protocol_version, **options)
@@ -69,6 +74,7 @@ class TcpTransport(Transport):
         self.max_frame_bytes = max_frame_bytes
         self.stream_window_bytes = stream_window_bytes
         self.connect_timeout_s = connect_timeout_s
+        self._secret = resolve_secret(cluster_secret)
         self.connections_opened = 0  # for tests and metrics: how often the pool dialled
         self._pool: dict[str, ClientConnection] = {}
 
@@ -85,6 +91,7 @@ class TcpTransport(Transport):
             protocol_version=self.protocol_version,
             max_frame_bytes=self.max_frame_bytes,
             handshake_timeout_s=self.connect_timeout_s,
+            secret=self._secret,
         )
         try:
             async with anyio.create_task_group() as connections:
@@ -137,7 +144,7 @@ class TcpTransport(Transport):
         conn.on_dead = self._forget
         self._pool[address] = conn
         try:
-            await conn.open(self.protocol_version, self.connect_timeout_s)
+            await conn.open(self.protocol_version, self.connect_timeout_s, self._secret)
         except CallError as exc:
             conn.fail(exc)
             raise

@@ -12,6 +12,7 @@ from grpclib.exceptions import GRPCError, StreamTerminatedError
 from h2.errors import ErrorCodes
 
 from dyn.errors import CallError, ProtocolError, TransportError, call_error_from_wire
+from dyn.transports import _auth
 from dyn.transports.base import CallStream
 from dyn.transports.grpc._wire import CALL_METHOD, CallFrame, CallRequest, message_kind
 
@@ -22,9 +23,14 @@ class GrpcCall(CallStream):
     """One call; the RPC starts on the first ``__anext__``."""
 
     def __init__(
-        self, address: str, request: CallRequest, channel: Callable[[str], Channel]
+        self,
+        address: str,
+        request: CallRequest,
+        channel: Callable[[str], Channel],
+        secret: bytes | None = None,
     ) -> None:
         self._address = address
+        self._secret = secret
         self._request = request
         self._channel = channel
         self._stream: Stream[CallRequest, CallFrame] | None = None
@@ -70,8 +76,14 @@ class GrpcCall(CallStream):
         raise ProtocolError(f"server at {self._address} sent a frame of unknown kind")
 
     async def _open(self) -> Stream[CallRequest, CallFrame]:
+        # A fresh token per call: the server rejects one older than a minute.
+        metadata = (
+            None
+            if self._secret is None
+            else {_auth.GRPC_METADATA_KEY: _auth.grpc_token(self._secret)}
+        )
         stream = self._channel(self._address).request(
-            CALL_METHOD, Cardinality.UNARY_STREAM, CallRequest, CallFrame
+            CALL_METHOD, Cardinality.UNARY_STREAM, CallRequest, CallFrame, metadata=metadata
         )
         await stream.__aenter__()
         self._stream = stream
@@ -98,6 +110,13 @@ class GrpcCall(CallStream):
 def _from_status(address: str, exc: GRPCError) -> TransportError:
     if exc.status is Status.FAILED_PRECONDITION:  # the version check, see dyn.proto
         return ProtocolError(exc.message or f"server at {address} refused the call")
+    if exc.status is Status.UNAUTHENTICATED:  # the cluster secret, see dyn.proto
+        message = exc.message or f"cluster secret rejected by the server at {address}"
+        if "requires" in message:
+            message += f"; set {_auth.ENV_CLUSTER_SECRET} (or the transport option cluster_secret)"
+        else:
+            message += f"; check that {_auth.ENV_CLUSTER_SECRET} is the same on both sides"
+        return ProtocolError(message)
     if exc.status is Status.UNIMPLEMENTED:
         return ProtocolError(f"server at {address} does not serve dyn calls: {exc.message}")
     return TransportError(f"call to {address} failed: {exc.status.name} {exc.message or ''}")

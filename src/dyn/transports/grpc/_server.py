@@ -8,6 +8,7 @@ stopped, as the ``Context`` contract promises.
 
 from __future__ import annotations
 
+import logging
 import socket
 import weakref
 from typing import Any
@@ -22,11 +23,14 @@ from grpclib.server import Server, Stream
 from h2.settings import SettingCodes
 
 from dyn.runtime.context import Context
+from dyn.transports import _auth
 from dyn.transports._serving import Frame, run_handler
 from dyn.transports.base import Handler as DynHandler
 from dyn.transports.grpc._wire import CALL_METHOD, CallFrame, CallRequest, frame_to_message
 
 __all__ = ["EndpointService", "TrackingServer", "bind"]
+
+log = logging.getLogger("dyn.transports.grpc")
 
 # Streams one connection may carry at once. h2's default of 100 would make the 101st
 # concurrent call between two processes queue silently behind the others; dyn sends all
@@ -37,15 +41,24 @@ MAX_CONCURRENT_STREAMS = 10_000
 class EndpointService:
     """The ``dyn.v1.Endpoint`` service: ``Call`` runs ``handler`` and streams its frames."""
 
-    def __init__(self, handler: DynHandler, protocol_version: int, address: str) -> None:
+    def __init__(
+        self,
+        handler: DynHandler,
+        protocol_version: int,
+        address: str,
+        secret: bytes | None = None,
+    ) -> None:
         self.handler = handler
         self.protocol_version = protocol_version
         self.address = address
+        self.secret = secret
 
     def __mapping__(self) -> dict[str, Handler]:
         return {CALL_METHOD: Handler(self._call, Cardinality.UNARY_STREAM, CallRequest, CallFrame)}
 
     async def _call(self, stream: Stream[CallRequest, CallFrame]) -> None:
+        if self.secret is not None:
+            self._authenticate(stream)  # before reading the request: refuse early
         request = await stream.recv_message()
         assert request is not None  # grpclib ends a unary request with its message
         if request.protocol_version != self.protocol_version:
@@ -90,6 +103,21 @@ class EndpointService:
                 ctx.cancel()
                 tasks.cancel_scope.cancel()
                 raise
+
+    def _authenticate(self, stream: Stream[CallRequest, CallFrame]) -> None:
+        assert self.secret is not None
+        token = (
+            stream.metadata.get(_auth.GRPC_METADATA_KEY) if stream.metadata is not None else None
+        )
+        if not isinstance(token, str):
+            raise GRPCError(
+                Status.UNAUTHENTICATED, f"the server at {self.address} requires a cluster secret"
+            )
+        if not _auth.grpc_token_valid(self.secret, token):
+            log.warning("refused a call to %s: cluster secret rejected", self.address)
+            raise GRPCError(
+                Status.UNAUTHENTICATED, f"cluster secret rejected by the server at {self.address}"
+            )
 
 
 class _CallerGone(Exception):

@@ -14,6 +14,7 @@ from anyio.abc import TaskStatus
 from grpclib.client import Channel
 from grpclib.config import Configuration
 
+from dyn.transports._auth import resolve_secret
 from dyn.transports.base import PROTOCOL_VERSION, CallStream, Handler, Transport
 from dyn.transports.grpc._client import GrpcCall
 from dyn.transports.grpc._server import EndpointService, TrackingServer, bind
@@ -34,10 +35,22 @@ _CLIENT_CONFIG = Configuration(http2_stream_window_size=STREAM_WINDOW)
 
 
 class GrpcTransport(Transport):
+    """Options: ``cluster_secret`` (default: the ``DYN_CLUSTER_SECRET`` environment
+    variable; when set, every call carries a token made with it and the server refuses
+    calls without a valid one).
+    """
+
     name: ClassVar[str] = "grpc"
 
-    def __init__(self, *, protocol_version: int = PROTOCOL_VERSION, **options: Any) -> None:
+    def __init__(
+        self,
+        *,
+        protocol_version: int = PROTOCOL_VERSION,
+        cluster_secret: str | None = None,
+        **options: Any,
+    ) -> None:
         super().__init__(protocol_version=protocol_version, **options)
+        self._secret = resolve_secret(cluster_secret)
         self._channels: dict[str, Channel] = {}
 
     async def serve(
@@ -45,7 +58,8 @@ class GrpcTransport(Transport):
     ) -> None:
         sock = await bind(host, port)
         address = format_address(host, sock.getsockname()[1])
-        server = TrackingServer([EndpointService(handler, self.protocol_version, address)])
+        service = EndpointService(handler, self.protocol_version, address, self._secret)
+        server = TrackingServer([service])
         try:
             await server.start(sock=sock)
         except BaseException:
@@ -70,7 +84,7 @@ class GrpcTransport(Transport):
             payload=payload,
             protocol_version=self.protocol_version,
         )
-        return GrpcCall(address, request, self._channel)
+        return GrpcCall(address, request, self._channel, self._secret)
 
     def _channel(self, address: str) -> Channel:
         # grpclib reconnects a Channel whose connection was lost on its next request, so
