@@ -53,6 +53,7 @@ _BUILTINS: dict[str, dict[str, str]] = {
     "dyn.discovery": {
         "memory": "dyn.discovery.memory:MemoryDiscovery",
         "file": "dyn.discovery.file:FileDiscovery",
+        "etcd": "dyn.discovery.etcd:EtcdDiscovery",
     },
 }
 

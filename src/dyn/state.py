@@ -26,6 +26,7 @@ import msgspec
 from dyn.errors import LaunchError
 
 __all__ = [
+    "RUN_ID_ENV",
     "RoleRecord",
     "RunDir",
     "RunRecord",
@@ -40,6 +41,8 @@ __all__ = [
 ]
 
 STATE_DIR_ENV = "DYN_STATE_DIR"
+# Set by `dyn up --detach` for its child: the run directory it made for the child's output.
+RUN_ID_ENV = "DYN_RUN_ID"
 # How many run ids an error message lists before it stops.
 _MAX_LISTED = 10
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.\[\]-]+")
@@ -123,8 +126,15 @@ def new_run_id(graph_name: str, now: float | None = None) -> str:
 
 
 def create_run(graph_name: str, *, now: float | None = None) -> RunDir:
-    """Create a fresh run directory (with ``discovery/`` and ``logs/``), private to the user."""
+    """Create a fresh run directory (with ``discovery/`` and ``logs/``), private to the user.
+
+    Under ``dyn up --detach`` the directory already exists (the detached process logs
+    there from its first line) and is taken over, once.
+    """
     root = _runs_root()
+    reserved = os.environ.pop(RUN_ID_ENV, None)
+    if reserved and (root / reserved).is_dir() and not (root / reserved / "run.json").exists():
+        return RunDir(path=root / reserved, run_id=reserved)
     try:
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:

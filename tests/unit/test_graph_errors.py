@@ -274,7 +274,7 @@ def test_unknown_discovery_backend(setting: str, line: int) -> None:
     field = "discovery" if line == 2 else "discovery.backend"
     assert found == (
         f"g.yaml:{line}: {field}: unknown discovery backend 'memry' (did you mean 'memory'?); "
-        "available: file, memory (or an import path 'package.module:Name')"
+        "available: etcd, file, memory (or an import path 'package.module:Name')"
     )
 
 

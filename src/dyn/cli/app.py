@@ -6,7 +6,7 @@ from __future__ import annotations
 import typer
 
 from dyn import __version__
-from dyn.cli import bench, graph_cmd, role, route, up
+from dyn.cli import bench, down, graph_cmd, logs, role, route, status, up
 
 __all__ = ["app", "main"]
 
@@ -22,6 +22,9 @@ app.add_typer(graph_cmd.app, name="graph")
 app.add_typer(bench.app, name="bench")
 app.command("up")(up.up)
 app.command("route")(route.route)
+app.command("status")(status.status)
+app.command("logs")(logs.logs)
+app.command("down")(down.down)
 app.command("_role", hidden=True)(role.role)
 
 

@@ -58,7 +58,7 @@ def up(
     ] = None,
     discovery: Annotated[
         str | None,
-        typer.Option(help="memory or file (overrides the graph). Default: file when local."),
+        typer.Option(help="memory, file or etcd (overrides the graph). Default: file when local."),
     ] = None,
     log_level: Annotated[
         LogLevel, typer.Option(case_sensitive=False, help="How much the roles log.")
@@ -75,6 +75,15 @@ def up(
             help="Clients must send 'Authorization: Bearer KEY' (all but /health, /metrics).",
         ),
     ] = None,
+    detach: Annotated[
+        bool,
+        typer.Option(
+            "--detach",
+            "-d",
+            help="Run in the background: print the frontend's URL once it serves, then exit. "
+            "See `dyn status`, `dyn logs`, `dyn down`.",
+        ),
+    ] = False,
 ) -> None:
     """Start every role of a graph, show them coming up, and serve until Ctrl-C."""
     import anyio
@@ -82,6 +91,23 @@ def up(
 
     from dyn.observability.logs import setup_logging
 
+    if detach:
+        from dyn.cli.detach import detach_up
+
+        argv = [str(graph_file.resolve())]
+        for item in set_ or ():
+            argv += ["--set", item]
+        for name, value in (("--port", port), ("--transport", transport)):
+            if value is not None:
+                argv += [name, str(value)]
+        for name, value in (("--launcher", launcher), ("--discovery", discovery)):
+            if value is not None:
+                argv += [name, value]
+        argv += ["--log-level", log_level.value] + (["--json-logs"] if json_logs else [])
+        # The graph is loaded here too, so a bad one fails before anything starts.
+        graph = resolve_graph(graph_file, list(set_ or ()), port, transport, discovery)
+        typer.echo(detach_up(graph.name, argv, api_key))
+        return
     setup_logging(log_level.value, json_logs=json_logs)
     if api_key:
         import os

@@ -45,6 +45,7 @@ class Frontend(Component[FrontendConfig]):
 
     async def start(self) -> None:
         self.metrics = FrontendMetrics(self.runtime.registry)
+        self.started_at = time.time()
         self.url = ""
         self._server: uvicorn.Server | None = None
         self._socket = self._bind()
@@ -148,6 +149,9 @@ class Frontend(Component[FrontendConfig]):
                 request_timeout_s=self.config.request_timeout_s,
             )
             routes += admin_routes(self.processor)
+        from dyn.roles.frontend_admin import status_route
+
+        routes.append(status_route(self))
         from starlette.middleware import Middleware
 
         from dyn.roles.frontend_admin import AuthMiddleware, is_loopback

@@ -4,7 +4,9 @@
 /admin/route`` switches the strategy (``{"strategy": NAME, "options": {...}}``); ``POST
 /admin/route/explain`` scores every worker for ``{"text": PROMPT}`` without sending it;
 ``POST /admin/kv/clear`` empties every worker's prefix cache (``dyn bench --compare``
-calls it between arms).
+calls it between arms). ``GET /admin/status`` lists every role instance of the namespace
+(from discovery) with what is cheap to know of its health; it is mounted on every
+frontend, with or without a processor.
 They call the processor's ``route_info``, ``set_strategy``, ``explain`` and ``clear_kv``
 endpoints.
 
@@ -19,10 +21,14 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import json
+import os
+import time
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import msgspec
 
+from dyn.discovery.base import Instance
 from dyn.errors import CallError, DynError, NoInstancesError
 from dyn.roles.http_errors import error_body, status_for
 from dyn.runtime.client import Client
@@ -33,9 +39,13 @@ if TYPE_CHECKING:
     from starlette.routing import Route
     from starlette.types import ASGIApp, Receive, Scope, Send
 
-__all__ = ["AuthMiddleware", "admin_routes", "is_loopback"]
+    from dyn.roles.frontend import Frontend
+
+__all__ = ["AuthMiddleware", "admin_routes", "collect_status", "is_loopback", "status_route"]
 
 _OPEN_PATHS = frozenset({"/health", "/metrics"})
+# A status page must answer even when the processor is wedged.
+STATUS_CALL_TIMEOUT_S = 2.0
 
 
 def admin_routes(processor: Client) -> list[Route]:
@@ -81,6 +91,96 @@ def admin_routes(processor: Client) -> list[Route]:
         Route("/admin/route/explain", explain, methods=["POST"]),
         Route("/admin/kv/clear", clear_kv, methods=["POST"]),
     ]
+
+
+def status_route(frontend: Frontend) -> Route:
+    from starlette.routing import Route
+
+    async def status(request: Request) -> Response:
+        from starlette.responses import JSONResponse
+
+        try:
+            return JSONResponse(await collect_status(frontend))
+        except DynError as exc:
+            return JSONResponse(error_body(503, str(exc), code="unavailable"), 503)
+
+    return Route("/admin/status", status, methods=["GET"])
+
+
+async def collect_status(frontend: Frontend) -> dict[str, Any]:
+    """One row per role instance: the frontend itself, then what discovery lists."""
+    info = frontend.info
+    now = time.time()
+    admission = frontend.admission
+    rows: list[dict[str, Any]] = [
+        {
+            "component": info.component,
+            "replica": info.replica,
+            "instance_id": info.instance_id,
+            "node": info.node,
+            "host": frontend.runtime.host,
+            "pid": os.getpid(),
+            "address": frontend.url,
+            "state": "draining" if admission.draining else "healthy",
+            "uptime_s": now - frontend.started_at,
+            "in_flight": admission.active,
+            "kv_usage": None,
+        }
+    ]
+    instances = await frontend.runtime.discovery.snapshot(f"{info.namespace}/")
+    # A component registers one key per endpoint; a role instance is one row.
+    seen: dict[tuple[str, str], Instance] = {}
+    for instance in instances:
+        seen.setdefault((instance.component, instance.instance_id), instance)
+    workers = await _worker_stats(frontend.processor)
+    for instance in sorted(seen.values(), key=lambda i: (i.component, i.replica, i.instance_id)):
+        stats = workers.get(instance.instance_id, {})
+        started = instance.metadata.get("started_at")
+        rows.append(
+            {
+                "component": instance.component,
+                "replica": instance.replica,
+                "instance_id": instance.instance_id,
+                "node": instance.node,
+                "host": instance.host,
+                "pid": instance.pid,
+                "address": instance.address,
+                # Only a role that is up registers, and draining withdraws it first.
+                "state": "healthy",
+                "uptime_s": now - started if isinstance(started, (int, float)) else None,
+                "in_flight": stats.get("in_flight", stats.get("running")),
+                "kv_usage": _kv_usage(stats),
+            }
+        )
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["component"]] = counts.get(row["component"], 0) + 1
+    for row in rows:
+        several = counts[row["component"]] > 1 or row["replica"] > 0
+        row["role"] = f"{row['component']}[{row['replica']}]" if several else row["component"]
+    return {"namespace": info.namespace, "time": now, "instances": rows}
+
+
+async def _worker_stats(processor: Client | None) -> dict[str, dict[str, Any]]:
+    """What the processor's router knows of each worker; nothing if there is none."""
+    if processor is None:
+        return {}
+    try:
+        with anyio.move_on_after(STATUS_CALL_TIMEOUT_S):
+            async with processor.stream("route_info", {}) as items:
+                async for item in items:
+                    workers: dict[str, dict[str, Any]] = item.get("workers") or {}
+                    return workers
+    except DynError:
+        pass  # the status still lists every role; only the load columns stay empty
+    return {}
+
+
+def _kv_usage(stats: dict[str, Any]) -> float | None:
+    active, total = stats.get("active_blocks"), stats.get("total_blocks")
+    if isinstance(active, (int, float)) and isinstance(total, (int, float)) and total > 0:
+        return float(active) / float(total)
+    return None
 
 
 def is_loopback(host: str) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from types import TracebackType
 from typing import Any, Self
@@ -127,6 +128,8 @@ class Runtime:
     ) -> list[Instance]:
         """Route calls to ``component``'s endpoints and register them in discovery."""
         info = component.info
+        # `dyn status` shows uptimes from this; one clock reading for all endpoints.
+        metadata = {"started_at": time.time(), **(metadata or {})}
         instances = []
         for name, method_name in type(component).endpoints().items():
             instance = Instance(
@@ -140,7 +143,7 @@ class Runtime:
                 host=self.host,
                 pid=os.getpid(),
                 replica=info.replica,
-                metadata=dict(metadata or {}),
+                metadata=dict(metadata),
             )
             self._routes[instance.key] = getattr(component, method_name)
             self._withdrawn.discard(instance.key)

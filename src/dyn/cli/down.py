@@ -1,0 +1,108 @@
+"""``dyn down``: stop a run started with ``dyn up`` (``--detach`` or in another terminal).
+
+``dyn up`` is asked to stop first (SIGTERM), so it drains and stops its roles in order.
+Whatever is still alive after the grace period, or a run whose ``dyn up`` was killed,
+has its role process groups killed, and its discovery files removed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from dyn.cli._common import expected_errors
+
+if TYPE_CHECKING:
+    from dyn.state import RunDir, RunRecord
+
+__all__ = ["down", "stop_run"]
+
+# dyn up's own drain deadline is 30 s per role; past this it is stuck.
+DEFAULT_GRACE_S = 40.0
+_POLL_S = 0.1
+
+
+@expected_errors
+def down(
+    run: Annotated[
+        str | None, typer.Argument(help="A run id (or its prefix). Default: the latest run.")
+    ] = None,
+    timeout: Annotated[
+        float, typer.Option(min=0, help="Seconds to wait for a clean stop before SIGKILL.")
+    ] = DEFAULT_GRACE_S,
+) -> None:
+    """Stop a run: its `dyn up`, then any role process left behind."""
+    from dyn import state
+    from dyn.cli.logs import run_or_latest
+
+    run_dir = run_or_latest(run)
+    for line in stop_run(run_dir, state.read_record(run_dir), timeout):
+        typer.echo(line)
+
+
+def stop_run(run_dir: RunDir, record: RunRecord, grace_s: float) -> list[str]:
+    """Stop everything the run started; return one line per thing stopped."""
+    done: list[str] = []
+    if _is_dyn(record.pid):
+        os.kill(record.pid, signal.SIGTERM)
+        how = "stopped" if _wait_gone([record.pid], grace_s) else "killed"
+        if how == "killed":
+            _kill(record.pid, signal.SIGKILL, group=False)
+        done.append(f"{how} dyn up (pid {record.pid}) of run {record.run_id}")
+    # Roles are their own process groups (sessions): the group takes their children too.
+    left = [r for r in record.roles if _is_dyn(r.pid)]
+    for role in left:
+        _kill(role.pid, signal.SIGTERM, group=True)
+    if left and not _wait_gone([r.pid for r in left], grace_s):
+        for role in left:
+            _kill(role.pid, signal.SIGKILL, group=True)
+        _wait_gone([r.pid for r in left], 5.0)
+    done += [f"stopped {r.role} (pid {r.pid})" for r in left]
+    # A killed role's file discovery entries would linger until their TTL.
+    removed = 0
+    for entry in run_dir.discovery_dir.glob("*.json"):
+        entry.unlink(missing_ok=True)
+        removed += 1
+    if removed:
+        done.append(f"removed {removed} discovery entr{'y' if removed == 1 else 'ies'}")
+    if not done:
+        done.append(f"run {record.run_id} was not running")
+    return done
+
+
+def _is_dyn(pid: int) -> bool:
+    """Whether ``pid`` is alive and runs dyn (pids get reused once a run has ended)."""
+    if pid <= 0 or pid == os.getpid():
+        return False
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            if f.read().rsplit(b") ", 1)[1][:1] == b"Z":
+                return False  # a zombie: dead, not yet reaped
+    except OSError:
+        return False
+    return any(arg == b"dyn" or arg.endswith(b"/dyn") for arg in argv)
+
+
+def _wait_gone(pids: list[int], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while any(_is_dyn(pid) for pid in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(_POLL_S)
+    return True
+
+
+def _kill(pid: int, sig: signal.Signals, *, group: bool) -> None:
+    try:
+        if group:
+            os.killpg(pid, sig)
+        else:
+            os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass

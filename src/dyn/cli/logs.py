@@ -1,0 +1,87 @@
+"""``dyn logs``: print (and follow) the log files of a run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, BinaryIO
+
+import typer
+
+from dyn.cli._common import expected_errors
+
+if TYPE_CHECKING:
+    from dyn.state import RunDir
+
+__all__ = ["logs", "run_or_latest"]
+
+# How often -f looks for new lines.
+FOLLOW_POLL_S = 0.2
+
+
+@expected_errors
+def logs(
+    role: Annotated[
+        str | None, typer.Argument(help="One role, e.g. backend or worker[1]. Default: all.")
+    ] = None,
+    run: Annotated[
+        str | None, typer.Option(help="A run id (or its prefix). Default: the latest run.")
+    ] = None,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new lines until Ctrl-C.")
+    ] = False,
+) -> None:
+    """Show the log lines a run's roles wrote, prefixed with the role when there are several."""
+    import time
+
+    from dyn.errors import LaunchError
+
+    run_dir = run_or_latest(run)
+    files = sorted(run_dir.logs_dir.glob("*.log"))
+    if role is not None:
+        wanted = run_dir.log_path(role)
+        if wanted not in files:
+            names = ", ".join(f.stem for f in files) or "none yet"
+            raise LaunchError(f"run {run_dir.run_id} has no log for {role!r}; roles: {names}")
+        files = [wanted]
+    width = max((len(f.stem) for f in files), default=0)
+    opened: dict[Path, BinaryIO] = {}
+    try:
+        for path in files:
+            opened[path] = path.open("rb")
+            _drain(opened[path], path.stem, width, prefix=role is None)
+        while follow:
+            time.sleep(FOLLOW_POLL_S)
+            # Roles that start later get their file later.
+            for path in sorted(run_dir.logs_dir.glob("*.log")) if role is None else files:
+                if path not in opened and path.exists():
+                    opened[path] = path.open("rb")
+                    width = max(width, len(path.stem))
+                if path in opened:
+                    _drain(opened[path], path.stem, width, prefix=role is None)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for f in opened.values():
+            f.close()
+
+
+def _drain(f: BinaryIO, name: str, width: int, *, prefix: bool) -> None:
+    while raw := f.readline():
+        if not raw.endswith(b"\n"):
+            # Half a line: the writer is mid-way. Read it again next time.
+            f.seek(-len(raw), 1)
+            return
+        line = raw[:-1].decode(errors="replace")
+        typer.echo(f"{name:<{width}} | {line}" if prefix else line)
+
+
+def run_or_latest(run: str | None) -> RunDir:
+    from dyn import state
+    from dyn.errors import LaunchError
+
+    if run is not None:
+        return state.find_run(run)
+    latest = state.latest_run()
+    if latest is None:
+        raise LaunchError(f"no runs in {state.state_dir()}; start one with `dyn up`")
+    return latest

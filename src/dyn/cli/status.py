@@ -1,0 +1,182 @@
+"""``dyn status``: every role instance of a running graph, its state and its load."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from dyn.cli._common import expected_errors
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from dyn.state import RunRecord
+
+__all__ = ["fetch_status", "status"]
+
+COLUMNS = (
+    "role",
+    "replica",
+    "node",
+    "host",
+    "pid",
+    "address",
+    "state",
+    "uptime",
+    "in-flight",
+    "kv usage",
+)
+
+
+@expected_errors
+def status(
+    url: Annotated[
+        str | None,
+        typer.Option(help="The frontend's base URL. Default: the latest `dyn up` on this machine."),
+    ] = None,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print JSON instead of a table.")
+    ] = False,
+    watch: Annotated[
+        bool, typer.Option("--watch", "-w", help="Refresh the table live until Ctrl-C.")
+    ] = False,
+    interval: Annotated[
+        float, typer.Option(min=0.1, help="Seconds between refreshes with --watch.")
+    ] = 1.0,
+) -> None:
+    """One row per role instance: where it runs, whether it is healthy, and its load."""
+    import json
+    import time
+
+    from rich.console import Console
+    from rich.live import Live
+
+    record = None if url else _latest_record()
+    base = _url(url, record)
+    if json_out:
+        typer.echo(json.dumps(fetch_status(base, record), indent=2))
+        return
+    console = Console()
+    if not watch:
+        console.print(render(fetch_status(base, record)))
+        return
+    try:
+        with Live(render(fetch_status(base, record)), console=console) as live:
+            while True:
+                time.sleep(interval)
+                live.update(render(fetch_status(base, record)))
+    except KeyboardInterrupt:
+        pass
+
+
+def _latest_record() -> RunRecord | None:
+    from dyn import state
+
+    run = state.latest_run()
+    return state.read_record(run) if run is not None else None
+
+
+def _url(url: str | None, record: RunRecord | None) -> str:
+    from dyn.cli.route import frontend_url
+
+    if url is None and record is not None and record.frontend_url:
+        return record.frontend_url
+    return frontend_url(url)
+
+
+def fetch_status(base: str, record: RunRecord | None = None) -> dict[str, Any]:
+    """The frontend's ``/admin/status``, plus roles the run started that have not
+    registered (still starting, or dead)."""
+    import httpx
+
+    from dyn.errors import LaunchError
+
+    headers = {}
+    token = (record.admin_token if record else None) or os.environ.get("DYN_ADMIN_TOKEN")
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    try:
+        response = httpx.get(f"{base}/admin/status", headers=headers, timeout=10)
+    except httpx.TransportError as exc:
+        raise LaunchError(f"cannot reach {base}: {exc}; is the graph running?") from exc
+    if response.status_code >= 400:
+        raise LaunchError(f"{base}/admin/status answered {response.status_code}: {response.text}")
+    data: dict[str, Any] = response.json()
+    if record is not None:
+        _add_unregistered(data, record)
+    return data
+
+
+def _add_unregistered(data: dict[str, Any], record: RunRecord) -> None:
+    listed = {(row["component"], row["replica"]) for row in data["instances"]}
+    for role in record.roles:
+        if (role.component, role.replica) in listed:
+            continue
+        data["instances"].append(
+            {
+                "role": role.role,
+                "component": role.component,
+                "replica": role.replica,
+                "instance_id": None,
+                "node": role.node,
+                "host": role.host,
+                "pid": role.pid,
+                "address": role.address,
+                # Up but not (or no longer) in discovery: starting, or stuck.
+                "state": "starting" if _alive(role.pid) else "unhealthy",
+                "uptime_s": None,
+                "in_flight": None,
+                "kv_usage": None,
+            }
+        )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+_STYLE = {"healthy": "green", "starting": "yellow", "draining": "yellow", "unhealthy": "red"}
+
+
+def render(data: dict[str, Any]) -> Table:
+    from rich.table import Table
+
+    table = Table(title=f"namespace {data.get('namespace', '?')}")
+    for column in COLUMNS:
+        right = column in {"replica", "pid", "uptime", "in-flight", "kv usage"}
+        table.add_column(column, justify="right" if right else "left")
+    for row in data["instances"]:
+        state = row["state"]
+        usage = row.get("kv_usage")
+        table.add_row(
+            row["role"],
+            str(row["replica"]),
+            row["node"],
+            row["host"],
+            str(row["pid"] or ""),
+            row["address"] or "",
+            f"[{_STYLE.get(state, 'white')}]{state}[/]",
+            _duration(row.get("uptime_s")),
+            "" if row.get("in_flight") is None else str(row["in_flight"]),
+            f"{usage:.0%}" if isinstance(usage, (int, float)) else "",
+        )
+    return table
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"

@@ -1,0 +1,83 @@
+"""`dyn up --detach`, then `dyn status`, `dyn logs` and `dyn down` as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+HELLO = ROOT / "graphs" / "hello_world.yaml"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(") ", 1)[1][0] != "Z"  # a zombie counts as gone
+    except OSError:
+        return False
+
+
+def dyn(state: Path, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dyn", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "DYN_STATE_DIR": str(state), "COLUMNS": "200"},
+        cwd=ROOT,
+    )
+
+
+def test_detach_status_logs_down(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    port = free_port()
+    up = dyn(state, "up", str(HELLO), "--transport", "tcp", "--port", str(port), "--detach")
+    pids: list[int] = []
+    try:
+        assert up.returncode == 0, up.stderr
+        assert up.stdout.strip() == f"http://127.0.0.1:{port}"
+        (run,) = (state / "runs").iterdir()
+        pids.append(json.loads((run / "run.json").read_text())["pid"])
+
+        status = dyn(state, "status", "--json")
+        assert status.returncode == 0, status.stderr
+        rows = {row["role"]: row for row in json.loads(status.stdout)["instances"]}
+        assert set(rows) == {"frontend", "middle", "backend"}
+        assert all(row["state"] == "healthy" and row["pid"] > 0 for row in rows.values())
+        pids += [row["pid"] for row in rows.values()]
+        assert all(alive(pid) for pid in pids)
+        table = dyn(state, "status")
+        assert table.returncode == 0 and "middle" in table.stdout
+
+        logs = dyn(state, "logs", "frontend")
+        assert logs.returncode == 0, logs.stderr
+        assert f"listening on http://127.0.0.1:{port}" in logs.stdout
+
+        down = dyn(state, "down")
+        assert down.returncode == 0, down.stderr
+        assert "stopped dyn up" in down.stdout
+        assert not any(alive(pid) for pid in pids)
+        assert not port_in_use(port)
+    finally:
+        for pid in pids:
+            if alive(pid):
+                os.kill(pid, 9)

@@ -1,0 +1,271 @@
+"""The `etcd` discovery backend against a real etcd on loopback."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import aclosing
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+
+from dyn import plugins
+from dyn.discovery.base import Instance
+from dyn.discovery.etcd import EtcdDiscovery
+from dyn.errors import DiscoveryError
+
+pytestmark = pytest.mark.anyio
+
+ROOT = Path(__file__).resolve().parents[2]
+ETCD = shutil.which("etcd")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if ETCD is None:
+        pytest.skip("the etcd binary is not installed (apt-get install etcd-server)")
+    data = tmp_path_factory.mktemp("etcd")
+    client, peer = free_port(), free_port()
+    url, peer_url = f"http://127.0.0.1:{client}", f"http://127.0.0.1:{peer}"
+    log = (data / "etcd.log").open("wb")
+    proc = subprocess.Popen(
+        [
+            ETCD,
+            "--data-dir",
+            str(data / "data"),
+            "--listen-client-urls",
+            url,
+            "--advertise-client-urls",
+            url,
+            "--listen-peer-urls",
+            peer_url,
+            "--initial-advertise-peer-urls",
+            peer_url,
+            "--initial-cluster",
+            f"default={peer_url}",
+        ],  # fmt: skip
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=1).json().get("health") == "true":
+                    break
+            except (httpx.HTTPError, ValueError):
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError((data / "etcd.log").read_text()[-2000:])
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()
+
+
+def inst(instance_id: str = "a1", component: str = "backend") -> Instance:
+    return Instance(
+        namespace="ns",
+        component=component,
+        endpoint="generate",
+        instance_id=instance_id,
+        address="tcp://127.0.0.1:9000",
+        transport="tcp",
+    )
+
+
+def ids(instances: list[Instance]) -> list[str]:
+    return [i.instance_id for i in instances]
+
+
+def unique_prefix(request: pytest.FixtureRequest) -> str:
+    # Tests share one etcd: each gets its own key space.
+    return f"/test/{request.node.name}/"
+
+
+async def wait_for(disc: EtcdDiscovery, prefix: str, want: list[str], within: float) -> float:
+    began = time.monotonic()
+    with anyio.fail_after(within):
+        while ids(await disc.snapshot(prefix)) != want:  # noqa: ASYNC110 (polls another process)
+            await anyio.sleep(0.05)
+    return time.monotonic() - began
+
+
+def test_entry_point() -> None:
+    assert plugins.load("dyn.discovery", "etcd") is EtcdDiscovery
+
+
+def test_unknown_option_is_named() -> None:
+    with pytest.raises(DiscoveryError, match="unknown etcd discovery option.*'endpoint'"):
+        EtcdDiscovery(endpoint="x")
+
+
+async def test_unreachable_etcd_names_the_endpoint() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(DiscoveryError, match=f"cannot reach etcd at {url}"):
+        async with EtcdDiscovery(endpoints=url):
+            pass
+
+
+async def test_register_snapshot_watch_across_objects(
+    etcd: str, request: pytest.FixtureRequest
+) -> None:
+    prefix = unique_prefix(request)
+    async with (
+        EtcdDiscovery(endpoints=etcd, prefix=prefix, ttl_s=5) as a,
+        EtcdDiscovery(endpoints=[etcd], prefix=prefix, ttl_s=5) as b,
+    ):
+        seen: list[list[str]] = [["none yet"]]
+
+        async def until_seen(want: list[str]) -> None:
+            while seen[-1] != want:  # noqa: ASYNC110 (the watch task appends)
+                await anyio.sleep(0.02)
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tasks:
+
+                async def watch() -> None:
+                    async with aclosing(b.watch("ns/backend/")) as snaps:
+                        async for snap in snaps:
+                            seen.append(ids(snap))
+
+                tasks.start_soon(watch)
+                await until_seen([])
+                await a.register(inst("a1"))
+                await until_seen(["a1"])
+                await a.register(inst("a2"))
+                await a.register(inst("other", component="middle"))
+                await until_seen(["a1", "a2"])
+                assert ids(await b.snapshot("ns/")) == ["a1", "a2", "other"]
+                assert await b.snapshot("ns/backend/") == [inst("a1"), inst("a2")]
+                await a.deregister(inst("a1"))
+                await a.deregister(inst("never-registered"))
+                await until_seen(["a2"])
+                tasks.cancel_scope.cancel()
+    # Leaving revoked the lease: nothing is left.
+    async with EtcdDiscovery(endpoints=etcd, prefix=prefix) as c:
+        assert await c.snapshot("") == []
+
+
+async def test_dropped_registrar_vanishes_within_ttl(
+    etcd: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prefix = unique_prefix(request)
+    ttl = 2.0
+    async with EtcdDiscovery(endpoints=etcd, prefix=prefix, ttl_s=ttl) as reader:
+        crashing = EtcdDiscovery(endpoints=etcd, prefix=prefix, ttl_s=ttl)
+        # A crash: the keep-alive stops and nobody revokes the lease.
+        monkeypatch.setattr(crashing, "_revoke", _no_revoke)
+        async with crashing:
+            await crashing.register(inst("gone"))
+            await anyio.sleep(ttl)  # outlives one TTL: the keep-alive works
+            assert ids(await reader.snapshot("ns/")) == ["gone"]
+        took = await wait_for(reader, "ns/", [], within=ttl + 1)
+        assert took <= ttl + 1
+
+
+async def _no_revoke() -> None:
+    return None
+
+
+async def test_revoked_lease_registers_again(etcd: str, request: pytest.FixtureRequest) -> None:
+    prefix = unique_prefix(request)
+    async with EtcdDiscovery(endpoints=etcd, prefix=prefix, ttl_s=1.5) as a:
+        await a.register(inst("a1"))
+        old = a._lease
+        async with httpx.AsyncClient() as http:
+            await http.post(f"{etcd}/v3/lease/revoke", json={"ID": old})
+        assert await a.snapshot("ns/") == []
+        await wait_for(a, "ns/", ["a1"], within=3)
+        assert a._lease != old
+
+
+async def test_watch_resumes_after_compaction(etcd: str, request: pytest.FixtureRequest) -> None:
+    prefix = unique_prefix(request)
+    async with EtcdDiscovery(endpoints=etcd, prefix=prefix, ttl_s=5) as a:
+        await a.register(inst("a1"))
+        watcher: AsyncIterator[list[Instance]] = a.watch("ns/")
+        assert ids(await anext(watcher)) == ["a1"]
+        # Writes and a compaction past the watcher's revision while it is not reading.
+        await a.register(inst("a2"))
+        async with httpx.AsyncClient() as http:
+            rev = (await http.post(f"{etcd}/v3/kv/range", json={"key": "AA=="})).json()
+            revision = rev["header"]["revision"]
+            await http.post(f"{etcd}/v3/kv/compaction", json={"revision": revision})
+        with anyio.fail_after(5):
+            while ids(await anext(watcher)) != ["a1", "a2"]:
+                pass
+        await watcher.aclose()  # type: ignore[attr-defined]  # an async generator
+
+
+def test_hello_world_over_etcd(etcd: str, tmp_path: Path) -> None:
+    port = free_port()
+    graph = tmp_path / "hello_etcd.yaml"
+    text = (ROOT / "graphs" / "hello_world.yaml").read_text()
+    text = text.replace(
+        "discovery: memory ",
+        f"discovery: {{backend: etcd, ttl_s: 2, options: {{endpoints: '{etcd}'}}}} ",
+    )
+    assert "backend: etcd" in text
+    graph.write_text(text)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dyn", "up", str(graph), "--transport", "tcp", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "DYN_STATE_DIR": str(tmp_path / "state"), "PYTHONUNBUFFERED": "1"},
+        cwd=ROOT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 40
+        while True:
+            assert proc.poll() is None, proc.communicate()[1]
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "dyn up did not become healthy"
+            time.sleep(0.1)
+        keys = _keys(etcd, "/dyn/hello/")
+        assert {k.split("/")[3] for k in keys} == {"middle", "backend"}, keys
+        with httpx.stream("POST", f"{url}/generate", content=b'{"text":"test"}') as resp:
+            assert list(resp.iter_lines()) == ["Frontend: Middle: Backend: test-mid-back"]
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        assert _keys(etcd, "/dyn/") == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _keys(etcd: str, prefix: str) -> list[str]:
+    import base64
+
+    end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+    body = {
+        "key": base64.b64encode(prefix.encode()).decode(),
+        "range_end": base64.b64encode(end.encode()).decode(),
+        "keys_only": True,
+    }
+    kvs = httpx.post(f"{etcd}/v3/kv/range", json=body, timeout=5).json().get("kvs", [])
+    return [base64.b64decode(kv["key"]).decode() for kv in kvs]
