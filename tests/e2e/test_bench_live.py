@@ -7,17 +7,13 @@ own overhead; the tests check that the result file's counts add up, not any time
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from _dyn_graph import dyn_up, free_port
 from typer.testing import CliRunner
 
 from dyn.cli.app import app
@@ -42,52 +38,12 @@ DYN_KEYS = ["prefix_hit_rate", "worker_request_share", "errors_by_status", "serv
 ARRAYS = ["ttfts", "itls", "e2els", "input_lens", "output_lens", "cached_tokens", "errors"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     log_path = tmp_path_factory.mktemp("bench_live") / "up.log"
-    log = log_path.open("w")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "dyn",
-            "up",
-            str(GRAPH),
-            "--port",
-            str(port),
-            "--set",
-            "worker.timing={fixed: {prefill_ms: 0, decode_ms: 0}}",
-        ],  # fmt: skip
-        stdout=subprocess.DEVNULL,
-        stderr=log,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, log_path.read_text()
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "kv_routing did not come up"
-            time.sleep(0.1)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
-        print(log_path.read_text()[-4000:])
+    with dyn_up(GRAPH, port, log_path, "worker.timing={fixed: {prefill_ms: 0, decode_ms: 0}}"):
+        yield f"http://127.0.0.1:{port}"
 
 
 def bench(base_url: str, out: Path, *extra: str) -> Any:

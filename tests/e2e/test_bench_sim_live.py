@@ -16,10 +16,6 @@ mapping at all.
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -28,6 +24,7 @@ from pathlib import Path
 import anyio
 import httpx
 import pytest
+from _dyn_graph import dyn_up, free_port
 
 from dyn.bench.load import Server, Target
 from dyn.bench.scrape import by_label, delta
@@ -48,58 +45,17 @@ OUTPUT_LEN = 8
 ZERO = "fixed:0,0"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     log_path = tmp_path_factory.mktemp("bench_sim_live") / "up.log"
-    log = log_path.open("w")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "dyn",
-            "up",
-            str(GRAPH),
-            "--port",
-            str(port),
-            "--set",
-            "worker.timing={fixed: {prefill_ms: 0, decode_ms: 0}}",
-            "--set",
-            "processor.strategy=kv",
-            "--set",
-            f"processor.seed={SEED}",
-        ],  # fmt: skip
-        stdout=subprocess.DEVNULL,
-        stderr=log,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    sets = (
+        "worker.timing={fixed: {prefill_ms: 0, decode_ms: 0}}",
+        "processor.strategy=kv",
+        f"processor.seed={SEED}",
     )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, log_path.read_text()
-            try:
-                route = httpx.get(f"{url}/admin/route", timeout=1)
-                # Every worker is known and its KV event stream followed.
-                if route.status_code == 200 and len(route.json()["workers"]) == 4:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "kv_routing did not come up"
-            time.sleep(0.1)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
-        print(log_path.read_text()[-4000:])
+    with dyn_up(GRAPH, port, log_path, *sets):
+        yield f"http://127.0.0.1:{port}"
 
 
 def live_decisions(base_url: str, words: Words) -> tuple[list[str], list[int]]:

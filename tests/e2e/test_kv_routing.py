@@ -7,18 +7,14 @@ twenty times faster than real time) and every test talks to it over loopback.
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from _dyn_graph import dyn_up, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -32,54 +28,13 @@ WORDS = (
 ).split()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     log_path = tmp_path_factory.mktemp("kv_routing") / "up.log"
-    log = log_path.open("w")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "dyn",
-            "up",
-            str(GRAPH),
-            "--port",
-            str(port),
-            "--set",
-            "worker.speedup_ratio=20",
-        ],  # fmt: skip
-        stdout=subprocess.DEVNULL,
-        stderr=log,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, log_path.read_text()
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "kv_routing did not come up"
-            time.sleep(0.1)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
-        # Kept for a failing test's report: what the graph logged.
-        print(log_path.read_text()[-4000:])
+    # speedup 20: the polynomial timing model, twenty times faster than real time
+    with dyn_up(GRAPH, port, log_path, "worker.speedup_ratio=20"):
+        yield f"http://127.0.0.1:{port}"
 
 
 def prompt(rng: random.Random, words: int) -> str:

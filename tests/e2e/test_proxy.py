@@ -10,11 +10,7 @@ mid-stream and then restarted.
 from __future__ import annotations
 
 import json
-import os
 import re
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -25,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from _dyn_graph import dyn_up, free_port
 from typer.testing import CliRunner
 
 from dyn.cli.app import app
@@ -37,47 +34,6 @@ PROXY_GRAPH = ROOT / "graphs" / "proxy.yaml"
 MODEL = "dyn-proxy"
 UPSTREAM_CONTEXT = 1024
 WORDS = "time year people way day man thing woman life child world school state".split()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextmanager
-def dyn_up(graph: Path, port: int, log_path: Path, *sets: str) -> Iterator[subprocess.Popen[str]]:
-    args = [sys.executable, "-m", "dyn", "up", str(graph), "--port", str(port)]
-    for item in sets:
-        args += ["--set", item]
-    log = log_path.open("a")
-    proc = subprocess.Popen(
-        args,
-        stdout=subprocess.DEVNULL,
-        stderr=log,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, log_path.read_text()
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, f"{graph.name} did not come up"
-            time.sleep(0.1)
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(timeout=30)
-        log.close()
-        print(f"--- {log_path.name}\n{log_path.read_text()[-3000:]}")
 
 
 def upstream_graph(tmp: Path, decode_ms: int) -> Path:
