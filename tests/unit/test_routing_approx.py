@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from _instances import fake_instances
 
 from dyn.discovery.base import Instance
 from dyn.errors import RoutingError
@@ -20,18 +21,7 @@ class FakeClock:
 
 
 def _workers(n: int) -> list[Instance]:
-    return [
-        Instance(
-            namespace="ns",
-            component="worker",
-            endpoint="generate",
-            instance_id=f"w{k}",
-            address=f"inproc://{k}",
-            transport="inproc",
-            metadata={"block_size": 16},
-        )
-        for k in range(n)
-    ]
+    return fake_instances(n, prefix="w", component="worker", block_size=16)
 
 
 def _route(router: KvApproxRouter, rid: str, tokens: list[int]) -> str:

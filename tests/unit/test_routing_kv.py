@@ -6,6 +6,7 @@ import random
 from collections import Counter, deque
 
 import pytest
+from _instances import fake_instances
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -21,19 +22,7 @@ BS = 16
 
 
 def _workers(n: int, block_size: int | None = BS) -> list[Instance]:
-    meta = {} if block_size is None else {"block_size": block_size}
-    return [
-        Instance(
-            namespace="ns",
-            component="worker",
-            endpoint="generate",
-            instance_id=f"w{k}",
-            address=f"inproc://{k}",
-            transport="inproc",
-            metadata=meta,
-        )
-        for k in range(n)
-    ]
+    return fake_instances(n, prefix="w", component="worker", block_size=block_size)
 
 
 def _cache(router: KvRouter, worker: str, tokens: list[int], event_id: int = 1) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
+from _instances import fake_instances
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -16,17 +17,7 @@ from dyn.routing.least_loaded import LeastLoaded
 
 
 def _workers(n: int) -> list[Instance]:
-    return [
-        Instance(
-            namespace="ns",
-            component="w",
-            endpoint="generate",
-            instance_id=f"i{k}",
-            address=f"inproc://{k}",
-            transport="inproc",
-        )
-        for k in range(n)
-    ]
+    return fake_instances(n)
 
 
 def _send(router: LeastLoaded, candidates: list[Instance], rid: str) -> Instance:
