@@ -35,6 +35,7 @@ __all__ = [
     "latest_run",
     "list_runs",
     "new_run_id",
+    "safe_name",
     "read_record",
     "state_dir",
     "write_record",
@@ -84,7 +85,7 @@ class RunDir:
         return self.path / "logs"
 
     def log_path(self, role: str) -> Path:
-        return self.logs_dir / f"{_safe(role)}.log"
+        return self.logs_dir / f"{safe_name(role)}.log"
 
 
 class RoleRecord(msgspec.Struct, kw_only=True):
@@ -97,6 +98,8 @@ class RoleRecord(msgspec.Struct, kw_only=True):
     host: str = "127.0.0.1"
     pid: int = 0
     address: str | None = None
+    # On another node: the role's pidfile there (its process group id is the pid in it).
+    pidfile: str | None = None
 
 
 class RunRecord(msgspec.Struct, kw_only=True):
@@ -113,16 +116,17 @@ class RunRecord(msgspec.Struct, kw_only=True):
     discovery_dir: str
     frontend_url: str | None = None
     admin_token: str | None = None
+    etcd_pid: int | None = None  # an etcd this run started (discovery option `start`)
     roles: list[RoleRecord] = msgspec.field(default_factory=list)
 
 
-def _safe(name: str) -> str:
+def safe_name(name: str) -> str:
     return _UNSAFE.sub("-", name).strip("-.") or "run"
 
 
 def new_run_id(graph_name: str, now: float | None = None) -> str:
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(time.time() if now is None else now))
-    return f"{stamp}-{_safe(graph_name)}-{secrets.token_hex(2)}"
+    return f"{stamp}-{safe_name(graph_name)}-{secrets.token_hex(2)}"
 
 
 def create_run(graph_name: str, *, now: float | None = None) -> RunDir:

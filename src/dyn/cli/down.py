@@ -17,6 +17,7 @@ import typer
 from dyn.cli._common import expected_errors
 
 if TYPE_CHECKING:
+    from dyn.graph import GraphSpec
     from dyn.state import RunDir, RunRecord
 
 __all__ = ["down", "stop_run"]
@@ -54,7 +55,7 @@ def stop_run(run_dir: RunDir, record: RunRecord, grace_s: float) -> list[str]:
             _kill(record.pid, signal.SIGKILL, group=False)
         done.append(f"{how} dyn up (pid {record.pid}) of run {record.run_id}")
     # Roles are their own process groups (sessions): the group takes their children too.
-    left = [r for r in record.roles if _is_dyn(r.pid)]
+    left = [r for r in record.roles if not r.pidfile and _is_dyn(r.pid)]
     for role in left:
         _kill(role.pid, signal.SIGTERM, group=True)
     if left and not _wait_gone([r.pid for r in left], grace_s):
@@ -62,6 +63,7 @@ def stop_run(run_dir: RunDir, record: RunRecord, grace_s: float) -> list[str]:
             _kill(role.pid, signal.SIGKILL, group=True)
         _wait_gone([r.pid for r in left], 5.0)
     done += [f"stopped {r.role} (pid {r.pid})" for r in left]
+    done += _stop_remote(run_dir, record, grace_s)
     # A killed role's file discovery entries would linger until their TTL.
     removed = 0
     for entry in run_dir.discovery_dir.glob("*.json"):
@@ -69,9 +71,58 @@ def stop_run(run_dir: RunDir, record: RunRecord, grace_s: float) -> list[str]:
         removed += 1
     if removed:
         done.append(f"removed {removed} discovery entr{'y' if removed == 1 else 'ies'}")
+    if record.etcd_pid is not None:
+        from dyn.launch.etcd_server import stop_recorded_etcd
+
+        if stop_recorded_etcd(record.etcd_pid):
+            done.append(f"stopped the run's etcd (pid {record.etcd_pid})")
     if not done:
         done.append(f"run {record.run_id} was not running")
     return done
+
+
+def _stop_remote(run_dir: RunDir, record: RunRecord, grace_s: float) -> list[str]:
+    """Roles on other nodes (ssh launcher), then their etcd registrations."""
+    if not any(r.pidfile for r in record.roles) and record.discovery != "etcd":
+        return []
+    import anyio
+
+    from dyn.graph import load_graph
+    from dyn.launch.ssh import stop_remote_roles
+
+    graph = load_graph(run_dir.path / "graph.yaml")
+    done = anyio.run(stop_remote_roles, graph, record.roles, grace_s)
+    if record.discovery == "etcd" and record.etcd_pid is None:
+        # Entries of killed roles would linger until their lease lapses.
+        removed = _remove_etcd_entries(graph)
+        if removed:
+            done.append(f"removed {removed} etcd entr{'y' if removed == 1 else 'ies'}")
+    return done
+
+
+def _remove_etcd_entries(graph: GraphSpec) -> int:
+    import base64
+
+    import httpx
+
+    from dyn.discovery.etcd import EtcdDiscovery
+
+    etcd = EtcdDiscovery(ttl_s=graph.discovery.ttl_s, **dict(graph.discovery.options))
+    key = f"{etcd.prefix}{graph.namespace}/"
+    end = key[:-1] + chr(ord(key[-1]) + 1)
+    b64 = base64.b64encode
+    for endpoint in etcd.endpoints:
+        try:
+            response = httpx.post(
+                f"{endpoint}/v3/kv/deleterange",
+                json={"key": b64(key.encode()).decode(), "range_end": b64(end.encode()).decode()},
+                timeout=5,
+            )
+        except httpx.HTTPError:
+            continue
+        if response.status_code == 200:
+            return int(response.json().get("deleted", 0))
+    return 0
 
 
 def _is_dyn(pid: int) -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -14,17 +13,28 @@ __all__ = ["role"]
 
 @expected_errors
 def role(
-    graph_file: Annotated[Path, typer.Argument(help="The resolved graph the launcher wrote.")],
+    graph_file: Annotated[
+        str, typer.Argument(help="The resolved graph the launcher wrote ('-': from stdin).")
+    ],
     component: Annotated[str, typer.Argument(help="The component to serve.")],
     replica: Annotated[int, typer.Argument(help="Which replica of it.")] = 0,
     watch_stdin: Annotated[
         bool, typer.Option(help="Stop when stdin closes (the launcher went away).")
     ] = True,
-    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    log_level: Annotated[
+        str, typer.Option(envvar="DYN_LOG_LEVEL", help="debug, info, warning or error.")
+    ] = "info",
+    json_logs: Annotated[
+        bool, typer.Option("--json-logs", envvar="DYN_JSON_LOGS", help="One JSON object per line.")
+    ] = False,
+    pidfile_run: Annotated[
+        str | None,
+        typer.Option(help="Become a process group and write a pidfile under this run id."),
+    ] = None,
 ) -> None:
     """Serve one role instance until SIGTERM."""
     from dyn.launch.role_main import run_role
     from dyn.observability.logs import setup_logging
 
-    setup_logging(log_level)
-    run_role(graph_file, component, replica, watch_stdin=watch_stdin)
+    setup_logging(log_level, json_logs=json_logs)
+    run_role(graph_file, component, replica, watch_stdin=watch_stdin, pidfile_run=pidfile_run)

@@ -30,13 +30,29 @@ def frontend_url(url: str | None) -> str:
     return record.frontend_url
 
 
+def admin_headers() -> dict[str, str]:
+    """The admin token: DYN_ADMIN_TOKEN, else the one the latest `dyn up` recorded."""
+    import os
+
+    from dyn import state
+
+    token = os.environ.get("DYN_ADMIN_TOKEN")
+    if not token:
+        run = state.latest_run()
+        try:
+            token = state.read_record(run).admin_token if run is not None else None
+        except Exception:  # an unreadable record just means no token
+            token = None
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 def _request(method: str, url: str, body: Any = None) -> Any:
     import httpx
 
     from dyn.errors import LaunchError
 
     try:
-        response = httpx.request(method, url, json=body, timeout=10)
+        response = httpx.request(method, url, json=body, headers=admin_headers(), timeout=10)
     except httpx.TransportError as exc:
         raise LaunchError(f"cannot reach {url}: {exc}; is the graph running?") from exc
     try:

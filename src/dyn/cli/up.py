@@ -52,8 +52,9 @@ def up(
     launcher: Annotated[
         str | None,
         typer.Option(
-            help="inprocess (every role in this process) or local (one process per role). "
-            "Default: inprocess for the inproc transport, local otherwise."
+            help="inprocess (every role in this process), local (one process per role) or "
+            "ssh (each role on the node the graph places it on). Default: ssh for a graph "
+            "that places roles on nodes, else inprocess for the inproc transport, else local."
         ),
     ] = None,
     discovery: Annotated[
@@ -109,13 +110,17 @@ def up(
         typer.echo(detach_up(graph.name, argv, api_key))
         return
     setup_logging(log_level.value, json_logs=json_logs)
-    if api_key:
-        import os
+    import os
 
+    # Role processes this launch starts log the same way (they inherit the environment).
+    os.environ["DYN_LOG_LEVEL"] = log_level.value
+    os.environ["DYN_JSON_LOGS"] = "1" if json_logs else "0"
+    if api_key:
         # Through the environment, which role processes inherit, rather than the graph
         # the launcher writes to the run directory: the key never lands on disk.
         os.environ["DYN_API_KEY"] = api_key
     graph = resolve_graph(graph_file, list(set_ or ()), port, transport, discovery)
+    _admin_token_for(graph)
     console = Console(stderr=True, highlight=False)
     chosen = choose_launcher(graph, launcher, str(graph_file))
     graph = chosen.resolve(graph)
@@ -134,6 +139,27 @@ def _has_uvloop() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("uvloop") is not None
+
+
+def _admin_token_for(graph: GraphSpec) -> None:
+    """A frontend bound beyond loopback only serves admin routes with a token: make one
+    for this run (kept in the private run record, where `dyn status` and `dyn route` find
+    it) unless the graph or the environment sets one."""
+    import os
+    import secrets
+
+    from dyn.roles.frontend import ADMIN_TOKEN_ENV
+    from dyn.roles.frontend_admin import is_loopback
+    from dyn.roles.frontend_config import FrontendConfig
+
+    if os.environ.get(ADMIN_TOKEN_ENV):
+        return
+    for spec in graph.frontends():
+        config = spec.config
+        if isinstance(config, FrontendConfig) and not config.admin_token:
+            if not is_loopback(config.host):
+                os.environ[ADMIN_TOKEN_ENV] = secrets.token_urlsafe(24)
+                return
 
 
 def resolve_graph(
@@ -168,7 +194,7 @@ def resolve_graph(
     return graph
 
 
-LAUNCHERS = ("inprocess", "local")
+LAUNCHERS = ("inprocess", "local", "ssh")
 
 
 def choose_launcher(graph: GraphSpec, name: str | None, graph_file: str) -> Launcher:
@@ -176,7 +202,10 @@ def choose_launcher(graph: GraphSpec, name: str | None, graph_file: str) -> Laun
     from dyn.errors import LaunchError
 
     if name is None:
-        name = "inprocess" if graph.transport == "inproc" else "local"
+        if graph.has_nodes():
+            name = "ssh"
+        else:
+            name = "inprocess" if graph.transport == "inproc" else "local"
     name = name.replace("-", "").replace("_", "")
     if name == "inprocess":
         from dyn.launch.inprocess import InProcessLauncher
@@ -191,6 +220,10 @@ def choose_launcher(graph: GraphSpec, name: str | None, graph_file: str) -> Laun
         from dyn.launch.local import LocalLauncher
 
         return LocalLauncher(graph_file)
+    if name == "ssh":
+        from dyn.launch.ssh import SshLauncher
+
+        return SshLauncher(graph_file)
     raise LaunchError(f"unknown launcher {name!r}; available: {', '.join(LAUNCHERS)}")
 
 
@@ -198,13 +231,18 @@ async def _serve(graph: GraphSpec, launcher: Launcher, observer: LaunchObserver)
     import anyio
 
     stop = anyio.Event()
+    hurried: list[bool] = []
 
     async def watch_signals(scope: anyio.CancelScope) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for _ in signals:
-                if stop.is_set():
-                    scope.cancel()  # a second Ctrl-C: stop waiting for the drain
+                if hurried:
+                    scope.cancel()  # a third: give up at once
                     return
+                if stop.is_set():
+                    hurried.append(True)
+                    launcher.hurry()  # a second Ctrl-C: stop waiting for the drain
+                    continue
                 stop.set()
 
     async with anyio.create_task_group() as tasks:

@@ -72,12 +72,13 @@ class EtcdDiscovery(Discovery):
         ttl_s: float = 10.0,
         endpoints: str | list[str] = DEFAULT_ENDPOINT,
         prefix: str = "/dyn/",
+        start: bool = False,  # for `dyn up`: start etcd at the first endpoint
         **options: object,
     ) -> None:
         if options:
             raise DiscoveryError(
                 f"unknown etcd discovery option(s) {', '.join(map(repr, sorted(options)))}; "
-                "available: endpoints, prefix"
+                "available: endpoints, prefix, start"
             )
         if ttl_s <= 0:
             raise DiscoveryError(f"etcd discovery needs ttl_s > 0, got {ttl_s}")

@@ -143,6 +143,10 @@ class GraphSpec:
                 return spec
         raise KeyError(name)
 
+    def has_nodes(self) -> bool:
+        """Whether the graph declares machines of its own (else all runs on this one)."""
+        return self.nodes != (LOCAL_NODE,)
+
     def frontends(self) -> list[ComponentSpec]:
         """The components that use the built-in HTTP frontend."""
         return [c for c in self.components if canonical(c.uses) == "frontend"]

@@ -28,6 +28,8 @@ def new_record(
         transport=graph.transport,
         discovery=graph.discovery.backend,
         discovery_dir=str(run.discovery_dir) if graph.discovery.backend == "file" else "",
+        # The record is private to the user (0600), like the token `dyn up` may have made.
+        admin_token=os.environ.get("DYN_ADMIN_TOKEN") or None,
     )
 
 
@@ -57,6 +59,10 @@ class Launcher(ABC):
     def resolve(self, graph: GraphSpec) -> GraphSpec:
         """The graph as this launcher will run it (e.g. with defaults it implies)."""
         return graph
+
+    def hurry(self) -> None:
+        """A second Ctrl-C: stop waiting for drains (a launcher may kill what is left)."""
+        return None  # launchers that cannot hurry keep draining
 
     @abstractmethod
     async def run(self, graph: GraphSpec, observer: LaunchObserver, stop: anyio.Event) -> None:

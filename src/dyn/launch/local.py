@@ -28,12 +28,15 @@ from dyn.errors import LaunchError
 from dyn.graph import GraphSpec, dump_graph_yaml
 from dyn.launch._roles import READY_TIMEOUT_S, discovery_in_run, node_of, role_name
 from dyn.launch.base import Launcher, LaunchObserver, cancel_when_set, new_record
+from dyn.launch.etcd_server import LocalEtcd, start_local_etcd
 from dyn.launch.role_main import READY_MARK
 
 __all__ = ["LocalLauncher", "prepare_run"]
 
 # How long a role may take to exit after SIGTERM before it is killed.
 STOP_GRACE_S = 30.0
+# How long to wait for a killed role's process to be reaped.
+KILL_WAIT_S = 5.0
 # Log lines kept per role to show when it fails to start.
 TAIL_LINES = 20
 
@@ -48,6 +51,8 @@ class _Role:
     log: TextIO = field(init=False)
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL_LINES))
     ready: dict[str, Any] | None = None
+    # How log lines are prefixed: the role, or ``node/role`` for roles on other machines.
+    label: str = ""
     ready_event: anyio.Event = field(default_factory=anyio.Event)
     exited: anyio.Event = field(default_factory=anyio.Event)
 
@@ -65,11 +70,15 @@ def prepare_run(graph: GraphSpec, launcher: str) -> tuple[state.RunDir, GraphSpe
 
 
 class LocalLauncher(Launcher):
+    name = "local"
+
     def __init__(self, graph_file: str | None = None) -> None:
         self.graph_file = graph_file
         self.roles: list[_Role] = []
         self.run_dir: state.RunDir | None = None
         self._stopping = False
+        self._etcd: LocalEtcd | None = None
+        self._hurry: anyio.Event | None = None  # made in run(), inside the event loop
 
     def resolve(self, graph: GraphSpec) -> GraphSpec:
         # Separate processes cannot share memory: in-memory discovery becomes file
@@ -82,31 +91,23 @@ class LocalLauncher(Launcher):
 
     async def run(self, graph: GraphSpec, observer: LaunchObserver, stop: anyio.Event) -> None:
         began = time.perf_counter()
+        self._hurry = anyio.Event()
         run, resolved, graph_path = prepare_run(graph, "local")
         self.run_dir = run
-        record = new_record(run, resolved, "local", self.graph_file)
+        record = new_record(run, resolved, self.name, self.graph_file)
         state.write_record(run, record)
         async with anyio.create_task_group() as tasks:
             try:
                 # Ctrl-C during start-up stops the start-up, then tears down what came up.
                 with anyio.CancelScope() as startup:
                     tasks.start_soon(cancel_when_set, stop, startup)
+                    await self._before_roles(resolved, run, record, tasks)
                     await self._start_all(resolved, run, graph_path, observer, tasks, began)
                 if startup.cancelled_caught:
                     return
                 url = next((r.ready["url"] for r in self.roles if r.ready and r.ready["url"]), None)
                 record.frontend_url = url
-                record.roles = [
-                    state.RoleRecord(
-                        role=r.role,
-                        component=r.component,
-                        replica=r.replica,
-                        node=r.node,
-                        pid=r.process.pid,
-                        address=(r.ready or {}).get("address"),
-                    )
-                    for r in self.roles
-                ]
+                record.roles = [self._role_record(resolved, r) for r in self.roles]
                 state.write_record(run, record)
                 observer.graph_ready(url, time.perf_counter() - began)
                 await stop.wait()
@@ -114,6 +115,7 @@ class LocalLauncher(Launcher):
                 with anyio.CancelScope(shield=True):
                     observer.stopping()
                     await self._stop_all(resolved, observer)
+                    await self._after_roles()
                 tasks.cancel_scope.cancel()
 
     async def _start_all(
@@ -144,17 +146,8 @@ class LocalLauncher(Launcher):
         graph_path: Path,
         role: _Role,
     ) -> None:
-        command = [
-            sys.executable,
-            "-m",
-            "dyn",
-            "_role",
-            str(graph_path),
-            role.component,
-            str(role.replica),
-        ]
         process = await anyio.open_process(
-            command,
+            self._command(run, graph_path, role),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -162,9 +155,49 @@ class LocalLauncher(Launcher):
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         role.process = process
+        role.label = role.label or role.role
         role.log = run.log_path(role.role).open("a", encoding="utf-8")
         self.roles.append(role)
+        await self._spawned(role)
         tasks.start_soon(self._pump, role)
+
+    # -- what the ssh launcher changes ---------------------------------------------------
+
+    def _command(self, run: state.RunDir, graph_path: Path, role: _Role) -> list[str]:
+        return [sys.executable, "-m", "dyn", "_role", str(graph_path), role.component,
+                str(role.replica)]  # fmt: skip
+
+    async def _spawned(self, role: _Role) -> None:
+        """Called once a role's process exists (the ssh launcher sends it the graph)."""
+
+    async def _before_roles(
+        self,
+        graph: GraphSpec,
+        run: state.RunDir,
+        record: state.RunRecord,
+        tasks: anyio.abc.TaskGroup,
+    ) -> None:
+        """Runs before the first role starts (checks nodes, starts a local etcd)."""
+        self._etcd = await start_local_etcd(graph, run, record)
+
+    async def _after_roles(self) -> None:
+        """Runs once every role has stopped."""
+        if self._etcd is not None:
+            await self._etcd.stop()
+
+    def _role_record(self, graph: GraphSpec, role: _Role) -> state.RoleRecord:
+        return state.RoleRecord(
+            role=role.role,
+            component=role.component,
+            replica=role.replica,
+            node=role.node,
+            pid=role.process.pid,
+            address=(role.ready or {}).get("address"),
+        )
+
+    async def _terminate(self, role: _Role, sig: signal.Signals) -> None:
+        """Send ``sig`` to the role and everything it started."""
+        _signal(role.process, sig)
 
     async def _pump(self, role: _Role) -> None:
         """Copy the role's output to its log file and to our stderr with its prefix."""
@@ -179,7 +212,9 @@ class LocalLauncher(Launcher):
             if buffered:
                 self._line(role, buffered.decode(errors="replace"))
         finally:
-            code = await role.process.wait()
+            with anyio.CancelScope(shield=True), anyio.move_on_after(KILL_WAIT_S + STOP_GRACE_S):
+                await role.process.wait()
+            code = role.process.returncode
             if not self._stopping and role.ready is not None:
                 self._line(role, f"exited unexpectedly with code {code}")
             role.log.close()
@@ -194,7 +229,7 @@ class LocalLauncher(Launcher):
         role.tail.append(line)
         role.log.write(line + "\n")
         role.log.flush()
-        sys.stderr.write(f"{role.role:<14} | {line}\n")
+        sys.stderr.write(f"{role.label:<14} | {line}\n")
 
     async def _wait_ready(self, role: _Role) -> None:
         with anyio.move_on_after(READY_TIMEOUT_S + 5):
@@ -220,12 +255,30 @@ class LocalLauncher(Launcher):
 
     async def _stop(self, role: _Role) -> None:
         if role.process.returncode is None:
-            _signal(role.process, signal.SIGTERM)
-            with anyio.move_on_after(STOP_GRACE_S):
-                await role.exited.wait()
+            hurry = self._hurry or anyio.Event()
+            if not hurry.is_set():
+                await self._terminate(role, signal.SIGTERM)
+                with anyio.move_on_after(STOP_GRACE_S):
+                    async with anyio.create_task_group() as either:
+                        either.start_soon(_set_then_cancel, role.exited, either.cancel_scope)
+                        either.start_soon(_set_then_cancel, hurry, either.cancel_scope)
             if role.process.returncode is None:
-                _signal(role.process, signal.SIGKILL)
-        await role.exited.wait()
+                await self._terminate(role, signal.SIGKILL)
+        with anyio.move_on_after(KILL_WAIT_S):
+            await role.exited.wait()
+        await self._cleanup(role)
+
+    async def _cleanup(self, role: _Role) -> None:
+        """After a role is gone: remove what it could not (the ssh launcher's pidfiles)."""
+
+    def hurry(self) -> None:
+        if self._hurry is not None:
+            self._hurry.set()
+
+
+async def _set_then_cancel(event: anyio.Event, scope: anyio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
 
 
 def _signal(process: Process, sig: signal.Signals) -> None:

@@ -3,6 +3,12 @@
 ``dyn _role GRAPH COMPONENT REPLICA`` loads the resolved graph the launcher wrote, serves
 that one role instance, prints a ready line the launcher waits for, and on SIGTERM,
 SIGINT or its stdin closing (the launcher died) drains and exits 0.
+
+On another node (the ssh launcher) GRAPH is ``-``: the first line of stdin is a JSON
+object with the graph's YAML and the secrets the launcher passes on (cluster secret, API
+key, TLS files), so neither lands in a command line. With ``--pidfile-run RUN`` the role
+becomes its own process group and writes its pid to
+``<state>/pids/RUN/<role>.pid``, removed when it exits; teardown signals that group.
 """
 
 from __future__ import annotations
@@ -27,12 +33,80 @@ __all__ = ["READY_MARK", "run_role"]
 READY_MARK = "dyn-role-ready "
 
 
-def run_role(graph_path: Path, component: str, replica: int, *, watch_stdin: bool) -> None:
-    graph = load_graph(graph_path)
-    anyio.run(_serve, graph, component, replica, watch_stdin)
+# Environment variables a launcher may pass to a remote role through the bootstrap line.
+PASSED_ENV = (
+    "DYN_API_KEY",
+    "DYN_ADMIN_TOKEN",
+    "DYN_CLUSTER_SECRET",
+    "DYN_TLS_CERT",
+    "DYN_TLS_KEY",
+    "DYN_TLS_CA",
+)
 
 
-async def _serve(graph: GraphSpec, component_name: str, replica: int, watch_stdin: bool) -> None:
+def run_role(
+    graph_path: str,
+    component: str,
+    replica: int,
+    *,
+    watch_stdin: bool,
+    pidfile_run: str | None = None,
+) -> None:
+    if graph_path == "-":
+        graph = _bootstrap()
+    else:
+        graph = load_graph(Path(graph_path))
+    pidfile = _write_pidfile(pidfile_run, component, replica, graph) if pidfile_run else None
+    try:
+        anyio.run(_serve, graph, component, replica, watch_stdin, pidfile)
+    finally:
+        if pidfile is not None:
+            pidfile.unlink(missing_ok=True)
+
+
+def _bootstrap() -> GraphSpec:
+    """Read the graph and passed-on environment from stdin's first line."""
+    from dyn.errors import LaunchError
+    from dyn.graph import load_graph_text
+
+    line = sys.stdin.buffer.readline()
+    try:
+        boot = json.loads(line)
+        text, env = boot["graph"], boot.get("env", {})
+    except (ValueError, KeyError, TypeError) as exc:
+        raise LaunchError(f"expected the launcher's bootstrap line on stdin: {exc}") from exc
+    for name, value in env.items():
+        if name in PASSED_ENV and isinstance(value, str):
+            os.environ[name] = value
+    return load_graph_text(text, source="<graph from the launcher>")
+
+
+def pidfile_path(run_id: str, role: str) -> Path:
+    from dyn import state
+
+    return state.state_dir() / "pids" / run_id / f"{state.safe_name(role)}.pid"
+
+
+def _write_pidfile(run_id: str, component: str, replica: int, graph: GraphSpec) -> Path:
+    from dyn.launch._roles import role_name
+
+    try:
+        os.setsid()  # its own session and process group: one signal reaches all of it
+    except PermissionError:
+        pass  # already a group leader (sshd made it one): its pgid is its pid
+    path = pidfile_path(run_id, role_name(graph.component(component), replica))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{os.getpid()}\n", encoding="utf-8")
+    return path
+
+
+async def _serve(
+    graph: GraphSpec,
+    component_name: str,
+    replica: int,
+    watch_stdin: bool,
+    pidfile: Path | None,
+) -> None:
     spec = graph.component(component_name)
     node = graph.node(spec.placement[replica % len(spec.placement)]) if spec.placement else None
     host = node.bind if node is not None else "127.0.0.1"
@@ -60,6 +134,7 @@ async def _serve(graph: GraphSpec, component_name: str, replica: int, watch_stdi
             "address": runtime.address,
             "instance_id": component.info.instance_id,
             "url": getattr(component, "url", None),
+            "pidfile": str(pidfile) if pidfile else None,
         }
         sys.stdout.write(READY_MARK + json.dumps(ready) + "\n")
         sys.stdout.flush()

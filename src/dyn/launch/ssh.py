@@ -1,0 +1,267 @@
+"""The ssh launcher: every role on the node the graph places it on, over OpenSSH.
+
+Each placed role runs as ``ssh NODE 'cd WORKDIR && exec PYTHON -u -m dyn _role - …'``.
+The OpenSSH client is used as is, so ``~/.ssh/config``, agents and ProxyJump work. The
+graph and the secrets a role needs travel on the role's stdin (never a command line);
+the role becomes its own process group and writes a pidfile on its node. Its output
+comes back through ssh, prefixed ``node/role``. Teardown is a separate
+``ssh NODE kill -TERM -- -PGID``, then ``-KILL`` after the grace period, because
+signals do not cross an ssh channel reliably. If `dyn up` dies, the channel closes, the
+role's stdin reaches EOF, and the role drains and exits by itself.
+
+Before anything starts, every node is probed once (in parallel): it must be reachable,
+have dyn for its ``python``, and run the same dyn version as this machine. Roles without
+a placement run here, as the local launcher runs them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+from pathlib import Path
+
+import anyio
+
+import dyn
+from dyn import state
+from dyn.errors import LaunchError
+from dyn.graph import GraphSpec, NodeSpec, dump_graph_yaml
+from dyn.launch.local import LocalLauncher, _Role
+from dyn.launch.role_main import PASSED_ENV
+
+__all__ = ["SshLauncher", "check_nodes", "remote_command", "ssh_argv", "stop_remote_roles"]
+
+# Options every ssh call gets: never prompt (a launcher cannot answer), notice a dead
+# peer within ~15 s, give up connecting after 5 s.
+SSH_DEFAULTS = (
+    "-o", "BatchMode=yes",
+    "-o", "ConnectTimeout=5",
+    "-o", "ServerAliveInterval=5",
+    "-o", "ServerAliveCountMax=3",
+)  # fmt: skip
+# A refused connection (sshd restarting, a node still booting) is retried this often.
+CONNECT_RETRIES = 4
+RETRY_DELAY_S = 0.5
+PROBE_TIMEOUT_S = 30.0
+# A kill sent over ssh must itself be bounded.
+KILL_TIMEOUT_S = 15.0
+_VERSION_MARK = "dyn-version "
+
+
+def ssh_argv(node: NodeSpec) -> list[str]:
+    """The ssh command line that reaches ``node`` (the remote command comes after)."""
+    user = ["-l", node.user] if node.user else []
+    return ["ssh", *SSH_DEFAULTS, "-p", str(node.port), *user, *node.ssh_options, node.host, "--"]
+
+
+def remote_command(node: NodeSpec, argv: list[str]) -> str:
+    """A shell command line for the node: enter its workdir, then exec ``argv``."""
+    command = "exec " + " ".join(shlex.quote(a) for a in argv)
+    if node.workdir:
+        return f"cd {shlex.quote(node.workdir)} && {command}"
+    return command
+
+
+class SshLauncher(LocalLauncher):
+    name = "ssh"
+
+    def __init__(self, graph_file: str | None = None) -> None:
+        super().__init__(graph_file)
+        self._graph: GraphSpec | None = None
+        self._graph_text = ""
+
+    def resolve(self, graph: GraphSpec) -> GraphSpec:
+        if graph.discovery.backend == "memory":
+            raise LaunchError(
+                "roles on several machines cannot share in-memory discovery; use "
+                "'discovery: etcd' (or 'file' on a folder every node shares)"
+            )
+        if graph.transport == "inproc":
+            raise LaunchError(
+                "the inproc transport cannot cross machines; use 'transport: tcp' or 'grpc'"
+            )
+        return graph
+
+    def _placed(self, role: _Role) -> NodeSpec | None:
+        if self._graph is None or not self._graph.has_nodes():
+            return None
+        return self._graph.node(role.node)
+
+    async def _before_roles(
+        self,
+        graph: GraphSpec,
+        run: state.RunDir,
+        record: state.RunRecord,
+        tasks: anyio.abc.TaskGroup,
+    ) -> None:
+        self._graph = graph
+        self._graph_text = dump_graph_yaml(graph)
+        used = {instance.node for instance in graph.instances()}
+        await check_nodes([n for n in graph.nodes if n.name in used])
+        await super()._before_roles(graph, run, record, tasks)
+
+    def _command(self, run: state.RunDir, graph_path: Path, role: _Role) -> list[str]:
+        node = self._placed(role)
+        if node is None:
+            return super()._command(run, graph_path, role)
+        role.label = f"{node.name}/{role.role}"
+        argv = [node.python, "-u", "-m", "dyn", "_role", "-", role.component, str(role.replica)]
+        argv += ["--pidfile-run", run.run_id]
+        argv += ["--log-level", os.environ.get("DYN_LOG_LEVEL", "info")]
+        if os.environ.get("DYN_JSON_LOGS") == "1":
+            argv.append("--json-logs")
+        return [*ssh_argv(node), remote_command(node, argv)]
+
+    async def _spawned(self, role: _Role) -> None:
+        if self._placed(role) is None:
+            return
+        env = {name: os.environ[name] for name in PASSED_ENV if name in os.environ}
+        boot = json.dumps({"graph": self._graph_text, "env": env}) + "\n"
+        assert role.process.stdin is not None
+        await role.process.stdin.send(boot.encode())
+
+    def _role_record(self, graph: GraphSpec, role: _Role) -> state.RoleRecord:
+        record = super()._role_record(graph, role)
+        node = self._placed(role)
+        if node is not None and role.ready is not None:
+            record.host = node.host
+            record.pid = int(role.ready["pid"])
+            record.pidfile = role.ready.get("pidfile")
+        return record
+
+    async def _terminate(self, role: _Role, sig: signal.Signals) -> None:
+        node = self._placed(role)
+        pidfile = (role.ready or {}).get("pidfile")
+        if node is None:
+            await super()._terminate(role, sig)
+            return
+        if pidfile:
+            await signal_remote_group(node, pidfile, sig)
+        if sig == signal.SIGKILL or not pidfile:
+            # Closing the channel closes the role's stdin: it stops by itself.
+            role.process.terminate()
+
+    async def _cleanup(self, role: _Role) -> None:
+        node = self._placed(role)
+        pidfile = (role.ready or {}).get("pidfile")
+        if node is not None and pidfile:
+            # A role killed outside dyn could not remove its pidfile; a live group keeps it.
+            await run_remote(node, _stale_pidfile_script(pidfile))
+
+
+def _stale_pidfile_script(pidfile: str) -> str:
+    f = shlex.quote(pidfile)
+    return f'test -f {f} && {{ kill -0 -- -"$(cat {f})" 2>/dev/null || rm -f {f}; }}; exit 0'
+
+
+async def run_remote(node: NodeSpec, script: str) -> str | None:
+    """Run a short shell script on the node; an error line, or None if it exited 0."""
+    with anyio.move_on_after(KILL_TIMEOUT_S):
+        result = await anyio.run_process(
+            [*ssh_argv(node), script], stdin=subprocess.DEVNULL, check=False
+        )
+        if result.returncode == 0:
+            return None
+        return f"{node.name}: {result.stderr.decode(errors='replace').strip()}"
+    return f"{node.name}: no answer over ssh within {KILL_TIMEOUT_S:.0f} s"
+
+
+async def signal_remote_group(node: NodeSpec, pidfile: str, sig: signal.Signals) -> str | None:
+    """``kill -SIG -- -PGID`` on the node, the group read from the role's pidfile.
+
+    A missing pidfile means the role already exited cleanly. After SIGKILL the pidfile is
+    removed, since the role cannot remove it itself. Returns an error line, or None.
+    """
+    quoted = shlex.quote(pidfile)
+    script = f'test -f {quoted} && kill -{sig.name[3:]} -- -"$(cat {quoted})" 2>/dev/null'
+    if sig == signal.SIGKILL:
+        script += f"; rm -f {quoted}"
+    return await run_remote(node, script + "; exit 0")
+
+
+async def stop_remote_roles(
+    graph: GraphSpec, roles: list[state.RoleRecord], grace_s: float
+) -> list[str]:
+    """Stop roles a killed `dyn up` left on other nodes (for `dyn down`): SIGTERM their
+    process groups, wait for their pidfiles to go, then SIGKILL what is left."""
+    remote = [(graph.node(r.node), r) for r in roles if r.pidfile and r.node != "local"]
+    done: list[str] = []
+
+    async def stop(node: NodeSpec, role: state.RoleRecord) -> None:
+        assert role.pidfile is not None
+        gone = f"! test -f {shlex.quote(role.pidfile)}"
+        if await run_remote(node, gone) is None:
+            return  # it exited cleanly and removed its pidfile
+        await signal_remote_group(node, role.pidfile, signal.SIGTERM)
+        with anyio.move_on_after(grace_s):
+            # polling a remote file: there is no event to wait on
+            while await run_remote(node, gone) is not None:  # noqa: ASYNC110
+                await anyio.sleep(0.5)
+            done.append(f"stopped {node.name}/{role.role} (pid {role.pid})")
+            return
+        await signal_remote_group(node, role.pidfile, signal.SIGKILL)
+        done.append(f"killed {node.name}/{role.role} (pid {role.pid})")
+
+    async with anyio.create_task_group() as tasks:
+        for node, role in remote:
+            tasks.start_soon(stop, node, role)
+    return sorted(done)
+
+
+async def check_nodes(nodes: list[NodeSpec]) -> None:
+    """Probe every node at once; raise one error naming each node that cannot run roles."""
+    problems: dict[str, str] = {}
+
+    async def probe(node: NodeSpec) -> None:
+        problem = await _probe(node)
+        if problem:
+            problems[node.name] = problem
+
+    async with anyio.create_task_group() as tasks:
+        for node in nodes:
+            tasks.start_soon(probe, node)
+    if problems:
+        lines = "\n".join(f"  node {name!r}: {problems[name]}" for name in sorted(problems))
+        raise LaunchError(f"{len(problems)} node(s) cannot run roles:\n{lines}")
+
+
+async def _probe(node: NodeSpec) -> str | None:
+    check = f"import dyn; print({_VERSION_MARK!r} + dyn.__version__)"
+    command = [*ssh_argv(node), remote_command(node, [node.python, "-c", check])]
+    target = f"{node.user + '@' if node.user else ''}{node.host}:{node.port}"
+    output, code = "", -1
+    with anyio.move_on_after(PROBE_TIMEOUT_S):
+        for attempt in range(CONNECT_RETRIES):
+            result = await anyio.run_process(command, stdin=subprocess.DEVNULL, check=False)
+            output = (result.stdout + result.stderr).decode(errors="replace")
+            code = result.returncode
+            if code != 255 or "Connection refused" not in output:
+                break
+            await anyio.sleep(RETRY_DELAY_S * 2**attempt)
+    if code == -1:
+        return f"no answer over ssh from {target} within {PROBE_TIMEOUT_S:.0f} s"
+    for line in output.splitlines():
+        if line.startswith(_VERSION_MARK):
+            theirs = line[len(_VERSION_MARK) :].strip()
+            if theirs != dyn.__version__:
+                return (
+                    f"runs dyn {theirs}, but this machine runs dyn {dyn.__version__}; "
+                    f"install dyn {dyn.__version__} there"
+                )
+            return None
+    last = output.strip().splitlines()[-1] if output.strip() else "(no output)"
+    if code == 255:
+        return f"cannot connect over ssh to {target}: {last}"
+    if "No module named" in output:
+        return (
+            f"dyn is not installed for {node.python} there (install dyn {dyn.__version__}, "
+            f"or set nodes.{node.name}.python to a Python that has it)"
+        )
+    if code == 127:
+        return f"{node.python} not found there (set nodes.{node.name}.python): {last}"
+    if node.workdir and ("can't cd" in output or "No such file" in output):
+        return f"workdir {node.workdir} does not exist there"
+    return f"checking dyn failed (exit {code}): {last}"

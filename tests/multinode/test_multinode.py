@@ -1,0 +1,300 @@
+"""graphs/multinode.yaml on three real "machines": network namespaces with an sshd each.
+
+`dyn up` runs on node1 (inside its namespace) and starts etcd there; the ssh launcher
+starts the frontend and processor on node1 and one worker on each of node2 and node3,
+every role through OpenSSH with a key this test generated. The test reaches the
+frontend over the bridge it created. Without root or iproute2, the same tests run
+against three sshds on loopback ports instead (the reason is printed in the test id).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from _cluster import Cluster, loopback_cluster, netns_cluster, netns_possible
+
+pytestmark = pytest.mark.timeout(180)
+
+REPO = Path(__file__).resolve().parents[2]
+DYN = str(Path(sys.executable).with_name("dyn"))
+TTL_S = 1.0
+FRONTEND_PORT = 8000
+_WHY_NOT_NETNS = netns_possible()
+VARIANT = "netns" if _WHY_NOT_NETNS is None else f"loopback ({_WHY_NOT_NETNS})"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    if os.environ.get("DYN_SKIP_SSH"):
+        pytest.skip("DYN_SKIP_SSH is set")
+    if subprocess.run(["which", "ssh", "ssh-keygen"], capture_output=True).returncode:
+        pytest.skip("the OpenSSH client is not installed (apt-get install openssh-client)")
+    root = tmp_path_factory.mktemp("cluster")
+    made = netns_cluster(root) if _WHY_NOT_NETNS is None else loopback_cluster(root)
+    yield made
+    made.close()
+
+
+def write_graph(cluster: Cluster, path: Path, **changes: Any) -> Path:
+    """A copy of graphs/multinode.yaml pointed at the test's nodes."""
+    doc = yaml.safe_load((REPO / "graphs" / "multinode.yaml").read_text())
+    first = cluster.nodes[0]
+    etcd_port = 2379 if first.netns else _free_port()
+    doc["discovery"]["ttl_s"] = TTL_S
+    doc["discovery"]["options"]["endpoints"] = f"http://{first.address}:{etcd_port}"
+    doc["nodes"] = {
+        node.name: {
+            "host": node.address,
+            "port": node.ssh_port,
+            "bind": node.address,
+            "python": sys.executable,
+            "ssh_options": cluster.ssh_options(),
+        }
+        for node in cluster.nodes
+    }
+    frontend = doc["components"]["frontend"]["config"]
+    frontend["host"] = first.address
+    frontend["port"] = FRONTEND_PORT if first.netns else _free_port()
+    for dotted, value in changes.items():
+        *parents, leaf = dotted.split("__")
+        target = doc
+        for key in parents:
+            target = target[key]
+        target[leaf] = value
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+class Up:
+    """`dyn up` running on node1."""
+
+    def __init__(self, cluster: Cluster, graph: Path, state_dir: Path) -> None:
+        self.cluster = cluster
+        self.env = {**os.environ, "DYN_STATE_DIR": str(state_dir)}
+        node1 = cluster.nodes[0]
+        prefix = ["ip", "netns", "exec", node1.netns] if node1.netns else []
+        self.log = (state_dir / "up.log").open("w+")
+        self.process = subprocess.Popen(
+            [*prefix, DYN, "up", str(graph)],
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+        )
+        self.url = self._wait_url()
+
+    def _wait_url(self) -> str:
+        assert self.process.stdout is not None
+        deadline = time.monotonic() + 90
+        for line in self.process.stdout:
+            match = re.match(r"Serving on (\S+)", line)
+            if match:
+                return match.group(1)
+            if time.monotonic() > deadline:
+                break
+        self.log.seek(0)
+        raise AssertionError(f"dyn up did not serve; its output:\n{self.log.read()}")
+
+    def status(self) -> dict[str, Any]:
+        out = subprocess.run(
+            [DYN, "status", "--json"], env=self.env, capture_output=True, text=True, timeout=30
+        )
+        assert out.returncode == 0, out.stderr
+        data: dict[str, Any] = json.loads(out.stdout)
+        return data
+
+    def admin_headers(self) -> dict[str, str]:
+        record = json.loads(
+            next(Path(self.env["DYN_STATE_DIR"]).glob("runs/*/run.json")).read_text()
+        )
+        return {"Authorization": f"Bearer {record['admin_token']}"}
+
+    def generate(self, prompt: str) -> httpx.Response:
+        return httpx.post(f"{self.url}/generate", json={"prompt": prompt}, timeout=10)
+
+    def output(self) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()
+
+
+@pytest.fixture(scope="module")
+def up(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
+    state_dir = tmp_path_factory.mktemp("state")
+    # Retries off: a request routed to a dead worker then fails visibly (see below).
+    graph = write_graph(
+        cluster, state_dir / "multinode.yaml", components__processor__config__retries=0
+    )
+    running = Up(cluster, graph, state_dir)
+    yield running
+    if running.process.poll() is None:
+        running.process.send_signal(signal.SIGINT)
+        try:
+            running.process.wait(60)
+        except subprocess.TimeoutExpired:
+            running.process.kill()
+            running.process.wait()
+    assert running.process.stdout is not None
+    running.process.stdout.close()
+    running.log.close()
+
+
+@pytest.mark.parametrize("variant", [VARIANT])
+def test_responses_name_both_worker_nodes(up: Up, variant: str) -> None:
+    texts = []
+    for i in range(8):
+        response = up.generate(f"hello{i}")
+        assert response.status_code == 200, response.text
+        texts.append(response.json()["text"])
+    assert all(t.startswith("hello") and "_ProcessedBy_node1_GeneratedBy_node" in t for t in texts)
+    assert {t.rsplit("_", 1)[1] for t in texts} == {"node2", "node3"}
+
+
+def test_status_lists_every_role_on_its_node(up: Up) -> None:
+    rows = {row["role"]: row for row in up.status()["instances"]}
+    assert {role: row["node"] for role, row in rows.items()} == {
+        "frontend": "node1",
+        "processor": "node1",
+        "worker[0]": "node2",
+        "worker[1]": "node3",
+    }
+    addresses = {node.name: node.address for node in up.cluster.nodes}
+    for row in rows.values():
+        assert row["state"] == "healthy"
+        assert row["host"] == addresses[row["node"]]
+        assert isinstance(row["pid"], int) and row["pid"] > 0
+
+
+def test_killed_worker_leaves_status_and_routing_within_ttl(up: Up) -> None:
+    victim = next(r for r in up.status()["instances"] if r["node"] == "node3")
+    # Requests run back to back from the kill on; with retries off in this copy of the
+    # graph, one routed to the dead worker fails, so the outcomes show when routing
+    # stopped choosing it.
+    outcomes: list[tuple[float, bool]] = []  # (wall-clock start, landed on node2)
+    done = threading.Event()
+
+    def load() -> None:
+        with httpx.Client(timeout=10) as client:
+            while not done.is_set() and len(outcomes) < 5000:
+                began = time.time()
+                response = client.post(f"{up.url}/generate", json={"prompt": "p"})
+                ok = response.status_code == 200 and response.json()["text"].endswith("node2")
+                outcomes.append((began, ok))
+
+    os.kill(victim["pid"], signal.SIGKILL)  # namespaces share this machine's pids
+    killed = time.time()
+    sender = threading.Thread(target=load)
+    sender.start()
+    out_of_status = None
+    try:
+        # The route behind `dyn status`, polled directly: the CLI's own start-up (~0.5 s
+        # on a busy 2-core machine) would blur the measurement.
+        with httpx.Client(timeout=10, headers=up.admin_headers()) as client:
+            while time.time() - killed < TTL_S + 10:
+                data = client.get(f"{up.url}/admin/status").json()
+                rows = [r for r in data["instances"] if r["node"] == "node3"]
+                if not any(r["state"] == "healthy" for r in rows):
+                    # `time` is when the frontend read discovery for this answer.
+                    out_of_status = data["time"] - killed
+                    break
+                time.sleep(0.02)
+        time.sleep(TTL_S + 1)  # then at least TTL + 1 s of traffic to judge routing by
+    finally:
+        done.set()
+        sender.join()
+    bad = [began for began, ok in outcomes if not ok]
+    out_of_routing = (max(bad) - killed) if bad else 0.0
+    print(
+        f"worker on node3 out of status after {out_of_status} s, out of routing after "
+        f"{out_of_routing:.3f} s ({len(bad)} of {len(outcomes)} requests failed)"
+    )
+    assert out_of_status is not None and out_of_status <= TTL_S + 1
+    assert out_of_routing <= TTL_S + 1
+    assert len(outcomes) > len(bad) > -1
+    # And it stays out: every later request lands on node2.
+    assert all(ok for began, ok in outcomes if began > killed + TTL_S + 1)
+    # `dyn status` itself shows the dead worker as no longer healthy.
+    rows = [r for r in up.status()["instances"] if r["node"] == "node3"]
+    assert rows and all(r["state"] == "unhealthy" for r in rows)
+
+
+def test_ctrl_c_leaves_no_process_on_any_node(up: Up) -> None:
+    up.process.send_signal(signal.SIGINT)
+    assert up.process.wait(60) == 0, up.output()
+    deadline = time.monotonic() + 10
+    left: dict[str, set[int]] = {}
+    while time.monotonic() < deadline:
+        left = {n.name: _dyn_processes(n, up.cluster) for n in up.cluster.nodes}
+        if not any(left.values()):
+            break
+        time.sleep(0.1)
+    assert not any(left.values()), f"left behind: {left}\n{up.output()}"
+    pidfiles = list((Path.home() / ".local/state/dyn/pids").glob("*/*.pid"))
+    run_id = json.loads(next(Path(up.env["DYN_STATE_DIR"]).glob("runs/*/run.json")).read_text())
+    assert not [p for p in pidfiles if p.parent.name == run_id["run_id"]]
+
+
+def _dyn_processes(node: Any, cluster: Cluster) -> set[int]:
+    """The processes on a node that are not its sshd listener."""
+    if node.netns:
+        return set(node.pids())
+    # Loopback: every node shares this namespace; look for this run's role processes.
+    out = subprocess.run(["pgrep", "-f", "dyn _role -"], capture_output=True, text=True)
+    return {int(p) for p in out.stdout.split()}
+
+
+def test_unreachable_node_and_missing_dyn_fail_naming_the_node(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    fake = tmp_path / "python-without-dyn"
+    fake.write_text("#!/bin/sh\necho \"ModuleNotFoundError: No module named 'dyn'\" >&2\nexit 1\n")
+    fake.chmod(0o755)
+    old = tmp_path / "python-old-dyn"
+    old.write_text('#!/bin/sh\necho "dyn-version 0.0.1"\n')
+    old.chmod(0o755)
+    graph = write_graph(
+        cluster,
+        tmp_path / "bad.yaml",
+        nodes__node2__python=str(fake),
+        nodes__node3__python=str(old),
+    )
+    doc = yaml.safe_load(graph.read_text())
+    doc["nodes"]["node1"]["port"] = _free_port()  # nothing listens there: refused
+    doc["nodes"]["node1"]["host"] = "127.0.0.1"
+    graph.write_text(yaml.safe_dump(doc))
+    env = {**os.environ, "DYN_STATE_DIR": str(tmp_path / "state")}
+    node1 = cluster.nodes[0]
+    prefix = ["ip", "netns", "exec", node1.netns] if node1.netns else []
+    began = time.monotonic()
+    out = subprocess.run(
+        [*prefix, DYN, "up", str(graph)], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 1, out.stderr
+    assert "3 node(s) cannot run roles" in out.stderr
+    assert "node 'node1': cannot connect over ssh" in out.stderr
+    assert "Connection refused" in out.stderr
+    assert "node 'node2': dyn is not installed" in out.stderr
+    assert "node 'node3': runs dyn 0.0.1, but this machine runs dyn" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert time.monotonic() - began < 30
