@@ -124,11 +124,13 @@ class Up:
         data: dict[str, Any] = json.loads(out.stdout)
         return data
 
+    def record(self) -> dict[str, Any]:
+        path = next(Path(self.env["DYN_STATE_DIR"]).glob("runs/*/run.json"))
+        data: dict[str, Any] = json.loads(path.read_text())
+        return data
+
     def admin_headers(self) -> dict[str, str]:
-        record = json.loads(
-            next(Path(self.env["DYN_STATE_DIR"]).glob("runs/*/run.json")).read_text()
-        )
-        return {"Authorization": f"Bearer {record['admin_token']}"}
+        return {"Authorization": f"Bearer {self.record()['admin_token']}"}
 
     def generate(self, prompt: str) -> httpx.Response:
         return httpx.post(f"{self.url}/generate", json={"prompt": prompt}, timeout=10)
@@ -184,6 +186,67 @@ def test_status_lists_every_role_on_its_node(up: Up) -> None:
         assert row["state"] == "healthy"
         assert row["host"] == addresses[row["node"]]
         assert isinstance(row["pid"], int) and row["pid"] > 0
+
+
+def test_etcd_paused_under_load_fails_nothing_and_roles_register_again(up: Up) -> None:
+    """SIGSTOP etcd for 5 s (5 TTLs) under load: its leases lapse, so when it resumes it
+    revokes them all; every role registers again and no request fails meanwhile."""
+    record = up.record()
+    etcd = f"http://{up.cluster.nodes[0].address}:{_etcd_port(record)}"
+    before = _lease_ids(etcd)
+    assert len(before) >= 4  # one per role process
+    outcomes: list[tuple[float, int]] = []
+    done = threading.Event()
+
+    def load() -> None:
+        with httpx.Client(timeout=30) as client:
+            while not done.is_set() and len(outcomes) < 20000:
+                began = time.time()
+                response = client.post(f"{up.url}/generate", json={"prompt": "p"})
+                outcomes.append((began, response.status_code))
+
+    sender = threading.Thread(target=load)
+    sender.start()
+    try:
+        time.sleep(0.5)
+        os.kill(record["etcd_pid"], signal.SIGSTOP)
+        time.sleep(5)
+        os.kill(record["etcd_pid"], signal.SIGCONT)
+        resumed = time.monotonic()
+        back = None
+        with httpx.Client(timeout=10, headers=up.admin_headers()) as client:
+            while time.monotonic() - resumed < 15:
+                rows = client.get(f"{up.url}/admin/status").json()["instances"]
+                after = _lease_ids(etcd)
+                healthy = [r for r in rows if r["state"] == "healthy"]
+                if len(healthy) == 4 and after and not after & before:
+                    back = time.monotonic() - resumed
+                    break
+                time.sleep(0.05)
+        time.sleep(1)  # and a little traffic after that
+    finally:
+        done.set()
+        sender.join()
+    failed = [code for _, code in outcomes if code != 200]
+    print(
+        f"etcd paused 5 s: {len(outcomes)} requests, {len(failed)} failed; every role "
+        f"registered again {back} s after etcd resumed"
+    )
+    assert back is not None, "the roles did not register again with new leases"
+    assert len(outcomes) > 50 and failed == []
+
+
+def _etcd_port(record: dict[str, Any]) -> int:
+    graph = yaml.safe_load(Path(record["graph_file"]).read_text())
+    return int(graph["discovery"]["options"]["endpoints"].rsplit(":", 1)[1])
+
+
+def _lease_ids(etcd: str) -> set[str]:
+    try:
+        response = httpx.post(f"{etcd}/v3/lease/leases", json={}, timeout=1)
+    except httpx.HTTPError:
+        return set()
+    return {lease["ID"] for lease in response.json().get("leases", [])}
 
 
 def test_killed_worker_leaves_status_and_routing_within_ttl(up: Up) -> None:

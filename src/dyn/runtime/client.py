@@ -29,6 +29,11 @@ __all__ = ["Client", "EjectionPolicy", "ResponseStream"]
 DEFAULT_EJECT_AFTER = 3
 DEFAULT_EJECT_BASE_S = 5.0
 DEFAULT_EJECT_MAX_S = 60.0
+# How long an instance that left discovery is still called when no registered instance
+# is left. Discovery can drop everyone at once without anyone dying: an etcd that was
+# paused revokes every lease that lapsed meanwhile, and the instances register again a
+# moment later. A dead instance fails its call at once and is forgotten.
+DEFAULT_DEPARTED_GRACE_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,7 @@ class Client:
         *,
         ejection: EjectionPolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
+        departed_grace_s: float = DEFAULT_DEPARTED_GRACE_S,
     ) -> None:
         self.runtime = runtime
         self.component = component
@@ -88,6 +94,9 @@ class Client:
         self._health: dict[str, _Health] = {}
         self._by_endpoint: dict[str, list[Instance]] = {}
         self._changed = anyio.Event()
+        self.departed_grace_s = departed_grace_s
+        # Instances that left discovery: key -> (instance, when it left).
+        self._departed: dict[str, tuple[Instance, float]] = {}
 
     def set_router(self, router: Router) -> None:
         """Route later calls with ``router`` (calls in flight keep the one they started with)."""
@@ -95,6 +104,17 @@ class Client:
         router.on_instances(sorted({i.instance_id for g in self._by_endpoint.values() for i in g}))
 
     def _update(self, instances: list[Instance]) -> None:
+        now = self._clock()
+        live_keys = {i.key for i in instances}
+        for group in self._by_endpoint.values():
+            for previous in group:
+                if previous.key not in live_keys:
+                    self._departed[previous.key] = (previous, now)
+        self._departed = {
+            key: (instance, left)
+            for key, (instance, left) in self._departed.items()
+            if key not in live_keys and now - left < self.departed_grace_s
+        }
         by_endpoint: dict[str, list[Instance]] = {}
         for instance in instances:
             by_endpoint.setdefault(instance.endpoint, []).append(instance)
@@ -125,6 +145,15 @@ class Client:
         while self._count(endpoint) < count:
             await self._changed.wait()
 
+    def recently_departed(self, endpoint: str) -> list[Instance]:
+        """Instances of ``endpoint`` that left discovery within the grace period."""
+        now = self._clock()
+        return [
+            instance
+            for instance, left in self._departed.values()
+            if instance.endpoint == endpoint and now - left < self.departed_grace_s
+        ]
+
     def instances_any(self) -> bool:
         """Whether any endpoint of the component has a live instance."""
         return self._count(None) > 0
@@ -154,6 +183,9 @@ class Client:
         self._health.pop(instance_id, None)
 
     def _record_failure(self, instance_id: str) -> None:
+        # A departed instance that fails is gone for good: no more calls as a last resort.
+        for key in [k for k, (i, _) in self._departed.items() if i.instance_id == instance_id]:
+            del self._departed[key]
         policy = self.ejection
         if policy.failures == 0:
             return
@@ -229,6 +261,14 @@ class ResponseStream:
     def _start(self) -> CallStream:
         client = self._client
         candidates = client.instances(self._endpoint)
+        if not candidates and self._route.instance_id is None:
+            # Nobody registered: call one that left discovery moments ago, if any (see
+            # DEFAULT_DEPARTED_GRACE_S); it is no routing decision the strategy tracks.
+            departed = client.recently_departed(self._endpoint)
+            if departed:
+                self.instance = instance = departed[-1]
+                self._tracked = False
+                return self._call_instance(instance)
         if not candidates:
             raise NoInstancesError(
                 f"no live instance of {client.component}/{self._endpoint}; "
@@ -245,6 +285,10 @@ class ResponseStream:
             instance = client.router.select(client._routable(candidates), self._route)
             client.router.on_routed(instance, self._route)
         self.instance = instance
+        return self._call_instance(instance)
+
+    def _call_instance(self, instance: Instance) -> CallStream:
+        client = self._client
         path = instance.key
         if not math.isinf(self.deadline):
             self.headers[HEADER_DEADLINE] = f"{max(0.0, self.deadline - anyio.current_time()):.6f}"
