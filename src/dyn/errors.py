@@ -8,6 +8,7 @@ exceptions are mapped at the boundary with ``raise ... from exc``.
 
     DynError
     ├── SpecError               a graph file or override is invalid (file, line, field)
+    ├── ConfigError             an environment variable or option is invalid (names it)
     ├── PluginError             an unknown plugin name or an import path that fails
     ├── DiscoveryError          the discovery backend cannot be reached or used
     ├── RoutingError            no instance to route to, or a strategy refuses
@@ -18,6 +19,7 @@ exceptions are mapped at the boundary with ``raise ... from exc``.
         │   └── ProtocolError   the peer speaks another protocol or sent bad frames
         ├── RemoteError         the handler raised; ``code`` and message come from it
         ├── BadRequestError     the request payload is invalid
+        ├── OverloadedError     the server refuses more work for now (retry later)
         ├── DeadlineExceeded    the request's deadline passed
         └── CancelledByPeer     the other side cancelled the call
 """
@@ -28,11 +30,13 @@ __all__ = [
     "BadRequestError",
     "CallError",
     "CancelledByPeer",
+    "ConfigError",
     "DeadlineExceeded",
     "DiscoveryError",
     "DynError",
     "LaunchError",
     "NoInstancesError",
+    "OverloadedError",
     "PluginError",
     "ProtocolError",
     "RemoteError",
@@ -53,6 +57,11 @@ class SpecError(DynError):
     def __init__(self, problems: list[str]) -> None:
         self.problems = list(problems)
         super().__init__("\n".join(self.problems))
+
+
+class ConfigError(DynError):
+    """An environment variable or a component's option is missing or invalid; the
+    message names it."""
 
 
 class PluginError(DynError):
@@ -111,6 +120,12 @@ class BadRequestError(CallError):
     code = "bad_request"
 
 
+class OverloadedError(CallError):
+    """The server is at its bound of requests in flight and queued; retry later or elsewhere."""
+
+    code = "overloaded"
+
+
 class DeadlineExceeded(CallError):
     """The request's deadline passed before it completed."""
 
@@ -125,7 +140,14 @@ class CancelledByPeer(CallError):
 
 _BY_CODE: dict[str, type[CallError]] = {
     cls.code: cls
-    for cls in (TransportError, ProtocolError, BadRequestError, DeadlineExceeded, CancelledByPeer)
+    for cls in (
+        TransportError,
+        ProtocolError,
+        BadRequestError,
+        OverloadedError,
+        DeadlineExceeded,
+        CancelledByPeer,
+    )
 }
 
 

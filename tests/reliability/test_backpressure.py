@@ -1,4 +1,5 @@
-"""Overload and emptiness at the frontend: 429 or 503, both with Retry-After, both fast."""
+"""Overload at the frontend or at a worker, and no workers: 429 or 503, both with
+Retry-After, both fast."""
 
 from __future__ import annotations
 
@@ -70,6 +71,70 @@ async def test_overload_at_4x_gets_200_or_429_and_every_accepted_request_complet
     )
     assert set(statuses) <= {200, 429}
     assert refused_in, "the frontend was never overloaded"
+    assert completed == accepted
+    assert max(refused_in) < FAST_S
+
+
+WORKER_SEQS = 2
+WORKER_QUEUED = 2
+
+
+async def test_worker_over_max_queued_refuses_at_once_and_the_frontend_answers_429() -> None:
+    port = free_port()
+    async with serve_graph(
+        str(KV_GRAPH),
+        f"frontend.port={port}",
+        "worker.replicas=2",
+        f"worker.max_num_seqs={WORKER_SEQS}",
+        f"worker.max_queued={WORKER_QUEUED}",
+        "worker.speedup_ratio=10",
+    ):
+        # No bound at the frontend: every refusal here comes from a worker.
+        clients = 4 * 2 * (WORKER_SEQS + WORKER_QUEUED)
+        texts = prompts(clients * 2, seed=5)
+        statuses: list[int] = []
+        refused_in: list[float] = []
+        completed = 0
+        limits = httpx.Limits(max_connections=clients)
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}", timeout=60, limits=limits
+        ) as http:
+
+            async def one(text: str) -> None:
+                nonlocal completed
+                t0 = time.perf_counter()
+                body = completion_body(text, 32, stream=False, stream_options=None)
+                resp = await http.post("/v1/completions", json=body)
+                statuses.append(resp.status_code)
+                if resp.status_code == 429:
+                    refused_in.append(time.perf_counter() - t0)
+                    assert resp.headers["retry-after"] == "1"
+                    error = resp.json()["error"]
+                    assert error["code"] == "overloaded" and "queued" in error["message"]
+                elif resp.status_code == 200:
+                    assert resp.json()["usage"]["completion_tokens"] == 32
+                    completed += 1
+
+            async def client(i: int) -> None:
+                for text in texts[i::clients]:
+                    await one(text)
+
+            async with anyio.create_task_group() as tasks:
+                for i in range(clients):
+                    tasks.start_soon(client, i)
+            # Nothing is left held at the workers once the flood is over.
+            body = completion_body("after", 8, stream=False, stream_options=None)
+            again = await http.post("/v1/completions", json=body)
+            assert again.status_code == 200
+    accepted = statuses.count(200)
+    print(
+        f"\n{len(statuses)} requests from {clients} clients against 2 workers with "
+        f"max_num_seqs {WORKER_SEQS} + max_queued {WORKER_QUEUED}: {accepted} accepted and "
+        f"completed, {statuses.count(429)} refused with 429 in median "
+        f"{statistics.median(refused_in) * 1000:.1f} ms, max {max(refused_in) * 1000:.1f} ms"
+    )
+    assert set(statuses) <= {200, 429}
+    assert refused_in, "no worker was ever over its bound"
     assert completed == accepted
     assert max(refused_in) < FAST_S
 

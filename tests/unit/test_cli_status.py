@@ -86,6 +86,20 @@ def test_status_table_and_json(monkeypatch: pytest.MonkeyPatch) -> None:
     assert seen == ["http://x:1", "http://x:1"]
 
 
+def test_status_table_shows_an_ejected_instance(monkeypatch: pytest.MonkeyPatch) -> None:
+    ejected = {**ROW, "role": "worker[1]", "state": "ejected", "ejected_s": 3.24}
+    monkeypatch.setattr(
+        status_cmd, "fetch_status", lambda base, rec=None: {"instances": [ROW, ejected]}
+    )
+    result = runner.invoke(app, ["status", "--url", "http://x:1", "--json"])
+    assert json.loads(result.output)["instances"][1]["ejected_s"] == 3.24
+    monkeypatch.setenv("COLUMNS", "200")
+    result = runner.invoke(app, ["status", "--url", "http://x:1"])
+    assert result.exit_code == 0, result.output
+    line = next(line for line in result.output.splitlines() if "worker[1]" in line)
+    assert "ejected for 3.2 s" in line
+
+
 def test_status_marks_roles_missing_from_discovery(run: state.RunDir) -> None:
     rec = record(
         run,

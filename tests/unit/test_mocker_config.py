@@ -68,3 +68,13 @@ def test_pure_core_imports_no_async_runtime() -> None:
             if isinstance(node, ast.ImportFrom)
         }
         assert not imported & {"anyio", "asyncio", "time", "trio"}, module
+
+
+def test_worker_config_is_the_mockers_plus_max_queued() -> None:
+    from dyn.roles.worker import WorkerConfig
+
+    assert WorkerConfig().max_queued is None  # no bound unless configured
+    config = msgspec.convert({"max_queued": 0, "max_num_seqs": 4}, WorkerConfig)
+    assert isinstance(config, MockerConfig) and config.max_queued == 0
+    with pytest.raises(msgspec.ValidationError, match="max_queued"):
+        msgspec.convert({"max_queued": -1}, WorkerConfig)

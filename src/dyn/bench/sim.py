@@ -14,6 +14,12 @@ routed, then idle cores with work start a step. Requests go out as ``dyn bench``
 them: at their arrival offsets, after the item they follow, at most ``max_concurrency``
 at a time.
 
+With several routers (processor replicas), requests go to them in turn, as the
+frontend's round-robin spreads them; every router follows every worker's events and
+load. Routers with replica sync on (:meth:`KvRouter.enable_sync`) hand each other their
+sync batches after every hook, delivered ``sync_delay_s`` later (before the next routing
+decision due by then).
+
 A run of decode steps that nothing can observe is taken in one go
 (:meth:`MockerCore.decode_steps`): routing decisions are the only thing that looks at
 other workers' state, so a core may run ahead up to the next possible decision — the
@@ -36,6 +42,8 @@ from dyn.engines.mocker.config import MockerConfig
 from dyn.engines.mocker.core import DecodeRun, MockerCore, StepResult
 from dyn.errors import BadRequestError
 from dyn.routing.base import Router, RouteRequest
+from dyn.routing.kv.router import KvRouter
+from dyn.routing.kv.sync import ReplicaSync, SyncBatch
 
 __all__ = ["SimRequest", "SimRun", "Simulator", "sim_instances"]
 
@@ -73,6 +81,7 @@ class _Flight:
     request: SimRequest
     route: RouteRequest
     core: int
+    router: int
     sent: float
     result: RequestResult
     last: float = 0.0
@@ -108,23 +117,34 @@ def sim_instances(config: MockerConfig, workers: int) -> list[Instance]:
 
 
 class Simulator:
-    """Workers and a router in virtual time. :meth:`run` may be called more than once
-    (a warm-up, then the measured requests): the clock and the caches carry over."""
+    """Workers and one router, or several fed in turn, in virtual time. :meth:`run` may be
+    called more than once (a warm-up, then the measured requests): the clock and the
+    caches carry over."""
 
     def __init__(
         self,
         config: MockerConfig,
         workers: int,
-        router: Router,
+        router: Router | Sequence[Router],
         *,
         max_concurrency: int | None = None,
         ignore_eos: bool = True,
         max_model_len: int | None = None,
         skip_ahead: bool = True,
+        sync_delay_s: float = 0.0,
     ) -> None:
         if workers < 1:
             raise ValueError("a simulation needs at least one worker")
-        self.router = router
+        self.routers = [router] if isinstance(router, Router) else list(router)
+        if not self.routers:
+            raise ValueError("a simulation needs at least one router")
+        self.router = self.routers[0]
+        self._syncs: list[ReplicaSync | None] = [
+            r.sync if isinstance(r, KvRouter) else None for r in self.routers
+        ]
+        self.sync_delay_s = sync_delay_s
+        self._mail: deque[tuple[float, int, SyncBatch]] = deque()  # due times never decrease
+        self._routed = 0  # requests sent so far: the next goes to routers[_routed % len]
         self.instances = sim_instances(config, workers)
         self._cores = [_Core(MockerCore(config), instance) for instance in self.instances]
         self._by_id = {c.instance.instance_id: i for i, c in enumerate(self._cores)}
@@ -135,7 +155,8 @@ class Simulator:
         self.now = 0.0
         self.steps = 0
         self._runs = 0
-        router.on_instances([i.instance_id for i in self.instances])
+        for each in self.routers:
+            each.on_instances([i.instance_id for i in self.instances])
 
     # -- the event loop ----------------------------------------------------------------
 
@@ -224,8 +245,13 @@ class Simulator:
             # The frontend refuses it before routing (prompt + max_tokens over the context).
             self._fail(request, result, 400, "prompt plus max_tokens exceed max_model_len")
             return
-        instance = self.router.select(self.instances, route)
-        self.router.on_routed(instance, route)
+        self._receive(now)
+        which = self._routed % len(self.routers)
+        self._routed += 1
+        router = self.routers[which]
+        instance = router.select(self.instances, route)
+        router.on_routed(instance, route)
+        self._post(which)
         index = self._by_id[instance.instance_id]
         self._worker_of[request.index] = instance.instance_id
         engine_request = EngineRequest(
@@ -237,10 +263,37 @@ class Simulator:
         try:
             self._cores[index].core.add(engine_request, now)
         except BadRequestError as exc:
-            self.router.on_finished(instance, route)
+            router.on_finished(instance, route)
+            self._post(which)
             self._fail(request, result, 400, str(exc))
             return
-        self._flights[request_id] = _Flight(request, route, index, now, result)
+        self._flights[request_id] = _Flight(request, route, index, which, now, result)
+
+    # -- replica sync ------------------------------------------------------------------
+
+    def _post(self, sender: int) -> None:
+        """Hand router ``sender``'s new sync messages to the other routers."""
+        sync = self._syncs[sender]
+        if sync is None or not sync.pending:
+            return
+        batch = sync.take()
+        for target, peer in enumerate(self._syncs):
+            if peer is not None and target != sender:
+                self._mail.append((self.now + self.sync_delay_s, target, batch))
+        if self.sync_delay_s <= 0:
+            self._receive(self.now)
+
+    def _receive(self, now: float) -> None:
+        """Apply the sync batches due by ``now``; a router new to a peer gets its state."""
+        while self._mail and self._mail[0][0] <= now:
+            _, target, batch = self._mail.popleft()
+            sync = self._syncs[target]
+            assert sync is not None
+            if sync.apply(batch):
+                sender = next(
+                    i for i, s in enumerate(self._syncs) if s and s.router_id == batch.router_id
+                )
+                self._mail.append((now + self.sync_delay_s, sender, sync.snapshot()))
 
     def _fail(self, request: SimRequest, result: RequestResult, status: int, error: str) -> None:
         result.status, result.error = status, f"HTTP {status}: {error}"
@@ -295,7 +348,7 @@ class Simulator:
     def _deliver(self, index: int) -> None:
         """The run on core ``index`` ended: hand over its tokens, events and load."""
         core = self._cores[index]
-        router, instance_id = self.router, core.instance.instance_id
+        routers, instance_id = self.routers, core.instance.instance_id
         step, decodes = core.step, core.decodes
         now = core.started
         if step is not None:
@@ -303,12 +356,16 @@ class Simulator:
             for request_id, output in step.outputs:
                 self._token(request_id, output, now)
             for event in step.events:
-                router.on_kv_event(instance_id, event)
+                for router in routers:
+                    router.on_kv_event(instance_id, event)
         if decodes is not None:
             self._decodes(decodes, now)
             for event in decodes.events:
-                router.on_kv_event(instance_id, event)
-        router.on_load(instance_id, core.core.load())
+                for router in routers:
+                    router.on_kv_event(instance_id, event)
+        load = core.core.load()
+        for router in routers:
+            router.on_load(instance_id, load)
         core.step = core.decodes = None
         core.busy_until = math.inf
 
@@ -335,7 +392,10 @@ class Simulator:
         if result.output_len == 0:
             result.ttft_s = now - flight.sent
             result.cached_tokens = output.cached_tokens
-            self.router.on_first_item(self._cores[flight.core].instance, flight.route)
+            self.routers[flight.router].on_first_item(
+                self._cores[flight.core].instance, flight.route
+            )
+            self._post(flight.router)
         else:
             result.itls_s.append(now - flight.last)
         flight.last = now
@@ -348,5 +408,6 @@ class Simulator:
         result.e2el_s = now - flight.sent
         result.ok, result.status = True, 200
         del self._flights[request_id]
-        self.router.on_finished(self._cores[flight.core].instance, flight.route)
+        self.routers[flight.router].on_finished(self._cores[flight.core].instance, flight.route)
+        self._post(flight.router)
         self._end(flight.request, result, now)

@@ -27,6 +27,7 @@ from dyn.bench.stats import DEFAULT_PERCENTILES, shares, summarize
 from dyn.bench.workloads import MOONCAKE_BLOCK_TOKENS, TraceRecord, WorkItem, trace_records
 from dyn.engines.mocker.config import FixedMs, FixedTiming, MockerConfig
 from dyn.errors import DynError
+from dyn.routing.kv.router import KvRouter
 from dyn.tokenizer import Tokenizer
 
 __all__ = [
@@ -54,6 +55,9 @@ class SimSetup:
     seed: int | None = None  # the router's; None: the benchmark's --seed
     max_model_len: int | None = None
     tokenizer: str | None = None
+    routers: int = 1  # processor replicas, fed in turn
+    router_sync: bool = True  # replica sync between them (kv strategies only)
+    sync_delay_s: float = 0.0  # how late a sync batch reaches the other routers
 
 
 def parse_timing(text: str) -> Literal["polynomial"] | FixedTiming:
@@ -86,7 +90,9 @@ def sim_setup(
 
     base = _from_graph(graph) if graph is not None else SimSetup()
     tokenizer = load_tokenizer(base.tokenizer)
-    fields = msgspec.structs.asdict(base.mocker) | dict(mocker or {})
+    # The engine's own fields only: a worker's config adds serving settings (max_queued).
+    fields = {name: getattr(base.mocker, name) for name in MockerConfig.__struct_fields__}
+    fields |= dict(mocker or {})
     fields.update(vocab_size=tokenizer.vocab_size, eos_token_id=tokenizer.eos_token_id)
     try:
         config = msgspec.convert(fields, MockerConfig)
@@ -106,9 +112,11 @@ def _from_graph(path: str | Path) -> SimSetup:
     worker = next((c for c in spec.components if isinstance(c.config, MockerConfig)), None)
     if worker is None or not isinstance(worker.config, MockerConfig):
         raise DynError(f"{path} has no worker component (uses: worker) to simulate")
-    processor = next(
-        (c.config for c in spec.components if isinstance(c.config, ProcessorConfig)), None
+    processor_spec = next(
+        (c for c in spec.components if isinstance(c.config, ProcessorConfig)), None
     )
+    processor = processor_spec.config if processor_spec is not None else None
+    assert processor is None or isinstance(processor, ProcessorConfig)
     model = spec.model
     return SimSetup(
         mocker=worker.config,
@@ -118,6 +126,8 @@ def _from_graph(path: str | Path) -> SimSetup:
         seed=processor.seed if processor else None,
         max_model_len=model.max_model_len if model else None,
         tokenizer=model.tokenizer if model else None,
+        routers=processor_spec.replicas if processor_spec else 1,
+        router_sync=processor.replica_sync if processor else True,
     )
 
 
@@ -223,14 +233,22 @@ def simulate(
     same = plugins.canonical(strategy) == plugins.canonical(setup.strategy)
     options = dict(setup.strategy_options) if same else {}
     router_seed = setup.seed if setup.seed is not None else seed
-    router = plugins.load("dyn.routers", strategy)(options or None, seed=router_seed)
+    router_cls = plugins.load("dyn.routers", strategy)
+    # Replicas draw their ties apart, as processors without a configured seed do.
+    routers = [router_cls(options or None, seed=router_seed + i) for i in range(setup.routers)]
+    synced = setup.router_sync and setup.routers > 1
+    for i, router in enumerate(routers):
+        if synced and isinstance(router, KvRouter):
+            # Bound late: the clock is the simulator's, made just below.
+            router.enable_sync(f"router-{i}", clock=lambda: simulator.now)
     simulator = Simulator(
         setup.mocker,
         setup.workers,
-        router,
+        routers,
         max_concurrency=max_concurrency,
         ignore_eos=ignore_eos,
         max_model_len=setup.max_model_len,
+        sync_delay_s=setup.sync_delay_s,
     )
     started = time.perf_counter()
     if warmup:
@@ -252,6 +270,9 @@ def simulate(
             },
             "sim": {
                 "workers": setup.workers,
+                "routers": setup.routers,
+                "router_sync": synced and isinstance(routers[0], KvRouter),
+                "sync_delay_s": setup.sync_delay_s,
                 "wall_s": wall,
                 "steps": run.steps,
                 "preemptions": run.preemptions,

@@ -183,6 +183,26 @@ def load(
     timing: Annotated[
         str | None, typer.Option(help="polynomial or fixed:PREFILL_MS,DECODE_MS.", **_sim)
     ] = None,
+    router_replicas: Annotated[
+        int | None,
+        typer.Option(
+            help="Routers (processor replicas) fed in turn. Default: the graph's, else 1.",
+            min=1,
+            **_sim,
+        ),
+    ] = None,
+    router_sync: Annotated[
+        bool | None,
+        typer.Option(
+            "--router-sync/--no-router-sync",
+            help="Routers share their in-flight load (kv). Default: the graph's, else on.",
+            show_default=False,
+            **_sim,
+        ),
+    ] = None,
+    router_sync_delay_ms: Annotated[
+        float, typer.Option(help="How late a sync batch reaches the other routers.", min=0, **_sim)
+    ] = 0.0,
 ) -> None:
     """Drive an OpenAI-compatible server with streaming requests and report TTFT, TPOT,
     ITL and end-to-end latency as vLLM's benchmark does, plus dyn's prefix hit rate and
@@ -237,9 +257,22 @@ def load(
             speedup_ratio=speedup_ratio,
             timing=timing,
         ),
+        routers=router_replicas,
+        router_sync=router_sync,
+        sync_delay_s=router_sync_delay_ms / 1000,
     )
-    if not sim and (flags.graph or flags.workers or flags.mocker):
-        raise DynError("--graph, --workers and the worker settings only apply with --sim")
+    if not sim and (
+        flags.graph
+        or flags.workers
+        or flags.mocker
+        or router_replicas is not None
+        or router_sync is not None
+        or router_sync_delay_ms
+    ):
+        raise DynError(
+            "--graph, --workers, --router-replicas and the worker and sync settings "
+            "only apply with --sim"
+        )
     if sim and url is not None:
         raise DynError("--sim runs no server; drop --url")
     if sim and api != "completions":

@@ -20,6 +20,9 @@ class SimFlags:
     graph: str | None
     workers: int | None
     mocker: dict[str, Any]
+    routers: int | None = None
+    router_sync: bool | None = None
+    sync_delay_s: float = 0.0
 
 
 def mocker_flags(
@@ -72,6 +75,12 @@ def run_sim(
     from dyn.tokenizer import load_tokenizer
 
     setup, tokenizer = sim_setup(flags.graph, workers=flags.workers, mocker=flags.mocker)
+    setup = replace(
+        setup,
+        routers=flags.routers if flags.routers is not None else setup.routers,
+        router_sync=flags.router_sync if flags.router_sync is not None else setup.router_sync,
+        sync_delay_s=flags.sync_delay_s,
+    )
     requests: list[SimRequest]
     warm: list[SimRequest] = []
     if workload.startswith("trace:") and len(workload) > len("trace:"):

@@ -1,4 +1,9 @@
-"""``dyn status``: every role instance of a running graph, its state and its load."""
+"""``dyn status``: every role instance of a running graph, its state and its load.
+
+States: ``starting`` (started, not yet registered), ``healthy``, ``draining``,
+``unhealthy`` (started, gone from discovery, dead) and ``ejected`` (registered, but a
+caller skips it after failed calls; ``ejected_s`` gives the back-off left).
+"""
 
 from __future__ import annotations
 
@@ -125,7 +130,9 @@ def _add_unregistered(data: dict[str, Any], record: RunRecord) -> None:
                 "pid": role.pid,
                 "address": role.address,
                 # Up but not (or no longer) in discovery: starting, or stuck.
-                "state": "starting" if _alive(role.pid) else "unhealthy",
+                # (A pid on another node cannot be checked from here.)
+                "state": "starting" if not role.pidfile and _alive(role.pid) else "unhealthy",
+                "ejected_s": None,
                 "uptime_s": None,
                 "in_flight": None,
                 "kv_usage": None,
@@ -143,7 +150,13 @@ def _alive(pid: int) -> bool:
     return True
 
 
-_STYLE = {"healthy": "green", "starting": "yellow", "draining": "yellow", "unhealthy": "red"}
+_STYLE = {
+    "healthy": "green",
+    "starting": "yellow",
+    "draining": "yellow",
+    "unhealthy": "red",
+    "ejected": "red",
+}
 
 
 def render(data: dict[str, Any]) -> Table:
@@ -156,6 +169,10 @@ def render(data: dict[str, Any]) -> Table:
     for row in data["instances"]:
         state = row["state"]
         usage = row.get("kv_usage")
+        shown = state
+        if isinstance(row.get("ejected_s"), (int, float)):
+            # Registered and up, but callers skip it until its back-off ends.
+            shown = f"{state} for {row['ejected_s']:.1f} s"
         table.add_row(
             row["role"],
             str(row["replica"]),
@@ -163,7 +180,7 @@ def render(data: dict[str, Any]) -> Table:
             row["host"],
             str(row["pid"] or ""),
             row["address"] or "",
-            f"[{_STYLE.get(state, 'white')}]{state}[/]",
+            f"[{_STYLE.get(state, 'white')}]{shown}[/]",
             _duration(row.get("uptime_s")),
             "" if row.get("in_flight") is None else str(row["in_flight"]),
             f"{usage:.0%}" if isinstance(usage, (int, float)) else "",

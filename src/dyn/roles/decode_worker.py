@@ -31,12 +31,11 @@ from dyn.disagg.rule import (
 )
 from dyn.disagg.transfer import KvTransferModel
 from dyn.engines.base import EngineOutput, EngineRequest
-from dyn.engines.mocker import MockerConfig
 from dyn.errors import BadRequestError, CallError, DynError
 from dyn.kv.hashing import local_block_hashes, sequence_hashes
 from dyn.observability.disagg_metrics import DisaggMetrics
 from dyn.roles.prefill_queue import disagg_settings
-from dyn.roles.worker import Worker
+from dyn.roles.worker import Worker, WorkerConfig
 from dyn.routing.base import RouteRequest
 from dyn.runtime.component import Component, depends, endpoint
 from dyn.runtime.context import Context
@@ -49,8 +48,8 @@ QUEUE_CALL_TIMEOUT_S = 2.0
 SETTINGS_POLL_S = 0.5
 
 
-class DecodeWorkerConfig(MockerConfig, forbid_unknown_fields=True, frozen=True):
-    """The mocker's settings plus the disaggregation ones."""
+class DecodeWorkerConfig(WorkerConfig, forbid_unknown_fields=True, frozen=True):
+    """A worker's settings plus the disaggregation ones."""
 
     max_local_prefill_length: Annotated[int, msgspec.Meta(ge=0)] = DEFAULT_MAX_LOCAL_PREFILL_LENGTH
     max_prefill_queue_size: Annotated[int, msgspec.Meta(ge=0)] = DEFAULT_MAX_PREFILL_QUEUE_SIZE
@@ -86,6 +85,7 @@ class DecodeWorker(Worker, Component[DecodeWorkerConfig]):
             req = msgspec.convert(request, EngineRequest)
         except msgspec.ValidationError as exc:
             raise BadRequestError(f"invalid engine request: {exc}") from exc
+        self._refuse_if_full()  # before a remote prefill that would be wasted
         location = "local"
         if await self._wants_remote(req) and await self._prefill_remote(req):
             location = "remote"

@@ -85,6 +85,14 @@ class Frontend(Component[FrontendConfig]):
     def ready(self) -> bool:
         return self._server is not None and self._server.started
 
+    def ejected(self) -> dict[str, float]:
+        """Instances the frontend's own clients have ejected, with seconds of back-off left."""
+        ejected: dict[str, float] = {}
+        for client in self._dyn_clients.values():
+            for instance_id, left in client.ejected().items():
+                ejected[instance_id] = max(left, ejected.get(instance_id, 0.0))
+        return ejected
+
     async def run(self) -> None:
         import uvicorn
 

@@ -6,7 +6,9 @@
 ``POST /admin/kv/clear`` empties every worker's prefix cache (``dyn bench --compare``
 calls it between arms). ``GET /admin/status`` lists every role instance of the namespace
 (from discovery) with what is cheap to know of its health; it is mounted on every
-frontend, with or without a processor.
+frontend, with or without a processor. An instance that the frontend's clients or any
+processor's client has ejected for failing calls shows as ``ejected``, with the seconds
+of back-off left in ``ejected_s``.
 They call the processor's ``route_info``, ``set_strategy``, ``explain`` and ``clear_kv``
 endpoints.
 
@@ -31,6 +33,7 @@ import msgspec
 from dyn.discovery.base import Instance
 from dyn.errors import CallError, DynError, NoInstancesError
 from dyn.roles.http_errors import error_body, status_for
+from dyn.routing.base import RouteRequest
 from dyn.runtime.client import Client
 
 if TYPE_CHECKING:
@@ -122,6 +125,7 @@ async def collect_status(frontend: Frontend) -> dict[str, Any]:
             "pid": os.getpid(),
             "address": frontend.url,
             "state": "draining" if admission.draining else "healthy",
+            "ejected_s": None,
             "uptime_s": now - frontend.started_at,
             "in_flight": admission.active,
             "kv_usage": None,
@@ -132,10 +136,13 @@ async def collect_status(frontend: Frontend) -> dict[str, Any]:
     seen: dict[tuple[str, str], Instance] = {}
     for instance in instances:
         seen.setdefault((instance.component, instance.instance_id), instance)
-    workers = await _worker_stats(frontend.processor)
+    workers, ejected = await _processor_view(frontend.processor)
+    for instance_id, seconds in frontend.ejected().items():
+        ejected[instance_id] = max(seconds, ejected.get(instance_id, 0.0))
     for instance in sorted(seen.values(), key=lambda i: (i.component, i.replica, i.instance_id)):
         stats = workers.get(instance.instance_id, {})
         started = instance.metadata.get("started_at")
+        left = ejected.get(instance.instance_id)
         rows.append(
             {
                 "component": instance.component,
@@ -145,8 +152,10 @@ async def collect_status(frontend: Frontend) -> dict[str, Any]:
                 "host": instance.host,
                 "pid": instance.pid,
                 "address": instance.address,
-                # Only a role that is up registers, and draining withdraws it first.
-                "state": "healthy",
+                # Only a role that is up registers, and draining withdraws it first; a
+                # registered one is still skipped by callers while they eject it.
+                "state": "healthy" if left is None else "ejected",
+                "ejected_s": None if left is None else round(left, 1),
                 "uptime_s": now - started if isinstance(started, (int, float)) else None,
                 "in_flight": stats.get("in_flight", stats.get("running")),
                 "kv_usage": _kv_usage(stats),
@@ -161,19 +170,38 @@ async def collect_status(frontend: Frontend) -> dict[str, Any]:
     return {"namespace": info.namespace, "time": now, "instances": rows}
 
 
-async def _worker_stats(processor: Client | None) -> dict[str, dict[str, Any]]:
-    """What the processor's router knows of each worker; nothing if there is none."""
+async def _processor_view(
+    processor: Client | None,
+) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
+    """What the processors know of each worker, and whom their clients eject.
+
+    Every processor instance is asked (each has its own client, so its own ejections);
+    the worker stats of the first to answer are kept. Nothing if there is no processor,
+    and what has come in when the time is up.
+    """
+    workers: dict[str, dict[str, Any]] = {}
+    ejected: dict[str, float] = {}
     if processor is None:
-        return {}
-    try:
-        with anyio.move_on_after(STATUS_CALL_TIMEOUT_S):
-            async with processor.stream("route_info", {}) as items:
+        return workers, ejected
+
+    async def ask(instance_id: str) -> None:
+        route = RouteRequest(request_id=f"status-{instance_id}", instance_id=instance_id)
+        try:
+            async with processor.stream("route_info", {}, route=route) as items:
                 async for item in items:
-                    workers: dict[str, dict[str, Any]] = item.get("workers") or {}
-                    return workers
-    except DynError:
-        pass  # the status still lists every role; only the load columns stay empty
-    return {}
+                    if not workers:
+                        workers.update(item.get("workers") or {})
+                    for worker, left in (item.get("ejected") or {}).items():
+                        ejected[worker] = max(float(left), ejected.get(worker, 0.0))
+                    return
+        except DynError:
+            pass  # the status still lists every role; only the load columns stay empty
+
+    with anyio.move_on_after(STATUS_CALL_TIMEOUT_S):
+        async with anyio.create_task_group() as tasks:
+            for instance in processor.instances("route_info"):
+                tasks.start_soon(ask, instance.instance_id)
+    return workers, ejected
 
 
 def _kv_usage(stats: dict[str, Any]) -> float | None:

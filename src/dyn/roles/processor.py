@@ -4,7 +4,9 @@ It speaks the OpenAI layer's ``GenerateRequest`` / ``GenerateOutput`` on ``gener
 and the worker's ``EngineRequest`` / ``EngineOutput`` downstream. It follows every
 worker's ``kv_events`` stream and feeds the routing strategy, which can be switched while
 running (``set_strategy``) and asked to explain a decision (``explain``); ``clear_kv``
-empties every worker's prefix cache (between benchmark arms).
+empties every worker's prefix cache (between benchmark arms). Replicas of one processor
+share their routers' in-flight load through ``router_sync`` (:mod:`dyn.roles.replica_sync`)
+unless ``replica_sync`` is off.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from dyn.errors import BadRequestError, CallError, DynError
 from dyn.kv.events import KvRemoved, KvStored, WorkerUpdate
 from dyn.observability.worker_metrics import RouterMetrics
 from dyn.openai.protocol import GenerateOutput, GenerateRequest
+from dyn.roles.replica_sync import ReplicaLink
 from dyn.routing.base import Router, RouteRequest
+from dyn.routing.kv.sync import SyncBatch
 from dyn.runtime.component import Component, depends, endpoint
 from dyn.runtime.context import Context
 from dyn.tokenizer import Tokenizer, load_tokenizer
@@ -45,6 +49,8 @@ class ProcessorConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     seed: int | None = None
     # How many times one request may be resent after its worker's stream broke mid-way.
     migration_limit: Annotated[int, msgspec.Meta(ge=0)] = DEFAULT_MIGRATION_LIMIT
+    # Share in-flight load with the other replicas of this processor (kv strategies).
+    replica_sync: bool = True
 
 
 class Processor(Component[ProcessorConfig]):
@@ -61,6 +67,10 @@ class Processor(Component[ProcessorConfig]):
         self._subscriptions = anyio.CancelScope()
         # What each worker last reported, whatever the strategy: for `dyn route`.
         self.worker_stats: dict[str, dict[str, float]] = {}
+        self.replicas: ReplicaLink | None = None
+        if self.config.replica_sync:
+            peers = self.runtime.client(self.info.component)
+            self.replicas = ReplicaLink(peers, self.info.instance_id, self.log)
         self._install(self.config.strategy, self.config.strategy_options)
 
     def _install(self, strategy: str, options: Mapping[str, Any]) -> None:
@@ -68,14 +78,19 @@ class Processor(Component[ProcessorConfig]):
         router: Router = router_cls(dict(options) or None, seed=self.config.seed)
         self.worker.set_router(router)
         self.strategy = plugins.canonical(strategy)
+        if self.replicas is not None:
+            self.replicas.attach(router)
         # A new router starts empty: resubscribe so every worker sends it a snapshot.
         self._subscriptions.cancel()
 
     async def run(self) -> None:
-        while True:
-            with anyio.CancelScope() as scope:
-                self._subscriptions = scope
-                await self._follow_workers()
+        async with anyio.create_task_group() as tasks:
+            if self.replicas is not None:
+                tasks.start_soon(self.replicas.run)
+            while True:
+                with anyio.CancelScope() as scope:
+                    self._subscriptions = scope
+                    await self._follow_workers()
 
     async def _follow_workers(self) -> None:
         """Keep one kv_events subscription per live worker instance."""
@@ -203,8 +218,20 @@ class Processor(Component[ProcessorConfig]):
                 )
 
     @endpoint
+    async def router_sync(self, request: Any, ctx: Context) -> AsyncIterator[dict[str, Any]]:
+        """A peer replica's sync batch (:mod:`dyn.routing.kv.sync`); ignored when off."""
+        try:
+            batch = msgspec.convert(request, SyncBatch)
+        except msgspec.ValidationError as exc:
+            raise BadRequestError(f"invalid router_sync batch: {exc}") from exc
+        if self.replicas is not None:
+            self.replicas.receive(batch)
+        yield {"applied": self.replicas is not None}
+
+    @endpoint
     async def route_info(self, request: Any, ctx: Context) -> AsyncIterator[dict[str, Any]]:
-        """The strategy in use and what it knows of each worker."""
+        """The strategy in use, what it knows of each worker, and which workers this
+        processor's client has ejected (instance id → seconds of back-off left)."""
         workers = self.worker.instances("generate")
         described = self.worker.router.describe()
         live = {i.instance_id for i in workers}
@@ -219,6 +246,8 @@ class Processor(Component[ProcessorConfig]):
                 {"instance_id": i.instance_id, "replica": i.replica, "node": i.node}
                 for i in workers
             ],
+            "ejected": self.worker.ejected(),
+            "replica_sync": self.replicas.describe() if self.replicas is not None else None,
         }
 
     @endpoint

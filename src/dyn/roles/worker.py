@@ -4,13 +4,17 @@ Endpoints: ``generate`` (an ``EngineRequest`` in, ``EngineOutput`` items out),
 ``kv_events`` (the engine's KV events and load, a snapshot first on every
 subscription) and ``clear_kv`` (drop the cached blocks, e.g. between benchmark arms).
 Its discovery entries carry its block size, which KV-aware routers check.
+
+``max_queued`` bounds what a worker holds: past ``max_num_seqs + max_queued`` generations
+at once it refuses a new one at once with code ``overloaded`` (the frontend's 429 with
+Retry-After) rather than letting its queue, and every request's wait, grow without end.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
 import msgspec
@@ -18,18 +22,26 @@ from prometheus_client import Counter
 
 from dyn.engines.base import EngineOutput, EngineRequest
 from dyn.engines.mocker import MockerConfig, MockerEngine
-from dyn.errors import BadRequestError
+from dyn.errors import BadRequestError, OverloadedError
 from dyn.kv.events import WorkerUpdate
 from dyn.observability.worker_metrics import WorkerMetrics
 from dyn.runtime.component import Component, endpoint
 from dyn.runtime.context import Context
 from dyn.tokenizer import load_tokenizer
 
-__all__ = ["Worker"]
+__all__ = ["Worker", "WorkerConfig"]
 
 
-class Worker(Component[MockerConfig]):
-    """One engine instance; its config is the mocker's (REFERENCE.md §5)."""
+class WorkerConfig(MockerConfig, forbid_unknown_fields=True, frozen=True):
+    """The mocker's settings (REFERENCE.md §5) plus the worker's own bound on its queue."""
+
+    # Generations that may wait beyond the max_num_seqs the engine runs at once; one more
+    # is refused with code "overloaded". Unset: no bound (every request waits its turn).
+    max_queued: Annotated[int, msgspec.Meta(ge=0)] | None = None
+
+
+class Worker(Component[WorkerConfig]):
+    """One engine instance; its config is the mocker's plus ``max_queued``."""
 
     def metadata(self) -> dict[str, Any]:
         return {"block_size": self.config.block_size, "total_blocks": self.config.num_gpu_blocks}
@@ -46,6 +58,10 @@ class Worker(Component[MockerConfig]):
         self.metrics.kv_total_blocks.labels(self.label).set(self.config.num_gpu_blocks)
         self._own = _OwnMetrics(self.metrics, self.label)
         self._active = 0  # generate calls in flight, which drain() waits for
+        queued = self.config.max_queued
+        # Counted against calls in flight, not the engine's waiting list: requests that
+        # arrive between two engine steps all wait until the next one, however few.
+        self._max_active = None if queued is None else self.config.max_num_seqs + queued
         self._idle = anyio.Event()
         self._idle.set()
 
@@ -58,6 +74,7 @@ class Worker(Component[MockerConfig]):
             req = msgspec.convert(request, EngineRequest)
         except msgspec.ValidationError as exc:
             raise BadRequestError(f"invalid engine request: {exc}") from exc
+        self._refuse_if_full()
         own = self._own
         itl = own.itl
         clock = time.perf_counter
@@ -93,6 +110,15 @@ class Worker(Component[MockerConfig]):
             own.finished(status)
             own.duration.observe(clock() - started)
             own.kv_active_blocks.set(self.engine.load().active_blocks)
+
+    def _refuse_if_full(self) -> None:
+        """Raise ``OverloadedError`` if one more generation would pass ``max_queued``."""
+        if self._max_active is not None and self._active >= self._max_active:
+            self._own.finished("overloaded")
+            raise OverloadedError(
+                f"worker {self.label} is at its limit of {self.config.max_num_seqs} running "
+                f"and {self.config.max_queued} queued requests; retry later"
+            )
 
     async def drain(self) -> None:
         """Wait for the generations in flight (the launcher has deregistered us already)."""

@@ -59,14 +59,21 @@ class KvApproxRouter(KvRouter):
         return self.index.match_keys(keys)
 
     def routed(self, worker: str, plan: _Plan) -> None:
-        if not plan.keys:
+        self._guess(worker, plan.keys, plan.local)
+
+    def peer_routed(self, worker: str, keys: list[int], local: list[int]) -> None:
+        # A peer router's decision says as much about the worker's cache as our own.
+        self._guess(worker, keys, local)
+
+    def _guess(self, worker: str, keys: Sequence[int], local: Sequence[int]) -> None:
+        if not keys:
             return
         self._expire()
         deadline = self._clock() + self.settings.ttl_s
         # The block hash of a guessed block is its chain key: unique per prefix.
-        self.index.store(worker, None, list(zip(plan.keys, plan.local, strict=True)))
+        self.index.store(worker, None, list(zip(keys, local, strict=True)))
         expires = self._expires.setdefault(worker, {})
-        for key in plan.keys:
+        for key in keys:
             expires[key] = deadline
             heapq.heappush(self._heap, (deadline, worker, key))
 

@@ -3,13 +3,16 @@
 The radix index (fed by the workers' KV events) gives each worker's cached overlap with
 the prompt; the tracker gives the load this router has in flight there; the cost function
 weighs both (REFERENCE.md §3). ``KvApproxRouter`` keeps the same machinery but guesses
-the index from its own decisions instead of events.
+the index from its own decisions instead of events. With :meth:`KvRouter.enable_sync`
+a router shares its in-flight load with the other replicas routing to the same workers
+(:mod:`dyn.routing.kv.sync`).
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -26,6 +29,7 @@ from dyn.routing.kv.cost import (
     worker_cost,
 )
 from dyn.routing.kv.indexer import RadixIndex, chain_keys
+from dyn.routing.kv.sync import ReplicaSync
 from dyn.routing.kv.tracker import LoadTracker
 from dyn.routing.simple import Direct
 
@@ -124,6 +128,17 @@ class KvRouter(Router):
         chosen_seed = self.settings.seed if self.settings.seed is not None else seed
         self._rng = random.Random(chosen_seed)
         self._pending: dict[str, tuple[str, _Plan]] = {}
+        self.sync: ReplicaSync | None = None
+
+    def enable_sync(
+        self, router_id: str, *, epoch: int = 0, clock: Callable[[], float] = time.monotonic
+    ) -> ReplicaSync:
+        """Share this router's in-flight load with other routers of the same workers
+        (:mod:`dyn.routing.kv.sync`); the caller carries the batches."""
+        self.sync = ReplicaSync(
+            router_id, epoch=epoch, tracker=self.tracker, on_add=self.peer_routed, clock=clock
+        )
+        return self.sync
 
     # -- what subclasses change --------------------------------------------------------
 
@@ -217,17 +232,26 @@ class KvRouter(Router):
         overlap = plan.overlaps[worker]
         prefill = max(0, len(request.tokens) - overlap * plan.block_size)
         self.tracker.add(request.request_id, worker, plan.keys, plan.extra_blocks, prefill)
+        if self.sync is not None:
+            self.sync.local_add(request.request_id, worker, plan.local, plan.extra_blocks, prefill)
         self.routed(worker, plan)
 
     def routed(self, worker: str, plan: _Plan) -> None:
         """Hook for subclasses: ``plan``'s request now runs on ``worker``."""
 
+    def peer_routed(self, worker: str, keys: list[int], local: list[int]) -> None:
+        """Hook for subclasses: a peer router sent a request of these blocks to ``worker``."""
+
     def on_first_item(self, instance: Instance, request: RouteRequest) -> None:
         self.tracker.prefill_done(request.request_id)
+        if self.sync is not None:
+            self.sync.local_prefill_done(request.request_id)
 
     def on_finished(self, instance: Instance, request: RouteRequest) -> None:
         self.tracker.finish(request.request_id)
         self._pending.pop(request.request_id, None)
+        if self.sync is not None:
+            self.sync.local_free(request.request_id)
 
     def on_kv_event(self, instance_id: str, event: KvEvent) -> None:
         self.index.apply(instance_id, event)

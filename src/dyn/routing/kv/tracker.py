@@ -17,7 +17,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["LoadTracker", "WorkerFlight"]
+__all__ = ["FlightKey", "LoadTracker", "WorkerFlight"]
+
+# A request this router sent is keyed by its request id; one a peer router sent, by the
+# peer's id and its flight number (:mod:`dyn.routing.kv.sync`), so the two never collide.
+FlightKey = str | tuple[str, int]
 
 
 @dataclass
@@ -49,7 +53,7 @@ class LoadTracker:
     """In-flight requests per worker, keyed by request id."""
 
     def __init__(self) -> None:
-        self._requests: dict[str, _Request] = {}
+        self._requests: dict[FlightKey, _Request] = {}
         self._workers: dict[str, WorkerFlight] = {}
 
     def flight(self, worker: str) -> WorkerFlight:
@@ -62,7 +66,7 @@ class LoadTracker:
 
     def add(
         self,
-        request_id: str,
+        request_id: FlightKey,
         worker: str,
         keys: Sequence[int],
         extra_blocks: int,
@@ -83,7 +87,7 @@ class LoadTracker:
         for key in request.keys:
             refs[key] = refs.get(key, 0) + 1
 
-    def prefill_done(self, request_id: str) -> None:
+    def prefill_done(self, request_id: FlightKey) -> None:
         """The first token of ``request_id`` came back: its prefill is no longer pending."""
         request = self._requests.get(request_id)
         if request is None or not request.prefill_tokens:
@@ -91,7 +95,7 @@ class LoadTracker:
         self._workers[request.worker].prefill_tokens -= request.prefill_tokens
         request.prefill_tokens = 0
 
-    def finish(self, request_id: str) -> None:
+    def finish(self, request_id: FlightKey) -> None:
         """``request_id`` ended; forgetting an unknown id is not an error."""
         request = self._requests.pop(request_id, None)
         if request is None:
