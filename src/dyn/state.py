@@ -117,6 +117,9 @@ class RunRecord(msgspec.Struct, kw_only=True):
     frontend_url: str | None = None
     admin_token: str | None = None
     etcd_pid: int | None = None  # an etcd this run started (discovery option `start`)
+    # Where `dyn scale` reaches the running `dyn up` (loopback port and its token).
+    control_port: int | None = None
+    control_token: str | None = None
     roles: list[RoleRecord] = msgspec.field(default_factory=list)
 
 

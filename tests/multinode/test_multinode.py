@@ -249,6 +249,28 @@ def _lease_ids(etcd: str) -> set[str]:
     return {lease["ID"] for lease in response.json().get("leases", [])}
 
 
+def test_scale_adds_then_drains_a_worker(up: Up) -> None:
+    node1 = up.cluster.nodes[0]
+    added = node1.run([DYN, "scale", "worker", "3"], env=up.env, timeout=90)
+    assert added.returncode == 0, added.stderr
+    assert "started worker[2] on node2" in added.stdout
+    workers = [r for r in up.status()["instances"] if r["component"] == "worker"]
+    assert sorted((r["role"], r["node"], r["state"]) for r in workers) == [
+        ("worker[0]", "node2", "healthy"),
+        ("worker[1]", "node3", "healthy"),
+        ("worker[2]", "node2", "healthy"),
+    ]
+    ends = [up.generate(f"s{i}").json()["text"].rsplit("_", 1)[1] for i in range(9)]
+    assert ends.count("node2") == 6 and ends.count("node3") == 3  # round-robin over 3
+    drained = node1.run([DYN, "scale", "worker", "2"], env=up.env, timeout=90)
+    assert drained.returncode == 0, drained.stderr
+    assert "drained and stopped worker[2] on node2" in drained.stdout
+    workers = [r for r in up.status()["instances"] if r["component"] == "worker"]
+    assert sorted(r["role"] for r in workers) == ["worker[0]", "worker[1]"]
+    refused = node1.run([DYN, "scale", "frontend", "2"], env=up.env, timeout=30)
+    assert refused.returncode == 1 and "frontends cannot be scaled" in refused.stderr
+
+
 def test_killed_worker_leaves_status_and_routing_within_ttl(up: Up) -> None:
     victim = next(r for r in up.status()["instances"] if r["node"] == "node3")
     # Requests run back to back from the kill on; with retries off in this copy of the
@@ -300,6 +322,34 @@ def test_killed_worker_leaves_status_and_routing_within_ttl(up: Up) -> None:
     # `dyn status` itself shows the dead worker as no longer healthy.
     rows = [r for r in up.status()["instances"] if r["node"] == "node3"]
     assert rows and all(r["state"] == "unhealthy" for r in rows)
+
+
+def test_a_worker_started_by_hand_registers_and_gets_traffic(up: Up) -> None:
+    """After the kill above only node2 serves; a worker started by hand on node3 (in its
+    namespace, with the same graph file) joins through etcd and receives requests."""
+    node3 = up.cluster.nodes[2]
+    graph = up.record()["graph_file"]
+    prefix = ["ip", "netns", "exec", node3.netns] if node3.netns else []
+    joined = subprocess.Popen(
+        [*prefix, DYN, "join", graph, "worker", "--node", "node3"],
+        env=up.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        ends: set[str] = set()
+        while time.monotonic() < deadline and "node3" not in ends:
+            ends |= {up.generate(f"j{i}").json()["text"].rsplit("_", 1)[1] for i in range(4)}
+            time.sleep(0.1)
+        assert "node3" in ends, "the hand-started worker got no request"
+        rows = [r for r in up.status()["instances"] if r["node"] == "node3"]
+        assert any(r["state"] == "healthy" and r["replica"] == 100 for r in rows)
+    finally:
+        joined.send_signal(signal.SIGTERM)
+        _, err = joined.communicate(timeout=30)
+    assert joined.returncode == 0, err
 
 
 def test_ctrl_c_leaves_no_process_on_any_node(up: Up) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import typer
 
 from dyn import __version__
-from dyn.cli import bench, down, graph_cmd, logs, role, route, status, up
+from dyn.cli import bench, down, graph_cmd, logs, role, route, scale, status, up
 
 __all__ = ["app", "main"]
 
@@ -25,6 +25,8 @@ app.command("route")(route.route)
 app.command("status")(status.status)
 app.command("logs")(logs.logs)
 app.command("down")(down.down)
+app.command("scale")(scale.scale)
+app.command("join")(scale.join)
 app.command("_role", hidden=True)(role.role)
 
 

@@ -52,8 +52,9 @@ def discovery_in_run(graph: GraphSpec, run: state.RunDir) -> GraphSpec:
 
 
 def role_name(spec: ComponentSpec, replica: int) -> str:
-    """``component`` for a single replica, ``component[i]`` when there are several."""
-    return spec.name if spec.replicas == 1 else f"{spec.name}[{replica}]"
+    """``component`` for a single replica, ``component[i]`` when there are several
+    (or once `dyn scale` added one)."""
+    return spec.name if spec.replicas == 1 and replica == 0 else f"{spec.name}[{replica}]"
 
 
 def node_of(spec: ComponentSpec, replica: int) -> str:
@@ -61,7 +62,7 @@ def node_of(spec: ComponentSpec, replica: int) -> str:
 
 
 async def start_role(
-    runtime: Runtime, graph: GraphSpec, spec: ComponentSpec, replica: int
+    runtime: Runtime, graph: GraphSpec, spec: ComponentSpec, replica: int, node: str | None = None
 ) -> Component[Any]:
     """Build the component, wire its clients, start it, wait until it is ready and its
     dependencies have instances, then register its endpoints."""
@@ -72,7 +73,7 @@ async def start_role(
         )
         for dep in spec.depends_on
     }
-    info = component_info(graph.namespace, spec.name, replica, node_of(spec, replica))
+    info = component_info(graph.namespace, spec.name, replica, node or node_of(spec, replica))
     component = role_class(spec.config, info, clients)
     component.runtime = runtime
     component.model = graph.model

@@ -28,6 +28,7 @@ from dyn.errors import LaunchError
 from dyn.graph import GraphSpec, dump_graph_yaml
 from dyn.launch._roles import READY_TIMEOUT_S, discovery_in_run, node_of, role_name
 from dyn.launch.base import Launcher, LaunchObserver, cancel_when_set, new_record
+from dyn.launch.control import ControlServer
 from dyn.launch.etcd_server import LocalEtcd, start_local_etcd
 from dyn.launch.role_main import READY_MARK
 
@@ -57,6 +58,18 @@ class _Role:
     exited: anyio.Event = field(default_factory=anyio.Event)
 
 
+@dataclass
+class _Scaling:
+    """What `dyn scale` needs of a launch that is serving."""
+
+    graph: GraphSpec
+    run: state.RunDir
+    graph_path: Path
+    observer: LaunchObserver
+    tasks: anyio.abc.TaskGroup
+    record: state.RunRecord
+
+
 def prepare_run(graph: GraphSpec, launcher: str) -> tuple[state.RunDir, GraphSpec, Path]:
     """Create the run's state directory and write the graph every role process loads.
 
@@ -79,6 +92,7 @@ class LocalLauncher(Launcher):
         self._stopping = False
         self._etcd: LocalEtcd | None = None
         self._hurry: anyio.Event | None = None  # made in run(), inside the event loop
+        self._scaling: _Scaling | None = None  # set once the graph serves
 
     def resolve(self, graph: GraphSpec) -> GraphSpec:
         # Separate processes cannot share memory: in-memory discovery becomes file
@@ -107,8 +121,11 @@ class LocalLauncher(Launcher):
                     return
                 url = next((r.ready["url"] for r in self.roles if r.ready and r.ready["url"]), None)
                 record.frontend_url = url
-                record.roles = [self._role_record(resolved, r) for r in self.roles]
-                state.write_record(run, record)
+                self._scaling = _Scaling(resolved, run, graph_path, observer, tasks, record)
+                control = ControlServer(self.scale)
+                await control.start(tasks)
+                record.control_port, record.control_token = control.port, control.token
+                self._write_roles()
                 observer.graph_ready(url, time.perf_counter() - began)
                 await stop.wait()
             finally:
@@ -160,6 +177,58 @@ class LocalLauncher(Launcher):
         self.roles.append(role)
         await self._spawned(role)
         tasks.start_soon(self._pump, role)
+
+    # -- scaling while running ---------------------------------------------------------
+
+    def _write_roles(self) -> None:
+        scaling = self._scaling
+        assert scaling is not None
+        scaling.record.roles = [self._role_record(scaling.graph, r) for r in self.roles]
+        state.write_record(scaling.run, scaling.record)
+
+    async def scale(self, component: str, replicas: int) -> list[str]:
+        """Start or drain replicas of ``component`` until ``replicas`` run."""
+        scaling = self._scaling
+        if scaling is None:
+            raise LaunchError("the graph is still starting; scale it once it serves")
+        try:
+            spec = scaling.graph.component(component)
+        except KeyError:
+            names = ", ".join(c.name for c in scaling.graph.components)
+            raise LaunchError(
+                f"no component {component!r} in this graph; components: {names}"
+            ) from None
+        if spec.name in {f.name for f in scaling.graph.frontends()}:
+            raise LaunchError("frontends cannot be scaled: their replicas would share one port")
+        if replicas < 0:
+            raise LaunchError(f"replicas must be >= 0, got {replicas}")
+        running = [r for r in self.roles if r.component == component and not r.exited.is_set()]
+        lines: list[str] = []
+        if replicas > len(running):
+            used = {r.replica for r in self.roles if r.component == component}
+            fresh = [i for i in range(replicas + len(used)) if i not in used]
+            batch = []
+            for replica in fresh[: replicas - len(running)]:
+                role = _Role(role_name(spec, replica), spec.name, replica, node_of(spec, replica))
+                scaling.observer.role_starting(role.role, role.node)
+                await self._spawn(scaling.tasks, scaling.run, scaling.graph_path, role)
+                batch.append(role)
+            began = time.perf_counter()
+            for role in batch:
+                await self._wait_ready(role)
+                scaling.observer.role_up(role.role, role.node, time.perf_counter() - began)
+                lines.append(f"started {role.role} on {role.node}")
+        else:
+            # The newest replicas go first: they have the least state (cache) to lose.
+            for role in sorted(running, key=lambda r: r.replica)[replicas:][::-1]:
+                await self._stop(role)
+                self.roles.remove(role)
+                scaling.observer.role_stopped(role.role)
+                lines.append(f"drained and stopped {role.role} on {role.node}")
+        self._write_roles()
+        now = len([r for r in self.roles if r.component == component and not r.exited.is_set()])
+        lines.append(f"{component}: {now} replica(s) running")
+        return lines
 
     # -- what the ssh launcher changes ---------------------------------------------------
 

@@ -51,6 +51,7 @@ def run_role(
     *,
     watch_stdin: bool,
     pidfile_run: str | None = None,
+    node: str | None = None,
 ) -> None:
     if graph_path == "-":
         graph = _bootstrap()
@@ -58,7 +59,7 @@ def run_role(
         graph = load_graph(Path(graph_path))
     pidfile = _write_pidfile(pidfile_run, component, replica, graph) if pidfile_run else None
     try:
-        anyio.run(_serve, graph, component, replica, watch_stdin, pidfile)
+        anyio.run(_serve, graph, component, replica, watch_stdin, pidfile, node)
     finally:
         if pidfile is not None:
             pidfile.unlink(missing_ok=True)
@@ -106,9 +107,12 @@ async def _serve(
     replica: int,
     watch_stdin: bool,
     pidfile: Path | None,
+    node_name: str | None = None,
 ) -> None:
     spec = graph.component(component_name)
-    node = graph.node(spec.placement[replica % len(spec.placement)]) if spec.placement else None
+    if node_name is None and spec.placement:
+        node_name = spec.placement[replica % len(spec.placement)]
+    node = graph.node(node_name) if node_name is not None else None
     host = node.bind if node is not None else "127.0.0.1"
     stop = anyio.Event()
     async with (
@@ -126,7 +130,7 @@ async def _serve(
             runtime.tasks.start_soon(_watch_stdin, stop)
         with anyio.CancelScope() as startup:  # SIGTERM during start-up: just leave
             runtime.tasks.start_soon(cancel_when_set, stop, startup)
-            component = await start_role(runtime, graph, spec, replica)
+            component = await start_role(runtime, graph, spec, replica, node_name)
         if startup.cancelled_caught:
             return
         ready: dict[str, Any] = {

@@ -192,7 +192,10 @@ class Processor(Component[ProcessorConfig]):
                         )
                     return
             except CallError as exc:
-                if not _worker_lost(exc):
+                # A worker at its queue bound refuses before doing anything: another
+                # worker may have room (when none has, the refusal becomes a 429).
+                refused = exc.code == "overloaded" and received == 0
+                if not (_worker_lost(exc) or refused):
                     raise
                 if stream.instance is not None:
                     failed.add(stream.instance.instance_id)

@@ -1,0 +1,81 @@
+"""``dyn scale`` and ``dyn join``: change how many replicas of a component serve."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dyn.cli._common import expected_errors
+
+__all__ = ["join", "scale"]
+
+
+@expected_errors
+def scale(
+    component: Annotated[str, typer.Argument(help="The component to scale, e.g. worker.")],
+    replicas: Annotated[int, typer.Argument(min=0, help="How many replicas should run.")],
+    run: Annotated[
+        str | None, typer.Option(help="A run id (or its prefix). Default: the latest run.")
+    ] = None,
+) -> None:
+    """Start or drain replicas of a running graph's component (local and ssh launchers).
+
+    New replicas go on the component's placement nodes in turn; the newest replicas are
+    drained first (deregistered, in-flight requests finished, then stopped).
+    """
+    from dyn import state
+    from dyn.cli.logs import run_or_latest
+    from dyn.errors import LaunchError
+    from dyn.launch.control import send_control
+
+    record = state.read_record(run_or_latest(run))
+    if record.control_port is None or record.control_token is None:
+        raise LaunchError(
+            f"run {record.run_id} cannot be scaled: it is still starting, or its launcher "
+            f"({record.launcher}) has no control channel (use --launcher local or ssh)"
+        )
+    request = {"op": "scale", "component": component, "replicas": replicas}
+    for line in send_control(record.control_port, record.control_token, request):
+        typer.echo(line)
+
+
+@expected_errors
+def join(
+    graph_file: Annotated[Path, typer.Argument(help="The graph the running roles use.")],
+    component: Annotated[str, typer.Argument(help="The component to serve, e.g. worker.")],
+    node: Annotated[
+        str | None,
+        typer.Option(help="The graph's node this machine is (its bind address and name)."),
+    ] = None,
+    replica: Annotated[
+        int, typer.Option(min=0, help="The replica number it shows as (names its logs).")
+    ] = 100,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Serve one more instance of a component here, by hand, until Ctrl-C.
+
+    It registers with the graph's discovery (etcd, or a shared file folder), so the
+    running graph routes to it like to any other replica. Secrets come from the
+    environment (DYN_CLUSTER_SECRET, DYN_TLS_*).
+    """
+    from dyn.errors import LaunchError
+    from dyn.graph import load_graph
+    from dyn.launch.role_main import run_role
+    from dyn.observability.logs import setup_logging
+
+    graph = load_graph(graph_file)
+    if graph.discovery.backend == "memory":
+        raise LaunchError(
+            "a graph with in-memory discovery cannot be joined from another process; "
+            "use etcd (or file) discovery"
+        )
+    names = [c.name for c in graph.components]
+    if component not in names:
+        raise LaunchError(f"no component {component!r} in {graph_file}; components: {names}")
+    if node is not None and node not in [n.name for n in graph.nodes]:
+        known = ", ".join(n.name for n in graph.nodes)
+        raise LaunchError(f"no node {node!r} in {graph_file}; nodes: {known}")
+    setup_logging(log_level)
+    run_role(str(graph_file), component, replica, watch_stdin=False, node=node)
