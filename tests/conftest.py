@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from _certs import Certs, make_certs
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(
@@ -23,3 +24,9 @@ def anyio_backend() -> str:
 def _state_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
     # Runs started by tests record themselves here, never in the user's state dir.
     os.environ.setdefault("DYN_STATE_DIR", str(tmp_path_factory.mktemp("dyn-state")))
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    """TLS certificates for a cluster (and for peers outside it), made once per session."""
+    return make_certs(tmp_path_factory.mktemp("tls"))

@@ -4,6 +4,8 @@ Each transport must give the same call semantics: streams in order, large payloa
 many concurrent streams, bounded buffering under a slow consumer, version checks,
 cancellation and deadlines reaching the handler, typed errors, and no hang when the
 server dies. Cancellation latencies are printed (`pytest -s`) for the closing notes.
+``tcp+tls`` is the tcp transport with mutual TLS on (set through the environment, which
+server processes started by the tests inherit).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import _handlers
 import anyio
 import anyio.to_thread
 import pytest
+from _certs import Certs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -36,13 +39,14 @@ from dyn.transports.base import Transport
 
 pytestmark = pytest.mark.anyio
 
-TRANSPORTS = ["inproc", "tcp", "grpc"]
+TRANSPORTS = ["inproc", "tcp", "grpc", "tcp+tls"]
 WIRE_TRANSPORTS = ["tcp", "grpc"]
 HANDLERS_SCRIPT = Path(_handlers.__file__)
 
 
 def make(name: str, **options: Any) -> Transport:
-    transport: Transport = plugins.load("dyn.transports", name)(**options)
+    # "+tls": the TLS files come from the environment, set by the transport_name fixture.
+    transport: Transport = plugins.load("dyn.transports", name.removesuffix("+tls"))(**options)
     return transport
 
 
@@ -53,8 +57,15 @@ def free_port() -> int:
 
 
 @pytest.fixture(params=TRANSPORTS)
-def transport_name(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+def transport_name(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, certs: Certs
+) -> str:
+    name = str(request.param)
+    if name.endswith("+tls"):
+        # One member's files for both sides: any certificate the cluster CA signed will do.
+        for variable, value in certs.server.env().items():
+            monkeypatch.setenv(variable, value)
+    return name
 
 
 @pytest.fixture
@@ -195,7 +206,7 @@ async def test_passed_deadline_stops_both_sides(
 class ServerProcess:
     def __init__(self, transport_name: str, port: int) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, str(HANDLERS_SCRIPT), transport_name, str(port)],
+            [sys.executable, str(HANDLERS_SCRIPT), transport_name.removesuffix("+tls"), str(port)],
             stdout=subprocess.PIPE,
             text=True,
         )

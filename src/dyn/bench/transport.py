@@ -5,6 +5,9 @@ one small item, ``stream`` answers N small items. This process drives them at a 
 concurrency for a fixed time. The baseline is the same two exchanges over plain asyncio
 sockets with a 4-byte length prefix and nothing else (one connection per concurrent
 caller), measured in the same run, so each transport is reported as a fraction of it.
+Both sides take the transports' settings from the environment, so ``DYN_TLS_CERT``,
+``DYN_TLS_KEY`` and ``DYN_TLS_CA`` (or ``DYN_CLUSTER_SECRET``) measure them with TLS (or
+the secret) on; the raw baseline stays plain.
 """
 
 from __future__ import annotations
@@ -218,6 +221,9 @@ def run_transport_bench(
     progress: Callable[[str], None] = lambda _: None,
 ) -> list[Result]:
     """Measure the raw baseline and each transport, each server in its own process."""
+    for name in transports:
+        # A bad setting in the environment fails here, once, not in the server process.
+        plugins.load("dyn.transports", name)()
     results: list[Result] = []
     for name in ["raw", *transports]:
         progress(name)

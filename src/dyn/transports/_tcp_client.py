@@ -10,6 +10,7 @@ which leaves backpressure to TCP and the per-stream windows.
 from __future__ import annotations
 
 import hmac
+import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 
@@ -41,7 +42,8 @@ from dyn.transports._tcp_frames import (
     parse_error,
     parse_preface,
 )
-from dyn.transports._tcp_wire import Wire, WireClosed, connect
+from dyn.transports._tcp_wire import TlsError, Wire, WireClosed, connect
+from dyn.transports._tls import ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY, TLS_RECORD_TYPES, tls_hint
 from dyn.transports.base import CallStream
 
 __all__ = ["ClientConnection", "TcpCall", "fresh_error"]
@@ -83,15 +85,21 @@ class ClientConnection:
     # -- opening --------------------------------------------------------------------------
 
     async def open(
-        self, protocol_version: int, timeout_s: float, secret: bytes | None = None
+        self,
+        protocol_version: int,
+        timeout_s: float,
+        secret: bytes | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
-        """Connect and shake hands. Raises TransportError or ProtocolError."""
+        """Connect, start TLS if ``tls``, shake hands. Raises TransportError or ProtocolError."""
         where = f"{self.host}:{self.port}"
         try:
             with anyio.fail_after(timeout_s):
                 sock = await connect(self.host, self.port)
                 wire = Wire(sock, self.max_frame_bytes)
                 try:
+                    if tls is not None:
+                        await wire.start_tls(tls, server_side=False)
                     await self._handshake(wire, where, protocol_version, secret)
                 except BaseException:
                     wire.close()
@@ -100,8 +108,16 @@ class ClientConnection:
             raise TransportError(f"timed out after {timeout_s}s connecting to {where}") from None
         except OSError as exc:
             raise TransportError(f"cannot connect to {where}: {exc.strerror or exc}") from exc
+        except TlsError as exc:
+            # With TLS 1.3 the server judges our certificate after our side of the
+            # handshake is done, so its refusal can arrive with the first read.
+            raise TransportError(
+                f"TLS with the server at {where} failed: {exc}; {_tls_hint(tls)}"
+            ) from None
         except WireClosed as exc:
-            raise TransportError(f"{where} closed the connection in the handshake: {exc}") from None
+            raise TransportError(
+                f"{where} closed the connection in the handshake: {exc}; {_tls_hint(tls)}"
+            ) from None
         self.wire = wire
 
     @staticmethod
@@ -114,6 +130,11 @@ class ClientConnection:
         try:
             version, flags = parse_preface(preface)
         except FrameError:
+            if preface[:1] and preface[0] in TLS_RECORD_TYPES:
+                raise ProtocolError(
+                    f"the server at {where} speaks TLS and this client does not; set "
+                    f"{ENV_TLS_CERT}, {ENV_TLS_KEY} and {ENV_TLS_CA}"
+                ) from None
             raise ProtocolError(f"{where} is not a dyn tcp server (it sent {preface!r})") from None
         if version != protocol_version:
             raise ProtocolError(
@@ -357,3 +378,7 @@ class TcpCall(CallStream):
 
     async def aclose(self) -> None:
         self.close_nowait()
+
+
+def _tls_hint(tls: ssl.SSLContext | None) -> str:
+    return tls_hint(tls is not None)

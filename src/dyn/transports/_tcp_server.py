@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import logging
 import socket
+import ssl
 from dataclasses import dataclass
 
 import anyio
@@ -40,7 +41,8 @@ from dyn.transports._tcp_frames import (
     parse_request,
     parse_window,
 )
-from dyn.transports._tcp_wire import Wire, WireClosed
+from dyn.transports._tcp_wire import TlsError, Wire, WireClosed
+from dyn.transports._tls import ENV_TLS_CERT, TLS_RECORD_TYPES
 from dyn.transports.base import Handler
 
 __all__ = ["ServerOptions", "serve_connection"]
@@ -58,6 +60,8 @@ class ServerOptions:
     handshake_timeout_s: float
     # The cluster secret callers must prove they know; None: anyone may call.
     secret: bytes | None = None
+    # The server side of mutual TLS; None: plain TCP.
+    tls: ssl.SSLContext | None = None
     # Bytes queued for the socket above which handlers wait: bounds the writer's memory.
     write_high_water: int = 256 * 2**10
 
@@ -82,6 +86,12 @@ async def serve_connection(
     """Serve one accepted connection until it closes or the server is cancelled."""
     wire = Wire(sock, options.max_frame_bytes)
     try:
+        if options.tls is not None:
+            with anyio.move_on_after(options.handshake_timeout_s) as handshake:
+                await wire.start_tls(options.tls, server_side=True)
+            if handshake.cancelled_caught:
+                log.info("closing connection from %s: no TLS handshake in time", peer)
+                return
         preface = b""
         with anyio.move_on_after(options.handshake_timeout_s):
             preface = await wire.read_preface()
@@ -91,7 +101,15 @@ async def serve_connection(
         try:
             version = decode_preface(preface)
         except FrameError:
-            log.info("closing connection from %s: not a dyn tcp client", peer)
+            if preface[:1] and preface[0] in TLS_RECORD_TYPES:
+                log.warning(
+                    "closing connection from %s: it speaks TLS and this server does not "
+                    "(set %s and the other DYN_TLS_ variables here too)",
+                    peer,
+                    ENV_TLS_CERT,
+                )
+            else:
+                log.info("closing connection from %s: not a dyn tcp client", peer)
             return
         if version != options.protocol_version:
             # Answer even on a mismatch, so the client can name both versions.
@@ -111,6 +129,8 @@ async def serve_connection(
         elif not await _authenticate(wire, peer, options, options.secret):
             return
         await _Connection(wire, peer, handler, options).run()
+    except TlsError as exc:
+        log.warning("closing connection from %s: TLS: %s", peer, exc)
     except WireClosed:
         pass
     finally:

@@ -6,19 +6,25 @@ send CANCEL from synchronous code (``CallStream.close_nowait``), and a stream's 
 can only be awaited. A write is therefore two steps: queue the bytes (always synchronous)
 and push queued bytes into the kernel, either right away (:meth:`Wire.flush_nowait`) or
 by awaiting writability (:meth:`Wire.drain`). The queue keeps order, so both may be mixed.
+
+TLS (:meth:`Wire.start_tls`) keeps that design: the TLS state machine works on memory
+buffers (``ssl.MemoryBIO``), plaintext is queued as before and encrypted in one go when the
+queue is flushed, and the encrypted bytes go through the same non-blocking socket.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import ssl
 
 import anyio
 import anyio.lowlevel
 
 from dyn.transports._tcp_frames import PREFACE_SIZE, Frame, FrameDecoder
+from dyn.transports._tls import describe_tls_error
 
-__all__ = ["RECV_BYTES", "Wire", "WireClosed", "connect", "listen", "tune"]
+__all__ = ["RECV_BYTES", "TlsError", "Wire", "WireClosed", "connect", "listen", "tune"]
 
 # Bytes asked of the kernel per read: enough for many small frames per wake-up.
 RECV_BYTES = 256 * 2**10
@@ -26,6 +32,10 @@ RECV_BYTES = 256 * 2**10
 
 class WireClosed(Exception):
     """The connection is gone (peer closed, reset, or we closed it); ``str`` says how."""
+
+
+class TlsError(WireClosed):
+    """The TLS handshake failed or the TLS session broke; ``str`` says why, in words."""
 
 
 def tune(sock: socket.socket) -> None:
@@ -85,6 +95,54 @@ class Wire:
         self._room: anyio.Event | None = None
         self._wake: anyio.Event | None = None
         self._drain_lock = anyio.Lock()
+        # TLS only: the session, its buffers, and encrypted bytes not yet in the kernel.
+        self._tls: ssl.SSLObject | None = None
+        self._tls_in = ssl.MemoryBIO()
+        self._tls_out = ssl.MemoryBIO()
+        self._sealed = bytearray()
+
+    # -- TLS ------------------------------------------------------------------------------
+
+    async def start_tls(self, context: ssl.SSLContext, *, server_side: bool) -> None:
+        """Run the TLS handshake; every byte after it is encrypted. Call it first.
+
+        Raises :class:`TlsError` (the peer's certificate is not trusted, it refused ours,
+        or it does not speak TLS) or :class:`WireClosed`.
+        """
+        tls = self._tls = context.wrap_bio(self._tls_in, self._tls_out, server_side=server_side)
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                await self.drain()
+                self._tls_in.write(await self._recv_raw(RECV_BYTES))
+            except ssl.SSLError as exc:
+                self.flush_nowait()  # the alert that tells the peer why, if the kernel takes it
+                raise self._close(describe_tls_error(exc), TlsError) from None
+        await self.drain()
+
+    def _decrypt(self, size: int) -> bytes:
+        """Up to ``size`` plaintext bytes from what has arrived; ``b""`` if none yet."""
+        assert self._tls is not None
+        chunks: list[bytes] = []
+        got = 0
+        try:
+            while got < size:
+                chunk = self._tls.read(size - got)  # one TLS record at most
+                if not chunk:  # the peer ended the session (close_notify)
+                    if chunks:
+                        break
+                    raise self._close("the peer closed the connection")
+                chunks.append(chunk)
+                got += len(chunk)
+        except ssl.SSLWantReadError:
+            pass
+        except ssl.SSLError as exc:
+            raise self._close(describe_tls_error(exc), TlsError) from None
+        if self._tls_out.pending:  # reading made TLS answer something (a key update)
+            self.flush_nowait()
+        return b"".join(chunks)
 
     # -- reading --------------------------------------------------------------------------
 
@@ -115,6 +173,19 @@ class Wire:
     def poll_nowait(self) -> list[Frame] | None:
         """Frames from what the kernel already holds, ``None`` if it holds nothing."""
         self._check_open()
+        if self._tls is not None:
+            data = self._decrypt(RECV_BYTES)
+            if not data:
+                raw = self._recv_raw_nowait()
+                if raw is None:
+                    return None
+                self._tls_in.write(raw)
+                data = self._decrypt(RECV_BYTES)
+            return self.decoder.feed(data)
+        raw = self._recv_raw_nowait()
+        return None if raw is None else self.decoder.feed(raw)
+
+    def _recv_raw_nowait(self) -> bytes | None:
         try:
             data = self.sock.recv(RECV_BYTES)
         except BlockingIOError:
@@ -123,12 +194,19 @@ class Wire:
             raise self._close(str(exc)) from None
         if not data:
             raise self._close("the peer closed the connection")
-        return self.decoder.feed(data)
+        return data
 
     async def _recv(self, size: int) -> bytes:
         # Yield first, so a reader with data always waiting cannot starve other tasks;
         # after recv() returns there is no await, so no bytes are lost to a cancellation.
         await anyio.lowlevel.checkpoint()
+        if self._tls is None:
+            return await self._recv_raw(size)
+        while not (data := self._decrypt(size)):
+            self._tls_in.write(await self._recv_raw(RECV_BYTES))
+        return data
+
+    async def _recv_raw(self, size: int) -> bytes:
         while True:
             self._check_open()
             try:
@@ -177,6 +255,9 @@ class Wire:
 
     def flush_nowait(self) -> None:
         """Hand the kernel as much of the queue as it takes now, without waiting."""
+        if self._tls is not None:
+            self._flush_tls()
+            return
         if not self._out or self.closed is not None:
             return
         data = self._out[0] if len(self._out) == 1 else b"".join(self._out)
@@ -193,6 +274,35 @@ class Wire:
         else:
             self._out = [memoryview(data)[sent:]]
             self._out_bytes = len(data) - sent
+        self._wake_writers()
+
+    def _flush_tls(self) -> None:
+        assert self._tls is not None
+        if self.closed is not None:
+            return
+        if self._out:
+            # One TLS write per flush: a loop turn's frames share records.
+            try:
+                self._tls.write(self._out[0] if len(self._out) == 1 else b"".join(self._out))
+            except ssl.SSLError as exc:
+                self._close(describe_tls_error(exc), TlsError)
+                return
+            self._out.clear()
+        if self._tls_out.pending:
+            self._sealed += self._tls_out.read()
+        if self._sealed:
+            try:
+                sent = self.sock.send(self._sealed)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                self._close(str(exc))
+                return
+            del self._sealed[:sent]
+        self._out_bytes = len(self._sealed)
+        self._wake_writers()
+
+    def _wake_writers(self) -> None:
         if self._room is not None and self._out_bytes <= self._low_water:
             self._room.set()
             self._room = None
@@ -205,7 +315,7 @@ class Wire:
             while True:
                 self.flush_nowait()
                 self._check_open()
-                if not self._out:
+                if not (self._out or self._sealed):
                     return
                 try:
                     await anyio.wait_writable(self.sock)
@@ -226,7 +336,7 @@ class Wire:
         """
         try:
             while self.closed is None:
-                if not self._out:
+                if not (self._out or self._sealed):
                     self._wake = anyio.Event()
                     await self._wake.wait()
                 await self.drain()
@@ -239,10 +349,11 @@ class Wire:
         if self.closed is not None:
             raise WireClosed(str(self.closed))
 
-    def _close(self, reason: str) -> WireClosed:
+    def _close(self, reason: str, kind: type[WireClosed] = WireClosed) -> WireClosed:
         if self.closed is None:
-            self.closed = WireClosed(reason)
+            self.closed = kind(reason)
             self._out.clear()
+            self._sealed.clear()
             self._out_bytes = 0
             for event in (self._room, self._wake):
                 if event is not None:

@@ -20,6 +20,7 @@ from dyn.transports._tcp_client import ClientConnection, TcpCall, fresh_error
 from dyn.transports._tcp_frames import DEFAULT_MAX_FRAME_BYTES, DEFAULT_STREAM_WINDOW_BYTES
 from dyn.transports._tcp_server import MAX_WINDOW, ServerOptions, serve_connection
 from dyn.transports._tcp_wire import listen, tune
+from dyn.transports._tls import resolve_tls
 from dyn.transports.base import PROTOCOL_VERSION, CallStream, Handler, Transport
 
 __all__ = ["TcpTransport", "parse_address"]
@@ -47,7 +48,9 @@ class TcpTransport(Transport):
     receive window each call grants), ``connect_timeout_s`` (5; also bounds the handshake),
     ``cluster_secret`` (default: the ``DYN_CLUSTER_SECRET`` environment variable; when set,
     the server refuses callers that cannot prove they have it, and the client refuses
-    servers that do not ask).
+    servers that do not ask), ``tls_cert``, ``tls_key``, ``tls_ca`` (defaults: the
+    ``DYN_TLS_CERT``, ``DYN_TLS_KEY``, ``DYN_TLS_CA`` environment variables; all three
+    turn on mutual TLS, see ``dyn.transports._tls``; some but not all: ``ConfigError``).
     """
 
     name: ClassVar[str] = "tcp"
@@ -60,6 +63,9 @@ class TcpTransport(Transport):
         stream_window_bytes: int = DEFAULT_STREAM_WINDOW_BYTES,
         connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
         cluster_secret: str | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+        tls_ca: str | None = None,
         **options: Any,
     ) -> None:
         super().__init__(protocol_version=protocol_version, **options)
@@ -75,6 +81,7 @@ class TcpTransport(Transport):
         self.stream_window_bytes = stream_window_bytes
         self.connect_timeout_s = connect_timeout_s
         self._secret = resolve_secret(cluster_secret)
+        self._tls = resolve_tls(tls_cert, tls_key, tls_ca)
         self.connections_opened = 0  # for tests and metrics: how often the pool dialled
         self._pool: dict[str, ClientConnection] = {}
 
@@ -92,6 +99,7 @@ class TcpTransport(Transport):
             max_frame_bytes=self.max_frame_bytes,
             handshake_timeout_s=self.connect_timeout_s,
             secret=self._secret,
+            tls=None if self._tls is None else self._tls.server,
         )
         try:
             async with anyio.create_task_group() as connections:
@@ -144,7 +152,12 @@ class TcpTransport(Transport):
         conn.on_dead = self._forget
         self._pool[address] = conn
         try:
-            await conn.open(self.protocol_version, self.connect_timeout_s, self._secret)
+            await conn.open(
+                self.protocol_version,
+                self.connect_timeout_s,
+                self._secret,
+                None if self._tls is None else self._tls.client,
+            )
         except CallError as exc:
             conn.fail(exc)
             raise

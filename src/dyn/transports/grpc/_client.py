@@ -3,20 +3,54 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Callable
+from typing import Any
 
 import h2.exceptions
 from grpclib.client import Channel, Stream
 from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError, StreamTerminatedError
+from grpclib.protocol import H2Protocol
 from h2.errors import ErrorCodes
 
 from dyn.errors import CallError, ProtocolError, TransportError, call_error_from_wire
 from dyn.transports import _auth
+from dyn.transports._tls import describe_tls_error, tls_hint
 from dyn.transports.base import CallStream
 from dyn.transports.grpc._wire import CALL_METHOD, CallFrame, CallRequest, message_kind
 
-__all__ = ["GrpcCall"]
+__all__ = ["GrpcCall", "PooledChannel"]
+
+
+class PooledChannel(Channel):
+    """A grpclib Channel that remembers a TLS failure that ended its connection.
+
+    grpclib reports a lost connection as a bare "Connection lost"; with TLS 1.3 that is
+    how a server's refusal of our certificate arrives (after our side of the handshake),
+    so the reason is kept here for the caller's error message.
+    """
+
+    tls_failure: ssl.SSLError | None = None
+
+    def _protocol_factory(self) -> H2Protocol:
+        plain = super()._protocol_factory()
+        return _ReportingProtocol(self, plain.handler, plain.config, plain.h2_config)
+
+
+class _ReportingProtocol(H2Protocol):
+    def __init__(self, channel: PooledChannel, *args: Any) -> None:
+        super().__init__(*args)
+        self.channel = channel
+
+    def connection_made(self, transport: Any) -> None:
+        self.channel.tls_failure = None
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if isinstance(exc, ssl.SSLError):
+            self.channel.tls_failure = exc
+        super().connection_lost(exc)
 
 
 class GrpcCall(CallStream):
@@ -26,15 +60,18 @@ class GrpcCall(CallStream):
         self,
         address: str,
         request: CallRequest,
-        channel: Callable[[str], Channel],
+        channel: Callable[[str], PooledChannel],
         secret: bytes | None = None,
+        tls_on: bool = False,
     ) -> None:
         self._address = address
         self._secret = secret
+        self._tls_on = tls_on
         self._request = request
         self._channel = channel
         self._stream: Stream[CallRequest, CallFrame] | None = None
         self._done = False
+        self._answered = False  # whether any frame came back: a TLS mismatch sends none
 
     async def __anext__(self) -> bytes:
         if self._done:
@@ -47,6 +84,7 @@ class GrpcCall(CallStream):
                 # server broke the contract.
                 await self._finish()
                 raise ProtocolError(f"server at {self._address} ended the call without an end")
+            self._answered = True
             kind = message_kind(frame)
             if kind == "data":
                 assert frame.data is not None
@@ -61,7 +99,7 @@ class GrpcCall(CallStream):
         except (StreamTerminatedError, OSError, h2.exceptions.H2Error) as exc:
             self.close_nowait()
             _undo_wrapper_cancel(exc)
-            raise TransportError(f"connection to {self._address} failed: {exc}") from exc
+            raise self._connection_failed(exc) from exc
         except Exception as exc:  # a frame that does not decode
             self.close_nowait()
             raise ProtocolError(f"bad frame from {self._address}: {exc!r}") from exc
@@ -89,6 +127,21 @@ class GrpcCall(CallStream):
         self._stream = stream
         await stream.send_message(self._request, end=True)
         return stream
+
+    def _connection_failed(self, exc: Exception) -> TransportError:
+        cause = exc if isinstance(exc, ssl.SSLError) else None
+        if cause is None and not self._answered:
+            cause = self._channel(self._address).tls_failure
+        hint = tls_hint(self._tls_on)
+        if cause is not None:
+            return TransportError(
+                f"TLS with the server at {self._address} failed: "
+                f"{describe_tls_error(cause)}; {hint}"
+            )
+        message = f"connection to {self._address} failed: {exc}"
+        if not self._answered and not isinstance(exc, ConnectionRefusedError):
+            message += f" ({hint})"  # a server that speaks TLS when we do not, or not when we do
+        return TransportError(message)
 
     async def _finish(self) -> None:
         """After the last frame: read the trailers (raising their error) and release."""

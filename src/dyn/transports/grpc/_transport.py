@@ -11,12 +11,12 @@ from typing import Any, ClassVar
 
 import anyio
 from anyio.abc import TaskStatus
-from grpclib.client import Channel
 from grpclib.config import Configuration
 
 from dyn.transports._auth import resolve_secret
+from dyn.transports._tls import resolve_tls
 from dyn.transports.base import PROTOCOL_VERSION, CallStream, Handler, Transport
-from dyn.transports.grpc._client import GrpcCall
+from dyn.transports.grpc._client import GrpcCall, PooledChannel
 from dyn.transports.grpc._server import EndpointService, TrackingServer, bind
 from dyn.transports.grpc._wire import CallRequest, format_address, parse_address
 
@@ -37,7 +37,9 @@ _CLIENT_CONFIG = Configuration(http2_stream_window_size=STREAM_WINDOW)
 class GrpcTransport(Transport):
     """Options: ``cluster_secret`` (default: the ``DYN_CLUSTER_SECRET`` environment
     variable; when set, every call carries a token made with it and the server refuses
-    calls without a valid one).
+    calls without a valid one), ``tls_cert``, ``tls_key``, ``tls_ca`` (defaults: the
+    ``DYN_TLS_CERT``, ``DYN_TLS_KEY``, ``DYN_TLS_CA`` environment variables; all three
+    turn on mutual TLS, see ``dyn.transports._tls``; some but not all: ``ConfigError``).
     """
 
     name: ClassVar[str] = "grpc"
@@ -47,11 +49,15 @@ class GrpcTransport(Transport):
         *,
         protocol_version: int = PROTOCOL_VERSION,
         cluster_secret: str | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+        tls_ca: str | None = None,
         **options: Any,
     ) -> None:
         super().__init__(protocol_version=protocol_version, **options)
         self._secret = resolve_secret(cluster_secret)
-        self._channels: dict[str, Channel] = {}
+        self._tls = resolve_tls(tls_cert, tls_key, tls_ca, alpn=["h2"])  # HTTP/2 over TLS
+        self._channels: dict[str, PooledChannel] = {}
 
     async def serve(
         self, handler: Handler, *, host: str, port: int = 0, task_status: TaskStatus[str]
@@ -61,7 +67,7 @@ class GrpcTransport(Transport):
         service = EndpointService(handler, self.protocol_version, address, self._secret)
         server = TrackingServer([service])
         try:
-            await server.start(sock=sock)
+            await server.start(sock=sock, ssl=None if self._tls is None else self._tls.server)
         except BaseException:
             sock.close()
             raise
@@ -84,15 +90,20 @@ class GrpcTransport(Transport):
             payload=payload,
             protocol_version=self.protocol_version,
         )
-        return GrpcCall(address, request, self._channel, self._secret)
+        return GrpcCall(address, request, self._channel, self._secret, self._tls is not None)
 
-    def _channel(self, address: str) -> Channel:
+    def _channel(self, address: str) -> PooledChannel:
         # grpclib reconnects a Channel whose connection was lost on its next request, so
         # a restarted server is reached again through the same pooled Channel.
         channel = self._channels.get(address)
         if channel is None:
             host, port = parse_address(address)
-            channel = self._channels[address] = Channel(host, port, config=_CLIENT_CONFIG)
+            channel = self._channels[address] = PooledChannel(
+                host,
+                port,
+                config=_CLIENT_CONFIG,
+                ssl=None if self._tls is None else self._tls.client,
+            )
         return channel
 
     async def aclose(self) -> None:
