@@ -411,3 +411,31 @@ def test_unreachable_node_and_missing_dyn_fail_naming_the_node(
     assert "node 'node3': runs dyn 0.0.1, but this machine runs dyn" in out.stderr
     assert "Traceback" not in out.stderr
     assert time.monotonic() - began < 30
+
+
+def test_dyn_down_cleans_up_after_a_killed_dyn_up(cluster: Cluster, tmp_path: Path) -> None:
+    """kill -9 of `dyn up` leaves etcd (its own session) and possibly roles behind;
+    `dyn down` stops them through the record, pidfiles and ssh."""
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    up = Up(cluster, write_graph(cluster, state_dir / "multinode.yaml"), state_dir)
+    record = up.record()
+    os.kill(up.process.pid, signal.SIGKILL)  # `ip netns exec` execs dyn up: same pid
+    up.process.wait()
+    assert up.process.stdout is not None
+    up.process.stdout.close()
+    up.log.close()
+    node1 = cluster.nodes[0]
+    down = node1.run([DYN, "down"], env=up.env, timeout=120)
+    assert down.returncode == 0, down.stderr
+    assert f"stopped the run's etcd (pid {record['etcd_pid']})" in down.stdout
+    deadline = time.monotonic() + 15
+    left: dict[str, set[int]] = {}
+    while time.monotonic() < deadline:
+        left = {n.name: _dyn_processes(n, cluster) for n in cluster.nodes}
+        if not any(left.values()):
+            break
+        time.sleep(0.1)
+    assert not any(left.values()), f"left behind: {left}\n{down.stdout}"
+    pidfiles = (Path.home() / ".local/state/dyn/pids" / record["run_id"]).glob("*.pid")
+    assert list(pidfiles) == []
