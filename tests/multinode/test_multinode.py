@@ -439,3 +439,19 @@ def test_dyn_down_cleans_up_after_a_killed_dyn_up(cluster: Cluster, tmp_path: Pa
     assert not any(left.values()), f"left behind: {left}\n{down.stdout}"
     pidfiles = (Path.home() / ".local/state/dyn/pids" / record["run_id"]).glob("*.pid")
     assert list(pidfiles) == []
+
+
+def test_the_graph_runs_over_grpc_too(cluster: Cluster, tmp_path: Path) -> None:
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    graph = write_graph(cluster, state_dir / "multinode.yaml", transport="grpc")
+    up = Up(cluster, graph, state_dir)
+    try:
+        ends = {up.generate(f"g{i}").json()["text"].rsplit("_", 1)[1] for i in range(6)}
+        assert ends == {"node2", "node3"}
+    finally:
+        up.process.send_signal(signal.SIGINT)
+        assert up.process.wait(60) == 0, up.output()
+        assert up.process.stdout is not None
+        up.process.stdout.close()
+        up.log.close()
