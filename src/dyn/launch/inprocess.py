@@ -20,6 +20,7 @@ from dyn.launch._roles import (
     stop_role,
 )
 from dyn.launch.base import Launcher, LaunchObserver, cancel_when_set, new_record
+from dyn.launch.etcd_server import start_local_etcd
 from dyn.runtime.component import Component
 from dyn.runtime.runtime import Runtime
 
@@ -39,6 +40,23 @@ class InProcessLauncher(Launcher):
         run = state.create_run(graph.name)
         graph = discovery_in_run(graph, run)
         record = new_record(run, graph, "inprocess", self.graph_file)
+        etcd = await start_local_etcd(graph, run, record)
+        try:
+            await self._serve(graph, run, record, observer, stop, began)
+        finally:
+            if etcd is not None:
+                with anyio.CancelScope(shield=True):
+                    await etcd.stop()
+
+    async def _serve(
+        self,
+        graph: GraphSpec,
+        run: state.RunDir,
+        record: state.RunRecord,
+        observer: LaunchObserver,
+        stop: anyio.Event,
+        began: float,
+    ) -> None:
         async with (
             make_discovery(graph) as discovery,
             Runtime(
