@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import typer
 from rich.console import Console
 
@@ -30,20 +33,28 @@ class ConsoleObserver(LaunchObserver):
             f"({self.graph.transport} transport, {self.graph.discovery.backend} discovery)"
         )
         if url:
-            routes = self._example_routes()
             typer.echo(f"Serving on {url}")
-            for route in routes:
-                typer.echo(f'Try:  curl -N {url}{route} -d \'{{"text":"test"}}\'')
+            for route, body in self._examples()[:1]:
+                typer.echo(f"Try:  curl -N {url}{route} -d '{json.dumps(body)}'")
         self.console.print("[dim]Press Ctrl-C to stop.[/]")
 
-    def _example_routes(self) -> list[str]:
+    def _examples(self) -> list[tuple[str, dict[str, Any]]]:
+        """(route, body) for the frontend routes whose target shows an example request."""
         from dyn.roles.frontend_config import FrontendConfig
 
-        routes: list[str] = []
+        examples: list[tuple[str, dict[str, Any]]] = []
         for spec in self.graph.frontends():
-            if isinstance(spec.config, FrontendConfig):
-                routes += list(spec.config.routes)
-        return routes[:1]
+            if not isinstance(spec.config, FrontendConfig):
+                continue
+            for route, target in spec.config.routes.items():
+                try:
+                    component = self.graph.component(target.split("/", 1)[0])
+                    body = component.role_class().example_request
+                except (KeyError, ImportError):
+                    continue
+                if body is not None:
+                    examples.append((route, body))
+        return examples
 
     def stopping(self) -> None:
         self.console.print("[yellow]stopping[/]: draining the frontend, then the other roles")

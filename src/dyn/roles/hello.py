@@ -7,7 +7,7 @@ They double as the example of writing your own component (see the README).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, ClassVar
 
 import msgspec
 
@@ -34,6 +34,7 @@ class Middle(Component[MiddleConfig]):
     """Appends a suffix, forwards to the backend, and prefixes every item it relays."""
 
     backend = depends()
+    example_request: ClassVar[dict[str, Any] | None] = {"text": "test"}
 
     @endpoint
     async def generate(self, request: Any, ctx: Context) -> AsyncIterator[str]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
@@ -45,6 +45,7 @@ class Processor(Component[ProcessorConfig]):
     """Tags the prompt with its node and routes it to a worker."""
 
     worker = depends()
+    example_request: ClassVar[dict[str, Any] | None] = {"prompt": "hello", "request_id": "r1"}
 
     async def start(self) -> None:
         router_cls = plugins.load("dyn.routers", self.config.routing)

@@ -122,6 +122,8 @@ class Component(Generic[ConfigT]):
     log: logging.LoggerAdapter[logging.Logger]
     # The graph's served model, if it names one; set by the launcher before start().
     model: ModelSpec | None = None
+    # A request body to show users (`dyn up` prints a curl line with it).
+    example_request: ClassVar[dict[str, Any] | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
