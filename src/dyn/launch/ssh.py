@@ -83,6 +83,16 @@ class SshLauncher(LocalLauncher):
             raise LaunchError(
                 "the inproc transport cannot cross machines; use 'transport: tcp' or 'grpc'"
             )
+        used = {i.node for i in graph.instances()}
+        hosts = {graph.node(name).host for name in used}
+        for name in sorted(used):
+            node = graph.node(name)
+            if len(hosts) > 1 and _is_loopback(node.bind) and not _is_loopback(node.host):
+                raise LaunchError(
+                    f"node {name!r} would bind its roles to {node.bind}, which the other "
+                    f"nodes cannot reach; set nodes.{name}.bind to an address of {node.host} "
+                    "(or 0.0.0.0)"
+                )
         return graph
 
     def _placed(self, role: _Role) -> NodeSpec | None:
@@ -180,6 +190,10 @@ async def signal_remote_group(node: NodeSpec, pidfile: str, sig: signal.Signals)
     if sig == signal.SIGKILL:
         script += f"; rm -f {quoted}"
     return await run_remote(node, script + "; exit 0")
+
+
+def _is_loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 async def stop_remote_roles(
