@@ -33,7 +33,10 @@ REPO = Path(__file__).resolve().parents[2]
 DYN = str(Path(sys.executable).with_name("dyn"))
 TTL_S = 1.0
 FRONTEND_PORT = 8000
-_WHY_NOT_NETNS = netns_possible()
+# DYN_TEST_LOOPBACK_SSH=1 runs the loopback variant even where namespaces would work.
+_WHY_NOT_NETNS = (
+    "DYN_TEST_LOOPBACK_SSH is set" if os.environ.get("DYN_TEST_LOOPBACK_SSH") else netns_possible()
+)
 VARIANT = "netns" if _WHY_NOT_NETNS is None else f"loopback ({_WHY_NOT_NETNS})"
 
 
