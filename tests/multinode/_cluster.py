@@ -67,6 +67,8 @@ class Cluster:
     key: Path
     bridge: str | None = None
     _links: list[str] = field(default_factory=list)
+    # Settings changed for the test, with the values to put back.
+    restore: dict[Path, str] = field(default_factory=dict)
 
     def ssh_options(self) -> list[str]:
         return [
@@ -97,6 +99,8 @@ class Cluster:
             subprocess.run(["ip", "link", "del", link], capture_output=True)
         if self.bridge:
             subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
+        for path, value in self.restore.items():
+            path.write_text(value)
 
 
 def _ip(*args: str) -> None:
@@ -141,18 +145,70 @@ def _start_sshd(root: Path, node: Node) -> None:
         )
 
 
+class LoginRefused(RuntimeError):
+    """sshd runs but will not let root in: no test can pass here."""
+
+
+def _ssh(cluster: Cluster, source: Node, target: Node) -> subprocess.CompletedProcess[str]:
+    argv = ["ssh", *cluster.ssh_options(), "-o", "ConnectTimeout=3"]
+    return source.run([*argv, "-p", str(target.ssh_port), target.address, "true"])
+
+
 def _wait_listening(cluster: Cluster, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     for node in cluster.nodes:
         while True:
-            probe = node.run(
-                ["ssh", *cluster.ssh_options(), "-p", str(node.ssh_port), node.address, "true"]
-            )
+            probe = _ssh(cluster, node, node)
             if probe.returncode == 0:
                 break
+            if "Permission denied" in probe.stderr:
+                raise LoginRefused(_why_refused(probe.stderr))
             if time.monotonic() > deadline:
                 raise RuntimeError(f"sshd on {node.name} did not answer: {probe.stderr}")
             time.sleep(0.1)
+
+
+def _why_refused(stderr: str) -> str:
+    try:
+        shadow = Path("/etc/shadow").read_text()
+    except OSError:
+        shadow = ""
+    root = next((line for line in shadow.splitlines() if line.startswith("root:")), "")
+    if root.split(":")[1:2] and root.split(":")[1].startswith("!"):
+        return (
+            "root's account is locked ('!' in /etc/shadow), and sshd without PAM refuses "
+            "key logins to locked accounts"
+        )
+    return f"sshd refused root's key: {stderr.strip()}"
+
+
+def _bridge_filtering() -> Path | None:
+    """The sysctl that makes bridged frames go through iptables (Docker turns it on,
+    with a FORWARD policy of DROP that would silently drop node-to-node traffic)."""
+    path = Path("/proc/sys/net/bridge/bridge-nf-call-iptables")
+    return path if path.exists() and path.read_text().strip() == "1" else None
+
+
+def _check_crossing(cluster: Cluster) -> None:
+    """node1 must reach the other nodes over the bridge; turn off bridge filtering for
+    the test's lifetime if that is what stops it."""
+    first = cluster.nodes[0]
+
+    def blocked() -> list[str]:
+        return [
+            f"{n.name}: {probe.stderr.strip()}"
+            for n in cluster.nodes[1:]
+            if (probe := _ssh(cluster, first, n)).returncode != 0
+        ]
+
+    failures = blocked()
+    filtering = _bridge_filtering()
+    if failures and filtering is not None:
+        filtering.write_text("0\n")
+        cluster.restore[filtering] = "1\n"
+        failures = blocked()
+    if failures:
+        raise RuntimeError(f"node1 cannot reach the other nodes over the bridge: {failures}")
 
 
 def netns_cluster(root: Path, count: int = 3) -> Cluster:
@@ -178,6 +234,7 @@ def netns_cluster(root: Path, count: int = 3) -> Cluster:
             _ip("-n", netns, "link", "set", "lo", "up")
             _start_sshd(root, node)
         _wait_listening(cluster)
+        _check_crossing(cluster)
     except BaseException:
         cluster.close()
         raise
@@ -193,6 +250,7 @@ def _free_port() -> int:
 
 def loopback_cluster(root: Path, count: int = 3) -> Cluster:
     """The fallback: ``count`` sshds on loopback ports, every node at 127.0.0.1."""
+    root.mkdir(parents=True, exist_ok=True)
     key = _keys(root)
     cluster = Cluster(root, [], key)
     try:
