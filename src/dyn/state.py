@@ -100,6 +100,7 @@ class RoleRecord(msgspec.Struct, kw_only=True):
     address: str | None = None
     # On another node: the role's pidfile there (its process group id is the pid in it).
     pidfile: str | None = None
+    instance_id: str | None = None  # its discovery registrations end with this id
 
 
 class RunRecord(msgspec.Struct, kw_only=True):

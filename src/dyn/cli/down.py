@@ -94,13 +94,16 @@ def _stop_remote(run_dir: RunDir, record: RunRecord, grace_s: float) -> list[str
     done = anyio.run(stop_remote_roles, graph, record.roles, grace_s)
     if record.discovery == "etcd" and record.etcd_pid is None:
         # Entries of killed roles would linger until their lease lapses.
-        removed = _remove_etcd_entries(graph)
+        ids = {r.instance_id for r in record.roles if r.instance_id}
+        removed = _remove_etcd_entries(graph, ids)
         if removed:
             done.append(f"removed {removed} etcd entr{'y' if removed == 1 else 'ies'}")
     return done
 
 
-def _remove_etcd_entries(graph: GraphSpec) -> int:
+def _remove_etcd_entries(graph: GraphSpec, instance_ids: set[str]) -> int:
+    """Delete the run's own registrations (its instances' keys), nothing else: the same
+    namespace may hold a `dyn join` worker or another run."""
     import base64
 
     import httpx
@@ -108,20 +111,28 @@ def _remove_etcd_entries(graph: GraphSpec) -> int:
     from dyn.discovery.etcd import EtcdDiscovery
 
     etcd = EtcdDiscovery(ttl_s=graph.discovery.ttl_s, **dict(graph.discovery.options))
-    key = f"{etcd.prefix}{graph.namespace}/"
-    end = key[:-1] + chr(ord(key[-1]) + 1)
-    b64 = base64.b64encode
+    prefix = f"{etcd.prefix}{graph.namespace}/"
+    end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+    def b64(text: str) -> str:
+        return base64.b64encode(text.encode()).decode()
+
     for endpoint in etcd.endpoints:
         try:
-            response = httpx.post(
-                f"{endpoint}/v3/kv/deleterange",
-                json={"key": b64(key.encode()).decode(), "range_end": b64(end.encode()).decode()},
+            listed = httpx.post(
+                f"{endpoint}/v3/kv/range",
+                json={"key": b64(prefix), "range_end": b64(end), "keys_only": True},
                 timeout=5,
             )
+            if listed.status_code != 200:
+                continue
+            keys = [base64.b64decode(kv["key"]).decode() for kv in listed.json().get("kvs", [])]
+            ours = [k for k in keys if k.rsplit("/", 1)[-1] in instance_ids]
+            for key in ours:
+                httpx.post(f"{endpoint}/v3/kv/deleterange", json={"key": b64(key)}, timeout=5)
         except httpx.HTTPError:
             continue
-        if response.status_code == 200:
-            return int(response.json().get("deleted", 0))
+        return len(ours)
     return 0
 
 

@@ -87,6 +87,7 @@ class InProcessLauncher(Launcher):
                         node=c.info.node,
                         pid=os.getpid(),
                         address=runtime.address,
+                        instance_id=c.info.instance_id,
                     )
                     for spec, c in self.components
                 ]

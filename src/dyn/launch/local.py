@@ -262,6 +262,7 @@ class LocalLauncher(Launcher):
             node=role.node,
             pid=role.process.pid,
             address=(role.ready or {}).get("address"),
+            instance_id=(role.ready or {}).get("instance_id"),
         )
 
     async def _terminate(self, role: _Role, sig: signal.Signals) -> None:
