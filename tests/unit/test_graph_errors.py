@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -430,6 +431,28 @@ def test_recursive_alias_is_rejected() -> None:
     assert line == (
         "g.yaml:2: components.b.config: an alias refers to itself; recursive YAML is not allowed"
     )
+
+
+def test_alias_bomb_is_refused_quickly() -> None:
+    # Nine aliases per level, nine levels: 387 million values if expanded.
+    lines = ["name: g", "l0: &l0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 10)]
+    lines.append("components: {b: {uses: dyn.roles.hello:Backend, config: {x: *l9}}}")
+    began = time.perf_counter()
+    line = only("\n".join(lines) + "\n")
+    assert time.perf_counter() - began < 5
+    assert line.startswith("g.yaml:1: the document expands to more than 100,000 values")
+
+
+@settings(deadline=None, max_examples=200)
+@given(st.text(alphabet=st.sampled_from("ab:-&*[]{},\n #'\"!|>?"), max_size=120))
+def test_arbitrary_text_fails_only_with_spec_errors(text: str) -> None:
+    """Raw text, not only what a YAML dumper writes: anchors, tags, broken flow syntax."""
+    try:
+        load_graph_text(text, "g.yaml")
+    except SpecError as exc:
+        assert exc.problems
+        assert all(p.startswith("g.yaml:") for p in exc.problems)
 
 
 SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=8))

@@ -22,6 +22,13 @@ _MERGE_TAG = "tag:yaml.org,2002:merge"
 # libyaml's parser is several times faster than the pure-Python one and keeps the same
 # marks; some builds of PyYAML lack it.
 _Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# How many values a document may expand to. Aliases share nodes, so a few lines can
+# stand for billions of values ("billion laughs"); real graphs hold a few hundred.
+MAX_VALUES = 100_000
+
+
+class _TooLarge(Exception):
+    pass
 
 
 def format_path(path: FieldPath) -> str:
@@ -105,7 +112,17 @@ def load_yaml(text: str, source: str) -> tuple[Any, Locator, list[str]]:
                 [f"{source}:1: the file is empty; a graph needs a name and components"],
             )
         builder = _Builder(loader, locator)
-        value = builder.build(root, ())
+        try:
+            value = builder.build(root, ())
+        except _TooLarge:
+            return (
+                None,
+                locator,
+                [
+                    f"{source}:1: the document expands to more than {MAX_VALUES:,} values "
+                    "(aliases repeating aliases?); a graph is far smaller"
+                ],
+            )
         return value, locator, builder.problems
     except yaml.MarkedYAMLError as exc:
         detail = exc.problem or "invalid YAML"
@@ -123,6 +140,7 @@ class _Builder:
         self._loader = loader
         self._locator = locator
         self._active: set[int] = set()
+        self._built = 0
         self.problems: list[str] = []
 
     def _problem(self, node: yaml.Node, path: FieldPath, message: str) -> None:
@@ -131,6 +149,9 @@ class _Builder:
         self.problems.append(f"{where}: {field}: {message}" if field else f"{where}: {message}")
 
     def build(self, node: yaml.Node, path: FieldPath) -> Any:
+        self._built += 1
+        if self._built > MAX_VALUES:
+            raise _TooLarge
         self._locator.lines.setdefault(path, _line(node.start_mark))
         if id(node) in self._active:
             self._problem(node, path, "an alias refers to itself; recursive YAML is not allowed")
