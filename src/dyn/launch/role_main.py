@@ -13,6 +13,7 @@ becomes its own process group and writes its pid to
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -63,6 +64,8 @@ def run_role(
     finally:
         if pidfile is not None:
             pidfile.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # the run's last role takes its folder
+                pidfile.parent.rmdir()
 
 
 def _bootstrap() -> GraphSpec:

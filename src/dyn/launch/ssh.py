@@ -164,7 +164,8 @@ class SshLauncher(LocalLauncher):
 
 def _stale_pidfile_script(pidfile: str) -> str:
     f = shlex.quote(pidfile)
-    return f'test -f {f} && {{ kill -0 -- -"$(cat {f})" 2>/dev/null || rm -f {f}; }}; exit 0'
+    rm = f'rm -f {f}; rmdir "$(dirname {f})" 2>/dev/null'
+    return f'test -f {f} && {{ kill -0 -- -"$(cat {f})" 2>/dev/null || {{ {rm}; }}; }}; exit 0'
 
 
 async def run_remote(node: NodeSpec, script: str) -> str | None:
@@ -188,7 +189,7 @@ async def signal_remote_group(node: NodeSpec, pidfile: str, sig: signal.Signals)
     quoted = shlex.quote(pidfile)
     script = f'test -f {quoted} && kill -{sig.name[3:]} -- -"$(cat {quoted})" 2>/dev/null'
     if sig == signal.SIGKILL:
-        script += f"; rm -f {quoted}"
+        script += f'; rm -f {quoted}; rmdir "$(dirname {quoted})" 2>/dev/null'
     return await run_remote(node, script + "; exit 0")
 
 
