@@ -384,6 +384,11 @@ def test_ctrl_c_leaves_no_process_on_any_node(up: Up) -> None:
             break
         time.sleep(0.1)
     assert not any(left.values()), f"left behind: {left}\n{up.output()}"
+    # Remote output came back through ssh, prefixed node/role, and into the run's logs.
+    output = up.output()
+    assert re.search(r"^node1/frontend +\| .*listening on http://", output, re.M), output
+    logs = Path(up.env["DYN_STATE_DIR"]) / "runs" / up.record()["run_id"] / "logs"
+    assert "listening on" in (logs / "frontend.log").read_text()
     # Every role removed its pidfile, and the last one the run's folder of them.
     assert not (Path.home() / ".local/state/dyn/pids" / up.record()["run_id"]).exists()
 
