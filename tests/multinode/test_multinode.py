@@ -77,11 +77,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     made.close()
 
 
-def write_graph(cluster: Cluster, path: Path, **changes: Any) -> Path:
-    """A copy of graphs/multinode.yaml pointed at the test's nodes."""
+def write_graph(cluster: Cluster, path: Path, offset: int = 0, **changes: Any) -> Path:
+    """A copy of graphs/multinode.yaml pointed at the test's nodes. Graphs that run
+    beside the module's shared one take an ``offset`` for their ports on node1."""
     doc = yaml.safe_load((REPO / "graphs" / "multinode.yaml").read_text())
     first = cluster.nodes[0]
-    etcd_port = 2379 if first.netns else _free_port()
+    etcd_port = 2379 + 10 * offset if first.netns else _free_port()
     doc["discovery"]["ttl_s"] = TTL_S
     doc["discovery"]["options"]["endpoints"] = f"http://{first.address}:{etcd_port}"
     doc["nodes"] = {
@@ -96,7 +97,7 @@ def write_graph(cluster: Cluster, path: Path, **changes: Any) -> Path:
     }
     frontend = doc["components"]["frontend"]["config"]
     frontend["host"] = first.address
-    frontend["port"] = FRONTEND_PORT if first.netns else _free_port()
+    frontend["port"] = FRONTEND_PORT + offset if first.netns else _free_port()
     for dotted, value in changes.items():
         *parents, leaf = dotted.split("__")
         target = doc
@@ -443,7 +444,7 @@ def test_dyn_down_cleans_up_after_a_killed_dyn_up(cluster: Cluster, tmp_path: Pa
     `dyn down` stops them through the record, pidfiles and ssh."""
     state_dir = tmp_path / "state"
     state_dir.mkdir()
-    up = Up(cluster, write_graph(cluster, state_dir / "multinode.yaml"), state_dir)
+    up = Up(cluster, write_graph(cluster, state_dir / "multinode.yaml", offset=1), state_dir)
     record = up.record()
     os.kill(up.process.pid, signal.SIGKILL)  # `ip netns exec` execs dyn up: same pid
     up.process.wait()
@@ -469,7 +470,7 @@ def test_dyn_down_cleans_up_after_a_killed_dyn_up(cluster: Cluster, tmp_path: Pa
 def test_the_graph_runs_over_grpc_too(cluster: Cluster, tmp_path: Path) -> None:
     state_dir = tmp_path / "state"
     state_dir.mkdir()
-    graph = write_graph(cluster, state_dir / "multinode.yaml", transport="grpc")
+    graph = write_graph(cluster, state_dir / "multinode.yaml", offset=2, transport="grpc")
     up = Up(cluster, graph, state_dir)
     try:
         ends = {up.generate(f"g{i}").json()["text"].rsplit("_", 1)[1] for i in range(6)}

@@ -136,3 +136,43 @@ async def test_status_shows_a_worker_the_processor_ejected(
     rows = {row["role"]: row for row in json.loads(result.output)["instances"]}
     assert rows["worker[1]"]["state"] == "ejected"
     assert rows["worker[0]"]["state"] == "healthy"
+
+
+def _worker(launcher: InProcessLauncher, replica: int) -> Any:
+    return next(
+        c for spec, c in launcher.components if spec.name == "worker" and c.info.replica == replica
+    )
+
+
+async def test_status_asks_each_instance_how_it_is(
+    kv_launcher: tuple[str, InProcessLauncher], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dyn.runtime.runtime import health_path
+
+    url, launcher = kv_launcher
+    not_ready, wedged = _worker(launcher, 0), _worker(launcher, 1)
+    monkeypatch.setattr(not_ready, "ready", lambda: False)
+
+    async def never_answers(request: Any, ctx: Any) -> AsyncIterator[dict[str, Any]]:
+        await anyio.sleep_forever()
+        yield {}
+
+    # The runtime's route table stands in for a worker whose event loop is stuck.
+    assert launcher.runtime is not None
+    info = wedged.info
+    launcher.runtime._routes[health_path(info.namespace, info.component, info.instance_id)] = (
+        never_answers
+    )
+    async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+        began = anyio.current_time()
+        data = (await http.get("/admin/status")).json()
+        took = anyio.current_time() - began
+    rows = {row["role"]: row for row in data["instances"]}
+    assert (rows["worker[0]"]["state"], rows["worker[0]"]["reason"]) == ("unhealthy", "not ready")
+    assert rows["worker[1]"]["state"] == "unhealthy"
+    assert "no answer within 1 s" in rows["worker[1]"]["reason"]
+    assert rows["processor"]["state"] == "healthy" and rows["processor"]["reason"] is None
+    assert took < 5  # one probe's timeout, not one per instance
+    table = Console(width=200, record=True)
+    table.print(status_cmd.render(data))
+    assert "unhealthy: not ready" in table.export_text()

@@ -17,7 +17,7 @@ from dyn.cli._common import expected_errors
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from dyn.state import RunRecord
+    from dyn.state import RoleRecord, RunRecord
 
 __all__ = ["fetch_status", "status"]
 
@@ -130,14 +130,19 @@ def _add_unregistered(data: dict[str, Any], record: RunRecord) -> None:
                 "pid": role.pid,
                 "address": role.address,
                 # Up but not (or no longer) in discovery: starting, or stuck.
-                # (A pid on another node cannot be checked from here.)
-                "state": "starting" if not role.pidfile and _alive(role.pid) else "unhealthy",
+                "state": "starting" if _alive_here(role) else "unhealthy",
                 "ejected_s": None,
+                "reason": "not in discovery" if not _alive_here(role) else None,
                 "uptime_s": None,
                 "in_flight": None,
                 "kv_usage": None,
             }
         )
+
+
+def _alive_here(role: RoleRecord) -> bool:
+    # A pid on another node (a role with a pidfile there) cannot be checked from here.
+    return not role.pidfile and _alive(role.pid)
 
 
 def _alive(pid: int) -> bool:
@@ -173,6 +178,8 @@ def render(data: dict[str, Any]) -> Table:
         if isinstance(row.get("ejected_s"), (int, float)):
             # Registered and up, but callers skip it until its back-off ends.
             shown = f"{state} for {row['ejected_s']:.1f} s"
+        elif row.get("reason") and state == "unhealthy":
+            shown = f"{state}: {row['reason']}"
         table.add_row(
             row["role"],
             str(row["replica"]),

@@ -126,6 +126,7 @@ async def collect_status(frontend: Frontend) -> dict[str, Any]:
             "address": frontend.url,
             "state": "draining" if admission.draining else "healthy",
             "ejected_s": None,
+            "reason": None,
             "uptime_s": now - frontend.started_at,
             "in_flight": admission.active,
             "kv_usage": None,
@@ -137,6 +138,7 @@ async def collect_status(frontend: Frontend) -> dict[str, Any]:
     for instance in instances:
         seen.setdefault((instance.component, instance.instance_id), instance)
     workers, ejected = await _processor_view(frontend.processor)
+    health = await _probe_all(frontend, list(seen.values()))
     for instance_id, seconds in frontend.ejected().items():
         ejected[instance_id] = max(seconds, ejected.get(instance_id, 0.0))
     for instance in sorted(seen.values(), key=lambda i: (i.component, i.replica, i.instance_id)):
@@ -152,9 +154,10 @@ async def collect_status(frontend: Frontend) -> dict[str, Any]:
                 "host": instance.host,
                 "pid": instance.pid,
                 "address": instance.address,
-                # Only a role that is up registers, and draining withdraws it first; a
-                # registered one is still skipped by callers while they eject it.
-                "state": "healthy" if left is None else "ejected",
+                # What the instance answers itself (healthy, starting, draining), or
+                # unhealthy when it does not; callers may still skip it (ejected).
+                "state": _state(health.get(instance.instance_id, {}), left),
+                "reason": health.get(instance.instance_id, {}).get("reason"),
                 "ejected_s": None if left is None else round(left, 1),
                 "uptime_s": now - started if isinstance(started, (int, float)) else None,
                 "in_flight": stats.get("in_flight", stats.get("running")),
@@ -168,6 +171,32 @@ async def collect_status(frontend: Frontend) -> dict[str, Any]:
         several = counts[row["component"]] > 1 or row["replica"] > 0
         row["role"] = f"{row['component']}[{row['replica']}]" if several else row["component"]
     return {"namespace": info.namespace, "time": now, "instances": rows}
+
+
+# How long one instance may take to say how it is before it counts as unhealthy.
+HEALTH_TIMEOUT_S = 1.0
+
+
+async def _probe_all(frontend: Frontend, instances: list[Instance]) -> dict[str, dict[str, Any]]:
+    """Every instance's own answer to a health call, asked all at once."""
+    answers: dict[str, dict[str, Any]] = {}
+
+    async def probe(instance: Instance) -> None:
+        answers[instance.instance_id] = await frontend.runtime.probe_health(
+            instance, HEALTH_TIMEOUT_S
+        )
+
+    async with anyio.create_task_group() as tasks:
+        for instance in instances:
+            tasks.start_soon(probe, instance)
+    return answers
+
+
+def _state(health: dict[str, Any], ejected_s: float | None) -> str:
+    state = str(health.get("state", "unhealthy"))
+    if state == "healthy" and ejected_s is not None:
+        return "ejected"
+    return state
 
 
 async def _processor_view(

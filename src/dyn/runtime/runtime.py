@@ -26,7 +26,7 @@ from dyn.routing.base import Router
 from dyn.runtime import codec
 from dyn.runtime.client import Client
 from dyn.runtime.component import Component, ComponentInfo
-from dyn.runtime.context import Context
+from dyn.runtime.context import HEADER_DEADLINE, Context
 from dyn.transports.base import Transport
 
 __all__ = ["Runtime", "new_instance_id"]
@@ -148,6 +148,10 @@ class Runtime:
             self._routes[instance.key] = getattr(component, method_name)
             self._withdrawn.discard(instance.key)
             instances.append(instance)
+        # Not in discovery: `dyn status` asks every instance this, by its address.
+        self._routes[health_path(info.namespace, info.component, info.instance_id)] = (
+            _health_handler(component, draining=False)
+        )
         for instance in instances:
             await self.discovery.register(instance)
         self._registered[id(component)] = instances
@@ -155,10 +159,32 @@ class Runtime:
 
     async def withdraw_component(self, component: Component[Any]) -> None:
         """Deregister ``component``'s endpoints; calls already running go on."""
+        info = component.info
+        path = health_path(info.namespace, info.component, info.instance_id)
+        if path in self._routes:
+            self._routes[path] = _health_handler(component, draining=True)
         for instance in self._registered.pop(id(component), []):
             await self.discovery.deregister(instance)
             self._routes.pop(instance.key, None)
             self._withdrawn.add(instance.key)
+
+    async def probe_health(self, instance: Instance, timeout_s: float) -> dict[str, Any]:
+        """Ask an instance how it is: ``{"state": healthy|draining|unhealthy}``, with a
+        ``reason`` when unhealthy (not ready, unreachable, or no answer in time)."""
+        path = health_path(instance.namespace, instance.component, instance.instance_id)
+        with anyio.move_on_after(timeout_s):
+            try:
+                headers = {HEADER_DEADLINE: f"{timeout_s}"}
+                async with self.transport.call(
+                    instance.address, path, codec.encode({}), headers
+                ) as call:
+                    async for data in call:
+                        answer: dict[str, Any] = codec.decode(data)
+                        return answer
+            except DynError as exc:
+                return {"state": "unhealthy", "reason": str(exc)}
+            return {"state": "unhealthy", "reason": "no answer"}
+        return {"state": "unhealthy", "reason": f"no answer within {timeout_s:g} s"}
 
     async def _dispatch(self, path: str, payload: bytes, ctx: Context) -> AsyncIterator[bytes]:
         method = self._routes.get(path)
@@ -196,6 +222,24 @@ class Runtime:
                 await items.aclose()  # type: ignore[attr-defined]
             finally:
                 ctx.unbind(token)
+
+
+def health_path(namespace: str, component: str, instance_id: str) -> str:
+    return f"{namespace}/{component}/_health/{instance_id}"
+
+
+def _health_handler(
+    component: Component[Any], *, draining: bool
+) -> Callable[[Any, Context], AsyncIterator[dict[str, Any]]]:
+    async def health(request: Any, ctx: Context) -> AsyncIterator[dict[str, Any]]:
+        if draining:
+            yield {"state": "draining"}
+        elif component.ready():
+            yield {"state": "healthy"}
+        else:  # registered once ready, so it was ready and is no longer
+            yield {"state": "unhealthy", "reason": "not ready"}
+
+    return health
 
 
 def component_info(
