@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import logging
 import os
 import shutil
 import signal
@@ -12,12 +14,14 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import aclosing
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx
 import pytest
 
 from dyn import plugins
+from dyn.discovery import etcd as etcd_module
 from dyn.discovery.base import Instance
 from dyn.discovery.etcd import EtcdDiscovery
 from dyn.errors import DiscoveryError
@@ -196,22 +200,129 @@ async def test_revoked_lease_registers_again(etcd: str, request: pytest.FixtureR
         assert a._lease != old
 
 
-async def test_watch_resumes_after_compaction(etcd: str, request: pytest.FixtureRequest) -> None:
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+    def matching(self, text: str) -> list[str]:
+        return [m for m in self.messages if text in m]
+
+
+@pytest.fixture
+def etcd_log() -> Iterator[_Records]:
+    """The etcd module's records, caught at its own logger (a CLI test may have set the
+    dyn logger not to propagate, and caplog's handler is replaced between test phases)."""
+    logger = logging.getLogger("dyn.discovery.etcd")
+    records, level = _Records(), logger.level
+    logger.addHandler(records)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(records)
+        logger.setLevel(level)
+
+
+async def _raw(etcd: str, path: str, body: dict[str, object]) -> dict[str, Any]:
+    async with httpx.AsyncClient() as http:
+        response = await http.post(f"{etcd}/v3/{path}", json=body)
+        response.raise_for_status()
+        data: dict[str, Any] = response.json()
+        return data
+
+
+async def test_watch_rereads_after_compaction(
+    etcd: str, request: pytest.FixtureRequest, etcd_log: _Records
+) -> None:
     prefix = unique_prefix(request)
     async with EtcdDiscovery(endpoints=etcd, prefix=prefix, ttl_s=5) as a:
         await a.register(inst("a1"))
         watcher: AsyncIterator[list[Instance]] = a.watch("ns/")
+        # The first snapshot comes from a range at revision R; the generator stays
+        # suspended at its yield, so its stream is not opened before the next anext.
         assert ids(await anext(watcher)) == ["a1"]
-        # Writes and a compaction past the watcher's revision while it is not reading.
+        start = int((await _raw(etcd, "kv/range", {"key": "AA=="}))["header"]["revision"]) + 1
+        # Two writes, then a compaction at R + 2: the watch from R + 1 is compacted away
+        # (etcd keeps revision R + 2 itself, so one write would not do).
         await a.register(inst("a2"))
-        async with httpx.AsyncClient() as http:
-            rev = (await http.post(f"{etcd}/v3/kv/range", json={"key": "AA=="})).json()
-            revision = rev["header"]["revision"]
-            await http.post(f"{etcd}/v3/kv/compaction", json={"revision": revision})
+        await a.register(inst("a3"))
+        now = int((await _raw(etcd, "kv/range", {"key": "AA=="}))["header"]["revision"])
+        assert now == start + 1
+        await _raw(etcd, "kv/compaction", {"revision": now})
         with anyio.fail_after(5):
-            while ids(await anext(watcher)) != ["a1", "a2"]:
-                pass
+            assert ids(await anext(watcher)) == ["a1", "a2", "a3"]
+        assert etcd_log.matching(f"from revision {start} canceled (compacted at {now})")
+        # After the re-read the watch follows events again.
+        await a.deregister(inst("a1"))
+        with anyio.fail_after(5):
+            assert ids(await anext(watcher)) == ["a2", "a3"]
+        assert ids(await a.snapshot("ns/")) == ["a2", "a3"]
         await watcher.aclose()  # type: ignore[attr-defined]  # an async generator
+
+
+async def test_deleted_key_of_live_lease_is_put_back(
+    etcd: str, request: pytest.FixtureRequest, etcd_log: _Records
+) -> None:
+    prefix = unique_prefix(request)
+    ttl = 1.5  # a keep-alive every 0.5 s, a key check every 1.5 s
+    async with EtcdDiscovery(endpoints=etcd, prefix=prefix, ttl_s=ttl) as a:
+        await a.register(inst("a1"))
+        await a.register(inst("a2"))
+        lease = a._lease
+        key = base64.b64encode(f"{prefix}{inst('a1').key}".encode()).decode()
+        deleted = await _raw(etcd, "kv/deleterange", {"key": key})
+        assert deleted["deleted"] == "1"
+        assert ids(await a.snapshot("ns/")) == ["a2"]
+        await wait_for(a, "ns/", ["a1", "a2"], within=3 * ttl)
+        assert a._lease == lease  # put back on the same lease, not re-registered
+        assert etcd_log.matching("were deleted; putting them back")
+        held = await _raw(etcd, "lease/timetolive", {"ID": lease, "keys": True})
+        assert len(held["keys"]) == 2
+
+
+async def test_watch_skips_a_dead_endpoint_and_rereads_when_quiet(
+    etcd: str,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+    etcd_log: _Records,
+) -> None:
+    prefix = unique_prefix(request)
+    monkeypatch.setattr(etcd_module, "WATCH_IDLE_S", 0.3)
+    dead = f"http://127.0.0.1:{free_port()}"
+    seen: list[list[str]] = [["none yet"]]
+
+    async def until_seen(want: list[str]) -> None:
+        while seen[-1] != want:  # noqa: ASYNC110 (the watch task appends)
+            await anyio.sleep(0.02)
+
+    async with (
+        EtcdDiscovery(endpoints=etcd, prefix=prefix, ttl_s=5) as a,
+        EtcdDiscovery(endpoints=[dead, etcd], prefix=prefix, ttl_s=5) as b,
+    ):
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tasks:
+
+                async def watch() -> None:
+                    async with aclosing(b.watch("ns/")) as snaps:
+                        async for snap in snaps:
+                            seen.append(ids(snap))
+
+                tasks.start_soon(watch)
+                await until_seen([])
+                # The stream fails at the dead endpoint, moves on, then goes quiet at etcd.
+                while not etcd_log.matching(f"at {etcd} was quiet"):  # noqa: ASYNC110
+                    await anyio.sleep(0.05)
+                assert etcd_log.matching(f"at {dead} broke")
+                await a.register(inst("a1"))
+                await until_seen(["a1"])
+                await a.deregister(inst("a1"))
+                await until_seen([])
+                tasks.cancel_scope.cancel()
+    assert seen == [["none yet"], [], ["a1"], []]  # re-reads of an unchanged view yield nothing
 
 
 def test_hello_world_over_etcd(etcd: str, tmp_path: Path) -> None:
@@ -259,8 +370,6 @@ def test_hello_world_over_etcd(etcd: str, tmp_path: Path) -> None:
 
 
 def _keys(etcd: str, prefix: str) -> list[str]:
-    import base64
-
     end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
     body = {
         "key": base64.b64encode(prefix.encode()).decode(),

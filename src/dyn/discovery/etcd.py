@@ -3,9 +3,18 @@
 Every registration is one key, ``prefix + instance.key``, holding the instance as JSON
 and attached to this object's lease. The lease is kept alive every TTL/3; when it is
 gone (etcd restarted, or someone revoked it) a new one is granted and everything is
-registered again. A clean exit revokes the lease, which removes every key at once; a
-crashed process's keys vanish when its lease lapses. Watches resume from the last
-revision seen, and start over from a fresh range after compaction or a broken stream.
+registered again. Once a TTL the keep-alive also asks etcd which keys the lease holds
+(one ``lease/timetolive`` call) and puts back any registration whose key someone
+deleted while the lease lived. A clean exit revokes the lease, which removes every key
+at once; a crashed process's keys vanish when its lease lapses.
+
+A watch reads the registry with one range, then follows the watch stream from the
+revision after it. Whenever the stream ends it re-ranges and watches again: when etcd
+cancels it because that revision was compacted, when it breaks (then it moves on to the
+next endpoint), and when it has been quiet for ``WATCH_IDLE_S``. The last is the safety
+net against a half-open connection, which would otherwise freeze the view silently. It
+is used instead of etcd's progress notifications because etcd 3.4 sends those only every
+10 minutes; a re-range of one prefix a minute is cheap, and yields nothing if unchanged.
 """
 
 from __future__ import annotations
@@ -14,7 +23,8 @@ import base64
 import json
 import logging
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
 from types import TracebackType
 from typing import Any, Self
 
@@ -35,6 +45,13 @@ DEFAULT_ENDPOINT = "http://127.0.0.1:2379"
 REQUEST_TIMEOUT_S = 5.0
 # Pause before re-watching after a broken stream, so a down etcd is not hammered.
 REWATCH_DELAY_S = 0.5
+# A watch stream silent this long is dropped and the registry re-read: quiet is normal,
+# but so is silence on a half-open connection. (etcd 3.4's progress notifications come
+# only every 10 minutes, too rarely to tell the two apart.)
+WATCH_IDLE_S = 60.0
+# Every this many keep-alive rounds (so once a TTL), check that the lease still holds
+# every registered key and put back any deleted by hand (`dyn down`, an operator).
+KEY_CHECK_ROUNDS = 3
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(Instance).decode
@@ -175,15 +192,17 @@ class EtcdDiscovery(Discovery):
             log.warning("could not revoke the etcd lease (it lapses anyway): %s", exc)
 
     async def _keep_alive(self) -> None:
+        rounds = 0
         while True:
             await anyio.sleep(self.keepalive_s)
+            rounds += 1
             try:
-                await self._refresh()
+                await self._refresh(check_keys=rounds % KEY_CHECK_ROUNDS == 0)
             except DiscoveryError as exc:
                 # The next round retries; if the lease lapsed meanwhile it is replaced.
                 log.warning("etcd keep-alive failed: %s", exc)
 
-    async def _refresh(self) -> None:
+    async def _refresh(self, *, check_keys: bool = False) -> None:
         async with self._lock:
             lease = self._lease
             alive = False
@@ -194,6 +213,9 @@ class EtcdDiscovery(Discovery):
                 except _Refused:
                     pass  # an unknown lease: etcd lost it, so grant another
             if alive:
+                if check_keys and self._mine:
+                    assert lease is not None
+                    await self._restore_deleted(lease)
                 return
             log.warning(
                 "etcd lease %s is gone; registering %d instance(s) again", lease, len(self._mine)
@@ -201,6 +223,22 @@ class EtcdDiscovery(Discovery):
             self._lease = lease = await self._grant()
             for instance in list(self._mine.values()):
                 await self._put(instance, lease)
+
+    async def _restore_deleted(self, lease: str) -> None:
+        """Put back registrations whose key is no longer on ``lease`` (deleted by hand)."""
+        data = await self._post("lease/timetolive", {"ID": lease, "keys": True})
+        if int(data.get("TTL", -1)) < 0:
+            return  # the lease itself is gone: the next round grants another
+        held = {_unb64(key) for key in data.get("keys", [])}
+        missing = [i for key, i in self._mine.items() if self.prefix + key not in held]
+        if not missing:
+            return
+        log.warning(
+            "etcd key(s) of live registration(s) were deleted; putting them back: %s",
+            ", ".join(self.prefix + i.key for i in missing),
+        )
+        for instance in missing:
+            await self._put(instance, lease)
 
     # -- writing -----------------------------------------------------------------------
 
@@ -238,6 +276,7 @@ class EtcdDiscovery(Discovery):
         key = self.prefix + prefix
         request = {"key": _b64(key), "range_end": _range_end(key)}
         last: list[Instance] | None = None
+        turn = 0  # which endpoint the stream uses; moves on when a stream fails
         while True:
             try:
                 live, revision = await self._range(prefix)
@@ -249,29 +288,43 @@ class EtcdDiscovery(Discovery):
             if current != last:
                 last = current
                 yield current
+            endpoint = self.endpoints[turn % len(self.endpoints)]
             body = {"create_request": {**request, "start_revision": str(revision + 1)}}
             try:
-                async for current in self._stream(body, live):
-                    if current != last:
-                        last = current
-                        yield current
+                async with aclosing(self._stream(endpoint, body, live)) as updates:
+                    async for current in updates:
+                        if current != last:
+                            last = current
+                            yield current
+            except httpx.ReadTimeout:
+                # Quiet for WATCH_IDLE_S, or a half-open connection: re-read to be sure.
+                log.debug("etcd watch of %r at %s was quiet; reading again", key, endpoint)
+                turn += 1
+                continue
             except (httpx.HTTPError, ValueError) as exc:
-                log.info("etcd watch of %r broke (%s); watching again", key, exc)
+                log.info("etcd watch of %r at %s broke (%s); watching again", key, endpoint, exc)
+                turn += 1
             await anyio.sleep(REWATCH_DELAY_S)
 
     async def _stream(
-        self, body: dict[str, Any], live: dict[str, Instance]
-    ) -> AsyncIterator[list[Instance]]:
+        self, endpoint: str, body: dict[str, Any], live: dict[str, Instance]
+    ) -> AsyncGenerator[list[Instance], None]:
         """Apply watch events to ``live`` until etcd ends or cancels the watch."""
-        url = f"{self.endpoints[0]}/v3/watch"
-        timeout = httpx.Timeout(REQUEST_TIMEOUT_S, read=None)  # a quiet watch is normal
+        url = f"{endpoint}/v3/watch"
+        timeout = httpx.Timeout(REQUEST_TIMEOUT_S, read=WATCH_IDLE_S)
         async with self._client().stream("POST", url, json=body, timeout=timeout) as response:
             async for line in response.aiter_lines():
                 if not line.strip():
                     continue
                 result = json.loads(line).get("result", {})
                 if result.get("canceled") or "compact_revision" in result:
-                    return  # compacted past our revision: the caller re-ranges
+                    # etcd keeps the stream open after cancelling: leave, and re-range.
+                    log.info(
+                        "etcd watch from revision %s canceled (compacted at %s); reading again",
+                        body["create_request"]["start_revision"],
+                        result.get("compact_revision", "-"),
+                    )
+                    return
                 for event in result.get("events", []):
                     kv = event["kv"]
                     name = _unb64(kv["key"])
