@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -14,10 +15,17 @@ from grpclib.exceptions import GRPCError, StreamTerminatedError
 from grpclib.protocol import H2Protocol
 from h2.errors import ErrorCodes
 
-from dyn.errors import CallError, ProtocolError, TransportError, call_error_from_wire
+from dyn.errors import (
+    CallError,
+    OverloadedError,
+    ProtocolError,
+    TransportError,
+    call_error_from_wire,
+)
 from dyn.transports import _auth
 from dyn.transports._tls import describe_tls_error, tls_hint
 from dyn.transports.base import CallStream
+from dyn.transports.grpc._token import GRPC_METADATA_KEY, make_token
 from dyn.transports.grpc._wire import CALL_METHOD, CallFrame, CallRequest, message_kind
 
 __all__ = ["GrpcCall", "PooledChannel"]
@@ -114,11 +122,20 @@ class GrpcCall(CallStream):
         raise ProtocolError(f"server at {self._address} sent a frame of unknown kind")
 
     async def _open(self) -> Stream[CallRequest, CallFrame]:
-        # A fresh token per call: the server rejects one older than a minute.
+        # A fresh token per call, bound to it: the server accepts each token once, for
+        # this path and payload, within GRPC_MAX_SKEW_S of its clock.
         metadata = (
             None
             if self._secret is None
-            else {_auth.GRPC_METADATA_KEY: _auth.grpc_token(self._secret)}
+            else {
+                GRPC_METADATA_KEY: make_token(
+                    self._secret,
+                    CALL_METHOD,
+                    self._request.path,
+                    self._request.payload,
+                    time.time(),
+                )
+            }
         )
         stream = self._channel(self._address).request(
             CALL_METHOD, Cardinality.UNARY_STREAM, CallRequest, CallFrame, metadata=metadata
@@ -160,16 +177,18 @@ class GrpcCall(CallStream):
         self.close_nowait()
 
 
-def _from_status(address: str, exc: GRPCError) -> TransportError:
+def _from_status(address: str, exc: GRPCError) -> CallError:
     if exc.status is Status.FAILED_PRECONDITION:  # the version check, see dyn.proto
         return ProtocolError(exc.message or f"server at {address} refused the call")
     if exc.status is Status.UNAUTHENTICATED:  # the cluster secret, see dyn.proto
         message = exc.message or f"cluster secret rejected by the server at {address}"
         if "requires" in message:
             message += f"; set {_auth.ENV_CLUSTER_SECRET} (or the transport option cluster_secret)"
-        else:
+        elif message.endswith("wrong secret") or ": " not in message:  # (older servers)
             message += f"; check that {_auth.ENV_CLUSTER_SECRET} is the same on both sides"
         return ProtocolError(message)
+    if exc.status is Status.RESOURCE_EXHAUSTED:  # a full replay cache, see dyn.proto
+        return OverloadedError(exc.message or f"the server at {address} is overloaded")
     if exc.status is Status.UNIMPLEMENTED:
         return ProtocolError(f"server at {address} does not serve dyn calls: {exc.message}")
     return TransportError(f"call to {address} failed: {exc.status.name} {exc.message or ''}")

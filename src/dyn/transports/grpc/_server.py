@@ -8,10 +8,12 @@ stopped, as the ``Context`` contract promises.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import socket
+import time
 import weakref
-from typing import Any
+from typing import Any, NoReturn
 
 import anyio
 import anyio.lowlevel
@@ -23,9 +25,15 @@ from grpclib.server import Server, Stream
 from h2.settings import SettingCodes
 
 from dyn.runtime.context import Context
-from dyn.transports import _auth
 from dyn.transports._serving import Frame, run_handler
 from dyn.transports.base import Handler as DynHandler
+from dyn.transports.grpc._token import (
+    GRPC_METADATA_KEY,
+    TokenBusy,
+    TokenChecker,
+    TokenRefused,
+    body_digest,
+)
 from dyn.transports.grpc._wire import CALL_METHOD, CallFrame, CallRequest, frame_to_message
 
 __all__ = ["EndpointService", "TrackingServer", "bind"]
@@ -52,15 +60,21 @@ class EndpointService:
         self.protocol_version = protocol_version
         self.address = address
         self.secret = secret
+        # One per server: it owns the replay cache of the tokens this server accepted.
+        self._tokens = None if secret is None else TokenChecker(secret, CALL_METHOD)
 
     def __mapping__(self) -> dict[str, Handler]:
         return {CALL_METHOD: Handler(self._call, Cardinality.UNARY_STREAM, CallRequest, CallFrame)}
 
     async def _call(self, stream: Stream[CallRequest, CallFrame]) -> None:
-        if self.secret is not None:
-            self._authenticate(stream)  # before reading the request: refuse early
+        # Before reading the request: a caller without the secret gets nothing buffered.
+        digest = None if self._tokens is None else self._admit(stream)
         request = await stream.recv_message()
         assert request is not None  # grpclib ends a unary request with its message
+        if digest is not None and not hmac.compare_digest(
+            digest, body_digest(request.path, request.payload)
+        ):
+            self._refuse(stream, TokenRefused("token made for another call (path or payload)"))
         if request.protocol_version != self.protocol_version:
             raise GRPCError(
                 Status.FAILED_PRECONDITION,
@@ -104,20 +118,29 @@ class EndpointService:
                 tasks.cancel_scope.cancel()
                 raise
 
-    def _authenticate(self, stream: Stream[CallRequest, CallFrame]) -> None:
-        assert self.secret is not None
-        token = (
-            stream.metadata.get(_auth.GRPC_METADATA_KEY) if stream.metadata is not None else None
-        )
+    def _admit(self, stream: Stream[CallRequest, CallFrame]) -> bytes:
+        """Check the call's token; return the request digest it was made for."""
+        assert self._tokens is not None
+        token = stream.metadata.get(GRPC_METADATA_KEY) if stream.metadata is not None else None
         if not isinstance(token, str):
             raise GRPCError(
                 Status.UNAUTHENTICATED, f"the server at {self.address} requires a cluster secret"
             )
-        if not _auth.grpc_token_valid(self.secret, token):
-            log.warning("refused a call to %s: cluster secret rejected", self.address)
+        try:
+            return self._tokens.admit(token, time.time())
+        except TokenRefused as exc:
+            self._refuse(stream, exc)
+
+    def _refuse(self, stream: Stream[CallRequest, CallFrame], exc: TokenRefused) -> NoReturn:
+        log.warning("refused a call to %s from %s: %s", self.address, stream.peer.addr(), exc)
+        if isinstance(exc, TokenBusy):  # the caller may retry with a fresh token
             raise GRPCError(
-                Status.UNAUTHENTICATED, f"cluster secret rejected by the server at {self.address}"
-            )
+                Status.RESOURCE_EXHAUSTED, f"the server at {self.address} refused a call: {exc}"
+            ) from exc
+        raise GRPCError(
+            Status.UNAUTHENTICATED,
+            f"cluster secret rejected by the server at {self.address}: {exc}",
+        ) from exc
 
 
 class _CallerGone(Exception):
