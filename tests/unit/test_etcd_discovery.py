@@ -5,9 +5,7 @@ from __future__ import annotations
 import base64
 import logging
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +17,8 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from _dyn_graph import free_port
+from _etcd_server import ETCD, running_etcd
 
 from dyn import plugins
 from dyn.discovery import etcd as etcd_module
@@ -29,58 +29,14 @@ from dyn.errors import DiscoveryError
 pytestmark = pytest.mark.anyio
 
 ROOT = Path(__file__).resolve().parents[2]
-ETCD = shutil.which("etcd")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
 def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if ETCD is None:
         pytest.skip("the etcd binary is not installed (apt-get install etcd-server)")
-    data = tmp_path_factory.mktemp("etcd")
-    client, peer = free_port(), free_port()
-    url, peer_url = f"http://127.0.0.1:{client}", f"http://127.0.0.1:{peer}"
-    log = (data / "etcd.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            ETCD,
-            "--data-dir",
-            str(data / "data"),
-            "--listen-client-urls",
-            url,
-            "--advertise-client-urls",
-            url,
-            "--listen-peer-urls",
-            peer_url,
-            "--initial-advertise-peer-urls",
-            peer_url,
-            "--initial-cluster",
-            f"default={peer_url}",
-        ],  # fmt: skip
-        stdout=subprocess.DEVNULL,
-        stderr=log,
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=1).json().get("health") == "true":
-                    break
-            except (httpx.HTTPError, ValueError):
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError((data / "etcd.log").read_text()[-2000:])
-            time.sleep(0.1)
+    with running_etcd(tmp_path_factory.mktemp("etcd")) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        log.close()
 
 
 def inst(instance_id: str = "a1", component: str = "backend") -> Instance:
