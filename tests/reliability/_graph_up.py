@@ -104,6 +104,7 @@ class Up:
 class Streamed:
     """What one streamed completion delivered."""
 
+    request_id: str = ""  # the x-request-id sent, if any
     status: int = 0
     text: str = ""
     tokens: int | None = None  # completion_tokens from the usage chunk
@@ -135,7 +136,7 @@ async def stream_completion(
     on_event: Any = None,
     headers: dict[str, str] | None = None,
 ) -> Streamed:
-    got = Streamed()
+    got = Streamed(request_id=(headers or {}).get("x-request-id", ""))
     body = completion_body(prompt, max_tokens)
     async with http.stream("POST", "/v1/completions", json=body, headers=headers) as resp:
         got.status = resp.status_code
@@ -169,7 +170,9 @@ async def run_streams(
     max_tokens: int,
     concurrency: int,
     on_event: Any = None,
+    request_ids: list[str] | None = None,
 ) -> list[Streamed]:
+    """Stream every text, ``concurrency`` at a time; ``request_ids`` go as x-request-id."""
     results: list[Streamed | None] = [None] * len(texts)
     limit = anyio.Semaphore(concurrency)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -177,7 +180,10 @@ async def run_streams(
 
         async def one(i: int) -> None:
             async with limit:
-                results[i] = await stream_completion(http, texts[i], max_tokens, on_event)
+                headers = {"x-request-id": request_ids[i]} if request_ids else None
+                results[i] = await stream_completion(
+                    http, texts[i], max_tokens, on_event, headers=headers
+                )
 
         async with anyio.create_task_group() as tasks:
             for i in range(len(texts)):

@@ -1,20 +1,25 @@
 """kill -9 one of three workers while 200 streamed completions run (tcp, one process per role).
 
-With migration on (the default limit, 3) every request completes with exactly its token
-count and the same text as an undisturbed run: the resent request carries the prompt
-plus the tokens already generated, and the mocker's output is a function of the seed and
-the context only. With ``migration_limit: 0`` the requests that were on the killed worker
-end with an in-band error event followed by ``[DONE]``; every other request completes.
+The worker is stopped (SIGSTOP) for a moment before the kill: the streams that then fall
+silent are the ones it serves. With migration on (the default limit, 3) every request
+completes with exactly its token count and the same text as an undisturbed run: the
+resent request carries the prompt plus the tokens already generated, and the mocker's
+output is a function of the seed and the context only; the migrated requests are exactly
+the silent ones, and ``dyn_migrations_total`` counts them. With ``migration_limit: 0``
+exactly the silent requests end with an in-band error event followed by ``[DONE]``;
+every other request completes.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from pathlib import Path
 
 import anyio
+import httpx
 import pytest
 from _graph_up import KV_GRAPH, Streamed, Up, prompts, run_streams
 
@@ -25,6 +30,9 @@ CONCURRENCY = 32
 MAX_TOKENS = 128
 # Kill once this many requests have started: the first batch is done, a full batch is live.
 KILL_AFTER_STARTED = 64
+# How long worker[1] is stopped before the kill: the streams it serves fall silent while
+# the others go on (a token comes every few ms at speedup 10), which tells them apart.
+STALL_S = 0.5
 
 
 def _up(tmp_path: Path, *extra: str) -> Up:
@@ -41,41 +49,64 @@ def _up(tmp_path: Path, *extra: str) -> Up:
     )
 
 
-async def _run_and_kill(up: Up, texts: list[str]) -> tuple[list[Streamed], float]:
-    """Stream every prompt; SIGKILL worker[1] once enough requests have started."""
-    started: set[int] = set()
+async def _run_and_kill(up: Up, texts: list[str]) -> tuple[list[Streamed], set[str], float]:
+    """Stream every prompt; once enough requests have started, SIGSTOP worker[1], take
+    the requests whose streams then stall (those it was serving), and SIGKILL it."""
+    started: dict[str, Streamed] = {}
+    last_event: dict[str, float] = {}
     reached = anyio.Event()
     victim = up.role_pids()["worker[1]"]
+    stalled: set[str] = set()
     killed_at = 0.0
 
     async def on_event(got: Streamed) -> None:
+        last_event[got.request_id] = time.monotonic()
         if got.events == 1:
-            started.add(id(got))
+            started[got.request_id] = got
             if len(started) >= KILL_AFTER_STARTED:
                 reached.set()
 
     async def killer() -> None:
         nonlocal killed_at
         await reached.wait()
+        os.kill(victim, signal.SIGSTOP)
+        await anyio.sleep(STALL_S)
+        # Started, not ended (no usage chunk yet) and silent for the second half of the
+        # pause (the first lets what was already sent arrive): served by worker[1].
+        quiet_since = time.monotonic() - STALL_S / 2
+        stalled.update(
+            rid
+            for rid, got in started.items()
+            if got.tokens is None and not got.done and last_event[rid] < quiet_since
+        )
         os.kill(victim, signal.SIGKILL)
         killed_at = time.monotonic()
 
+    ids = [f"mig-{i}" for i in range(len(texts))]
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(killer)
-        results = await run_streams(up.url, texts, MAX_TOKENS, CONCURRENCY, on_event)
+        results = await run_streams(up.url, texts, MAX_TOKENS, CONCURRENCY, on_event, ids)
         tasks.cancel_scope.cancel()
     assert killed_at, "the worker was never killed"
-    return results, time.monotonic() - killed_at
+    return results, stalled, time.monotonic() - killed_at
 
 
-def _summary(label: str, results: list[Streamed], up: Up, after_kill: float) -> int:
-    migrated = up.log().count("migrating after")
+def _migrations(up: Up) -> tuple[list[str], float]:
+    """The request ids the processor logged as migrated, and its dyn_migrations_total
+    (from ``GET /admin/route``: the processor runs in a process of its own)."""
+    logged = re.findall(r"request (\S+): .*; migrating after", up.log())
+    info = httpx.get(f"{up.url}/admin/route", timeout=10)
+    assert info.status_code == 200, info.text
+    return logged, float(info.json()["migrations"])
+
+
+def _summary(label: str, results: list[Streamed], stalled: set[str], after_kill: float) -> None:
     ok = sum(r.ok for r in results)
     print(
-        f"\n{label}: sent {len(results)}, succeeded {ok}, failed {len(results) - ok}, "
-        f"migrated {migrated}; the run ended {after_kill:.2f} s after the kill"
+        f"\n{label}: sent {len(results)}, succeeded {ok}, failed {len(results) - ok}; "
+        f"{len(stalled)} on the killed worker mid-stream; the run ended {after_kill:.2f} s "
+        "after the kill"
     )
-    return migrated
 
 
 def test_kill_9_a_worker_mid_stream_loses_no_request(tmp_path: Path) -> None:
@@ -85,15 +116,20 @@ def test_kill_9_a_worker_mid_stream_loses_no_request(tmp_path: Path) -> None:
         texts = prompts(REQUESTS, seed=8)
         reference = anyio.run(run_streams, up.url, texts, MAX_TOKENS, CONCURRENCY)
         assert all(r.ok and r.tokens == MAX_TOKENS for r in reference)
-        results, after_kill = anyio.run(_run_and_kill, up, texts)
-        migrated = _summary("migration_limit 3", results, up, after_kill)
+        results, stalled, after_kill = anyio.run(_run_and_kill, up, texts)
+        _summary("migration_limit 3", results, stalled, after_kill)
+        logged, metric = _migrations(up)
     finally:
         up.stop()
+    print(f"migrated {len(logged)}; dyn_migrations_total {metric:.0f}")
     failed = [r for r in results if not r.ok]
     assert not failed, failed[:3]
     assert [r.tokens for r in results] == [MAX_TOKENS] * REQUESTS
     assert [r.text for r in results] == [r.text for r in reference]
-    assert migrated >= 1, "no request was on the killed worker mid-stream"
+    assert stalled, "no request was on the killed worker mid-stream"
+    # Exactly the requests the killed worker was serving moved, each once, and counted.
+    assert sorted(logged) == sorted(stalled)
+    assert metric == len(stalled)
 
 
 def test_without_migration_only_the_killed_workers_requests_fail(tmp_path: Path) -> None:
@@ -101,16 +137,20 @@ def test_without_migration_only_the_killed_workers_requests_fail(tmp_path: Path)
     try:
         up.wait_healthy()
         texts = prompts(REQUESTS, seed=9)
-        results, after_kill = anyio.run(_run_and_kill, up, texts)
-        _summary("migration_limit 0", results, up, after_kill)
+        results, stalled, after_kill = anyio.run(_run_and_kill, up, texts)
+        _summary("migration_limit 0", results, stalled, after_kill)
+        logged, metric = _migrations(up)
     finally:
         up.stop()
+    print(f"migrated {len(logged)}; dyn_migrations_total {metric:.0f}")
     failed = [r for r in results if not r.ok]
     assert failed, "no request was on the killed worker mid-stream"
-    # At most the killed worker's share of the requests in flight at the time.
-    assert len(failed) <= CONCURRENCY
+    # Exactly the requests the killed worker was serving: a share of those in flight.
+    assert {r.request_id for r in failed} == stalled
+    assert len(failed) < CONCURRENCY
     for r in failed:
         assert r.status == 200 and r.done and r.text  # the error came in-band, mid-stream
         (error,) = r.errors
         assert error["error"]["code"] == "unavailable"
     assert all(r.tokens == MAX_TOKENS for r in results if r.ok)
+    assert not logged and metric == 0

@@ -32,6 +32,11 @@ class Admission:
         self._idle = anyio.Event()
         self._idle.set()
 
+    @property
+    def queued(self) -> int:
+        """Requests waiting for a slot now (at most ``max_queued``)."""
+        return self._slots.statistics().tasks_waiting if self._slots is not None else 0
+
     async def enter(self) -> None:
         """Take a slot, waiting in the queue if there is room in it; raise 429 or 503."""
         if self.draining:
@@ -40,7 +45,7 @@ class Admission:
             )
         slots = self._slots
         if slots is not None:
-            if slots.value == 0 and slots.statistics().tasks_waiting >= self.max_queued:
+            if slots.value == 0 and self.queued >= self.max_queued:
                 raise ApiError(429, self._overloaded(), code="overloaded")
             timeout = self.queue_timeout_s if self.queue_timeout_s > 0 else math.inf
             with anyio.move_on_after(timeout) as waited:

@@ -15,7 +15,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -137,7 +137,11 @@ class _OpenAI:
             generate, blame = to_generate(req, request_id, self._model)
             call.stream = bool(req.stream)
             call.include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            await call.start(self._backend, generate, request_id, deadline)
+            starting = call.start(self._backend, generate, request_id, deadline)
+            if await _unless_client_leaves(request.receive, starting):
+                await call.close()
+                call.finish(499)
+                return Response(status_code=499)  # nobody reads it: the client is gone
             self._check_fits(call.first, generate, blame, kind)
         except Exception as exc:
             await call.close()
@@ -344,6 +348,41 @@ def _stream_error(exc: Exception) -> tuple[int, str, str]:
         return 500, str(exc), "internal"
     _log.error("stream failed", exc_info=exc)
     return 500, "internal error; the frontend's log has the details", "internal"
+
+
+async def _unless_client_leaves(receive: Receive, work: Awaitable[None]) -> bool:
+    """Await ``work``, cancelled if the client disconnects first; whether it went away.
+
+    Until the first output nothing is sent, so nothing else would notice a client that
+    leaves while its request waits (a worker's queue, a remote prefill): the calls made
+    for it would run on for nobody. A plain asyncio task, as in :class:`_SseResponse`.
+    """
+    task = asyncio.current_task()
+    assert task is not None
+    waiting = True
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        # Only while waiting: then the cancellation lands inside the try below.
+        if waiting:
+            gone = True
+            task.cancel()
+
+    watcher = asyncio.create_task(watch())
+    try:
+        await work
+    except asyncio.CancelledError:
+        if not gone:
+            raise
+    finally:
+        waiting = False
+        watcher.cancel()
+        if gone:
+            task.uncancel()  # our own cancellation: the client went away
+    return gone
 
 
 class _SseResponse(Response):

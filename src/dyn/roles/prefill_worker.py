@@ -6,12 +6,13 @@ costs exactly the engine's prefill time and leaves the prompt in this cache for 
 prefix hits), "transfers" the blocks under the :class:`~dyn.disagg.transfer.KvTransferModel`
 (a sleep of the modelled time) and hands their hashes to the decode worker named in the
 job through its ``kv_transfer`` endpoint. The job is acked only then: a prefill worker
-that dies holding one lets its lease expire and another worker gets it.
+that dies holding one lets its lease expire and another worker gets it. A job whose lease
+is gone (its decode worker dropped it when the client left, or it expired and went to
+another worker) is abandoned at the next renewal, freeing this worker's engine.
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -37,6 +38,9 @@ __all__ = ["PrefillJob", "PrefillWorker", "PrefillWorkerConfig"]
 RETRY_DELAY_S = 0.5
 # Bound on one call to the queue or to a decode worker.
 CALL_TIMEOUT_S = 10.0
+# Longest pause between two lease renewals: how soon a job whose request went away is
+# abandoned (the issue asks for a cancelled request to free every worker within 1 s).
+LEASE_CHECK_S = 0.25
 
 
 class PrefillWorkerConfig(MockerConfig, forbid_unknown_fields=True, frozen=True):
@@ -74,6 +78,7 @@ class PrefillWorker(Component[PrefillWorkerConfig]):
         self.metrics = DisaggMetrics.of(self.runtime.registry)
         self._draining = False
         self.jobs_done = 0
+        self.jobs_in_progress = 0
 
     async def run(self) -> None:
         async with anyio.create_task_group() as tasks:
@@ -113,22 +118,41 @@ class PrefillWorker(Component[PrefillWorkerConfig]):
             await self._queue_call("ack", {"job_id": job_id})
             return
         self.log.info("prefilling job %s (request %s)", job_id, job.request_id)
-        async with anyio.create_task_group() as tasks:
-            # Renew the lease while working, so that a slow prefill is not handed to a
-            # second worker; only a dead (or hung) worker lets it lapse.
-            tasks.start_soon(self._keep_lease, job_id, float(lease["lease_s"]))
-            await self._compute_and_ship(job_id, lease, job)
-            tasks.cancel_scope.cancel()
+        lost = anyio.Event()
+        self.jobs_in_progress += 1
+        try:
+            async with anyio.create_task_group() as tasks:
+                # Renew the lease while working, so that a slow prefill is not handed to a
+                # second worker; only a dead (or hung) worker lets it lapse.
+                lease_s = float(lease["lease_s"])
+                tasks.start_soon(self._keep_lease, job_id, lease_s, lost, tasks.cancel_scope)
+                await self._compute_and_ship(job_id, lease, job)
+                tasks.cancel_scope.cancel()
+        finally:
+            self.jobs_in_progress -= 1
+        if lost.is_set():
+            return  # nothing to ack: the job is gone, or another worker's now
         try:
             await self._queue_call("ack", {"job_id": job_id})
         except (DynError, TimeoutError) as exc:
             self.log.warning("could not ack prefill job %s: %s", job_id, exc)
 
-    async def _keep_lease(self, job_id: str, lease_s: float) -> None:
+    async def _keep_lease(
+        self, job_id: str, lease_s: float, lost: anyio.Event, work: anyio.CancelScope
+    ) -> None:
+        """Renew the lease until cancelled; once it is gone, set ``lost`` and cancel
+        ``work``: nobody waits for this prefill any more, or another worker makes it."""
         while True:
-            await anyio.sleep(max(lease_s / 3, 0.01))
-            with contextlib.suppress(DynError, TimeoutError):
-                await self._queue_call("touch", {"job_id": job_id})
+            await anyio.sleep(max(min(lease_s / 3, LEASE_CHECK_S), 0.01))
+            try:
+                reply = await self._queue_call("touch", {"job_id": job_id})
+            except (DynError, TimeoutError):
+                continue  # the queue is unreachable: keep working, it may come back
+            if not reply.get("leased", True):
+                self.log.info("prefill job %s is no longer ours; abandoning it", job_id)
+                lost.set()
+                work.cancel()
+                return
 
     async def _compute_and_ship(self, job_id: str, lease: dict[str, Any], job: PrefillJob) -> None:
         try:
@@ -166,12 +190,15 @@ class PrefillWorker(Component[PrefillWorkerConfig]):
                     return bool(reply.get("accepted"))
         return False
 
-    async def _queue_call(self, name: str, payload: dict[str, Any]) -> None:
+    async def _queue_call(self, name: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """The queue's (last) reply to one call."""
         route = RouteRequest(request_id=f"{name}-{time.monotonic_ns()}")
+        reply: dict[str, Any] = {}
         with anyio.fail_after(CALL_TIMEOUT_S):
             async with self.prefill_queue.stream(name, payload, route=route) as replies:
-                async for _ in replies:
-                    pass
+                async for item in replies:
+                    reply = dict(item)
+        return reply
 
     @endpoint
     async def kv_events(self, request: Any, ctx: Context) -> AsyncIterator[WorkerUpdate]:

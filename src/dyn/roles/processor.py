@@ -233,8 +233,10 @@ class Processor(Component[ProcessorConfig]):
 
     @endpoint
     async def route_info(self, request: Any, ctx: Context) -> AsyncIterator[dict[str, Any]]:
-        """The strategy in use, what it knows of each worker, and which workers this
-        processor's client has ejected (instance id → seconds of back-off left)."""
+        """The strategy in use, what it knows of each worker, which workers this
+        processor's client has ejected (instance id → seconds of back-off left), and the
+        ``dyn_migrations_total`` of its process (its own /metrics is not served when it
+        runs in a process of its own)."""
         workers = self.worker.instances("generate")
         described = self.worker.router.describe()
         live = {i.instance_id for i in workers}
@@ -251,6 +253,7 @@ class Processor(Component[ProcessorConfig]):
             ],
             "ejected": self.worker.ejected(),
             "replica_sync": self.replicas.describe() if self.replicas is not None else None,
+            "migrations": self.runtime.registry.get_sample_value("dyn_migrations_total") or 0,
         }
 
     @endpoint
