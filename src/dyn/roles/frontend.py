@@ -48,6 +48,7 @@ class Frontend(Component[FrontendConfig]):
         self.started_at = time.time()
         self.url = ""
         self._server: uvicorn.Server | None = None
+        self._served = anyio.Event()  # set once run() has stopped serving
         self._socket = self._bind()
         self.port = self._socket.getsockname()[1]
         self.url = f"http://{_url_host(self.config.host)}:{self.port}"
@@ -103,12 +104,18 @@ class Frontend(Component[FrontendConfig]):
             access_log=False,
             timeout_graceful_shutdown=30,
         )
-        self._server = _Server(config)
+        self._server = server = _Server(config)
         self.log.info("listening on %s", self.url)
         try:
-            await self._server.serve(sockets=[self._socket])
+            await server.serve(sockets=[self._socket])
         finally:
+            # Cancelled before uvicorn shut down: close its listeners first, so the event
+            # loop stops watching the socket before it is closed (a stale watch on a
+            # reused file descriptor leaves the next server in this loop deaf).
+            for listener in getattr(server, "servers", []):
+                listener.close()
             self._socket.close()
+            self._served.set()
 
     async def drain(self) -> None:
         """Stop accepting, let the requests in flight finish, then return."""
@@ -119,10 +126,10 @@ class Frontend(Component[FrontendConfig]):
         # only then does the server stop listening.
         await self.admission.drain()
         server.should_exit = True
-        # uvicorn offers no event for "last connection closed", so poll its state.
-        busy = server.server_state
-        while server.started and (busy.connections or busy.tasks):  # noqa: ASYNC110
-            await anyio.sleep(0.05)
+        # uvicorn notices should_exit on its next tick, lets connections finish, and then
+        # serve() returns in run().
+        with anyio.move_on_after(server.config.timeout_graceful_shutdown or 30):
+            await self._served.wait()
 
     # -- the ASGI app --------------------------------------------------------------------
 
