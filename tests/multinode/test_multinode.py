@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -26,6 +27,7 @@ import httpx
 import pytest
 import yaml
 from _cluster import (
+    SSHD,
     Cluster,
     LoginRefused,
     loopback_cluster,
@@ -59,6 +61,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         pytest.skip("DYN_SKIP_SSH is set")
     if subprocess.run(["which", "ssh", "ssh-keygen"], capture_output=True).returncode:
         pytest.skip("the OpenSSH client is not installed (apt-get install openssh-client)")
+    if not Path(SSHD).exists():
+        pytest.skip("sshd is not installed (apt-get install openssh-server)")
+    if shutil.which("etcd") is None:
+        pytest.skip("etcd is not installed (apt-get install etcd-server)")
     root = tmp_path_factory.mktemp("cluster")
     try:
         if _WHY_NOT_NETNS is None:
