@@ -134,7 +134,8 @@ def _start_sshd(root: Path, node: Node) -> None:
         "PermitRootLogin prohibit-password\n"
         "LogLevel ERROR\n"
     )
-    Path("/run/sshd").mkdir(exist_ok=True)
+    if os.geteuid() == 0:  # only a root sshd wants its privilege-separation folder
+        Path("/run/sshd").mkdir(exist_ok=True)
     prefix = ["ip", "netns", "exec", node.netns] if node.netns else []
     with (root / f"sshd-{node.name}.log").open("wb") as log:
         node.sshd = subprocess.Popen(
