@@ -356,6 +356,8 @@ def test_a_worker_started_by_hand_registers_and_gets_traffic(up: Up) -> None:
     """After the kill above only node2 serves; a worker started by hand on node3 (in its
     namespace, with the same graph file) joins through etcd and receives requests."""
     node3 = up.cluster.nodes[2]
+    before = [r for r in up.status()["instances"] if r["node"] == "node3"]
+    assert not [r for r in before if r["state"] == "healthy"], "needs node3 without a worker"
     graph = up.record()["graph_file"]
     prefix = ["ip", "netns", "exec", node3.netns] if node3.netns else []
     joined = subprocess.Popen(
