@@ -54,6 +54,8 @@ class _Role:
     ready: dict[str, Any] | None = None
     # How log lines are prefixed: the role, or ``node/role`` for roles on other machines.
     label: str = ""
+    stopping: bool = False  # we asked it to stop (Ctrl-C, dyn scale)
+    died: bool = False  # it exited by itself after it was ready
     ready_event: anyio.Event = field(default_factory=anyio.Event)
     exited: anyio.Event = field(default_factory=anyio.Event)
 
@@ -285,7 +287,8 @@ class LocalLauncher(Launcher):
             with anyio.CancelScope(shield=True), anyio.move_on_after(KILL_WAIT_S + STOP_GRACE_S):
                 await role.process.wait()
             code = role.process.returncode
-            if not self._stopping and role.ready is not None:
+            if not (self._stopping or role.stopping) and role.ready is not None:
+                role.died = True
                 self._line(role, f"exited unexpectedly with code {code}")
             role.log.close()
             role.exited.set()
@@ -324,6 +327,7 @@ class LocalLauncher(Launcher):
                 observer.role_stopped(role.role)
 
     async def _stop(self, role: _Role) -> None:
+        role.stopping = True
         if role.process.returncode is None:
             hurry = self._hurry or anyio.Event()
             if not hurry.is_set():

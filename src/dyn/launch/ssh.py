@@ -157,7 +157,7 @@ class SshLauncher(LocalLauncher):
     async def _cleanup(self, role: _Role) -> None:
         node = self._placed(role)
         pidfile = (role.ready or {}).get("pidfile")
-        if node is not None and pidfile:
+        if node is not None and pidfile and role.died:
             # A role killed outside dyn could not remove its pidfile; a live group keeps it.
             await run_remote(node, _stale_pidfile_script(pidfile))
 
