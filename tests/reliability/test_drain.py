@@ -31,6 +31,18 @@ def _gone(pid: int) -> bool:
         return True
 
 
+async def _wait_busy(url: str, role: str, timeout_s: float = 10.0) -> bool:
+    """Wait until ``role`` has a request in flight, as the frontend's status reports it."""
+    async with httpx.AsyncClient(base_url=url, timeout=5) as http:
+        with anyio.move_on_after(timeout_s):
+            while True:
+                rows = (await http.get("/admin/status")).json()["instances"]
+                if any(r["role"] == role and (r["in_flight"] or 0) > 0 for r in rows):
+                    return True
+                await anyio.sleep(0.01)
+    return False
+
+
 def test_sigterm_a_worker_under_load_fails_no_request(tmp_path: Path) -> None:
     up = Up(
         tmp_path / "state",
@@ -57,6 +69,9 @@ def test_sigterm_a_worker_under_load_fails_no_request(tmp_path: Path) -> None:
 
         async def terminate() -> None:
             nonlocal exited_after
+            # Only a worker with requests in flight has anything to drain.
+            busy = await _wait_busy(up.url, "worker[1]")
+            assert busy, "worker[1] never had a request in flight"
             t0 = time.monotonic()
             os.kill(victim, signal.SIGTERM)
             while not _gone(victim):  # noqa: ASYNC110
@@ -81,8 +96,8 @@ def test_sigterm_a_worker_under_load_fails_no_request(tmp_path: Path) -> None:
     assert ok == REQUESTS, [r for r in results if not r.ok][:3]
     # The drain, not migration, saved them: nothing was resent.
     assert "migrating after" not in log
-    assert "draining" in log
-    assert 0 < exited_after < GRACE_S
+    assert "draining" in log, log[-3000:]
+    assert 0 < exited_after < GRACE_S, exited_after
     codes = re.findall(r"worker\[1\].*exited unexpectedly with code (-?\d+)", log)
     assert codes == ["0"], log[-3000:]
 
