@@ -3,13 +3,26 @@ graphs it refuses before touching any node (the live parts: tests/multinode/).""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shlex
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
 
 import pytest
 
 from dyn.errors import LaunchError
 from dyn.graph import NodeSpec, load_graph_text
-from dyn.launch.ssh import SshLauncher, remote_command, ssh_argv
+from dyn.launch.ssh import (
+    SshLauncher,
+    remote_command,
+    signal_script,
+    ssh_argv,
+    stale_pidfile_script,
+)
 
 GRAPH = """
 name: g
@@ -68,3 +81,63 @@ def test_a_graph_it_can_run() -> None:
 def test_graphs_it_refuses_up_front(change: dict[str, str], message: str) -> None:
     with pytest.raises(LaunchError, match=message):
         SshLauncher().resolve(_graph(**change))
+
+
+def _shells() -> list[str]:
+    return [shell for shell in ("dash", "bash") if shutil.which(shell)]
+
+
+def _group(
+    tmp_path: Path, command: str = "sleep 60 & wait"
+) -> tuple[subprocess.Popen[bytes], Path]:
+    """A real process group (by default a leader and a child), with its pidfile."""
+    leader = subprocess.Popen(
+        ["sh", "-c", command], start_new_session=True, stdout=subprocess.DEVNULL
+    )
+    pidfile = tmp_path / "run" / "role.pid"
+    pidfile.parent.mkdir()
+    pidfile.write_text(f"{leader.pid}\n")
+    return leader, pidfile
+
+
+def _kill_group(leader: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(leader.pid, signal.SIGKILL)
+    leader.wait()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:  # the orphaned child is reaped by init, soon
+        try:
+            os.killpg(leader.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("shell", _shells())
+def test_the_signal_script_reaches_the_whole_group_in_every_shell(
+    shell: str, tmp_path: Path
+) -> None:
+    """The remote login shell may be dash, whose kill refuses ``--``: the script must
+    work there too, and must fail loudly rather than silently if kill fails."""
+    leader, pidfile = _group(tmp_path)
+    try:
+        done = subprocess.run([shell, "-c", signal_script(str(pidfile), signal.SIGTERM)])
+        assert done.returncode == 0
+        assert leader.wait(5) == -signal.SIGTERM
+        assert pidfile.exists()  # the role removes its own pidfile when it exits cleanly
+        kill = subprocess.run([shell, "-c", signal_script(str(pidfile), signal.SIGKILL)])
+        assert kill.returncode == 0 and not pidfile.parent.exists()
+    finally:
+        _kill_group(leader)
+
+
+@pytest.mark.parametrize("shell", _shells())
+def test_the_stale_pidfile_script_keeps_a_live_groups_pidfile(shell: str, tmp_path: Path) -> None:
+    leader, pidfile = _group(tmp_path, "exec sleep 60")  # no child to be orphaned
+    try:
+        subprocess.run([shell, "-c", stale_pidfile_script(str(pidfile))], check=True)
+        assert pidfile.exists()  # its group lives
+    finally:
+        _kill_group(leader)
+    subprocess.run([shell, "-c", stale_pidfile_script(str(pidfile))], check=True)
+    assert not pidfile.exists() and not pidfile.parent.exists()

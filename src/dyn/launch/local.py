@@ -300,8 +300,9 @@ class LocalLauncher(Launcher):
             role.ready_event.set()
             return
         role.tail.append(line)
-        role.log.write(line + "\n")
-        role.log.flush()
+        if not role.log.closed:  # the launcher may speak of a role that has just exited
+            role.log.write(line + "\n")
+            role.log.flush()
         sys.stderr.write(f"{role.label:<14} | {line}\n")
 
     async def _wait_ready(self, role: _Role) -> None:

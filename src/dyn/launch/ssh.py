@@ -5,7 +5,7 @@ The OpenSSH client is used as is, so ``~/.ssh/config``, agents and ProxyJump wor
 graph and the secrets a role needs travel on the role's stdin (never a command line);
 the role becomes its own process group and writes a pidfile on its node. Its output
 comes back through ssh, prefixed ``node/role``. Teardown is a separate
-``ssh NODE kill -TERM -- -PGID``, then ``-KILL`` after the grace period, because
+``ssh NODE kill -TERM -PGID``, then ``-KILL`` after the grace period, because
 signals do not cross an ssh channel reliably. If `dyn up` dies, the channel closes, the
 role's stdin reaches EOF, and the role drains and exits by itself.
 
@@ -32,7 +32,15 @@ from dyn.graph import GraphSpec, NodeSpec, dump_graph_yaml
 from dyn.launch.local import LocalLauncher, _Role
 from dyn.launch.role_main import PASSED_ENV
 
-__all__ = ["SshLauncher", "check_nodes", "remote_command", "ssh_argv", "stop_remote_roles"]
+__all__ = [
+    "SshLauncher",
+    "check_nodes",
+    "remote_command",
+    "signal_script",
+    "ssh_argv",
+    "stale_pidfile_script",
+    "stop_remote_roles",
+]
 
 # Options every ssh call gets: never prompt (a launcher cannot answer), notice a dead
 # peer within ~15 s, give up connecting after 5 s.
@@ -149,7 +157,9 @@ class SshLauncher(LocalLauncher):
             await super()._terminate(role, sig)
             return
         if pidfile:
-            await signal_remote_group(node, pidfile, sig)
+            problem = await signal_remote_group(node, pidfile, sig)
+            if problem:
+                self._line(role, f"could not send {sig.name}: {problem}")
         if sig == signal.SIGKILL or not pidfile:
             # Closing the channel closes the role's stdin: it stops by itself.
             role.process.terminate()
@@ -159,13 +169,7 @@ class SshLauncher(LocalLauncher):
         pidfile = (role.ready or {}).get("pidfile")
         if node is not None and pidfile and role.died:
             # A role killed outside dyn could not remove its pidfile; a live group keeps it.
-            await run_remote(node, _stale_pidfile_script(pidfile))
-
-
-def _stale_pidfile_script(pidfile: str) -> str:
-    f = shlex.quote(pidfile)
-    rm = f'rm -f {f}; rmdir "$(dirname {f})" 2>/dev/null'
-    return f'test -f {f} && {{ kill -0 -- -"$(cat {f})" 2>/dev/null || {{ {rm}; }}; }}; exit 0'
+            await run_remote(node, stale_pidfile_script(pidfile))
 
 
 async def run_remote(node: NodeSpec, script: str) -> str | None:
@@ -180,17 +184,35 @@ async def run_remote(node: NodeSpec, script: str) -> str | None:
     return f"{node.name}: no answer over ssh within {KILL_TIMEOUT_S:.0f} s"
 
 
-async def signal_remote_group(node: NodeSpec, pidfile: str, sig: signal.Signals) -> str | None:
-    """``kill -SIG -- -PGID`` on the node, the group read from the role's pidfile.
+def signal_script(pidfile: str, sig: signal.Signals) -> str:
+    """The shell lines that send ``sig`` to the process group in ``pidfile``.
 
-    A missing pidfile means the role already exited cleanly. After SIGKILL the pidfile is
-    removed, since the role cannot remove it itself. Returns an error line, or None.
+    ``kill -TERM -PGID``, not ``kill -TERM -- -PGID``: dash, the login shell of many
+    accounts, refuses ``--`` in its built-in kill. A missing pidfile or group means the
+    role is gone already; a kill that fails otherwise fails the script, with its message.
+    After SIGKILL the pidfile (and the run's pid folder, once empty) goes too, since the
+    role cannot remove it itself.
     """
-    quoted = shlex.quote(pidfile)
-    script = f'test -f {quoted} && kill -{sig.name[3:]} -- -"$(cat {quoted})" 2>/dev/null'
+    f = shlex.quote(pidfile)
+    script = (
+        f'if [ -f {f} ]; then g="$(cat {f})"; '
+        f'if kill -0 -"$g" 2>/dev/null; then kill -{sig.name[3:]} -"$g" || exit 1; fi; fi'
+    )
     if sig == signal.SIGKILL:
-        script += f'; rm -f {quoted}; rmdir "$(dirname {quoted})" 2>/dev/null'
-    return await run_remote(node, script + "; exit 0")
+        script += f'; rm -f {f}; rmdir "$(dirname {f})" 2>/dev/null'
+    return script + "; exit 0"
+
+
+def stale_pidfile_script(pidfile: str) -> str:
+    """Remove ``pidfile`` (and its folder, once empty) if its process group is gone."""
+    f = shlex.quote(pidfile)
+    rm = f'rm -f {f}; rmdir "$(dirname {f})" 2>/dev/null'
+    return f'if [ -f {f} ] && ! kill -0 -"$(cat {f})" 2>/dev/null; then {rm}; fi; exit 0'
+
+
+async def signal_remote_group(node: NodeSpec, pidfile: str, sig: signal.Signals) -> str | None:
+    """Run :func:`signal_script` on the node; an error line, or None."""
+    return await run_remote(node, signal_script(pidfile, sig))
 
 
 def _is_loopback(host: str) -> bool:
