@@ -104,36 +104,16 @@ def _stop_remote(run_dir: RunDir, record: RunRecord, grace_s: float) -> list[str
 def _remove_etcd_entries(graph: GraphSpec, instance_ids: set[str]) -> int:
     """Delete the run's own registrations (its instances' keys), nothing else: the same
     namespace may hold a `dyn join` worker or another run."""
-    import base64
-
-    import httpx
+    import anyio
 
     from dyn.discovery.etcd import EtcdDiscovery
+    from dyn.errors import DiscoveryError
 
     etcd = EtcdDiscovery(ttl_s=graph.discovery.ttl_s, **dict(graph.discovery.options))
-    prefix = f"{etcd.prefix}{graph.namespace}/"
-    end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
-
-    def b64(text: str) -> str:
-        return base64.b64encode(text.encode()).decode()
-
-    for endpoint in etcd.endpoints:
-        try:
-            listed = httpx.post(
-                f"{endpoint}/v3/kv/range",
-                json={"key": b64(prefix), "range_end": b64(end), "keys_only": True},
-                timeout=5,
-            )
-            if listed.status_code != 200:
-                continue
-            keys = [base64.b64decode(kv["key"]).decode() for kv in listed.json().get("kvs", [])]
-            ours = [k for k in keys if k.rsplit("/", 1)[-1] in instance_ids]
-            for key in ours:
-                httpx.post(f"{endpoint}/v3/kv/deleterange", json={"key": b64(key)}, timeout=5)
-        except httpx.HTTPError:
-            continue
-        return len(ours)
-    return 0
+    try:
+        return anyio.run(etcd.remove_instances, graph.namespace, instance_ids)
+    except DiscoveryError:
+        return 0  # etcd is gone too: its entries went with it, or lapse with their lease
 
 
 def _is_dyn(pid: int) -> bool:

@@ -256,6 +256,26 @@ class EtcdDiscovery(Discovery):
                 return
             await self._post("kv/deleterange", {"key": _b64(self.prefix + instance.key)})
 
+    async def remove_instances(self, namespace: str, instance_ids: set[str]) -> int:
+        """Delete every key of ``namespace`` that belongs to one of ``instance_ids``, and
+        nothing else (`dyn down` after a crash: other runs may share the namespace).
+
+        Needs no lease: use it without ``async with``; it closes its connections itself.
+        """
+        key = f"{self.prefix}{namespace}/"
+        try:
+            body = {"key": _b64(key), "range_end": _range_end(key), "keys_only": True}
+            data = await self._post("kv/range", body)
+            names = [_unb64(kv["key"]) for kv in data.get("kvs", [])]
+            ours = [name for name in names if name.rsplit("/", 1)[-1] in instance_ids]
+            for name in ours:
+                await self._post("kv/deleterange", {"key": _b64(name)})
+            return len(ours)
+        finally:
+            if self._tasks is None and self._http is not None:
+                await self._http.aclose()
+                self._http = None
+
     # -- reading -----------------------------------------------------------------------
 
     async def _range(self, prefix: str) -> tuple[dict[str, Instance], int]:

@@ -335,8 +335,8 @@ class LocalLauncher(Launcher):
                 await self._terminate(role, signal.SIGTERM)
                 with anyio.move_on_after(STOP_GRACE_S):
                     async with anyio.create_task_group() as either:
-                        either.start_soon(_set_then_cancel, role.exited, either.cancel_scope)
-                        either.start_soon(_set_then_cancel, hurry, either.cancel_scope)
+                        either.start_soon(cancel_when_set, role.exited, either.cancel_scope)
+                        either.start_soon(cancel_when_set, hurry, either.cancel_scope)
             if role.process.returncode is None:
                 await self._terminate(role, signal.SIGKILL)
         with anyio.move_on_after(KILL_WAIT_S):
@@ -349,11 +349,6 @@ class LocalLauncher(Launcher):
     def hurry(self) -> None:
         if self._hurry is not None:
             self._hurry.set()
-
-
-async def _set_then_cancel(event: anyio.Event, scope: anyio.CancelScope) -> None:
-    await event.wait()
-    scope.cancel()
 
 
 def _signal(process: Process, sig: signal.Signals) -> None:

@@ -31,6 +31,7 @@ from dyn.errors import LaunchError
 from dyn.graph import GraphSpec, NodeSpec, dump_graph_yaml
 from dyn.launch.local import LocalLauncher, _Role
 from dyn.launch.role_main import PASSED_ENV
+from dyn.roles.frontend_admin import is_loopback
 
 __all__ = [
     "SshLauncher",
@@ -95,7 +96,7 @@ class SshLauncher(LocalLauncher):
         hosts = {graph.node(name).host for name in used}
         for name in sorted(used):
             node = graph.node(name)
-            if len(hosts) > 1 and _is_loopback(node.bind) and not _is_loopback(node.host):
+            if len(hosts) > 1 and is_loopback(node.bind) and not is_loopback(node.host):
                 raise LaunchError(
                     f"node {name!r} would bind its roles to {node.bind}, which the other "
                     f"nodes cannot reach; set nodes.{name}.bind to an address of {node.host} "
@@ -213,10 +214,6 @@ def stale_pidfile_script(pidfile: str) -> str:
 async def signal_remote_group(node: NodeSpec, pidfile: str, sig: signal.Signals) -> str | None:
     """Run :func:`signal_script` on the node; an error line, or None."""
     return await run_remote(node, signal_script(pidfile, sig))
-
-
-def _is_loopback(host: str) -> bool:
-    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 async def stop_remote_roles(
