@@ -15,8 +15,8 @@ from typing import Any
 import anyio
 
 from dyn import plugins
+from dyn.context import Context
 from dyn.errors import BadRequestError
-from dyn.runtime.context import Context
 
 CHUNK = 64 * 1024
 

@@ -13,8 +13,8 @@ from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError
 
 from dyn import plugins
+from dyn.context import Context
 from dyn.errors import ProtocolError
-from dyn.runtime.context import Context
 from dyn.transports import _auth
 from dyn.transports._tcp_frames import FLAG_AUTH, encode_preface, encode_request, parse_preface
 from dyn.transports.base import Transport

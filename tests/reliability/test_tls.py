@@ -15,8 +15,8 @@ import pytest
 from _certs import Certs
 
 from dyn import plugins
+from dyn.context import Context
 from dyn.errors import ConfigError, ProtocolError, TransportError
-from dyn.runtime.context import Context
 from dyn.transports._tcp_client import ClientConnection
 from dyn.transports._tls import ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY
 from dyn.transports.base import PROTOCOL_VERSION, Transport

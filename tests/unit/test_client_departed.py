@@ -10,12 +10,12 @@ from typing import Any
 import anyio
 import pytest
 
+from dyn.context import Context
 from dyn.discovery.memory import MemoryDiscovery
 from dyn.errors import NoInstancesError, TransportError
 from dyn.routing.simple import RoundRobin
 from dyn.runtime.client import Client
 from dyn.runtime.component import Component, EmptyConfig, endpoint
-from dyn.runtime.context import Context
 from dyn.runtime.runtime import Runtime, component_info
 from dyn.transports.inproc import InprocTransport
 

@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
+from dyn.context import Context
 from dyn.discovery.memory import MemoryDiscovery
 from dyn.errors import TransportError
 from dyn.routing.simple import RoundRobin
 from dyn.runtime.client import Client, EjectionPolicy
 from dyn.runtime.component import Component, EmptyConfig, endpoint
-from dyn.runtime.context import Context
 from dyn.runtime.runtime import Runtime, component_info
 from dyn.transports.inproc import InprocTransport
 

@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 import anyio
 import pytest
 
+from dyn.context import Context
 from dyn.discovery.memory import MemoryDiscovery
 from dyn.errors import (
     BadRequestError,
@@ -21,7 +22,6 @@ from dyn.errors import (
     TransportError,
 )
 from dyn.roles.hello import Backend, BackendConfig, Middle, MiddleConfig
-from dyn.runtime.context import Context
 from dyn.runtime.runtime import Runtime, component_info
 from dyn.transports.base import Handler
 from dyn.transports.grpc import GrpcTransport

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
+from dyn.context import Context
 from dyn.discovery.memory import MemoryDiscovery
 from dyn.errors import ProtocolError
 from dyn.openai import ClientBackend, GenerateOutput, GenerateRequest
 from dyn.runtime.component import Component, EmptyConfig, endpoint
-from dyn.runtime.context import Context
 from dyn.runtime.runtime import Runtime, component_info
 from dyn.transports.inproc import InprocTransport
 

@@ -9,11 +9,11 @@ import anyio
 import msgspec
 import pytest
 
+from dyn.context import Context
 from dyn.discovery.memory import MemoryDiscovery
 from dyn.errors import DeadlineExceeded, NoInstancesError, RemoteError, TransportError
 from dyn.roles.hello import Backend, BackendConfig, Middle, MiddleConfig
 from dyn.runtime.component import Component, EmptyConfig, depends, endpoint
-from dyn.runtime.context import Context
 from dyn.runtime.runtime import Runtime, component_info
 from dyn.transports.inproc import InprocTransport
 

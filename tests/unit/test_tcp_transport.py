@@ -11,6 +11,7 @@ import anyio
 import pytest
 from anyio.abc import TaskGroup
 
+from dyn.context import Context
 from dyn.discovery.memory import MemoryDiscovery
 from dyn.errors import (
     BadRequestError,
@@ -20,7 +21,6 @@ from dyn.errors import (
     TransportError,
 )
 from dyn.roles.hello import Backend, BackendConfig, Middle, MiddleConfig
-from dyn.runtime.context import Context
 from dyn.runtime.runtime import Runtime, component_info
 from dyn.transports import _tcp_frames as f
 from dyn.transports.tcp import TcpTransport, parse_address

@@ -2,7 +2,7 @@
 
 A discrete-event simulation with no processes, sockets or sleeps. Each worker is a
 :class:`~dyn.engines.mocker.core.MockerCore`; the strategy is the same
-:class:`~dyn.routing.base.Router` object the processor runs, fed the way the processor
+:class:`~dyn.routing.base.RoutingStrategy` object the processor runs, fed the way the processor
 feeds it: ``select`` and ``on_routed`` when a request is sent, ``on_first_item`` and
 ``on_finished`` as its stream goes, every KV event and the load as each step ends
 (delivery is instant). A core behaves as :class:`~dyn.engines.mocker.engine.MockerEngine`
@@ -41,7 +41,7 @@ from dyn.engines.base import EngineOutput, EngineRequest
 from dyn.engines.mocker.config import MockerConfig
 from dyn.engines.mocker.core import DecodeRun, MockerCore, StepResult
 from dyn.errors import BadRequestError
-from dyn.routing.base import Router, RouteRequest
+from dyn.routing.base import RouteRequest, RoutingStrategy
 from dyn.routing.kv.router import KvRouter
 from dyn.routing.kv.sync import ReplicaSync, SyncBatch
 
@@ -125,7 +125,7 @@ class Simulator:
         self,
         config: MockerConfig,
         workers: int,
-        router: Router | Sequence[Router],
+        router: RoutingStrategy | Sequence[RoutingStrategy],
         *,
         max_concurrency: int | None = None,
         ignore_eos: bool = True,
@@ -135,7 +135,7 @@ class Simulator:
     ) -> None:
         if workers < 1:
             raise ValueError("a simulation needs at least one worker")
-        self.routers = [router] if isinstance(router, Router) else list(router)
+        self.routers = [router] if isinstance(router, RoutingStrategy) else list(router)
         if not self.routers:
             raise ValueError("a simulation needs at least one router")
         self.router = self.routers[0]

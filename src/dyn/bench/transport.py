@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import anyio
 
 from dyn import plugins
-from dyn.runtime.context import Context
+from dyn.context import Context
 from dyn.transports.base import Transport
 
 __all__ = ["ITEM", "Result", "run_transport_bench", "serve_bench"]

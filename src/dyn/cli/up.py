@@ -148,8 +148,8 @@ def _admin_token_for(graph: GraphSpec) -> None:
     import os
     import secrets
 
+    from dyn.net import is_loopback
     from dyn.roles.frontend import ADMIN_TOKEN_ENV
-    from dyn.roles.frontend_admin import is_loopback
     from dyn.roles.frontend_config import FrontendConfig
 
     if os.environ.get(ADMIN_TOKEN_ENV):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from urllib.parse import urlsplit
@@ -24,6 +23,7 @@ from anyio.abc import Process
 from dyn import state
 from dyn.errors import LaunchError
 from dyn.graph import GraphSpec
+from dyn.net import free_port
 
 __all__ = ["LocalEtcd", "start_local_etcd", "wants_local_etcd"]
 
@@ -86,7 +86,7 @@ async def start_local_etcd(
             f"an etcd already answers at {url}; remove 'start: true' from the graph's "
             "discovery options to use it, or stop it"
         )
-    peer = f"http://127.0.0.1:{_free_port()}"
+    peer = f"http://127.0.0.1:{free_port()}"
     log_path = run.log_path("etcd")
     command = [
         binary,
@@ -132,13 +132,6 @@ async def _answers(url: str) -> bool:
     except httpx.HTTPError:
         return False
     return response.status_code == 200
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def stop_recorded_etcd(pid: int) -> bool:

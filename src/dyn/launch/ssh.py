@@ -31,7 +31,7 @@ from dyn.errors import LaunchError
 from dyn.graph import GraphSpec, NodeSpec, dump_graph_yaml
 from dyn.launch.local import LocalLauncher, _Role
 from dyn.launch.role_main import PASSED_ENV
-from dyn.roles.frontend_admin import is_loopback
+from dyn.net import is_loopback
 
 __all__ = [
     "SshLauncher",

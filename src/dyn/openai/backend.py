@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from dyn.context import HEADER_REQUEST_ID
 from dyn.openai.protocol import GenerateOutput, GenerateRequest
-from dyn.runtime.context import HEADER_REQUEST_ID
 
 if TYPE_CHECKING:
     from dyn.runtime.client import Client

@@ -26,6 +26,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from dyn.context import HEADER_REQUEST_ID, Context, new_request_id
 from dyn.errors import CallError, DynError, NoInstancesError
 from dyn.openai.admission import Admission
 from dyn.openai.errors import RETRY_AFTER_S, ApiError
@@ -40,7 +41,6 @@ from dyn.openai.models import (
 from dyn.openai.protocol import GenerateOutput, GenerateRequest, ModelInfo, OpenAIBackend
 from dyn.openai.sse import DONE, ChunkFormatter, Kind, error_event, full_response, usage
 from dyn.roles.http_errors import error_body, status_for
-from dyn.runtime.context import HEADER_REQUEST_ID, Context, new_request_id
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "build_openai_routes"]
 

@@ -24,6 +24,7 @@ from typing import Annotated, Any, Literal, cast
 import anyio
 import msgspec
 
+from dyn.context import Context
 from dyn.disagg.rule import (
     DEFAULT_MAX_LOCAL_PREFILL_LENGTH,
     DEFAULT_MAX_PREFILL_QUEUE_SIZE,
@@ -38,7 +39,6 @@ from dyn.roles.prefill_queue import disagg_settings
 from dyn.roles.worker import Worker, WorkerConfig
 from dyn.routing.base import RouteRequest
 from dyn.runtime.component import Component, depends, endpoint
-from dyn.runtime.context import Context
 
 __all__ = ["DecodeWorker", "DecodeWorkerConfig"]
 

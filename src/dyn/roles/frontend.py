@@ -169,7 +169,8 @@ class Frontend(Component[FrontendConfig]):
         routes.append(status_route(self))
         from starlette.middleware import Middleware
 
-        from dyn.roles.frontend_admin import AuthMiddleware, is_loopback
+        from dyn.net import is_loopback
+        from dyn.roles.frontend_admin import AuthMiddleware
 
         auth = Middleware(
             AuthMiddleware,

@@ -21,7 +21,6 @@ loopback that has none.
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import json
 import os
 import time
@@ -44,7 +43,7 @@ if TYPE_CHECKING:
 
     from dyn.roles.frontend import Frontend
 
-__all__ = ["AuthMiddleware", "admin_routes", "collect_status", "is_loopback", "status_route"]
+__all__ = ["AuthMiddleware", "admin_routes", "collect_status", "status_route"]
 
 _OPEN_PATHS = frozenset({"/health", "/metrics"})
 # A status page must answer even when the processor is wedged.
@@ -238,16 +237,6 @@ def _kv_usage(stats: dict[str, Any]) -> float | None:
     if isinstance(active, (int, float)) and isinstance(total, (int, float)) and total > 0:
         return float(active) / float(total)
     return None
-
-
-def is_loopback(host: str) -> bool:
-    """Whether a frontend bound to ``host`` is reachable from this machine only."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class AuthMiddleware:

@@ -11,9 +11,9 @@ from typing import Any, ClassVar
 
 import msgspec
 
+from dyn.context import Context
 from dyn.errors import BadRequestError
 from dyn.runtime.component import Component, depends, endpoint
-from dyn.runtime.context import Context
 
 __all__ = ["Backend", "BackendConfig", "Middle", "MiddleConfig"]
 

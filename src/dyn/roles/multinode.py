@@ -16,11 +16,16 @@ from typing import Annotated, Any, ClassVar, Literal
 import msgspec
 
 from dyn import plugins
+from dyn.context import Context
 from dyn.errors import BadRequestError, TransportError
 from dyn.runtime.component import Component, depends, endpoint
-from dyn.runtime.context import Context
 
-__all__ = ["Processor", "ProcessorConfig", "Worker", "WorkerConfig"]
+__all__ = [
+    "MultinodeProcessor",
+    "MultinodeProcessorConfig",
+    "MultinodeWorker",
+    "MultinodeWorkerConfig",
+]
 
 
 def _prompt_of(request: Any) -> tuple[str, str]:
@@ -34,14 +39,14 @@ def _prompt_of(request: Any) -> tuple[str, str]:
     return request["prompt"], request_id
 
 
-class ProcessorConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+class MultinodeProcessorConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     routing: Literal["round_robin", "random"] = "round_robin"
     min_workers: Annotated[int, msgspec.Meta(ge=1)] = 1
     # Other workers tried when one fails before answering (0: report the failure).
     retries: Annotated[int, msgspec.Meta(ge=0)] = 2
 
 
-class Processor(Component[ProcessorConfig]):
+class MultinodeProcessor(Component[MultinodeProcessorConfig]):
     """Tags the prompt with its node and routes it to a worker."""
 
     worker = depends()
@@ -76,11 +81,11 @@ class Processor(Component[ProcessorConfig]):
                 failed.append(stream.instance.instance_id)
 
 
-class WorkerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+class MultinodeWorkerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     pass
 
 
-class Worker(Component[WorkerConfig]):
+class MultinodeWorker(Component[MultinodeWorkerConfig]):
     """Answers with the prompt and the name of the node it runs on."""
 
     @endpoint

@@ -18,11 +18,11 @@ from typing import Annotated, Any
 import anyio
 import msgspec
 
+from dyn.context import Context
 from dyn.disagg.queue import PrefillQueue, QueueFull
 from dyn.errors import BadRequestError, CallError
 from dyn.observability.disagg_metrics import PrefillQueueMetrics
 from dyn.runtime.component import Component, endpoint
-from dyn.runtime.context import Context
 
 __all__ = ["DISAGG_KEYS", "PrefillQueueConfig", "PrefillQueueRole", "disagg_settings"]
 

@@ -20,6 +20,7 @@ from typing import Annotated, Any
 import anyio
 import msgspec
 
+from dyn.context import Context
 from dyn.disagg.transfer import KvTransferModel
 from dyn.engines.base import EngineRequest
 from dyn.engines.mocker import MockerConfig, MockerEngine
@@ -29,7 +30,6 @@ from dyn.kv.hashing import local_block_hashes, sequence_hashes
 from dyn.observability.disagg_metrics import DisaggMetrics
 from dyn.routing.base import RouteRequest
 from dyn.runtime.component import Component, depends, endpoint
-from dyn.runtime.context import Context
 from dyn.tokenizer import load_tokenizer
 
 __all__ = ["PrefillJob", "PrefillWorker", "PrefillWorkerConfig"]

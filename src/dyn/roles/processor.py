@@ -18,16 +18,16 @@ import anyio
 import msgspec
 
 from dyn import plugins
+from dyn.context import Context
 from dyn.engines.base import EngineOutput, EngineRequest
 from dyn.errors import BadRequestError, CallError, DynError
 from dyn.kv.events import KvRemoved, KvStored, WorkerUpdate
 from dyn.observability.worker_metrics import RouterMetrics
 from dyn.openai.protocol import GenerateOutput, GenerateRequest
 from dyn.roles.replica_sync import ReplicaLink
-from dyn.routing.base import Router, RouteRequest
+from dyn.routing.base import RouteRequest, RoutingStrategy
 from dyn.routing.kv.sync import SyncBatch
 from dyn.runtime.component import Component, depends, endpoint
-from dyn.runtime.context import Context
 from dyn.tokenizer import Tokenizer, load_tokenizer
 
 __all__ = ["Processor", "ProcessorConfig"]
@@ -75,7 +75,7 @@ class Processor(Component[ProcessorConfig]):
 
     def _install(self, strategy: str, options: Mapping[str, Any]) -> None:
         router_cls = plugins.load("dyn.routers", strategy)
-        router: Router = router_cls(dict(options) or None, seed=self.config.seed)
+        router: RoutingStrategy = router_cls(dict(options) or None, seed=self.config.seed)
         self.worker.set_router(router)
         self.strategy = plugins.canonical(strategy)
         if self.replicas is not None:

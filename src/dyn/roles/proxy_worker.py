@@ -24,6 +24,7 @@ import anyio
 import anyio.lowlevel
 import msgspec
 
+from dyn.context import Context
 from dyn.engines.base import EngineRequest
 from dyn.engines.openai_proxy import OpenAIProxyConfig, OpenAIProxyEngine
 from dyn.engines.openai_proxy.kv_relay import KvEventRelay
@@ -31,7 +32,6 @@ from dyn.errors import BadRequestError, CallError
 from dyn.kv.events import WorkerLoad
 from dyn.observability.worker_metrics import WorkerMetrics
 from dyn.runtime.component import Component, endpoint
-from dyn.runtime.context import Context
 from dyn.tokenizer import load_tokenizer
 
 __all__ = ["ProxyWorker"]

@@ -20,7 +20,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from dyn.errors import DynError
-from dyn.routing.base import Router, RouteRequest
+from dyn.routing.base import RouteRequest, RoutingStrategy
 from dyn.routing.kv.router import KvRouter
 from dyn.routing.kv.sync import HEARTBEAT_S, ReplicaSync, SyncBatch
 from dyn.runtime.client import Client
@@ -65,7 +65,7 @@ class ReplicaLink:
         self._peers: dict[str, _Peer] = {}
         self._wake = anyio.Event()
 
-    def attach(self, router: Router) -> None:
+    def attach(self, router: RoutingStrategy) -> None:
         """Share ``router``'s in-flight load from now on (it replaces any earlier one).
 
         A strategy that tracks no load still takes part: it tells its peers it has

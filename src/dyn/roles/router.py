@@ -12,11 +12,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+from dyn.context import Context
 from dyn.errors import BadRequestError
 from dyn.roles.processor import Processor
 from dyn.routing.base import RouteRequest
 from dyn.runtime.component import endpoint
-from dyn.runtime.context import Context
 
 __all__ = ["Router"]
 

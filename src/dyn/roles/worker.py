@@ -20,13 +20,13 @@ import anyio
 import msgspec
 from prometheus_client import Counter
 
+from dyn.context import Context
 from dyn.engines.base import EngineOutput, EngineRequest
 from dyn.engines.mocker import MockerConfig, MockerEngine
 from dyn.errors import BadRequestError, OverloadedError
 from dyn.kv.events import WorkerUpdate
 from dyn.observability.worker_metrics import WorkerMetrics
 from dyn.runtime.component import Component, endpoint
-from dyn.runtime.context import Context
 from dyn.tokenizer import load_tokenizer
 
 __all__ = ["Worker", "WorkerConfig"]

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 from dyn.discovery.base import Instance
 from dyn.kv.events import KvEvent, WorkerLoad
 
-__all__ = ["RouteRequest", "Router", "WorkerScore"]
+__all__ = ["RouteRequest", "RoutingStrategy", "WorkerScore"]
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class WorkerScore:
     notes: str = ""
 
 
-class Router(ABC):
+class RoutingStrategy(ABC):
     """Chooses an instance among live candidates.
 
     Args:

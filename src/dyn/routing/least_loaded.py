@@ -14,13 +14,13 @@ from typing import Any, ClassVar
 from dyn.discovery.base import Instance
 from dyn.errors import RoutingError
 from dyn.kv.events import WorkerLoad
-from dyn.routing.base import Router, RouteRequest, WorkerScore
+from dyn.routing.base import RouteRequest, RoutingStrategy, WorkerScore
 from dyn.routing.simple import Direct
 
 __all__ = ["LeastLoaded"]
 
 
-class LeastLoaded(Router):
+class LeastLoaded(RoutingStrategy):
     """Fewest in-flight requests; then fewest reported active blocks; then random."""
 
     name: ClassVar[str] = "least_loaded"

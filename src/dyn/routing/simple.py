@@ -8,12 +8,12 @@ from typing import Any, ClassVar
 
 from dyn.discovery.base import Instance
 from dyn.errors import RoutingError
-from dyn.routing.base import Router, RouteRequest
+from dyn.routing.base import RouteRequest, RoutingStrategy
 
 __all__ = ["Direct", "Random", "RoundRobin"]
 
 
-class RoundRobin(Router):
+class RoundRobin(RoutingStrategy):
     """Each instance in turn, in the order discovery lists them."""
 
     name: ClassVar[str] = "round_robin"
@@ -30,7 +30,7 @@ class RoundRobin(Router):
         return chosen
 
 
-class Random(Router):
+class Random(RoutingStrategy):
     """A uniformly random instance (seeded when the graph gives a seed)."""
 
     name: ClassVar[str] = "random"
@@ -45,7 +45,7 @@ class Random(Router):
         return self._rng.choice(candidates)
 
 
-class Direct(Router):
+class Direct(RoutingStrategy):
     """The instance the request names; an error if it names none or one that is gone."""
 
     name: ClassVar[str] = "direct"

@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING, Any, Self
 
 import anyio
 
+from dyn.context import HEADER_DEADLINE, HEADER_REQUEST_ID, current_context, new_request_id
 from dyn.discovery.base import Instance
 from dyn.errors import DeadlineExceeded, NoInstancesError, TransportError
-from dyn.routing.base import Router, RouteRequest
+from dyn.routing.base import RouteRequest, RoutingStrategy
 from dyn.routing.simple import Direct
 from dyn.runtime import codec
-from dyn.runtime.context import HEADER_DEADLINE, HEADER_REQUEST_ID, current_context, new_request_id
 from dyn.transports.base import CallStream
 
 if TYPE_CHECKING:
@@ -79,7 +79,7 @@ class Client:
         self,
         runtime: Runtime,
         component: str,
-        router: Router,
+        router: RoutingStrategy,
         *,
         ejection: EjectionPolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -98,7 +98,7 @@ class Client:
         # Instances that left discovery: key -> (instance, when it left).
         self._departed: dict[str, tuple[Instance, float]] = {}
 
-    def set_router(self, router: Router) -> None:
+    def set_router(self, router: RoutingStrategy) -> None:
         """Route later calls with ``router`` (calls in flight keep the one they started with)."""
         self.router = router
         router.on_instances(sorted({i.instance_id for g in self._by_endpoint.values() for i in g}))

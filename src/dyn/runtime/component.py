@@ -2,7 +2,7 @@
 
 A component is a class deriving from :class:`Component`, parametrised by its config
 struct. Its endpoints are async generator methods marked with :func:`endpoint`; each
-takes the decoded request and a :class:`~dyn.runtime.context.Context` and yields items
+takes the decoded request and a :class:`~dyn.context.Context` and yields items
 (anything msgpack can carry). Its dependencies are class attributes made with
 :func:`depends`; the runtime injects a :class:`~dyn.runtime.client.Client` for each one,
 bound to the component the graph wires to that slot::
@@ -30,9 +30,9 @@ import msgspec
 from dyn.observability.logs import role_logger
 
 if TYPE_CHECKING:
+    from dyn.context import Context
     from dyn.graph.model import ModelSpec
     from dyn.runtime.client import Client
-    from dyn.runtime.context import Context
     from dyn.runtime.runtime import Runtime
 
 __all__ = [

@@ -20,13 +20,13 @@ from anyio.abc import TaskGroup
 from prometheus_client import CollectorRegistry
 
 from dyn import plugins
+from dyn.context import HEADER_DEADLINE, Context
 from dyn.discovery.base import Discovery, Instance
 from dyn.errors import CallError, DynError, RemoteError
-from dyn.routing.base import Router
+from dyn.routing.base import RoutingStrategy
 from dyn.runtime import codec
 from dyn.runtime.client import Client
 from dyn.runtime.component import Component, ComponentInfo
-from dyn.runtime.context import HEADER_DEADLINE, Context
 from dyn.transports.base import Transport
 
 __all__ = ["Runtime", "new_instance_id"]
@@ -105,12 +105,12 @@ class Runtime:
     # -- calling -------------------------------------------------------------------------
 
     def client(
-        self, component: str, strategy: str | Router = "round_robin", **options: Any
+        self, component: str, strategy: str | RoutingStrategy = "round_robin", **options: Any
     ) -> Client:
         """A client for ``component`` that routes with ``strategy`` (a name or an object)."""
         if isinstance(strategy, str):
             router_cls = plugins.load("dyn.routers", strategy)
-            router: Router = router_cls(options or None)
+            router: RoutingStrategy = router_cls(options or None)
         else:
             router = strategy
         client = Client(self, component, router)

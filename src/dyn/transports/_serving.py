@@ -6,14 +6,14 @@ from collections.abc import Awaitable, Callable
 
 import anyio
 
+from dyn.context import Context
 from dyn.errors import CallError, DeadlineExceeded, DynError, RoutingError
-from dyn.runtime.context import Context
 from dyn.transports.base import Handler
 
-__all__ = ["Frame", "error_to_wire", "run_handler"]
+__all__ = ["ReplyFrame", "error_to_wire", "run_handler"]
 
 # ("data", chunk, "") | ("end", b"", "") | ("error", code, message)
-Frame = tuple[str, bytes | str, str]
+ReplyFrame = tuple[str, bytes | str, str]
 
 
 def error_to_wire(exc: BaseException) -> tuple[str, str]:
@@ -32,7 +32,7 @@ async def run_handler(
     path: str,
     payload: bytes,
     ctx: Context,
-    send: Callable[[Frame], Awaitable[None]],
+    send: Callable[[ReplyFrame], Awaitable[None]],
 ) -> None:
     """Run one call to completion, sending data, then end or error, through ``send``.
 

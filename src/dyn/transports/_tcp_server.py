@@ -16,10 +16,10 @@ from dataclasses import dataclass
 import anyio
 from anyio.abc import TaskGroup
 
+from dyn.context import Context
 from dyn.errors import CallError
-from dyn.runtime.context import Context
 from dyn.transports import _auth
-from dyn.transports._serving import Frame, run_handler
+from dyn.transports._serving import ReplyFrame, run_handler
 from dyn.transports._tcp_frames import (
     CANCEL,
     DATA,
@@ -218,7 +218,7 @@ class _Connection:
         limit = self.options.max_frame_bytes - 5
         header = HEADER.pack
 
-        async def send(frame: Frame) -> None:
+        async def send(frame: ReplyFrame) -> None:
             kind, body, message = frame
             if kind == "data":
                 assert isinstance(body, bytes)

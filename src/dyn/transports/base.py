@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Self
 
 from anyio.abc import TaskStatus
 
-from dyn.runtime.context import Context
+from dyn.context import Context
 
 __all__ = ["PROTOCOL_VERSION", "CallStream", "Handler", "Transport"]
 

@@ -31,8 +31,8 @@ from typing import ClassVar, cast
 import anyio
 from anyio.abc import TaskStatus
 
+from dyn.context import Context
 from dyn.errors import DeadlineExceeded, ProtocolError, TransportError, call_error_from_wire
-from dyn.runtime.context import Context
 from dyn.transports._serving import error_to_wire
 from dyn.transports.base import CallStream, Handler, Transport
 

@@ -27,7 +27,7 @@ from dyn.engines.base import EngineOutput, EngineRequest
 from dyn.engines.mocker.blocks import BlockManager, EventData
 from dyn.engines.mocker.config import MockerConfig
 from dyn.engines.mocker.sampling import TokenSampler
-from dyn.engines.mocker.sequence import Sequence
+from dyn.engines.mocker.sequence import ScheduledSequence
 from dyn.engines.mocker.timing import StepTiming
 from dyn.errors import BadRequestError
 from dyn.kv.events import KvCleared, KvEvent, WorkerLoad
@@ -75,9 +75,9 @@ class MockerCore:
         self.preemptions_total = 0
         self._blocks = BlockManager(config.num_gpu_blocks, config.admit_limit)
         self._timing = StepTiming(config)
-        self._live: dict[str, Sequence] = {}
-        self._waiting: deque[Sequence] = deque()
-        self._running: dict[str, Sequence] = {}  # in admission order: LIFO preemption
+        self._live: dict[str, ScheduledSequence] = {}
+        self._waiting: deque[ScheduledSequence] = deque()
+        self._running: dict[str, ScheduledSequence] = {}  # in admission order: LIFO preemption
         self._decode_context = 0  # sum of len(context) over decoding sequences
         self._next_event_id = 1
 
@@ -105,7 +105,7 @@ class MockerCore:
         except OverflowError:
             raise BadRequestError("token ids must be between 0 and 2**32 - 1") from None
         self.now = now
-        sequence = Sequence(request, now, config.block_size, sampler)
+        sequence = ScheduledSequence(request, now, config.block_size, sampler)
         self._live[request.request_id] = sequence
         self._waiting.append(sequence)
 
@@ -136,7 +136,7 @@ class MockerCore:
         ]
         budget = config.max_num_batched_tokens - len(decoders)
         decode_context = self._decode_context
-        prefills: list[tuple[Sequence, int]] = []
+        prefills: list[tuple[ScheduledSequence, int]] = []
         prefill_tokens = 0
         for sequence in self._running.values():
             if not sequence.decoding and budget > 0:
@@ -213,7 +213,7 @@ class MockerCore:
         run.events = self._number(blocks.take_events())
         return run
 
-    def _reserve_next(self, sequence: Sequence) -> bool:
+    def _reserve_next(self, sequence: ScheduledSequence) -> bool:
         """Make room for the sequence's next token; False if it had to be preempted."""
         if len(sequence.context) % self.config.block_size:
             return True  # the last block still has room
@@ -228,7 +228,7 @@ class MockerCore:
         sequence.n_private += 1
         return True
 
-    def _admit(self, sequence: Sequence, budget: int, prefill_tokens: int) -> int | None:
+    def _admit(self, sequence: ScheduledSequence, budget: int, prefill_tokens: int) -> int | None:
         """Admit the head of the queue; returns its first chunk, or None if it must wait."""
         config = self.config
         hit = self._blocks.match(sequence.hashes) if config.enable_prefix_caching else 0
@@ -258,7 +258,7 @@ class MockerCore:
         self._running[sequence.request_id] = sequence
         return chunk
 
-    def _emit(self, sequence: Sequence, outputs: list[tuple[str, EngineOutput]]) -> None:
+    def _emit(self, sequence: ScheduledSequence, outputs: list[tuple[str, EngineOutput]]) -> None:
         token, finish = self._advance(sequence)
         cached = sequence.cached_tokens if sequence.generated == 1 else 0
         outputs.append(
@@ -268,7 +268,7 @@ class MockerCore:
             )
         )
 
-    def _advance(self, sequence: Sequence) -> tuple[int, str | None]:
+    def _advance(self, sequence: ScheduledSequence) -> tuple[int, str | None]:
         """Generate the sequence's next token; its finish reason if that ended it (its
         blocks are then released)."""
         request, config = sequence.request, self.config
@@ -291,7 +291,7 @@ class MockerCore:
             self._unschedule(sequence)
         return token, finish
 
-    def _commit_computed(self, sequence: Sequence) -> None:
+    def _commit_computed(self, sequence: ScheduledSequence) -> None:
         """Hash and publish the sequence's blocks that are now full and computed."""
         if not self.config.enable_prefix_caching:
             return  # without prefix caching nothing is shared, so nothing is published
@@ -304,7 +304,7 @@ class MockerCore:
         sequence.n_private -= full - start
         sequence.n_hashed = full
 
-    def _unschedule(self, sequence: Sequence) -> None:
+    def _unschedule(self, sequence: ScheduledSequence) -> None:
         """Take a running sequence out of the batch and release its blocks."""
         self._blocks.release(sequence.hashes[: sequence.n_hashed], sequence.n_private)
         if sequence.decoding:

@@ -8,7 +8,7 @@ from dyn.engines.base import EngineRequest
 from dyn.engines.mocker.sampling import TokenSampler
 from dyn.kv.hashing import local_block_hashes, sequence_hashes
 
-__all__ = ["Sequence", "chain_hash"]
+__all__ = ["ScheduledSequence", "chain_hash"]
 
 
 def chain_hash(parent: int | None, local: int) -> int:
@@ -20,7 +20,7 @@ def chain_hash(parent: int | None, local: int) -> int:
 
 
 @dataclass(eq=False, slots=True)
-class Sequence:
+class ScheduledSequence:
     """A request as the scheduler sees it.
 
     ``context`` is the prompt plus every token generated so far. Its first ``n_hashed``

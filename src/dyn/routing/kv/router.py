@@ -20,7 +20,7 @@ from dyn.discovery.base import Instance
 from dyn.errors import RoutingError
 from dyn.kv.events import KvEvent, WorkerLoad
 from dyn.kv.hashing import local_block_hashes
-from dyn.routing.base import Router, RouteRequest, WorkerScore
+from dyn.routing.base import RouteRequest, RoutingStrategy, WorkerScore
 from dyn.routing.kv.cost import (
     DEFAULT_BLOCK_SIZE,
     DEFAULT_OVERLAP_SCORE_WEIGHT,
@@ -108,7 +108,7 @@ class _Plan:
     scores: list[WorkerScore]
 
 
-class KvRouter(Router):
+class KvRouter(RoutingStrategy):
     """Lowest cost of cached overlap and tracked load (REFERENCE.md §3)."""
 
     name: ClassVar[str] = "kv"

@@ -24,8 +24,8 @@ from grpclib.protocol import H2Protocol
 from grpclib.server import Server, Stream
 from h2.settings import SettingCodes
 
-from dyn.runtime.context import Context
-from dyn.transports._serving import Frame, run_handler
+from dyn.context import Context
+from dyn.transports._serving import ReplyFrame, run_handler
 from dyn.transports.base import Handler as DynHandler
 from dyn.transports.grpc._token import (
     GRPC_METADATA_KEY,
@@ -83,7 +83,7 @@ class EndpointService:
             )
         ctx = Context.from_headers(request.headers)
 
-        async def send(frame: Frame) -> None:
+        async def send(frame: ReplyFrame) -> None:
             try:
                 # Waits for HTTP/2 flow control: a slow caller makes the handler wait.
                 await stream.send_message(frame_to_message(frame))

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import betterproto2
 
 from dyn.errors import ProtocolError, TransportError
-from dyn.transports._serving import Frame
+from dyn.transports._serving import ReplyFrame
 from dyn.transports.grpc._proto.dyn.v1 import CallFrame, CallRequest, End, Error
 
 __all__ = [
@@ -34,7 +34,7 @@ CALL_METHOD = "/dyn.v1.Endpoint/Call"
 _END = CallFrame(end=End())
 
 
-def frame_to_message(frame: Frame) -> CallFrame:
+def frame_to_message(frame: ReplyFrame) -> CallFrame:
     """The CallFrame that carries one of ``run_handler``'s frames."""
     kind, body, message = frame
     if kind == "data":
