@@ -13,6 +13,7 @@ import typer
 
 from dyn.cli import bench_router
 from dyn.cli._common import expected_errors
+from dyn.settings import OPENAI_API_KEY_ENV
 
 if TYPE_CHECKING:
     from dyn.bench.load import Plan, Target
@@ -103,7 +104,7 @@ def load(
     model: Annotated[str | None, typer.Option(help="Default: the first of /v1/models.")] = None,
     api: Annotated[str, typer.Option(help="completions or chat.")] = "completions",
     api_key: Annotated[
-        str | None, typer.Option(envvar="OPENAI_API_KEY", help="Sent as a bearer token.")
+        str | None, typer.Option(envvar=OPENAI_API_KEY_ENV, help="Sent as a bearer token.")
     ] = None,
     workload: Annotated[
         str, typer.Option(help="shared-prefix, multi-turn or trace:FILE (Mooncake JSONL).")
