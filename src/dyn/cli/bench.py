@@ -13,13 +13,14 @@ import typer
 
 from dyn.cli import bench_options as opt
 from dyn.cli import bench_router
-from dyn.cli._common import expected_errors
+from dyn.cli._common import PanelledGroup, expected_errors
 
 __all__ = ["app"]
 
 app = typer.Typer(
     help="Load-test an OpenAI-compatible server (no subcommand), or measure dyn's parts.",
     invoke_without_command=True,
+    cls=PanelledGroup,
 )
 
 

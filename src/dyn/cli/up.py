@@ -19,6 +19,12 @@ if TYPE_CHECKING:
 __all__ = ["LogLevel", "up"]
 
 
+# Help panels of `dyn up --help`.
+_GRAPH = "Graph overrides"
+_RUN = "Running"
+_LOGS = "Logs"
+
+
 class LogLevel(enum.StrEnum):
     debug = "debug"
     info = "info"
@@ -35,7 +41,12 @@ def up(
     port: Annotated[
         int | None,
         typer.Option(
-            "--port", "-p", min=1, max=65535, help="The frontend's port (overrides the graph)."
+            "--port",
+            "-p",
+            min=1,
+            max=65535,
+            help="The frontend's port (overrides the graph).",
+            rich_help_panel=_GRAPH,
         ),
     ] = None,
     set_: Annotated[
@@ -45,29 +56,38 @@ def up(
             help="Override COMPONENT.KEY=VALUE (a component field or config key; VALUE is YAML). "
             "Repeatable.",
             metavar="COMPONENT.KEY=VALUE",
+            rich_help_panel=_GRAPH,
         ),
     ] = None,
     transport: Annotated[
         str | None,
-        typer.Option(help="inproc, tcp or grpc (overrides the graph's transport)."),
+        typer.Option(
+            help="inproc, tcp or grpc (overrides the graph's transport).", rich_help_panel=_GRAPH
+        ),
     ] = None,
     launcher: Annotated[
         str | None,
         typer.Option(
             help="inprocess (every role in this process), local (one process per role) or "
             "ssh (each role on the node the graph places it on). Default: ssh for a graph "
-            "that places roles on nodes, else inprocess for the inproc transport, else local."
+            "that places roles on nodes, else inprocess for the inproc transport, else local.",
+            rich_help_panel=_RUN,
         ),
     ] = None,
     discovery: Annotated[
         str | None,
-        typer.Option(help="memory, file or etcd (overrides the graph). Default: file when local."),
+        typer.Option(
+            help="memory, file or etcd (overrides the graph). Default: file when local.",
+            rich_help_panel=_GRAPH,
+        ),
     ] = None,
     log_level: Annotated[
-        LogLevel, typer.Option(case_sensitive=False, help="How much the roles log.")
+        LogLevel,
+        typer.Option(case_sensitive=False, help="How much the roles log.", rich_help_panel=_LOGS),
     ] = LogLevel.info,
     json_logs: Annotated[
-        bool, typer.Option("--json-logs", help="Log one JSON object per line.")
+        bool,
+        typer.Option("--json-logs", help="Log one JSON object per line.", rich_help_panel=_LOGS),
     ] = False,
     api_key: Annotated[
         str | None,
@@ -76,6 +96,7 @@ def up(
             envvar=API_KEY_ENV,
             show_envvar=True,
             help="Clients must send 'Authorization: Bearer KEY' (all but /health, /metrics).",
+            rich_help_panel=_RUN,
         ),
     ] = None,
     detach: Annotated[
@@ -85,6 +106,7 @@ def up(
             "-d",
             help="Run in the background: print the frontend's URL once it serves, then exit. "
             "See `dyn status`, `dyn logs`, `dyn down`.",
+            rich_help_panel=_RUN,
         ),
     ] = False,
 ) -> None:
