@@ -8,7 +8,6 @@ every route's target has a live instance; ``/metrics`` is Prometheus text.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -33,9 +32,6 @@ if TYPE_CHECKING:
 __all__ = ["Frontend"]
 
 RETRY_AFTER_S = "1"
-# Where the API key and the admin token come from when the graph does not set them.
-API_KEY_ENV = "DYN_API_KEY"
-ADMIN_TOKEN_ENV = "DYN_ADMIN_TOKEN"
 
 
 class Frontend(Component[FrontendConfig]):
@@ -174,8 +170,9 @@ class Frontend(Component[FrontendConfig]):
 
         auth = Middleware(
             AuthMiddleware,
-            api_key=self.config.api_key or os.environ.get(API_KEY_ENV) or None,
-            admin_token=self.config.admin_token or os.environ.get(ADMIN_TOKEN_ENV) or None,
+            # The launch's settings fill in what the graph leaves unset.
+            api_key=self.config.api_key or self.run_settings.api_key or None,
+            admin_token=self.config.admin_token or self.run_settings.admin_token or None,
             loopback=is_loopback(self.config.host),
         )
         return Starlette(routes=routes, middleware=[auth])

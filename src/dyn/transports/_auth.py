@@ -16,6 +16,8 @@ import hmac
 import os
 import secrets
 
+from dyn.settings import CLUSTER_SECRET_ENV
+
 __all__ = [
     "ENV_CLUSTER_SECRET",
     "NONCE_BYTES",
@@ -25,7 +27,7 @@ __all__ = [
     "tag",
 ]
 
-ENV_CLUSTER_SECRET = "DYN_CLUSTER_SECRET"
+ENV_CLUSTER_SECRET = CLUSTER_SECRET_ENV
 NONCE_BYTES = 32
 TAG_BYTES = 32  # an HMAC-SHA256 digest
 

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from dyn.errors import ConfigError
+from dyn.settings import TLS_CA_ENV, TLS_CERT_ENV, TLS_KEY_ENV
 
 __all__ = [
     "ENV_TLS_CA",
@@ -33,9 +34,9 @@ __all__ = [
     "tls_hint",
 ]
 
-ENV_TLS_CERT = "DYN_TLS_CERT"
-ENV_TLS_KEY = "DYN_TLS_KEY"
-ENV_TLS_CA = "DYN_TLS_CA"
+ENV_TLS_CERT = TLS_CERT_ENV
+ENV_TLS_KEY = TLS_KEY_ENV
+ENV_TLS_CA = TLS_CA_ENV
 
 # The first byte of a TLS record carrying an alert (21) or a handshake message (22): what a
 # TLS peer answers with where a dyn preface or an HTTP/2 frame was expected.
