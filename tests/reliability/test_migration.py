@@ -4,7 +4,7 @@ The worker is stopped (SIGSTOP) for a moment before the kill: the streams that t
 silent are the ones it serves. With migration on (the default limit, 3) every request
 completes with exactly its token count and the same text as an undisturbed run: the
 resent request carries the prompt plus the tokens already generated, and the mocker's
-output is a function of the seed and the context only; the migrated requests are exactly
+output is a function of the sampling seed and the context only; the migrated requests are exactly
 the silent ones, and ``dyn_migrations_total`` counts them. With ``migration_limit: 0``
 exactly the silent requests end with an in-band error event followed by ``[DONE]``;
 every other request completes.
