@@ -20,7 +20,7 @@ import msgspec
 
 from dyn.context import Context
 from dyn.disagg.queue import PrefillQueue, QueueFull
-from dyn.errors import BadRequestError, CallError
+from dyn.errors import BadRequestError, OverloadedError
 from dyn.observability.disagg_metrics import PrefillQueueMetrics
 from dyn.runtime.component import Component, endpoint
 
@@ -71,7 +71,7 @@ class PrefillQueueRole(Component[PrefillQueueConfig]):
         try:
             job_id = self.queue.push(request, anyio.current_time())
         except QueueFull as exc:
-            raise CallError(str(exc), code="overloaded") from exc
+            raise OverloadedError(str(exc)) from exc
         self._publish()
         yield {"job_id": job_id, "depth": self.queue.depth}
 

@@ -28,7 +28,7 @@ from dyn.context import Context
 from dyn.engines.base import EngineRequest
 from dyn.engines.openai_proxy import OpenAIProxyConfig, OpenAIProxyEngine
 from dyn.engines.openai_proxy.kv_relay import KvEventRelay
-from dyn.errors import BadRequestError, CallError
+from dyn.errors import BadRequestError, CallError, TransportError
 from dyn.kv.events import WorkerLoad
 from dyn.observability.worker_metrics import WorkerMetrics
 from dyn.runtime.component import Component, endpoint
@@ -153,7 +153,7 @@ class ProxyWorker(Component[OpenAIProxyConfig]):
             status = "ok"
         except CallError as exc:
             status = "error"
-            if exc.code == "unavailable":
+            if isinstance(exc, TransportError):
                 self._probe_now.set()  # find out now rather than at the next interval
             raise
         except Exception:

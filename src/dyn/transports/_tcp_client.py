@@ -9,6 +9,7 @@ which leaves backpressure to TCP and the per-stream windows.
 
 from __future__ import annotations
 
+import copy
 import hmac
 import ssl
 from collections import deque
@@ -54,7 +55,8 @@ _LAST_STREAM_ID = 2**32 - 1
 
 def fresh_error(error: CallError) -> CallError:
     # One error object per raise, so tracebacks of different callers do not pile up.
-    return type(error)(error.message, code=error.code)
+    # copy.copy rebuilds the exception from its message and state, without a traceback.
+    return copy.copy(error)
 
 
 class _Ended:
