@@ -23,9 +23,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def dyn_up(graph: Path, port: int, log_path: Path, *sets: str) -> Iterator[subprocess.Popen[str]]:
-    """`dyn up GRAPH --port PORT --set ...` until healthy; SIGTERM and the log tail after."""
-    args = [sys.executable, "-m", "dyn", "up", str(graph), "--port", str(port)]
+def dyn_up(
+    graph: Path, port: int, log_path: Path, *sets: str, python: str = sys.executable
+) -> Iterator[subprocess.Popen[str]]:
+    """`dyn up GRAPH --port PORT --set ...` until healthy; SIGTERM and the log tail after.
+
+    ``python`` is the interpreter whose dyn runs (another virtual environment's, say).
+    """
+    args = [python, "-m", "dyn", "up", str(graph), "--port", str(port)]
     for item in sets:
         args += ["--set", item]
     log = log_path.open("a")
