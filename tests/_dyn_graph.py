@@ -169,11 +169,19 @@ class DynUp(DynProcess):
         port: int | None = None,
         state: Path | None = None,
         env: Mapping[str, str] | None = None,
+        command: Sequence[str] = DYN,
     ) -> None:
         self.port = free_port() if port is None else port
         self.url = f"http://127.0.0.1:{self.port}"
         super().__init__(
-            "up", *args, "--port", str(self.port), log_path=log_path, state=state, env=env
+            "up",
+            *args,
+            "--port",
+            str(self.port),
+            log_path=log_path,
+            state=state,
+            env=env,
+            command=command,
         )
 
     def wait_healthy(self, url: str | None = None, timeout: float = 60) -> None:
@@ -208,12 +216,16 @@ def dyn_up(
     *sets: str,
     state: Path | None = None,
     timeout: float = 30,
+    python: str = sys.executable,
 ) -> Iterator[DynUp]:
-    """`dyn up GRAPH --port PORT --set ...`, healthy within ``timeout``; stopped after."""
+    """`dyn up GRAPH --port PORT --set ...`, healthy within ``timeout``; stopped after.
+
+    ``python`` is the interpreter whose dyn runs (another virtual environment's, say).
+    """
     args = [str(graph)]
     for item in sets:
         args += ["--set", item]
-    up = DynUp(*args, log_path=log_path, port=port, state=state)
+    up = DynUp(*args, log_path=log_path, port=port, state=state, command=(python, "-m", "dyn"))
     try:
         up.wait_healthy(timeout=timeout)
         yield up

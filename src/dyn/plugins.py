@@ -1,9 +1,15 @@
 """Names that resolve to plugins, imported only when chosen.
 
-Transports, routing strategies, engines and discovery backends are found by name in the
-entry-point groups ``dyn.transports``, ``dyn.routers``, ``dyn.engines`` and
-``dyn.discovery``. A ``"package.module:attr"`` string works wherever a name does.
-Canonical names use underscores; the hyphenated spelling is accepted as an alias.
+Every extension point is an entry-point group: transports (``dyn.transports``), routing
+strategies (``dyn.routers``), engines (``dyn.engines``), discovery backends
+(``dyn.discovery``), roles (``dyn.roles``) and launchers (``dyn.launchers``). dyn's own
+plugins are declared once, in its ``pyproject.toml``, exactly as a third-party package
+declares its own; nothing here lists them. A ``"package.module:attr"`` string works
+wherever a name does. Canonical names use underscores; the hyphenated spelling is
+accepted as an alias.
+
+The entry points are read the first time a name is resolved, not at import, so that
+``dyn --help`` never pays for scanning the installed distributions.
 """
 
 from __future__ import annotations
@@ -22,46 +28,32 @@ __all__ = [
     "canonical",
     "import_path",
     "is_known",
+    "kind",
     "load",
     "load_import_path",
 ]
 
-Group = Literal["dyn.transports", "dyn.routers", "dyn.engines", "dyn.discovery"]
-GROUPS: tuple[Group, ...] = ("dyn.transports", "dyn.routers", "dyn.engines", "dyn.discovery")
-
-# The built-ins also live here so that a source checkout that was never installed (and so
-# has no entry-point metadata) still finds them. Installed entry points take precedence.
-_BUILTINS: dict[str, dict[str, str]] = {
-    "dyn.transports": {
-        "inproc": "dyn.transports.inproc:InprocTransport",
-        "tcp": "dyn.transports.tcp:TcpTransport",
-        "grpc": "dyn.transports.grpc:GrpcTransport",
-    },
-    "dyn.routers": {
-        "round_robin": "dyn.routing.simple:RoundRobin",
-        "random": "dyn.routing.simple:Random",
-        "direct": "dyn.routing.simple:Direct",
-        "least_loaded": "dyn.routing.least_loaded:LeastLoaded",
-        "kv": "dyn.routing.kv.router:KvRouter",
-        "kv_approx": "dyn.routing.kv.approx:KvApproxRouter",
-    },
-    "dyn.engines": {
-        "echo": "dyn.engines.echo:EchoEngine",
-        "mocker": "dyn.engines.mocker:MockerEngine",
-        "openai_proxy": "dyn.engines.openai_proxy:OpenAIProxyEngine",
-    },
-    "dyn.discovery": {
-        "memory": "dyn.discovery.memory:MemoryDiscovery",
-        "file": "dyn.discovery.file:FileDiscovery",
-        "etcd": "dyn.discovery.etcd:EtcdDiscovery",
-    },
-}
+Group = Literal[
+    "dyn.transports", "dyn.routers", "dyn.engines", "dyn.discovery", "dyn.roles", "dyn.launchers"
+]
+GROUPS: tuple[Group, ...] = (
+    "dyn.transports",
+    "dyn.routers",
+    "dyn.engines",
+    "dyn.discovery",
+    "dyn.roles",
+    "dyn.launchers",
+)
+# The distribution whose entry points are dyn's own (named "built-in" in messages).
+_OWN_DISTRIBUTION = "dyn"
 
 _KIND = {
     "dyn.transports": "transport",
     "dyn.routers": "strategy",
     "dyn.engines": "engine",
     "dyn.discovery": "discovery backend",
+    "dyn.roles": "role",
+    "dyn.launchers": "launcher",
 }
 
 
@@ -71,11 +63,23 @@ def canonical(name: str) -> str:
 
 
 @cache
-def _table(group: str) -> dict[str, str]:
-    table = dict(_BUILTINS.get(group, {}))
+def _entries(group: str) -> dict[str, tuple[str, bool]]:
+    """Canonical name -> (``module:attr``, whether dyn itself declares it)."""
+    table: dict[str, tuple[str, bool]] = {}
     for ep in entry_points(group=group):
-        table[canonical(ep.name)] = ep.value
+        own = ep.dist is not None and ep.dist.name == _OWN_DISTRIBUTION
+        table[canonical(ep.name)] = (ep.value, own)
     return table
+
+
+@cache
+def _table(group: str) -> dict[str, str]:
+    return {name: value for name, (value, _) in _entries(group).items()}
+
+
+def kind(group: Group) -> str:
+    """What a plugin of ``group`` is called in messages: "strategy", "role", ..."""
+    return _KIND[group]
 
 
 def available(group: Group) -> list[str]:
@@ -95,8 +99,21 @@ def import_path(group: Group, name: str) -> str:
     try:
         return _table(group)[canonical(name)]
     except KeyError:
-        names = ", ".join(available(group))
-        raise PluginError(f"unknown {_KIND[group]} {name!r}; available: {names}") from None
+        raise PluginError(_unknown(group, name)) from None
+
+
+def _unknown(group: Group, name: str) -> str:
+    if group != "dyn.roles":
+        return f"unknown {_KIND[group]} {name!r}; available: {', '.join(available(group))}"
+    # A role is also often a class of the user's own: say how to name one.
+    entries = _entries(group)
+    own = sorted(n for n, (_, is_own) in entries.items() if is_own)
+    others = sorted(n for n, (_, is_own) in entries.items() if not is_own)
+    installed = f"; installed roles: {', '.join(others)}" if others else ""
+    return (
+        f"unknown role {name!r}; built-in roles: {', '.join(own)}{installed}; "
+        "or give an import path 'package.module:Class'"
+    )
 
 
 def load(group: Group, name: str) -> Any:

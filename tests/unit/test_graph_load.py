@@ -15,8 +15,10 @@ from dyn.graph import (
     NodeSpec,
     RoleInstance,
     dump_graph_yaml,
+    http_components,
     load_graph,
     load_graph_text,
+    role_of,
 )
 from dyn.roles.frontend import Frontend
 from dyn.roles.frontend_config import FrontendConfig
@@ -36,14 +38,14 @@ def test_hello_world_loads() -> None:
     assert graph.nodes == (NodeSpec(name="local", host="127.0.0.1"),)
     assert [c.name for c in graph.components] == ["frontend", "middle", "backend"]
     frontend = graph.component("frontend")
-    assert frontend.role_class() is Frontend
+    assert role_of(frontend) is Frontend
     assert frontend.depends_on == (DependencySpec("middle", "middle"),)
     assert isinstance(frontend.config, FrontendConfig)
     assert frontend.config.routes == {"/generate": "middle/generate"}
     assert frontend.config.prefix == "Frontend: "
-    assert graph.component("middle").role_class() is Middle
+    assert role_of(graph.component("middle")) is Middle
     assert graph.component("backend").config == BackendConfig()
-    assert graph.frontends() == [frontend]
+    assert http_components(graph) == [frontend]
     assert graph.source == str(HELLO)
 
 
@@ -146,7 +148,7 @@ def test_frontend_alias_counts_as_frontend() -> None:
     graph = load(
         "name: g\ncomponents:\n  f: {uses: frontend}\n  b: {uses: dyn.roles.hello:Backend}\n"
     )
-    assert [c.name for c in graph.frontends()] == ["f"]
+    assert [c.name for c in http_components(graph)] == ["f"]
 
 
 def test_empty_config_and_depends_on_may_be_null() -> None:
@@ -182,7 +184,7 @@ def test_override_replicas_and_config_keys() -> None:
 
 def test_override_component_fields() -> None:
     graph = load_graph(HELLO, ["middle.uses=dyn.roles.hello:Backend", "middle.depends_on=[]"])
-    assert graph.component("middle").role_class() is Backend
+    assert role_of(graph.component("middle")) is Backend
     assert graph.component("middle").depends_on == ()
 
 

@@ -39,18 +39,17 @@ class ConsoleObserver(LaunchObserver):
         self.console.print("[dim]Press Ctrl-C to stop.[/]")
 
     def _examples(self) -> list[tuple[str, dict[str, Any]]]:
-        """(route, body) for the frontend routes whose target shows an example request."""
-        from dyn.roles.frontend_config import FrontendConfig
+        """(route, body) for the HTTP routes whose target shows an example request."""
+        from dyn.errors import PluginError
+        from dyn.graph import http_components, role_of
 
         examples: list[tuple[str, dict[str, Any]]] = []
-        for spec in self.graph.frontends():
-            if not isinstance(spec.config, FrontendConfig):
-                continue
-            for route, target in spec.config.routes.items():
+        for spec in http_components(self.graph):
+            for route, target in role_of(spec).route_targets(spec.config).items():
                 try:
                     component = self.graph.component(target.split("/", 1)[0])
-                    body = component.role_class().example_request
-                except (KeyError, ImportError):
+                    body = role_of(component).example_request
+                except (KeyError, ImportError, PluginError):
                     continue
                 if body is not None:
                     examples.append((route, body))

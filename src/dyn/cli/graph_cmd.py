@@ -8,7 +8,7 @@ package (and with it yaml and msgspec) and rich are imported inside the commands
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -99,39 +99,14 @@ def _tree(spec: GraphSpec) -> Tree:
 
 
 def _details(component: ComponentSpec) -> list[str]:
-    from dyn.roles.frontend_config import FrontendConfig
+    from dyn.graph import role_of
 
+    role = role_of(component)
     lines: list[str] = []
-    slots = component.role_class().dependency_slots()
+    slots = role.dependency_slots()
     for dep in component.depends_on:
         declared = slots.get(dep.slot)
         strategy = dep.strategy or (declared.strategy if declared else None) or "default strategy"
         target = dep.component if dep.slot == dep.component else f"{dep.slot}: {dep.component}"
         lines.append(f"→ {target} ({strategy})")
-    changed = _non_default(component.config)
-    if isinstance(component.config, FrontendConfig):
-        config = component.config
-        lines.append(f"listen http://{config.host}:{config.port}")
-        lines.extend(f"route {path} → {target}" for path, target in config.routes.items())
-        for key in ("host", "port", "routes"):
-            changed.pop(key, None)
-    lines.extend(f"{key} = {value!r}" for key, value in changed.items())
-    return lines
-
-
-def _non_default(config: Any) -> dict[str, Any]:
-    """The config fields whose values differ from their defaults, by their YAML names."""
-    import msgspec
-
-    changed: dict[str, Any] = {}
-    for field in msgspec.structs.fields(config):
-        value = getattr(config, field.name)
-        if field.default is not msgspec.NODEFAULT:
-            default = field.default
-        elif field.default_factory is not msgspec.NODEFAULT:
-            default = field.default_factory()
-        else:
-            default = msgspec.NODEFAULT  # required: always worth showing
-        if value != default:
-            changed[field.encode_name] = value
-    return changed
+    return lines + role.config_summary(component.config)

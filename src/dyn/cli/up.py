@@ -164,16 +164,14 @@ def _admin_token_for(graph: GraphSpec, settings: Settings) -> Settings:
     import dataclasses
     import secrets
 
-    from dyn.net import is_loopback
-    from dyn.roles.frontend_config import FrontendConfig
+    from dyn.graph import role_of
 
     if settings.admin_token:
         return settings
-    for spec in graph.frontends():
-        config = spec.config
-        if isinstance(config, FrontendConfig) and not config.admin_token:
-            if not is_loopback(config.host):
-                return dataclasses.replace(settings, admin_token=secrets.token_urlsafe(24))
+    for spec in graph.components:
+        role = role_of(spec)
+        if role.admin_routes and role.admin_token_required(spec.config):
+            return dataclasses.replace(settings, admin_token=secrets.token_urlsafe(24))
     return settings
 
 
@@ -189,14 +187,15 @@ def resolve_graph(
 
     from dyn import plugins
     from dyn.errors import SpecError
-    from dyn.graph import load_graph
+    from dyn.graph import load_graph, role_of
 
     graph = load_graph(path, overrides)
     if port is not None:
-        frontends = graph.frontends()
-        if not frontends:
+        takers = [(c.name, role_of(c).port_field) for c in graph.components]
+        taker = next(((name, field) for name, field in takers if field), None)
+        if taker is None:
             raise SpecError([f"{path}: --port needs a graph with a frontend component"])
-        graph = load_graph(path, [*overrides, f"{frontends[0].name}.port={port}"])
+        graph = load_graph(path, [*overrides, f"{taker[0]}.{taker[1]}={port}"])
     if transport is not None:
         plugins.import_path("dyn.transports", transport)  # a clear error for unknown names
         graph = dataclasses.replace(graph, transport=plugins.canonical(transport))
@@ -209,37 +208,27 @@ def resolve_graph(
     return graph
 
 
-LAUNCHERS = ("inprocess", "local", "ssh")
-
-
 def choose_launcher(graph: GraphSpec, name: str | None, graph_file: str) -> Launcher:
-    """The launcher asked for, or the natural one for the graph's transport."""
+    """The launcher asked for (a name in the ``dyn.launchers`` entry points), or the
+    natural one for the graph: ssh for a graph that places roles on nodes, else
+    inprocess for the inproc transport, else local."""
+    from dyn import plugins
     from dyn.errors import LaunchError
+    from dyn.launch.base import Launcher
 
     if name is None:
         if graph.has_nodes():
             name = "ssh"
         else:
             name = "inprocess" if graph.transport == "inproc" else "local"
-    name = name.replace("-", "").replace("_", "")
-    if name == "inprocess":
-        from dyn.launch.inprocess import InProcessLauncher
-
-        return InProcessLauncher(graph_file)
-    if name == "local":
-        if graph.transport == "inproc":
-            raise LaunchError(
-                "the inproc transport cannot cross processes; "
-                "use --transport tcp or --transport grpc with the local launcher"
-            )
-        from dyn.launch.local import LocalLauncher
-
-        return LocalLauncher(graph_file)
-    if name == "ssh":
-        from dyn.launch.ssh import SshLauncher
-
-        return SshLauncher(graph_file)
-    raise LaunchError(f"unknown launcher {name!r}; available: {', '.join(LAUNCHERS)}")
+    if ":" not in name and not plugins.is_known("dyn.launchers", name):
+        # "in-process" and "in_process" name the built-in "inprocess" too.
+        name = name.replace("-", "").replace("_", "")
+    cls = plugins.load("dyn.launchers", name)
+    if not (isinstance(cls, type) and issubclass(cls, Launcher)):
+        raise LaunchError(f"{name!r} is not a launcher (it must derive dyn.launch.base.Launcher)")
+    launcher: Launcher = cls(graph_file)
+    return launcher
 
 
 async def _serve(graph: GraphSpec, launcher: Launcher, observer: LaunchObserver) -> None:

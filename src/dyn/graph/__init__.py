@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from dyn.errors import SpecError
 from dyn.graph._dump import dump_graph, dump_graph_yaml
+from dyn.graph._fields import did_you_mean
 from dyn.graph._overrides import apply_overrides
 from dyn.graph._validate import build_graph
 from dyn.graph._yaml import Problems, load_yaml
@@ -25,6 +26,7 @@ from dyn.graph.model import (
     NodeSpec,
     RoleInstance,
 )
+from dyn.graph.roles import RoleClass, http_components, load_role, role_of
 
 __all__ = [
     "ComponentSpec",
@@ -33,11 +35,16 @@ __all__ = [
     "GraphSpec",
     "ModelSpec",
     "NodeSpec",
+    "RoleClass",
     "RoleInstance",
+    "did_you_mean",
     "dump_graph",
     "dump_graph_yaml",
+    "http_components",
     "load_graph",
     "load_graph_text",
+    "load_role",
+    "role_of",
 ]
 
 

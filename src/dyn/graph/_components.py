@@ -20,6 +20,7 @@ from dyn.graph._fields import (
 from dyn.graph._wiring import Draft, check_wiring
 from dyn.graph._yaml import FieldPath, Problems
 from dyn.graph.model import ComponentSpec, DependencySpec
+from dyn.graph.roles import RoleClass, load_role
 
 __all__ = ["COMPONENT_KEYS", "read_components"]
 
@@ -80,11 +81,9 @@ def _component(problems: Problems, key: Any, body: Any, node_names: list[str] | 
     return draft
 
 
-def _resolve(problems: Problems, path: FieldPath, uses: str) -> type[Any] | None:
-    from dyn.roles import resolve_role
-
+def _resolve(problems: Problems, path: FieldPath, uses: str) -> RoleClass | None:
     try:
-        return resolve_role(uses)
+        return load_role(uses)
     except PluginError as exc:
         problems.add(path, str(exc))
     except Exception as exc:  # the user's module raised while being imported

@@ -123,14 +123,6 @@ def expect_str_list(problems: Problems, path: FieldPath, value: Any) -> tuple[st
     return tuple(strings) if len(strings) == len(items) else None
 
 
-_KIND = {
-    "dyn.transports": "transport",
-    "dyn.routers": "strategy",
-    "dyn.engines": "engine",
-    "dyn.discovery": "discovery backend",
-}
-
-
 def plugin_name(
     problems: Problems, path: FieldPath, value: Any, group: plugins.Group
 ) -> str | None:
@@ -144,7 +136,7 @@ def plugin_name(
     hint = did_you_mean(plugins.canonical(name), names)
     problems.add(
         path,
-        f"unknown {_KIND[group]} {name!r}{hint}; available: {', '.join(names)} "
+        f"unknown {plugins.kind(group)} {name!r}{hint}; available: {', '.join(names)} "
         "(or an import path 'package.module:Name')",
     )
     return None

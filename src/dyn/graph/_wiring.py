@@ -1,21 +1,21 @@
 """Checks across components: what depends_on names, the slots a role declares, cycles,
-and the frontend's routes. They run once every component has been read, so a component
-may depend on one written further down the file.
+and each role's own checks of its config against its wiring (a frontend's routes). They
+run once every component has been read, so a component may depend on one written
+further down the file.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import msgspec
 
 from dyn.graph._fields import did_you_mean
 from dyn.graph._yaml import FieldPath, Problems
 from dyn.graph.model import DependencySpec
-from dyn.roles.frontend_config import FrontendConfig
+from dyn.graph.roles import RoleClass, Wiring, role_path
 
-__all__ = ["Draft", "check_wiring", "role_path"]
+__all__ = ["Draft", "check_wiring"]
 
 
 @dataclass
@@ -25,17 +25,13 @@ class Draft:
     name: str
     path: FieldPath
     uses: str | None = None
-    cls: type[Any] | None = None
+    cls: RoleClass | None = None
     replicas: int | None = None
     placement: tuple[str, ...] | None = None
     deps: list[tuple[DependencySpec, FieldPath]] = field(default_factory=list)
     deps_ok: bool = True
     config: msgspec.Struct | None = None
     config_ok: bool = False
-
-
-def role_path(cls: type[Any]) -> str:
-    return f"{cls.__module__}:{cls.__qualname__}"
 
 
 def check_wiring(problems: Problems, drafts: list[Draft]) -> None:
@@ -53,10 +49,24 @@ def check_wiring(problems: Problems, drafts: list[Draft]) -> None:
         if draft.cls is not None and not draft.cls.open_dependencies:
             _check_slots(problems, draft)
     _check_cycles(problems, drafts)
-    by_name = {d.name: d for d in drafts}
-    for draft in drafts:
-        if isinstance(draft.config, FrontendConfig):
-            _check_routes(problems, draft, draft.config, by_name)
+    resolved = [d for d in drafts if d.cls is not None]
+    endpoints = {d.name: list(d.cls.endpoints()) for d in resolved if d.cls is not None}
+    roles = {d.name: role_path(d.cls) for d in resolved}
+    for draft in resolved:
+        if draft.cls is None or draft.config is None:
+            continue
+        wiring = Wiring(draft.name, _targets(draft), endpoints, roles)
+        for where, message in draft.cls.check_wiring(draft.config, wiring):
+            problems.add((*draft.path, "config", *where), message)
+
+
+def _targets(draft: Draft) -> dict[str, str]:
+    """Every name the component may call by (a component, or a slot) -> the component."""
+    targets: dict[str, str] = {}
+    for dep, _ in draft.deps:
+        targets.setdefault(dep.component, dep.component)
+        targets[dep.slot] = dep.component
+    return targets
 
 
 def _check_slots(problems: Problems, draft: Draft) -> None:
@@ -123,70 +133,3 @@ def _report_cycle(
     ring = cycle[start:] + cycle[:start]
     path = next(p for target, p in edges[ring[0]] if target == ring[1 % len(ring)])
     problems.add(path, f"dependency cycle: {' -> '.join([*ring, ring[0]])}")
-
-
-def _check_routes(
-    problems: Problems, draft: Draft, config: FrontendConfig, by_name: dict[str, Draft]
-) -> None:
-    targets: dict[str, str] = {}
-    for dep, _ in draft.deps:
-        targets.setdefault(dep.component, dep.component)
-        targets[dep.slot] = dep.component
-    if config.openai is not None:
-        _check_openai(problems, draft, config.openai, targets, by_name)
-    for route, target in config.routes.items():
-        path = (*draft.path, "config", "routes", route)
-        if not route.startswith("/"):
-            problems.add(path, f"route paths must start with '/' (got {route!r})")
-        component, sep, endpoint = target.partition("/")
-        if not (sep and component and endpoint) or "/" in endpoint:
-            problems.add(path, f"must be 'component/endpoint' (got {target!r})")
-            continue
-        if component not in targets:
-            hint = did_you_mean(component, targets)
-            wired = ", ".join(targets) or "nothing"
-            problems.add(
-                path,
-                f"{component!r} is not in depends_on of {draft.name!r}{hint}; "
-                f"add it there (it depends on: {wired})",
-            )
-            continue
-        callee = by_name.get(targets[component])
-        if callee is None or callee.cls is None:
-            continue  # already reported as an unknown component or an unresolvable role
-        endpoints = list(callee.cls.endpoints())
-        if endpoint not in endpoints:
-            hint = did_you_mean(endpoint, endpoints)
-            listing = ", ".join(endpoints) or "none"
-            problems.add(
-                path,
-                f"component {callee.name!r} ({role_path(callee.cls)}) has no endpoint "
-                f"{endpoint!r}{hint}; its endpoints: {listing}",
-            )
-
-
-def _check_openai(
-    problems: Problems,
-    draft: Draft,
-    target: str,
-    targets: dict[str, str],
-    by_name: dict[str, Draft],
-) -> None:
-    path = (*draft.path, "config", "openai")
-    if target not in targets:
-        wired = ", ".join(targets) or "nothing"
-        problems.add(
-            path,
-            f"{target!r} is not in depends_on of {draft.name!r}{did_you_mean(target, targets)}; "
-            f"name the processor it depends on (it depends on: {wired})",
-        )
-        return
-    callee = by_name.get(targets[target])
-    if callee is None or callee.cls is None:
-        return
-    if "generate" not in callee.cls.endpoints():
-        problems.add(
-            path,
-            f"component {callee.name!r} ({role_path(callee.cls)}) has no 'generate' endpoint; "
-            "the OpenAI routes need a processor",
-        )

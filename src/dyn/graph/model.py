@@ -5,14 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import msgspec
-
-from dyn.plugins import canonical
-
-if TYPE_CHECKING:
-    from dyn.runtime.component import Component
 
 __all__ = [
     "DEFAULT_DISCOVERY_TTL_S",
@@ -83,12 +78,6 @@ class ComponentSpec:
     depends_on: tuple[DependencySpec, ...]
     config: msgspec.Struct
 
-    def role_class(self) -> type[Component[Any]]:
-        """The class ``uses`` names (already imported once during validation)."""
-        from dyn.roles import resolve_role
-
-        return resolve_role(self.uses)
-
     def dependency(self, slot: str) -> DependencySpec:
         for dep in self.depends_on:
             if dep.slot == slot:
@@ -146,10 +135,6 @@ class GraphSpec:
     def has_nodes(self) -> bool:
         """Whether the graph declares machines of its own (else all runs on this one)."""
         return self.nodes != (LOCAL_NODE,)
-
-    def frontends(self) -> list[ComponentSpec]:
-        """The components that use the built-in HTTP frontend."""
-        return [c for c in self.components if canonical(c.uses) == "frontend"]
 
     def topological_order(self) -> list[ComponentSpec]:
         """Dependencies before dependents; otherwise the order of the file."""

@@ -10,7 +10,7 @@ import anyio
 
 from dyn import plugins, state
 from dyn.discovery.base import Discovery
-from dyn.errors import LaunchError
+from dyn.errors import LaunchError, PluginError
 from dyn.graph import ComponentSpec, GraphSpec
 from dyn.runtime.client import Client
 from dyn.runtime.component import Component
@@ -22,6 +22,7 @@ __all__ = [
     "READY_TIMEOUT_S",
     "make_discovery",
     "make_transport",
+    "role_class",
     "role_name",
     "start_role",
     "stop_role",
@@ -52,6 +53,17 @@ def discovery_in_run(graph: GraphSpec, run: state.RunDir) -> GraphSpec:
     return dataclasses.replace(graph, discovery=dataclasses.replace(discovery, options=options))
 
 
+def role_class(uses: str) -> type[Component[Any]]:
+    """The component class a graph's ``uses:`` names (an entry point in ``dyn.roles`` or
+    an import path), or a clear error."""
+    cls = plugins.load("dyn.roles", uses)
+    if not (isinstance(cls, type) and issubclass(cls, Component)):
+        raise PluginError(
+            f"{uses!r} is not a component class (it must derive dyn.runtime.component.Component)"
+        )
+    return cls
+
+
 def role_name(spec: ComponentSpec, replica: int) -> str:
     """``component`` for a single replica, ``component[i]`` when there are several
     (or once `dyn scale` added one)."""
@@ -72,15 +84,13 @@ async def start_role(
 ) -> Component[Any]:
     """Build the component, wire its clients, start it, wait until it is ready and its
     dependencies have instances, then register its endpoints."""
-    role_class = spec.role_class()
+    cls = role_class(spec.uses)
     clients = {
-        dep.slot: runtime.client(
-            dep.component, dep.strategy or _default_strategy(role_class, dep.slot)
-        )
+        dep.slot: runtime.client(dep.component, dep.strategy or _default_strategy(cls, dep.slot))
         for dep in spec.depends_on
     }
     info = component_info(graph.namespace, spec.name, replica, node or node_of(spec, replica))
-    component = role_class(spec.config, info, clients)
+    component = cls(spec.config, info, clients)
     component.runtime = runtime
     component.model = graph.model
     if settings is not None:

@@ -59,11 +59,20 @@ class Launcher(ABC):
 
     ``run`` returns once nothing it started is left running (no process, no listening
     socket). A role that fails to start raises :class:`~dyn.errors.LaunchError`.
+
+    Launchers are plugins: `dyn up --launcher NAME` looks ``NAME`` up in the
+    ``dyn.launchers`` entry points (or takes ``module:Class``) and calls the class with
+    the graph file's path (``None`` when the graph did not come from a file). ``name``
+    is what the run record and `dyn status` call the launcher.
     """
 
+    name: str = "launcher"
     # What every role gets besides the graph; whoever starts the launch (the CLI, from
     # the environment) sets it before run().
     settings: Settings = Settings()
+
+    def __init__(self, graph_file: str | None = None) -> None:
+        self.graph_file = graph_file
 
     def resolve(self, graph: GraphSpec) -> GraphSpec:
         """The graph as this launcher will run it (e.g. with defaults it implies)."""

@@ -9,7 +9,7 @@ from typing import Any
 import anyio
 
 from dyn import state
-from dyn.graph import ComponentSpec, GraphSpec
+from dyn.graph import ComponentSpec, GraphSpec, http_components
 from dyn.launch._roles import (
     discovery_in_run,
     make_discovery,
@@ -30,8 +30,10 @@ __all__ = ["InProcessLauncher"]
 class InProcessLauncher(Launcher):
     """One process, one runtime, one registry: the embedded default for a single node."""
 
+    name = "inprocess"
+
     def __init__(self, graph_file: str | None = None) -> None:
-        self.graph_file = graph_file
+        super().__init__(graph_file)
         self.runtime: Runtime | None = None
         self.components: list[tuple[ComponentSpec, Component[Any]]] = []
 
@@ -39,7 +41,7 @@ class InProcessLauncher(Launcher):
         began = time.perf_counter()
         run = state.create_run(graph.name)
         graph = discovery_in_run(graph, run)
-        record = new_record(run, graph, "inprocess", self.graph_file, self.settings.admin_token)
+        record = new_record(run, graph, self.name, self.graph_file, self.settings.admin_token)
         etcd = await start_local_etcd(graph, run, record)
         try:
             await self._serve(graph, run, record, observer, stop, began)
@@ -73,7 +75,7 @@ class InProcessLauncher(Launcher):
                             await self._start(runtime, graph, spec, replica, observer)
                 if startup.cancelled_caught:
                     return
-                frontends = {spec.name for spec in graph.frontends()}
+                frontends = {spec.name for spec in http_components(graph)}
                 url = next(
                     (getattr(c, "url", None) for s, c in self.components if s.name in frontends),
                     None,

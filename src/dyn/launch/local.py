@@ -9,94 +9,35 @@ order: frontends first, then dependents before their dependencies.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import signal
-import subprocess
 import sys
-import time
-from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
 
 import anyio
-from anyio.abc import Process
 
 from dyn import state
 from dyn.errors import LaunchError
-from dyn.graph import GraphSpec, dump_graph_yaml
-from dyn.launch._roles import READY_TIMEOUT_S, discovery_in_run, node_of, role_name
-from dyn.launch.base import Launcher, LaunchObserver, cancel_when_set, new_record
-from dyn.launch.control import ControlServer
+from dyn.graph import GraphSpec
 from dyn.launch.etcd_server import LocalEtcd, start_local_etcd
-from dyn.launch.role_main import READY_MARK
+from dyn.launch.processes import ProcessLauncher, RoleProcess
 
-__all__ = ["LocalLauncher", "prepare_run"]
-
-# How long a role may take to exit after SIGTERM before it is killed.
-STOP_GRACE_S = 30.0
-# How long to wait for a killed role's process to be reaped.
-KILL_WAIT_S = 5.0
-# Log lines kept per role to show when it fails to start.
-TAIL_LINES = 20
+__all__ = ["LocalLauncher"]
 
 
-@dataclass
-class _Role:
-    role: str
-    component: str
-    replica: int
-    node: str
-    process: Process = field(init=False)
-    log: TextIO = field(init=False)
-    tail: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL_LINES))
-    ready: dict[str, Any] | None = None
-    # How log lines are prefixed: the role, or ``node/role`` for roles on other machines.
-    label: str = ""
-    stopping: bool = False  # we asked it to stop (Ctrl-C, dyn scale)
-    died: bool = False  # it exited by itself after it was ready
-    ready_event: anyio.Event = field(default_factory=anyio.Event)
-    exited: anyio.Event = field(default_factory=anyio.Event)
+class LocalLauncher(ProcessLauncher):
+    """Role processes on this machine; an etcd of its own when the graph asks for one."""
 
-
-@dataclass
-class _Scaling:
-    """What `dyn scale` needs of a launch that is serving."""
-
-    graph: GraphSpec
-    run: state.RunDir
-    graph_path: Path
-    observer: LaunchObserver
-    tasks: anyio.abc.TaskGroup
-    record: state.RunRecord
-
-
-def prepare_run(graph: GraphSpec, launcher: str) -> tuple[state.RunDir, GraphSpec, Path]:
-    """Create the run's state directory and write the graph every role process loads.
-
-    File discovery without a directory of its own gets the run's folder.
-    """
-    run = state.create_run(graph.name)
-    resolved = discovery_in_run(graph, run)
-    graph_path = run.path / "graph.yaml"
-    graph_path.write_text(dump_graph_yaml(resolved), encoding="utf-8")
-    return run, resolved, graph_path
-
-
-class LocalLauncher(Launcher):
     name = "local"
 
     def __init__(self, graph_file: str | None = None) -> None:
-        self.graph_file = graph_file
-        self.roles: list[_Role] = []
-        self.run_dir: state.RunDir | None = None
-        self._stopping = False
+        super().__init__(graph_file)
         self._etcd: LocalEtcd | None = None
-        self._hurry: anyio.Event | None = None  # made in run(), inside the event loop
-        self._scaling: _Scaling | None = None  # set once the graph serves
 
     def resolve(self, graph: GraphSpec) -> GraphSpec:
+        if graph.transport == "inproc":
+            raise LaunchError(
+                "the inproc transport cannot cross processes; "
+                "use --transport tcp or --transport grpc with the local launcher"
+            )
         # Separate processes cannot share memory: in-memory discovery becomes file
         # discovery in the run's own folder.
         if graph.discovery.backend != "memory":
@@ -105,256 +46,20 @@ class LocalLauncher(Launcher):
             graph, discovery=dataclasses.replace(graph.discovery, backend="file")
         )
 
-    async def run(self, graph: GraphSpec, observer: LaunchObserver, stop: anyio.Event) -> None:
-        began = time.perf_counter()
-        self._hurry = anyio.Event()
-        run, resolved, graph_path = prepare_run(graph, "local")
-        self.run_dir = run
-        record = new_record(run, resolved, self.name, self.graph_file, self.settings.admin_token)
-        state.write_record(run, record)
-        async with anyio.create_task_group() as tasks:
-            try:
-                # Ctrl-C during start-up stops the start-up, then tears down what came up.
-                with anyio.CancelScope() as startup:
-                    tasks.start_soon(cancel_when_set, stop, startup)
-                    await self._before_roles(resolved, run, record, tasks)
-                    await self._start_all(resolved, run, graph_path, observer, tasks, began)
-                if startup.cancelled_caught:
-                    return
-                url = next((r.ready["url"] for r in self.roles if r.ready and r.ready["url"]), None)
-                record.frontend_url = url
-                self._scaling = _Scaling(resolved, run, graph_path, observer, tasks, record)
-                control = ControlServer(self.scale)
-                await control.start(tasks)
-                record.control_port, record.control_token = control.port, control.token
-                self._write_roles()
-                observer.graph_ready(url, time.perf_counter() - began)
-                await stop.wait()
-            finally:
-                with anyio.CancelScope(shield=True):
-                    observer.stopping()
-                    await self._stop_all(resolved, observer)
-                    await self._after_roles()
-                tasks.cancel_scope.cancel()
-
-    async def _start_all(
-        self,
-        graph: GraphSpec,
-        run: state.RunDir,
-        graph_path: Path,
-        observer: LaunchObserver,
-        tasks: anyio.abc.TaskGroup,
-        began: float,
-    ) -> None:
-        for spec in graph.topological_order():
-            # Replicas of one component start together; components in order.
-            batch = []
-            for replica in range(spec.replicas):
-                role = _Role(role_name(spec, replica), spec.name, replica, node_of(spec, replica))
-                observer.role_starting(role.role, role.node)
-                await self._spawn(tasks, run, graph_path, role)
-                batch.append(role)
-            for started in batch:
-                await self._wait_ready(started)
-                observer.role_up(started.role, started.node, time.perf_counter() - began)
-
-    async def _spawn(
-        self,
-        tasks: anyio.abc.TaskGroup,
-        run: state.RunDir,
-        graph_path: Path,
-        role: _Role,
-    ) -> None:
-        process = await anyio.open_process(
-            self._command(run, graph_path, role),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # Ctrl-C reaches dyn up only; it stops roles in order
-            # The launch's settings reach the role's CLI edge through its environment.
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **self.settings.role_env()},
-        )
-        role.process = process
-        role.label = role.label or role.role
-        role.log = run.log_path(role.role).open("a", encoding="utf-8")
-        self.roles.append(role)
-        await self._spawned(role)
-        tasks.start_soon(self._pump, role)
-
-    # -- scaling while running ---------------------------------------------------------
-
-    def _write_roles(self) -> None:
-        scaling = self._scaling
-        assert scaling is not None
-        scaling.record.roles = [self._role_record(scaling.graph, r) for r in self.roles]
-        state.write_record(scaling.run, scaling.record)
-
-    async def scale(self, component: str, replicas: int) -> list[str]:
-        """Start or drain replicas of ``component`` until ``replicas`` run."""
-        scaling = self._scaling
-        if scaling is None:
-            raise LaunchError("the graph is still starting; scale it once it serves")
-        try:
-            spec = scaling.graph.component(component)
-        except KeyError:
-            names = ", ".join(c.name for c in scaling.graph.components)
-            raise LaunchError(
-                f"no component {component!r} in this graph; components: {names}"
-            ) from None
-        if spec.name in {f.name for f in scaling.graph.frontends()}:
-            raise LaunchError("frontends cannot be scaled: their replicas would share one port")
-        if replicas < 0:
-            raise LaunchError(f"replicas must be >= 0, got {replicas}")
-        running = [r for r in self.roles if r.component == component and not r.exited.is_set()]
-        lines: list[str] = []
-        if replicas > len(running):
-            used = {r.replica for r in self.roles if r.component == component}
-            fresh = [i for i in range(replicas + len(used)) if i not in used]
-            batch = []
-            for replica in fresh[: replicas - len(running)]:
-                role = _Role(role_name(spec, replica), spec.name, replica, node_of(spec, replica))
-                scaling.observer.role_starting(role.role, role.node)
-                await self._spawn(scaling.tasks, scaling.run, scaling.graph_path, role)
-                batch.append(role)
-            began = time.perf_counter()
-            for role in batch:
-                await self._wait_ready(role)
-                scaling.observer.role_up(role.role, role.node, time.perf_counter() - began)
-                lines.append(f"started {role.role} on {role.node}")
-        else:
-            # The newest replicas go first: they have the least state (cache) to lose.
-            for role in sorted(running, key=lambda r: r.replica)[replicas:][::-1]:
-                await self._stop(role)
-                self.roles.remove(role)
-                scaling.observer.role_stopped(role.role)
-                lines.append(f"drained and stopped {role.role} on {role.node}")
-        self._write_roles()
-        now = len([r for r in self.roles if r.component == component and not r.exited.is_set()])
-        lines.append(f"{component}: {now} replica(s) running")
-        return lines
-
-    # -- what the ssh launcher changes ---------------------------------------------------
-
-    def _command(self, run: state.RunDir, graph_path: Path, role: _Role) -> list[str]:
+    def role_command(self, run: state.RunDir, graph_path: Path, role: RoleProcess) -> list[str]:
         return [sys.executable, "-m", "dyn", "_role", str(graph_path), role.component,
                 str(role.replica)]  # fmt: skip
 
-    async def _spawned(self, role: _Role) -> None:
-        """Called once a role's process exists (the ssh launcher sends it the graph)."""
-
-    async def _before_roles(
+    async def before_roles(
         self,
         graph: GraphSpec,
         run: state.RunDir,
         record: state.RunRecord,
         tasks: anyio.abc.TaskGroup,
     ) -> None:
-        """Runs before the first role starts (checks nodes, starts a local etcd)."""
+        """Starts a local etcd if the graph's discovery needs one."""
         self._etcd = await start_local_etcd(graph, run, record)
 
-    async def _after_roles(self) -> None:
-        """Runs once every role has stopped."""
+    async def after_roles(self) -> None:
         if self._etcd is not None:
             await self._etcd.stop()
-
-    def _role_record(self, graph: GraphSpec, role: _Role) -> state.RoleRecord:
-        return state.RoleRecord(
-            role=role.role,
-            component=role.component,
-            replica=role.replica,
-            node=role.node,
-            pid=role.process.pid,
-            address=(role.ready or {}).get("address"),
-            instance_id=(role.ready or {}).get("instance_id"),
-        )
-
-    async def _terminate(self, role: _Role, sig: signal.Signals) -> None:
-        """Send ``sig`` to the role and everything it started."""
-        _signal(role.process, sig)
-
-    async def _pump(self, role: _Role) -> None:
-        """Copy the role's output to its log file and to our stderr with its prefix."""
-        assert role.process.stdout is not None
-        buffered = b""
-        try:
-            async for chunk in role.process.stdout:
-                buffered += chunk
-                *lines, buffered = buffered.split(b"\n")
-                for raw in lines:
-                    self._line(role, raw.decode(errors="replace"))
-            if buffered:
-                self._line(role, buffered.decode(errors="replace"))
-        finally:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(KILL_WAIT_S + STOP_GRACE_S):
-                await role.process.wait()
-            code = role.process.returncode
-            if not (self._stopping or role.stopping) and role.ready is not None:
-                role.died = True
-                self._line(role, f"exited unexpectedly with code {code}")
-            role.log.close()
-            role.exited.set()
-            role.ready_event.set()
-
-    def _line(self, role: _Role, line: str) -> None:
-        if line.startswith(READY_MARK):
-            role.ready = json.loads(line[len(READY_MARK) :])
-            role.ready_event.set()
-            return
-        role.tail.append(line)
-        if not role.log.closed:  # the launcher may speak of a role that has just exited
-            role.log.write(line + "\n")
-            role.log.flush()
-        sys.stderr.write(f"{role.label:<14} | {line}\n")
-
-    async def _wait_ready(self, role: _Role) -> None:
-        with anyio.move_on_after(READY_TIMEOUT_S + 5):
-            await role.ready_event.wait()
-        if role.ready is not None:
-            return
-        if role.exited.is_set():
-            reason = f"exited with code {role.process.returncode} during start-up"
-        else:
-            reason = f"did not become ready within {READY_TIMEOUT_S + 5:.0f} s"
-        tail = "\n".join(f"  {line}" for line in role.tail) or "  (no output)"
-        raise LaunchError(f"role {role.role!r} {reason}; its last log lines:\n{tail}")
-
-    async def _stop_all(self, graph: GraphSpec, observer: LaunchObserver) -> None:
-        self._stopping = True
-        frontends = {spec.name for spec in graph.frontends()}
-        first = [r for r in self.roles if r.component in frontends]
-        rest = [r for r in reversed(self.roles) if r.component not in frontends]
-        for group in (first, rest):
-            for role in group:
-                await self._stop(role)
-                observer.role_stopped(role.role)
-
-    async def _stop(self, role: _Role) -> None:
-        role.stopping = True
-        if role.process.returncode is None:
-            hurry = self._hurry or anyio.Event()
-            if not hurry.is_set():
-                await self._terminate(role, signal.SIGTERM)
-                with anyio.move_on_after(STOP_GRACE_S):
-                    async with anyio.create_task_group() as either:
-                        either.start_soon(cancel_when_set, role.exited, either.cancel_scope)
-                        either.start_soon(cancel_when_set, hurry, either.cancel_scope)
-            if role.process.returncode is None:
-                await self._terminate(role, signal.SIGKILL)
-        with anyio.move_on_after(KILL_WAIT_S):
-            await role.exited.wait()
-        await self._cleanup(role)
-
-    async def _cleanup(self, role: _Role) -> None:
-        """After a role is gone: remove what it could not (the ssh launcher's pidfiles)."""
-
-    def hurry(self) -> None:
-        if self._hurry is not None:
-            self._hurry.set()
-
-
-def _signal(process: Process, sig: signal.Signals) -> None:
-    try:
-        # The role is its own session and process group: reach anything it started too.
-        os.killpg(process.pid, sig)
-    except ProcessLookupError:
-        pass

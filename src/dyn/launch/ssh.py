@@ -28,7 +28,8 @@ import dyn
 from dyn import state
 from dyn.errors import LaunchError
 from dyn.graph import GraphSpec, NodeSpec, dump_graph_yaml
-from dyn.launch.local import LocalLauncher, _Role
+from dyn.launch.local import LocalLauncher
+from dyn.launch.processes import RoleProcess
 from dyn.net import is_loopback
 
 __all__ = [
@@ -102,12 +103,12 @@ class SshLauncher(LocalLauncher):
                 )
         return graph
 
-    def _placed(self, role: _Role) -> NodeSpec | None:
+    def _placed(self, role: RoleProcess) -> NodeSpec | None:
         if self._graph is None or not self._graph.has_nodes():
             return None
         return self._graph.node(role.node)
 
-    async def _before_roles(
+    async def before_roles(
         self,
         graph: GraphSpec,
         run: state.RunDir,
@@ -118,12 +119,12 @@ class SshLauncher(LocalLauncher):
         self._graph_text = dump_graph_yaml(graph)
         used = {instance.node for instance in graph.instances()}
         await check_nodes([n for n in graph.nodes if n.name in used])
-        await super()._before_roles(graph, run, record, tasks)
+        await super().before_roles(graph, run, record, tasks)
 
-    def _command(self, run: state.RunDir, graph_path: Path, role: _Role) -> list[str]:
+    def role_command(self, run: state.RunDir, graph_path: Path, role: RoleProcess) -> list[str]:
         node = self._placed(role)
         if node is None:
-            return super()._command(run, graph_path, role)
+            return super().role_command(run, graph_path, role)
         role.label = f"{node.name}/{role.role}"
         argv = [node.python, "-u", "-m", "dyn", "_role", "-", role.component, str(role.replica)]
         argv += ["--pidfile-run", run.run_id]
@@ -132,7 +133,7 @@ class SshLauncher(LocalLauncher):
             argv.append("--json-logs")
         return [*ssh_argv(node), remote_command(node, argv)]
 
-    async def _spawned(self, role: _Role) -> None:
+    async def role_spawned(self, role: RoleProcess) -> None:
         if self._placed(role) is None:
             return
         env = self.settings.role_secrets()
@@ -140,8 +141,8 @@ class SshLauncher(LocalLauncher):
         assert role.process.stdin is not None
         await role.process.stdin.send(boot.encode())
 
-    def _role_record(self, graph: GraphSpec, role: _Role) -> state.RoleRecord:
-        record = super()._role_record(graph, role)
+    def role_record(self, graph: GraphSpec, role: RoleProcess) -> state.RoleRecord:
+        record = super().role_record(graph, role)
         node = self._placed(role)
         if node is not None and role.ready is not None:
             record.host = node.host
@@ -149,21 +150,21 @@ class SshLauncher(LocalLauncher):
             record.pidfile = role.ready.get("pidfile")
         return record
 
-    async def _terminate(self, role: _Role, sig: signal.Signals) -> None:
+    async def terminate(self, role: RoleProcess, sig: signal.Signals) -> None:
         node = self._placed(role)
         pidfile = (role.ready or {}).get("pidfile")
         if node is None:
-            await super()._terminate(role, sig)
+            await super().terminate(role, sig)
             return
         if pidfile:
             problem = await signal_remote_group(node, pidfile, sig)
             if problem:
-                self._line(role, f"could not send {sig.name}: {problem}")
+                self.log_line(role, f"could not send {sig.name}: {problem}")
         if sig == signal.SIGKILL or not pidfile:
             # Closing the channel closes the role's stdin: it stops by itself.
             role.process.terminate()
 
-    async def _cleanup(self, role: _Role) -> None:
+    async def cleanup(self, role: RoleProcess) -> None:
         node = self._placed(role)
         pidfile = (role.ready or {}).get("pidfile")
         if node is not None and pidfile and role.died:

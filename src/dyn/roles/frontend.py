@@ -17,17 +17,20 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import anyio
 
 from dyn.errors import CallError, DynError, LaunchError, RemoteError
+from dyn.net import is_loopback
 from dyn.observability.metrics import FrontendMetrics
 from dyn.openai.errors import client_error, error_body
-from dyn.roles.frontend_config import FrontendConfig
+from dyn.roles.frontend_config import FrontendConfig, check_routes
 from dyn.runtime.client import Client, ResponseStream
-from dyn.runtime.component import Component
+from dyn.runtime.component import Component, non_default_fields
 
 if TYPE_CHECKING:
     import uvicorn
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import Response
+
+    from dyn.graph.roles import ConfigProblem, Wiring
 
 __all__ = ["Frontend"]
 
@@ -38,6 +41,31 @@ class Frontend(Component[FrontendConfig]):
     """Serves HTTP and calls the components the graph wires to it."""
 
     open_dependencies: ClassVar[bool] = True
+    serves_http: ClassVar[bool] = True
+    admin_routes: ClassVar[bool] = True
+    port_field: ClassVar[str | None] = "port"
+
+    @classmethod
+    def route_targets(cls, config: FrontendConfig) -> dict[str, str]:
+        return dict(config.routes)
+
+    @classmethod
+    def admin_token_required(cls, config: FrontendConfig) -> bool:
+        # Beyond loopback the admin routes only answer to a token (frontend_admin).
+        return not config.admin_token and not is_loopback(config.host)
+
+    @classmethod
+    def check_wiring(cls, config: FrontendConfig, wiring: Wiring) -> list[ConfigProblem]:
+        return check_routes(config, wiring)
+
+    @classmethod
+    def config_summary(cls, config: FrontendConfig) -> list[str]:
+        lines = [f"listen http://{config.host}:{config.port}"]
+        lines.extend(f"route {path} → {target}" for path, target in config.routes.items())
+        changed = non_default_fields(config)
+        for key in ("host", "port", "routes"):
+            changed.pop(key, None)
+        return lines + [f"{key} = {value!r}" for key, value in changed.items()]
 
     async def start(self) -> None:
         self.metrics = FrontendMetrics(self.runtime.registry)
@@ -165,7 +193,6 @@ class Frontend(Component[FrontendConfig]):
         routes.append(status_route(self))
         from starlette.middleware import Middleware
 
-        from dyn.net import is_loopback
         from dyn.roles.frontend_admin import AuthMiddleware
 
         auth = Middleware(

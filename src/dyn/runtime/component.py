@@ -33,6 +33,7 @@ from dyn.settings import Settings
 if TYPE_CHECKING:
     from dyn.context import Context
     from dyn.graph.model import ModelSpec
+    from dyn.graph.roles import ConfigProblem, Wiring
     from dyn.runtime.client import Client
     from dyn.runtime.runtime import Runtime
 
@@ -44,6 +45,7 @@ __all__ = [
     "EndpointFn",
     "depends",
     "endpoint",
+    "non_default_fields",
 ]
 
 
@@ -109,12 +111,28 @@ class ComponentInfo(msgspec.Struct, frozen=True):
 
 
 class Component(Generic[ConfigT]):
-    """Base class of every role. Subclasses set their config type as the type argument."""
+    """Base class of every role. Subclasses set their config type as the type argument.
+
+    A role also declares what it is, so that the graph, the CLI and the launchers ask it
+    instead of knowing roles by name. The class attributes and class methods below are
+    that declaration (the graph sees them as :class:`~dyn.graph.roles.RoleClass`); each
+    default describes a role that serves no HTTP of its own.
+    """
 
     config_type: ClassVar[type[msgspec.Struct]] = EmptyConfig
-    # A role like the frontend takes whatever dependencies the graph wires to it instead
-    # of declaring slots with depends().
+    # Takes whatever dependencies the graph wires to it (and calls them by slot or
+    # component name) instead of declaring slots with depends().
     open_dependencies: ClassVar[bool] = False
+    # Listens for HTTP itself: launchers stop it first (so no new request enters while
+    # the rest drains) and report its ``url`` attribute as the graph's URL.
+    serves_http: ClassVar[bool] = False
+    # Serves the admin routes that `dyn status` and `dyn route` call.
+    admin_routes: ClassVar[bool] = False
+    # The config field `dyn up --port` sets, if the role takes one; its replicas would
+    # share that port, so `dyn scale` refuses to add any.
+    port_field: ClassVar[str | None] = None
+    # A request body to show users (`dyn up` prints a curl line with it).
+    example_request: ClassVar[dict[str, Any] | None] = None
     config: ConfigT
     info: ComponentInfo
     # Set by the launcher before start(): the runtime serving this instance.
@@ -125,8 +143,6 @@ class Component(Generic[ConfigT]):
     model: ModelSpec | None = None
     # What the launch passes besides the graph (keys, log format); set by the launcher.
     run_settings: Settings = Settings()
-    # A request body to show users (`dyn up` prints a curl line with it).
-    example_request: ClassVar[dict[str, Any] | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -162,6 +178,30 @@ class Component(Generic[ConfigT]):
                     slots[value.slot] = value
         return slots
 
+    @classmethod
+    def route_targets(cls, config: Any) -> dict[str, str]:
+        """HTTP path -> ``component/endpoint`` for the routes this config serves (for a
+        role that serves HTTP; `dyn up` shows an example request for each target)."""
+        return {}
+
+    @classmethod
+    def admin_token_required(cls, config: Any) -> bool:
+        """Whether this config serves admin routes that only a token may call (e.g. it
+        listens beyond loopback) and sets no token of its own: `dyn up` then makes one."""
+        return False
+
+    @classmethod
+    def check_wiring(cls, config: Any, wiring: Wiring) -> list[ConfigProblem]:
+        """Problems of ``config`` given what the component is wired to, each as (path
+        below ``config``, message). Called once every component of a graph was read."""
+        return []
+
+    @classmethod
+    def config_summary(cls, config: Any) -> list[str]:
+        """The lines `dyn graph show` prints for ``config``: the fields not at their
+        defaults, ``name = value``."""
+        return [f"{key} = {value!r}" for key, value in non_default_fields(config).items()]
+
     def metadata(self) -> dict[str, Any]:
         """Facts published with this instance's discovery entries (e.g. a block size)."""
         return {}
@@ -184,3 +224,19 @@ class Component(Generic[ConfigT]):
 
     async def stop(self) -> None:
         """Release resources. Called after the endpoints are deregistered."""
+
+
+def non_default_fields(config: msgspec.Struct) -> dict[str, Any]:
+    """The config fields whose values differ from their defaults, by their YAML names."""
+    changed: dict[str, Any] = {}
+    for field in msgspec.structs.fields(config):
+        value = getattr(config, field.name)
+        if field.default is not msgspec.NODEFAULT:
+            default = field.default
+        elif field.default_factory is not msgspec.NODEFAULT:
+            default = field.default_factory()
+        else:
+            default = msgspec.NODEFAULT  # required: always worth showing
+        if value != default:
+            changed[field.encode_name] = value
+    return changed

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from dyn.kv.events import KvEvent
-from dyn.routing.kv.router import KvRouter, _Plan
+from dyn.routing.kv.router import KvRouter, RoutePlan
 
 __all__ = ["DEFAULT_TTL_S", "KvApproxRouter"]
 
@@ -58,7 +58,7 @@ class KvApproxRouter(KvRouter):
         self._expire()
         return self.index.match_keys(keys)
 
-    def routed(self, worker: str, plan: _Plan) -> None:
+    def routed(self, worker: str, plan: RoutePlan) -> None:
         self._guess(worker, plan.keys, plan.local)
 
     def peer_routed(self, worker: str, keys: list[int], local: list[int]) -> None:

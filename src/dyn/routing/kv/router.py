@@ -33,7 +33,7 @@ from dyn.routing.kv.sync import ReplicaSync
 from dyn.routing.kv.tracker import LoadTracker
 from dyn.routing.simple import Direct
 
-__all__ = ["KvRouter", "KvSettings", "block_size_of"]
+__all__ = ["KvRouter", "KvSettings", "RoutePlan", "block_size_of"]
 
 _PENDING_LIMIT = 4096  # plans kept between select and on_routed; the client calls both at once
 
@@ -99,7 +99,10 @@ def block_size_of(candidates: Sequence[Instance], fallback: int) -> int:
 
 
 @dataclass(frozen=True)
-class _Plan:
+class RoutePlan:
+    """What the router worked out for one request: its block keys, each worker's cached
+    overlap and score. Subclasses receive it in :meth:`KvRouter.routed`."""
+
     block_size: int
     keys: list[int]
     local: list[int]
@@ -127,7 +130,7 @@ class KvRouter(RoutingStrategy):
         self.loads: dict[str, WorkerLoad] = {}
         chosen_seed = self.settings.seed if self.settings.seed is not None else seed
         self._rng = random.Random(chosen_seed)
-        self._pending: dict[str, tuple[str, _Plan]] = {}
+        self._pending: dict[str, tuple[str, RoutePlan]] = {}
         self.sync: ReplicaSync | None = None
 
     def enable_sync(
@@ -148,7 +151,7 @@ class KvRouter(RoutingStrategy):
 
     # -- choosing ----------------------------------------------------------------------
 
-    def _plan(self, candidates: Sequence[Instance], request: RouteRequest) -> _Plan:
+    def _plan(self, candidates: Sequence[Instance], request: RouteRequest) -> RoutePlan:
         settings = self.settings
         block_size = block_size_of(candidates, settings.block_size)
         tokens = request.tokens
@@ -182,7 +185,7 @@ class KvRouter(RoutingStrategy):
                     cost=cost.cost,
                 )
             )
-        return _Plan(block_size, keys, local, extra, overlaps, scores)
+        return RoutePlan(block_size, keys, local, extra, overlaps, scores)
 
     def select(self, candidates: Sequence[Instance], request: RouteRequest) -> Instance:
         if request.instance_id is not None:
@@ -236,7 +239,7 @@ class KvRouter(RoutingStrategy):
             self.sync.local_add(request.request_id, worker, plan.local, plan.extra_blocks, prefill)
         self.routed(worker, plan)
 
-    def routed(self, worker: str, plan: _Plan) -> None:
+    def routed(self, worker: str, plan: RoutePlan) -> None:
         """Hook for subclasses: ``plan``'s request now runs on ``worker``."""
 
     def peer_routed(self, worker: str, keys: list[int], local: list[int]) -> None:

@@ -1,0 +1,109 @@
+"""What a graph, the CLI and the launchers may ask of a role class, without importing one.
+
+A graph names its roles by ``uses:`` (an entry point in ``dyn.roles`` or an import
+path). The graph package is data: it imports neither the runtime nor the roles, so it
+speaks to a role class through :class:`RoleClass`, the class-level half of
+:class:`~dyn.runtime.component.Component`. Every component class satisfies it; the
+runtime documents what each member means and what the defaults are.
+
+:func:`load_role` resolves a ``uses:`` value through :mod:`dyn.plugins` and checks the
+class has that shape. Launchers, which instantiate roles, resolve ``uses:`` themselves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import msgspec
+
+from dyn import plugins
+from dyn.errors import PluginError
+from dyn.graph.model import ComponentSpec, GraphSpec
+
+__all__ = [
+    "ConfigProblem",
+    "RoleClass",
+    "Slot",
+    "Wiring",
+    "http_components",
+    "load_role",
+    "role_of",
+    "role_path",
+]
+
+# A problem in a component's config: the path below ``config`` and the message.
+ConfigProblem = tuple[tuple[str | int, ...], str]
+
+
+class Slot(Protocol):
+    """A dependency slot a role declares: its default routing strategy, if any."""
+
+    @property
+    def strategy(self) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class Wiring:
+    """What a role sees of the graph around one of its components when it checks its
+    config (:meth:`RoleClass.check_wiring`).
+
+    ``targets`` maps every name the component may call by (a slot, or a component it
+    depends on) to the component that answers; ``endpoints`` maps each component whose
+    role could be resolved to its endpoint names; ``roles`` maps it to ``module:Class``.
+    """
+
+    component: str
+    targets: Mapping[str, str]
+    endpoints: Mapping[str, list[str]]
+    roles: Mapping[str, str]
+
+
+@runtime_checkable
+class RoleClass(Protocol):
+    """A component class, as the graph, the CLI and the launchers see it.
+
+    The members are documented on :class:`~dyn.runtime.component.Component`, which
+    gives each a default; a role overrides what it is.
+    """
+
+    config_type: type[msgspec.Struct]
+    open_dependencies: bool
+    serves_http: bool
+    admin_routes: bool
+    port_field: str | None
+    example_request: dict[str, Any] | None
+
+    def endpoints(self) -> Mapping[str, str]: ...
+    def dependency_slots(self) -> Mapping[str, Slot]: ...
+    def route_targets(self, config: Any) -> Mapping[str, str]: ...
+    def admin_token_required(self, config: Any) -> bool: ...
+    def check_wiring(self, config: Any, wiring: Wiring) -> list[ConfigProblem]: ...
+    def config_summary(self, config: Any) -> list[str]: ...
+
+
+def load_role(uses: str) -> RoleClass:
+    """The class a ``uses:`` value names, or a :class:`~dyn.errors.PluginError` saying
+    what exists. Exceptions the role's own module raises on import pass through."""
+    obj = plugins.load("dyn.roles", uses)
+    if not (isinstance(obj, type) and isinstance(obj, RoleClass)):
+        raise PluginError(
+            f"{uses!r} is not a component class (it must derive dyn.runtime.component.Component)"
+        )
+    return obj
+
+
+def role_of(spec: ComponentSpec) -> RoleClass:
+    """The role class of a validated component (imported once already, when validated)."""
+    return load_role(spec.uses)
+
+
+def http_components(graph: GraphSpec) -> list[ComponentSpec]:
+    """The components whose role serves HTTP itself (in the order of the file)."""
+    return [spec for spec in graph.components if role_of(spec).serves_http]
+
+
+def role_path(cls: Any) -> str:
+    """``module:Class``: how messages name a role class."""
+    return f"{cls.__module__}:{cls.__qualname__}"
