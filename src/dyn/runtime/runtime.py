@@ -25,6 +25,7 @@ from dyn.discovery.base import Discovery, Instance
 from dyn.errors import CallError, DynError, RemoteError
 from dyn.routing.base import RoutingStrategy
 from dyn.runtime import codec
+from dyn.runtime._typed import RequestReader, plain
 from dyn.runtime.client import Client
 from dyn.runtime.component import Component, ComponentInfo
 from dyn.transports.base import Transport
@@ -34,6 +35,16 @@ __all__ = ["Runtime", "new_instance_id"]
 _log = logging.getLogger("dyn.runtime")
 
 EndpointMethod = Callable[[Any, Context], AsyncIterator[Any]]
+
+
+class _Route:
+    """One served endpoint: its handler and how its payloads become its request."""
+
+    __slots__ = ("method", "reader")
+
+    def __init__(self, method: EndpointMethod, reader: RequestReader) -> None:
+        self.method = method
+        self.reader = reader
 
 
 def new_instance_id() -> str:
@@ -60,7 +71,9 @@ class Runtime:
         self.host = host
         self.registry = registry if registry is not None else CollectorRegistry()
         self.address = ""
-        self._routes: dict[str, EndpointMethod] = {}
+        self._routes: dict[str, _Route] = {}
+        # An object-carrying transport (in-process) gets objects and must get objects back.
+        self._objects = transport.carries_objects
         # Paths of withdrawn endpoints: a late call to one is told to go elsewhere.
         self._withdrawn: set[str] = set()
         self._registered: dict[int, list[Instance]] = {}
@@ -131,6 +144,7 @@ class Runtime:
         # `dyn status` shows uptimes from this; one clock reading for all endpoints.
         metadata = {"started_at": time.time(), **(metadata or {})}
         instances = []
+        types = type(component).endpoint_types()
         for name, method_name in type(component).endpoints().items():
             instance = Instance(
                 namespace=info.namespace,
@@ -145,12 +159,13 @@ class Runtime:
                 replica=info.replica,
                 metadata=dict(metadata),
             )
-            self._routes[instance.key] = getattr(component, method_name)
+            reader = RequestReader(name, types[name].request)
+            self._routes[instance.key] = _Route(getattr(component, method_name), reader)
             self._withdrawn.discard(instance.key)
             instances.append(instance)
         # Not in discovery: `dyn status` asks every instance this, by its address.
-        self._routes[health_path(info.namespace, info.component, info.instance_id)] = (
-            _health_handler(component, draining=False)
+        self._routes[health_path(info.namespace, info.component, info.instance_id)] = _Route(
+            _health_handler(component, draining=False), _UNTYPED
         )
         for instance in instances:
             await self.discovery.register(instance)
@@ -162,7 +177,7 @@ class Runtime:
         info = component.info
         path = health_path(info.namespace, info.component, info.instance_id)
         if path in self._routes:
-            self._routes[path] = _health_handler(component, draining=True)
+            self._routes[path] = _Route(_health_handler(component, draining=True), _UNTYPED)
         for instance in self._registered.pop(id(component), []):
             await self.discovery.deregister(instance)
             self._routes.pop(instance.key, None)
@@ -175,26 +190,35 @@ class Runtime:
         with anyio.move_on_after(timeout_s):
             try:
                 headers = {HEADER_DEADLINE: f"{timeout_s}"}
+                payload = {} if self._objects else codec.encode({})
                 async with self.transport.call(
-                    instance.address, path, codec.encode({}), headers
+                    instance.address,
+                    path,
+                    payload,
+                    headers,  # type: ignore[arg-type]
                 ) as call:
                     async for data in call:
-                        answer: dict[str, Any] = codec.decode(data)
+                        answer: dict[str, Any] = (
+                            plain(data) if self._objects else codec.decode(data)
+                        )
                         return answer
             except DynError as exc:
                 return {"state": "unhealthy", "reason": str(exc)}
             return {"state": "unhealthy", "reason": "no answer"}
         return {"state": "unhealthy", "reason": f"no answer within {timeout_s:g} s"}
 
-    async def _dispatch(self, path: str, payload: bytes, ctx: Context) -> AsyncIterator[bytes]:
-        method = self._routes.get(path)
-        if method is None:
+    async def _dispatch(self, path: str, payload: Any, ctx: Context) -> AsyncIterator[Any]:
+        route = self._routes.get(path)
+        if route is None:
             if path in self._withdrawn:
                 # A caller whose discovery is behind: "unavailable" lets it pick another.
                 raise CallError(f"{path!r} is shutting down", code="unavailable")
             raise CallError(f"no endpoint {path!r} here", code="not_found")
-        request = codec.decode(payload)
-        items = method(request, ctx)
+        # Decoded and checked once, here; a bad request never reaches the handler.
+        objects = self._objects
+        reader = route.reader
+        request = reader.from_object(payload) if objects else reader.from_bytes(payload)
+        items = route.method(request, ctx)
         step = items.__anext__
         try:
             while True:
@@ -208,7 +232,7 @@ class Runtime:
                     return
                 finally:
                     ctx.unbind(token)
-                yield codec.encode(item)
+                yield item if objects else codec.encode(item)
         except DynError:
             raise
         except Exception as exc:
@@ -222,6 +246,9 @@ class Runtime:
                 await items.aclose()  # type: ignore[attr-defined]
             finally:
                 ctx.unbind(token)
+
+
+_UNTYPED = RequestReader("_health", None)
 
 
 def health_path(namespace: str, component: str, instance_id: str) -> str:
