@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar, overload
 
 import anyio
 
-from dyn.contracts.base import EndpointRef
 from dyn.context import HEADER_DEADLINE, HEADER_REQUEST_ID, current_context, new_request_id
+from dyn.contracts.base import EndpointRef
 from dyn.discovery.base import Instance
 from dyn.errors import DeadlineExceeded, NoInstancesError, TransportError
 from dyn.routing.base import RouteRequest, RoutingStrategy
