@@ -37,16 +37,6 @@ _log = logging.getLogger("dyn.runtime")
 EndpointMethod = Callable[[Any, Context], AsyncIterator[Any]]
 
 
-class _Route:
-    """One served endpoint: its handler and how its payloads become its request."""
-
-    __slots__ = ("method", "reader")
-
-    def __init__(self, method: EndpointMethod, reader: RequestReader) -> None:
-        self.method = method
-        self.reader = reader
-
-
 def new_instance_id() -> str:
     return secrets.token_hex(8)
 
@@ -71,7 +61,9 @@ class Runtime:
         self.host = host
         self.registry = registry if registry is not None else CollectorRegistry()
         self.address = ""
-        self._routes: dict[str, _Route] = {}
+        self._routes: dict[str, EndpointMethod] = {}
+        # How each route's payloads become its handler's request (absent: plain data).
+        self._readers: dict[str, RequestReader] = {}
         # An object-carrying transport (in-process) gets objects and must get objects back.
         self._objects = transport.carries_objects
         # Paths of withdrawn endpoints: a late call to one is told to go elsewhere.
@@ -159,13 +151,13 @@ class Runtime:
                 replica=info.replica,
                 metadata=dict(metadata),
             )
-            reader = RequestReader(name, types[name].request)
-            self._routes[instance.key] = _Route(getattr(component, method_name), reader)
+            self._routes[instance.key] = getattr(component, method_name)
+            self._readers[instance.key] = RequestReader(name, types[name].request)
             self._withdrawn.discard(instance.key)
             instances.append(instance)
         # Not in discovery: `dyn status` asks every instance this, by its address.
-        self._routes[health_path(info.namespace, info.component, info.instance_id)] = _Route(
-            _health_handler(component, draining=False), _UNTYPED
+        self._routes[health_path(info.namespace, info.component, info.instance_id)] = (
+            _health_handler(component, draining=False)
         )
         for instance in instances:
             await self.discovery.register(instance)
@@ -177,10 +169,11 @@ class Runtime:
         info = component.info
         path = health_path(info.namespace, info.component, info.instance_id)
         if path in self._routes:
-            self._routes[path] = _Route(_health_handler(component, draining=True), _UNTYPED)
+            self._routes[path] = _health_handler(component, draining=True)
         for instance in self._registered.pop(id(component), []):
             await self.discovery.deregister(instance)
             self._routes.pop(instance.key, None)
+            self._readers.pop(instance.key, None)
             self._withdrawn.add(instance.key)
 
     async def probe_health(self, instance: Instance, timeout_s: float) -> dict[str, Any]:
@@ -190,13 +183,9 @@ class Runtime:
         with anyio.move_on_after(timeout_s):
             try:
                 headers = {HEADER_DEADLINE: f"{timeout_s}"}
-                payload = {} if self._objects else codec.encode({})
-                async with self.transport.call(
-                    instance.address,
-                    path,
-                    payload,
-                    headers,  # type: ignore[arg-type]
-                ) as call:
+                # An object-carrying transport takes the request as it is.
+                payload: Any = {} if self._objects else codec.encode({})
+                async with self.transport.call(instance.address, path, payload, headers) as call:
                     async for data in call:
                         answer: dict[str, Any] = (
                             plain(data) if self._objects else codec.decode(data)
@@ -208,17 +197,17 @@ class Runtime:
         return {"state": "unhealthy", "reason": f"no answer within {timeout_s:g} s"}
 
     async def _dispatch(self, path: str, payload: Any, ctx: Context) -> AsyncIterator[Any]:
-        route = self._routes.get(path)
-        if route is None:
+        method = self._routes.get(path)
+        if method is None:
             if path in self._withdrawn:
                 # A caller whose discovery is behind: "unavailable" lets it pick another.
                 raise CallError(f"{path!r} is shutting down", code="unavailable")
             raise CallError(f"no endpoint {path!r} here", code="not_found")
         # Decoded and checked once, here; a bad request never reaches the handler.
         objects = self._objects
-        reader = route.reader
+        reader = self._readers.get(path, _UNTYPED)
         request = reader.from_object(payload) if objects else reader.from_bytes(payload)
-        items = route.method(request, ctx)
+        items = method(request, ctx)
         step = items.__anext__
         try:
             while True:
