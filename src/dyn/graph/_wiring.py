@@ -53,6 +53,9 @@ def check_wiring(problems: Problems, drafts: list[Draft]) -> None:
         if draft.cls is not None and not draft.cls.open_dependencies:
             _check_slots(problems, draft)
     _check_cycles(problems, drafts)
+    from dyn.graph._contracts import check_contracts  # it imports this module
+
+    check_contracts(problems, drafts)
     by_name = {d.name: d for d in drafts}
     for draft in drafts:
         if isinstance(draft.config, FrontendConfig):
