@@ -7,7 +7,7 @@ from pathlib import Path
 
 import trustme
 
-from dyn.transports._tls import ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY
+from dyn.settings import TLS_CA_ENV, TLS_CERT_ENV, TLS_KEY_ENV
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,7 @@ class Member:
         return {"tls_cert": str(self.cert), "tls_key": str(self.key), "tls_ca": str(self.ca)}
 
     def env(self) -> dict[str, str]:
-        return {ENV_TLS_CERT: str(self.cert), ENV_TLS_KEY: str(self.key), ENV_TLS_CA: str(self.ca)}
+        return {TLS_CERT_ENV: str(self.cert), TLS_KEY_ENV: str(self.key), TLS_CA_ENV: str(self.ca)}
 
 
 @dataclass(frozen=True)

@@ -7,24 +7,33 @@ exceptions are mapped at the boundary with ``raise ... from exc``.
 ::
 
     DynError
-    ├── SpecError               a graph file or override is invalid (file, line, field)
-    ├── ConfigError             an environment variable or option is invalid (names it)
-    ├── PluginError             an unknown plugin name or an import path that fails
-    ├── DiscoveryError          the discovery backend cannot be reached or used
-    ├── RoutingError            no instance to route to, or a strategy refuses
-    │   └── NoInstancesError    the target component has no live instance
-    ├── LaunchError             a role failed to start, or a run cannot be found
-    └── CallError               a call to an endpoint failed (carries a wire ``code``)
-        ├── TransportError      the connection broke or could not be made
-        │   └── ProtocolError   the peer speaks another protocol or sent bad frames
-        ├── RemoteError         the handler raised; ``code`` and message come from it
-        ├── BadRequestError     the request payload is invalid
-        ├── OverloadedError     the server refuses more work for now (retry later)
-        ├── DeadlineExceeded    the request's deadline passed
-        └── CancelledByPeer     the other side cancelled the call
+    ├── SpecError                 a graph file or override is invalid (file, line, field)
+    ├── ConfigError               an environment variable or option is invalid (names it)
+    ├── PluginError               an unknown plugin name or an import path that fails
+    ├── DiscoveryError            the discovery backend cannot be reached or used
+    ├── RoutingError              no instance to route to, or a strategy refuses
+    │   └── NoInstancesError      the target component has no live instance
+    ├── LaunchError               a role failed to start, or a run cannot be found
+    └── CallError                 a call to an endpoint failed (wire ``code``, ``http_status``)
+        ├── TransportError        unavailable: this instance cannot serve it, another may  503
+        │   └── ProtocolError     protocol: the peer speaks another protocol or bad frames 502
+        ├── RemoteError           internal: the handler failed (a bug), or an unknown code 500
+        ├── BadRequestError       bad_request: the request payload is invalid              400
+        ├── NotFoundError         not_found: no endpoint with that path on the server      404
+        ├── PayloadTooLargeError  payload_too_large: the request is larger than allowed    413
+        ├── OverloadedError       overloaded: the server refuses more work for now         429
+        ├── DeadlineExceeded      deadline_exceeded: the request's deadline passed         504
+        └── CancelledByPeer       cancelled: the other side cancelled the call             499
+
+Every code an error frame carries belongs to exactly one ``CallError`` class (its
+``code``), and :func:`call_error_from_wire` rebuilds that class from the code; code outside
+this module tells errors apart by class, never by comparing codes. A code this version has
+no class for (sent by a newer peer) arrives as a :class:`RemoteError` that keeps it.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 __all__ = [
     "BadRequestError",
@@ -36,13 +45,16 @@ __all__ = [
     "DynError",
     "LaunchError",
     "NoInstancesError",
+    "NotFoundError",
     "OverloadedError",
+    "PayloadTooLargeError",
     "PluginError",
     "ProtocolError",
     "RemoteError",
     "RoutingError",
     "SpecError",
     "TransportError",
+    "as_call_error",
     "call_error_from_wire",
 ]
 
@@ -85,65 +97,98 @@ class LaunchError(DynError):
 
 
 class CallError(DynError):
-    """A call to an endpoint failed. ``code`` is the wire error code."""
+    """A call to an endpoint failed; raise one of the subclasses, never this class.
 
-    code = "internal"
+    ``code`` is what an error frame carries, ``http_status`` what the frontend answers a
+    client with. Both belong to the class: only a :class:`RemoteError` rebuilt from a code
+    this version does not know carries another code.
+    """
 
-    def __init__(self, message: str, *, code: str | None = None) -> None:
+    code: str = "internal"
+    http_status: ClassVar[int] = 500
+
+    def __init__(self, message: str) -> None:
+        if type(self) is CallError:
+            raise TypeError("raise a subclass of CallError, which names the wire code")
         super().__init__(message)
         self.message = message
-        if code is not None:
-            self.code = code
 
 
 class TransportError(CallError):
-    """The connection broke, was refused, or timed out."""
+    """This instance cannot serve the call, another may: the connection broke, was refused
+    or timed out, or the server withdrew the endpoint or lost what it needs to serve it (an
+    upstream). Callers count it against the instance and try another."""
 
     code = "unavailable"
+    http_status = 503
 
 
 class ProtocolError(TransportError):
     """The peer speaks another protocol version or sent a malformed frame."""
 
     code = "protocol"
+    http_status = 502
 
 
 class RemoteError(CallError):
-    """The remote handler raised an exception."""
+    """The remote handler failed (a bug), or a newer peer sent a code this version has no
+    class for; ``code`` then keeps that code."""
 
     code = "internal"
+    http_status = 500
 
 
 class BadRequestError(CallError):
     """The request payload is invalid."""
 
     code = "bad_request"
+    http_status = 400
+
+
+class NotFoundError(CallError):
+    """The server has no endpoint with that path (a caller with a stale or wrong path)."""
+
+    code = "not_found"
+    http_status = 404
+
+
+class PayloadTooLargeError(CallError):
+    """The request is larger than the server accepts."""
+
+    code = "payload_too_large"
+    http_status = 413
 
 
 class OverloadedError(CallError):
     """The server is at its bound of requests in flight and queued; retry later or elsewhere."""
 
     code = "overloaded"
+    http_status = 429
 
 
 class DeadlineExceeded(CallError):
     """The request's deadline passed before it completed."""
 
     code = "deadline_exceeded"
+    http_status = 504
 
 
 class CancelledByPeer(CallError):
     """The other side cancelled the call."""
 
     code = "cancelled"
+    http_status = 499  # nginx's "client closed request"; no standard status says it
 
 
-_BY_CODE: dict[str, type[CallError]] = {
+_CLASS_BY_CODE: dict[str, type[CallError]] = {
     cls.code: cls
     for cls in (
         TransportError,
         ProtocolError,
+        RemoteError,
         BadRequestError,
+        NotFoundError,
+        PayloadTooLargeError,
         OverloadedError,
         DeadlineExceeded,
         CancelledByPeer,
@@ -153,5 +198,25 @@ _BY_CODE: dict[str, type[CallError]] = {
 
 def call_error_from_wire(code: str, message: str) -> CallError:
     """Rebuild the typed error a handler raised from its wire ``code`` and message."""
-    cls = _BY_CODE.get(code, RemoteError)
-    return cls(message, code=code)
+    cls = _CLASS_BY_CODE.get(code)
+    if cls is not None:
+        return cls(message)
+    error = RemoteError(message)
+    error.code = code  # kept, so that a hop that passes it on sends what it received
+    return error
+
+
+def as_call_error(exc: BaseException) -> CallError:
+    """The error a handler's failure ``exc`` reaches its caller as.
+
+    A call error stays itself; a routing failure means this server cannot serve the call
+    now, so the caller may try another (``TransportError``); any other failure is a
+    ``RemoteError`` naming a foreign exception's type.
+    """
+    if isinstance(exc, CallError):
+        return exc
+    if isinstance(exc, RoutingError):
+        return TransportError(str(exc))
+    if isinstance(exc, DynError):
+        return RemoteError(str(exc))
+    return RemoteError(f"{type(exc).__name__}: {exc}")

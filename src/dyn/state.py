@@ -24,6 +24,7 @@ from pathlib import Path
 import msgspec
 
 from dyn.errors import LaunchError
+from dyn.settings import RUN_ID_ENV, STATE_DIR_ENV, XDG_STATE_HOME_ENV
 
 __all__ = [
     "RUN_ID_ENV",
@@ -41,9 +42,6 @@ __all__ = [
     "write_record",
 ]
 
-STATE_DIR_ENV = "DYN_STATE_DIR"
-# Set by `dyn up --detach` for its child: the run directory it made for the child's output.
-RUN_ID_ENV = "DYN_RUN_ID"
 # How many run ids an error message lists before it stops.
 _MAX_LISTED = 10
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.\[\]-]+")
@@ -54,7 +52,7 @@ def state_dir() -> Path:
     explicit = os.environ.get(STATE_DIR_ENV)
     if explicit:
         return Path(explicit).expanduser()
-    xdg = os.environ.get("XDG_STATE_HOME")
+    xdg = os.environ.get(XDG_STATE_HOME_ENV)
     # The XDG spec says relative values are invalid and must be ignored.
     if xdg and Path(xdg).is_absolute():
         return Path(xdg) / "dyn"

@@ -24,6 +24,7 @@ import anyio
 import anyio.to_thread
 import pytest
 from _certs import Certs
+from _dyn_graph import free_port
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -48,12 +49,6 @@ def make(name: str, **options: Any) -> Transport:
     # "+tls": the TLS files come from the environment, set by the transport_name fixture.
     transport: Transport = plugins.load("dyn.transports", name.removesuffix("+tls"))(**options)
     return transport
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(params=TRANSPORTS)

@@ -10,17 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from _dyn_graph import ROOT, free_port
 
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parents[2]
 HELLO = ROOT / "graphs" / "hello_world.yaml"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def port_in_use(port: int) -> bool:

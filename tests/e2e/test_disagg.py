@@ -7,14 +7,10 @@ metrics when the graph runs in one process.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
 import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +19,7 @@ from pathlib import Path
 import httpx
 import msgspec
 import pytest
+from _dyn_graph import ROOT, DynUp
 
 from dyn.kv.events import KvStored, WorkerUpdate
 from dyn.kv.hashing import local_block_hashes, sequence_hashes
@@ -30,7 +27,6 @@ from dyn.tokenizer import load_tokenizer
 
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parents[2]
 GRAPH = ROOT / "graphs" / "disagg.yaml"
 MODEL = "dyn-mock"
 BLOCK = 16
@@ -40,55 +36,15 @@ ROUTES = (
 )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Up:
+class Up(DynUp):
     """A `dyn up` of the disagg graph; its log (every role's lines) kept in a file."""
 
     def __init__(self, tmp: Path, *overrides: str, transport: str = "inproc") -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = tmp / "up.log"
-        self.state = tmp / "state"
-        args = [sys.executable, "-m", "dyn", "up", str(GRAPH), "--port", str(self.port)]
-        args += ["--transport", transport]
+        args = [str(GRAPH), "--transport", transport]
         for override in (ROUTES, *overrides):
             args += ["--set", override]
-        with self.log_path.open("w") as log:
-            self.proc = subprocess.Popen(
-                args,
-                stdout=subprocess.DEVNULL,
-                stderr=log,
-                cwd=ROOT,
-                env={**os.environ, "DYN_STATE_DIR": str(self.state), "PYTHONUNBUFFERED": "1"},
-            )
-        deadline = time.monotonic() + 60
-        while True:
-            assert self.proc.poll() is None, self.log()
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the disagg graph did not come up"
-            time.sleep(0.1)
-
-    def log(self) -> str:
-        return self.log_path.read_text()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        print(self.log()[-4000:])  # kept for a failing test's report
+        super().__init__(*args, state=tmp / "state", log_path=tmp / "up.log")
+        self.wait_healthy(timeout=60)
 
     def complete(self, text: str, **extra: object) -> httpx.Response:
         body = {"model": MODEL, "prompt": text, "max_tokens": 4, "ignore_eos": True, **extra}
@@ -132,7 +88,7 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
     try:
         yield graph
     finally:
-        graph.stop()
+        graph.stop(timeout=30)
 
 
 def test_long_prompts_go_remote_and_short_ones_stay_local(up: Up) -> None:
@@ -223,7 +179,7 @@ def test_a_full_queue_answers_429_when_configured(tmp_path: Path) -> None:
         assert "prefill queue is full" in refused.json()["error"]["message"]
         assert graph.metric("dyn_prefill_rejected_total") >= 1
     finally:
-        graph.stop()
+        graph.stop(timeout=30)
 
 
 def test_killing_the_prefill_worker_mid_job_loses_no_request(tmp_path: Path) -> None:
@@ -247,10 +203,7 @@ def test_killing_the_prefill_worker_mid_job_loses_no_request(tmp_path: Path) -> 
                 )
                 holder = found.group(1) if found else None
                 time.sleep(0.05)
-            (run,) = (graph.state / "runs").iterdir()
-            roles = json.loads((run / "run.json").read_text())["roles"]
-            pid = next(r["pid"] for r in roles if r["role"] == holder)
-            os.kill(pid, signal.SIGKILL)
+            os.kill(graph.role_pids()[holder], signal.SIGKILL)
             response = reply.result(timeout=60)
         assert response.status_code == 200
         usage = response.json()["usage"]
@@ -260,4 +213,4 @@ def test_killing_the_prefill_worker_mid_job_loses_no_request(tmp_path: Path) -> 
         # Once, and once more after the lease lapsed; the survivor renews its own lease.
         assert len(deliveries) == 2 and not deliveries[1].startswith(holder)
     finally:
-        graph.stop()
+        graph.stop(timeout=30)

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from _dyn_graph import ROOT, free_port
+from _dyn_graph import ROOT, DynUp
 from _etcd_server import ETCD, running_etcd
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
@@ -46,17 +46,11 @@ def test_down_removes_only_the_runs_registrations(tmp_path: Path) -> None:
         httpx.post(f"{url}/v3/kv/put", json={"key": _b64(foreign), "value": "", "lease": lease})
 
         env = {**os.environ, "DYN_STATE_DIR": str(tmp_path / "state")}
-        port = free_port()
-        up = subprocess.Popen(
-            [sys.executable, "-m", "dyn", "up", str(graph), "--port", str(port)],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        up = DynUp(str(graph), state=tmp_path / "state", log_path=tmp_path / "up.log")
         deadline = time.monotonic() + 30
         record: dict[str, object] = {}
         while not record.get("roles"):
-            assert up.poll() is None and time.monotonic() < deadline
+            assert up.returncode is None and time.monotonic() < deadline
             found = list((tmp_path / "state").glob("runs/*/run.json"))
             record = json.loads(found[0].read_text()) if found else {}
             time.sleep(0.1)
@@ -69,7 +63,6 @@ def test_down_removes_only_the_runs_registrations(tmp_path: Path) -> None:
         for role in roles:
             os.killpg(role["pid"], signal.SIGKILL)
         up.kill()
-        up.wait()
 
         down = subprocess.run(
             [sys.executable, "-m", "dyn", "down"], env=env, capture_output=True, text=True

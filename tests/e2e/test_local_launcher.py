@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +12,7 @@ from pathlib import Path
 import anyio
 import httpx
 import pytest
+from _dyn_graph import DynUp
 
 from dyn.discovery.file import FileDiscovery
 
@@ -22,12 +20,6 @@ pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
 HELLO = ROOT / "graphs" / "hello_world.yaml"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def pid_alive(pid: int) -> bool:
@@ -40,53 +32,6 @@ def pid_alive(pid: int) -> bool:
         return f.read().split(") ", 1)[1][0] != "Z"
 
 
-class Up:
-    """A `dyn up` process with its own state directory."""
-
-    def __init__(self, state: Path, *args: str) -> None:
-        self.state = state
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dyn", "up", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "DYN_STATE_DIR": str(state), "PYTHONUNBUFFERED": "1"},
-            cwd=ROOT,
-        )
-
-    def wait_healthy(self, url: str, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"dyn up exited early:\n{self.proc.stderr.read()}")  # type: ignore[union-attr]
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError("dyn up did not become healthy")
-
-    def record(self) -> dict[str, object]:
-        (run,) = (self.state / "runs").iterdir()
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            record = json.loads((run / "run.json").read_text())
-            if record["frontend_url"]:
-                return dict(record)
-            time.sleep(0.05)
-        raise AssertionError("the run record never named the frontend")
-
-    def stop(self, sig: signal.Signals = signal.SIGINT) -> tuple[str, str]:
-        self.proc.send_signal(sig)
-        return self.proc.communicate(timeout=60)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-
 @pytest.fixture
 def state(tmp_path: Path) -> Iterator[Path]:
     yield tmp_path / "state"
@@ -94,24 +39,24 @@ def state(tmp_path: Path) -> Iterator[Path]:
 
 @pytest.mark.parametrize("transport", ["tcp", "grpc"])
 def test_hello_world_as_separate_processes(state: Path, transport: str) -> None:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    up = Up(state, str(HELLO), "--transport", transport, "--port", str(port))
+    up = DynUp(str(HELLO), "--transport", transport, state=state, log_path=state.parent / "up.log")
+    url = up.url
     try:
-        up.wait_healthy(url)
+        up.wait_healthy(timeout=30)
         with httpx.stream("POST", f"{url}/generate", content=b'{"text":"test"}') as resp:
             assert list(resp.iter_lines()) == ["Frontend: Middle: Backend: test-mid-back"]
         record = up.record()
-        roles = {r["role"]: r["pid"] for r in record["roles"]}  # type: ignore[attr-defined]
+        roles = {r["role"]: r["pid"] for r in record["roles"]}
         assert set(roles) == {"frontend", "middle", "backend"}
         assert len(set(roles.values())) == 3 and os.getpid() not in roles.values()
         assert all(pid_alive(pid) for pid in roles.values())
-        addresses = [r["address"] for r in record["roles"] if r["address"]]  # type: ignore[attr-defined]
+        addresses = [r["address"] for r in record["roles"] if r["address"]]
         assert addresses and all(a.startswith(f"{transport}://") for a in addresses)
-        out, err = up.stop()
+        up.stop()
     finally:
         up.kill()
-    assert up.proc.returncode == 0, err
+    err = up.log()
+    assert up.returncode == 0, err
     assert "backend stopped" in err
     assert all(not pid_alive(pid) for pid in roles.values()), "a role process is left"
     for address in [url, *addresses]:
@@ -128,12 +73,11 @@ def test_sigkilled_role_leaves_discovery_within_ttl(state: Path, tmp_path: Path)
             "discovery: memory", f"discovery: {{backend: file, ttl_s: {ttl}}}"
         )
     )
-    port = free_port()
-    up = Up(state, str(graph), "--transport", "tcp", "--port", str(port))
+    up = DynUp(str(graph), "--transport", "tcp", state=state, log_path=tmp_path / "up.log")
     try:
-        up.wait_healthy(f"http://127.0.0.1:{port}")
+        up.wait_healthy(timeout=30)
         record = up.record()
-        backend_pid = next(r["pid"] for r in record["roles"] if r["role"] == "backend")  # type: ignore[attr-defined]
+        backend_pid = next(r["pid"] for r in record["roles"] if r["role"] == "backend")
         discovery_dir = str(record["discovery_dir"])
 
         async def gone_after_kill() -> float:
@@ -160,12 +104,20 @@ def test_role_crash_during_startup_fails_up_with_its_log(state: Path) -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        up = Up(state, str(HELLO), "--transport", "tcp", "--port", str(port))
+        up = DynUp(
+            str(HELLO),
+            "--transport",
+            "tcp",
+            port=port,
+            state=state,
+            log_path=state.parent / "up.log",
+        )
         try:
-            out, err = up.proc.communicate(timeout=60)
+            up.wait(60)
         finally:
             up.kill()
-    assert up.proc.returncode == 1
+    err = up.log()
+    assert up.returncode == 1
     assert "role 'frontend' exited with code 1 during start-up" in err
     assert f"cannot listen on 127.0.0.1:{port}" in err
     assert "Traceback" not in err

@@ -14,11 +14,12 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from _dyn_graph import free_port
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 
@@ -242,13 +243,6 @@ def netns_cluster(root: Path, count: int = 3) -> Cluster:
     return cluster
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def loopback_cluster(root: Path, count: int = 3) -> Cluster:
     """The fallback: ``count`` sshds on loopback ports, every node at 127.0.0.1."""
     root.mkdir(parents=True, exist_ok=True)
@@ -256,7 +250,7 @@ def loopback_cluster(root: Path, count: int = 3) -> Cluster:
     cluster = Cluster(root, [], key)
     try:
         for i in range(1, count + 1):
-            node = Node(f"node{i}", "127.0.0.1", _free_port(), None)
+            node = Node(f"node{i}", "127.0.0.1", free_port(), None)
             cluster.nodes.append(node)
             _start_sshd(root, node)
         _wait_listening(cluster)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -21,7 +20,8 @@ from pathlib import Path
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).parent))
+# Run as a script: the helpers beside it and the shared ones one level up.
+sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parents[1])]
 
 from _cluster import netns_cluster, netns_possible  # noqa: E402
 from test_multinode import Up, write_graph  # noqa: E402
@@ -83,8 +83,7 @@ def main() -> None:
                     for c in (int(x) for x in args.connections.split(","))
                 }
             finally:
-                up.process.send_signal(signal.SIGINT)
-                up.process.wait(60)
+                up.stop()
     finally:
         cluster.close()
         shutil.rmtree(root, ignore_errors=True)

@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -34,6 +33,7 @@ from _cluster import (
     netns_cluster,
     netns_possible,
 )
+from _dyn_graph import DynProcess, free_port
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -46,13 +46,6 @@ _WHY_NOT_NETNS = (
     "DYN_TEST_LOOPBACK_SSH is set" if os.environ.get("DYN_TEST_LOOPBACK_SSH") else netns_possible()
 )
 VARIANT = "netns" if _WHY_NOT_NETNS is None else f"loopback ({_WHY_NOT_NETNS})"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +81,7 @@ def write_graph(cluster: Cluster, path: Path, offset: int = 0, **changes: Any) -
     beside the module's shared one take an ``offset`` for their ports on node1."""
     doc = yaml.safe_load((REPO / "graphs" / "multinode.yaml").read_text())
     first = cluster.nodes[0]
-    etcd_port = 2379 + 10 * offset if first.netns else _free_port()
+    etcd_port = 2379 + 10 * offset if first.netns else free_port()
     doc["discovery"]["ttl_s"] = TTL_S
     doc["discovery"]["options"]["endpoints"] = f"http://{first.address}:{etcd_port}"
     doc["nodes"] = {
@@ -103,7 +96,7 @@ def write_graph(cluster: Cluster, path: Path, offset: int = 0, **changes: Any) -
     }
     frontend = doc["components"]["frontend"]["config"]
     frontend["host"] = first.address
-    frontend["port"] = FRONTEND_PORT + offset if first.netns else _free_port()
+    frontend["port"] = FRONTEND_PORT + offset if first.netns else free_port()
     for dotted, value in changes.items():
         *parents, leaf = dotted.split("__")
         target = doc
@@ -114,35 +107,24 @@ def write_graph(cluster: Cluster, path: Path, offset: int = 0, **changes: Any) -
     return path
 
 
-class Up:
+def on_node(node: Any) -> list[str]:
+    """The command that runs dyn on ``node`` (inside its namespace, if it has one)."""
+    return ["ip", "netns", "exec", node.netns, DYN] if node.netns else [DYN]
+
+
+class Up(DynProcess):
     """`dyn up` running on node1."""
 
     def __init__(self, cluster: Cluster, graph: Path, state_dir: Path) -> None:
         self.cluster = cluster
-        self.env = {**os.environ, "DYN_STATE_DIR": str(state_dir)}
-        node1 = cluster.nodes[0]
-        prefix = ["ip", "netns", "exec", node1.netns] if node1.netns else []
-        self.log = (state_dir / "up.log").open("w+")
-        self.process = subprocess.Popen(
-            [*prefix, DYN, "up", str(graph)],
-            env=self.env,
-            stdout=subprocess.PIPE,
-            stderr=self.log,
-            text=True,
+        super().__init__(
+            "up",
+            str(graph),
+            log_path=state_dir / "up.log",
+            state=state_dir,
+            command=on_node(cluster.nodes[0]),
         )
-        self.url = self._wait_url()
-
-    def _wait_url(self) -> str:
-        assert self.process.stdout is not None
-        deadline = time.monotonic() + 90
-        for line in self.process.stdout:
-            match = re.match(r"Serving on (\S+)", line)
-            if match:
-                return match.group(1)
-            if time.monotonic() > deadline:
-                break
-        self.log.seek(0)
-        raise AssertionError(f"dyn up did not serve; its output:\n{self.log.read()}")
+        self.url = self.wait_serving(timeout=90)
 
     def status(self) -> dict[str, Any]:
         out = subprocess.run(
@@ -164,9 +146,7 @@ class Up:
         return httpx.post(f"{self.url}/generate", json={"prompt": prompt}, timeout=10)
 
     def output(self) -> str:
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read()
+        return self.log()
 
 
 @pytest.fixture(scope="module")
@@ -178,16 +158,7 @@ def up(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[U
     )
     running = Up(cluster, graph, state_dir)
     yield running
-    if running.process.poll() is None:
-        running.process.send_signal(signal.SIGINT)
-        try:
-            running.process.wait(60)
-        except subprocess.TimeoutExpired:
-            running.process.kill()
-            running.process.wait()
-    assert running.process.stdout is not None
-    running.process.stdout.close()
-    running.log.close()
+    running.stop()
 
 
 @pytest.mark.parametrize("variant", [VARIANT])
@@ -359,13 +330,15 @@ def test_a_worker_started_by_hand_registers_and_gets_traffic(up: Up) -> None:
     before = [r for r in up.status()["instances"] if r["node"] == "node3"]
     assert not [r for r in before if r["state"] == "healthy"], "needs node3 without a worker"
     graph = up.record()["graph_file"]
-    prefix = ["ip", "netns", "exec", node3.netns] if node3.netns else []
-    joined = subprocess.Popen(
-        [*prefix, DYN, "join", graph, "worker", "--node", "node3"],
-        env=up.env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+    joined = DynProcess(
+        "join",
+        graph,
+        "worker",
+        "--node",
+        "node3",
+        log_path=up.log_path.with_name("join.log"),
+        state=up.state,
+        command=on_node(node3),
     )
     try:
         deadline = time.monotonic() + 30
@@ -377,14 +350,12 @@ def test_a_worker_started_by_hand_registers_and_gets_traffic(up: Up) -> None:
         rows = [r for r in up.status()["instances"] if r["node"] == "node3"]
         assert any(r["state"] == "healthy" and r["replica"] == 100 for r in rows)
     finally:
-        joined.send_signal(signal.SIGTERM)
-        _, err = joined.communicate(timeout=30)
-    assert joined.returncode == 0, err
+        joined.stop(signal.SIGTERM, timeout=30)
+    assert joined.returncode == 0, joined.log()
 
 
 def test_ctrl_c_leaves_no_process_on_any_node(up: Up) -> None:
-    up.process.send_signal(signal.SIGINT)
-    assert up.process.wait(60) == 0, up.output()
+    assert up.stop() == 0, up.output()
     deadline = time.monotonic() + 10
     left: dict[str, set[int]] = {}
     while time.monotonic() < deadline:
@@ -427,15 +398,17 @@ def test_unreachable_node_and_missing_dyn_fail_naming_the_node(
         nodes__node3__python=str(old),
     )
     doc = yaml.safe_load(graph.read_text())
-    doc["nodes"]["node1"]["port"] = _free_port()  # nothing listens there: refused
+    doc["nodes"]["node1"]["port"] = free_port()  # nothing listens there: refused
     doc["nodes"]["node1"]["host"] = "127.0.0.1"
     graph.write_text(yaml.safe_dump(doc))
     env = {**os.environ, "DYN_STATE_DIR": str(tmp_path / "state")}
-    node1 = cluster.nodes[0]
-    prefix = ["ip", "netns", "exec", node1.netns] if node1.netns else []
     began = time.monotonic()
     out = subprocess.run(
-        [*prefix, DYN, "up", str(graph)], env=env, capture_output=True, text=True, timeout=60
+        [*on_node(cluster.nodes[0]), "up", str(graph)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert out.returncode == 1, out.stderr
     assert "3 node(s) cannot run roles" in out.stderr
@@ -454,11 +427,7 @@ def test_dyn_down_cleans_up_after_a_killed_dyn_up(cluster: Cluster, tmp_path: Pa
     state_dir.mkdir()
     up = Up(cluster, write_graph(cluster, state_dir / "multinode.yaml", offset=1), state_dir)
     record = up.record()
-    os.kill(up.process.pid, signal.SIGKILL)  # `ip netns exec` execs dyn up: same pid
-    up.process.wait()
-    assert up.process.stdout is not None
-    up.process.stdout.close()
-    up.log.close()
+    up.kill()  # SIGKILL; `ip netns exec` execs dyn up: same pid
     node1 = cluster.nodes[0]
     down = node1.run([DYN, "down"], env=up.env, timeout=120)
     assert down.returncode == 0, down.stderr
@@ -484,8 +453,4 @@ def test_the_graph_runs_over_grpc_too(cluster: Cluster, tmp_path: Path) -> None:
         ends = {up.generate(f"g{i}").json()["text"].rsplit("_", 1)[1] for i in range(6)}
         assert ends == {"node2", "node3"}
     finally:
-        up.process.send_signal(signal.SIGINT)
-        assert up.process.wait(60) == 0, up.output()
-        assert up.process.stdout is not None
-        up.process.stdout.close()
-        up.log.close()
+        assert up.stop() == 0, up.output()

@@ -13,8 +13,9 @@ import anyio
 import anyio.lowlevel
 import httpx
 import pytest
-from _graph_up import KV_GRAPH, completion_body, free_port, prompts
+from _dyn_graph import free_port
 from _inprocess import serve_graph
+from _streams import KV_GRAPH, completion_body, prompts
 
 from dyn.openai.admission import Admission
 from dyn.roles.frontend import Frontend

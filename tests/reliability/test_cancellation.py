@@ -11,8 +11,9 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from _graph_up import KV_GRAPH, completion_body, free_port, prompts
+from _dyn_graph import free_port
 from _inprocess import metric, serve_graph
+from _streams import KV_GRAPH, completion_body, prompts
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 

@@ -15,6 +15,7 @@ from grpclib.exceptions import GRPCError
 from dyn import plugins
 from dyn.context import Context
 from dyn.errors import ProtocolError
+from dyn.settings import CLUSTER_SECRET_ENV
 from dyn.transports import _auth
 from dyn.transports._tcp_frames import FLAG_AUTH, encode_preface, encode_request, parse_preface
 from dyn.transports.base import Transport
@@ -59,9 +60,9 @@ async def secured(
 ) -> AsyncIterator[tuple[str, str]]:
     """A server holding SECRET (from the environment), and its address."""
     name = str(request.param)
-    monkeypatch.setenv(_auth.ENV_CLUSTER_SECRET, SECRET)
+    monkeypatch.setenv(CLUSTER_SECRET_ENV, SECRET)
     server = make(name)
-    monkeypatch.delenv(_auth.ENV_CLUSTER_SECRET)
+    monkeypatch.delenv(CLUSTER_SECRET_ENV)
     CALLS.clear()
     async with anyio.create_task_group() as tasks:
         address = await tasks.start(
@@ -385,8 +386,8 @@ def test_full_replay_cache_shrinks_the_window_instead_of_forgetting() -> None:
 def test_secret_comes_from_the_option_before_the_environment(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv(_auth.ENV_CLUSTER_SECRET, "from-env")
+    monkeypatch.setenv(CLUSTER_SECRET_ENV, "from-env")
     assert _auth.resolve_secret(None) == b"from-env"
     assert _auth.resolve_secret("opt") == b"opt"
-    monkeypatch.setenv(_auth.ENV_CLUSTER_SECRET, "")
+    monkeypatch.setenv(CLUSTER_SECRET_ENV, "")
     assert _auth.resolve_secret(None) is None

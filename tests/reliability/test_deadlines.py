@@ -8,8 +8,9 @@ import time
 import anyio
 import httpx
 import pytest
-from _graph_up import KV_GRAPH, completion_body, free_port
+from _dyn_graph import free_port
 from _inprocess import metric, serve_graph
+from _streams import KV_GRAPH, completion_body
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 

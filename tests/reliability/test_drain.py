@@ -13,7 +13,8 @@ from pathlib import Path
 import anyio
 import httpx
 import pytest
-from _graph_up import KV_GRAPH, Streamed, Up, completion_body, prompts, run_streams
+from _dyn_graph import DynUp
+from _streams import KV_GRAPH, Streamed, completion_body, prompts, run_streams
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -44,8 +45,7 @@ async def _wait_busy(url: str, role: str, timeout_s: float = 10.0) -> bool:
 
 
 def test_sigterm_a_worker_under_load_fails_no_request(tmp_path: Path) -> None:
-    up = Up(
-        tmp_path / "state",
+    up = DynUp(
         str(KV_GRAPH),
         "--transport",
         "tcp",
@@ -53,6 +53,8 @@ def test_sigterm_a_worker_under_load_fails_no_request(tmp_path: Path) -> None:
         "worker.replicas=3",
         "--set",
         "worker.speedup_ratio=10",
+        state=tmp_path / "state",
+        log_path=tmp_path / "up.log",
     )
     try:
         up.wait_healthy()
@@ -105,8 +107,7 @@ def test_sigterm_a_worker_under_load_fails_no_request(tmp_path: Path) -> None:
 def test_sigterm_the_frontend_answers_503_while_in_flight_requests_finish(
     tmp_path: Path,
 ) -> None:
-    up = Up(
-        tmp_path / "state",
+    up = DynUp(
         str(KV_GRAPH),
         "--transport",
         "tcp",
@@ -114,6 +115,8 @@ def test_sigterm_the_frontend_answers_503_while_in_flight_requests_finish(
         "worker.replicas=1",
         "--set",
         "worker.speedup_ratio=2",
+        state=tmp_path / "state",
+        log_path=tmp_path / "up.log",
     )
     try:
         up.wait_healthy()
@@ -127,7 +130,7 @@ def test_sigterm_the_frontend_answers_503_while_in_flight_requests_finish(
                     results = [Streamed() for _ in range(4)]
 
                     async def long(i: int) -> None:
-                        from _graph_up import stream_completion
+                        from _streams import stream_completion
 
                         results[i] = await stream_completion(http, f"long {i}", 200)
 

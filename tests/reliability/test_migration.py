@@ -4,7 +4,7 @@ The worker is stopped (SIGSTOP) for a moment before the kill: the streams that t
 silent are the ones it serves. With migration on (the default limit, 3) every request
 completes with exactly its token count and the same text as an undisturbed run: the
 resent request carries the prompt plus the tokens already generated, and the mocker's
-output is a function of the seed and the context only; the migrated requests are exactly
+output is a function of the sampling seed and the context only; the migrated requests are exactly
 the silent ones, and ``dyn_migrations_total`` counts them. With ``migration_limit: 0``
 exactly the silent requests end with an in-band error event followed by ``[DONE]``;
 every other request completes.
@@ -21,7 +21,8 @@ from pathlib import Path
 import anyio
 import httpx
 import pytest
-from _graph_up import KV_GRAPH, Streamed, Up, prompts, run_streams
+from _dyn_graph import DynUp
+from _streams import KV_GRAPH, Streamed, prompts, run_streams
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -35,9 +36,8 @@ KILL_AFTER_STARTED = 64
 STALL_S = 0.5
 
 
-def _up(tmp_path: Path, *extra: str) -> Up:
-    return Up(
-        tmp_path / "state",
+def _up(tmp_path: Path, *extra: str) -> DynUp:
+    return DynUp(
         str(KV_GRAPH),
         "--transport",
         "tcp",
@@ -46,10 +46,12 @@ def _up(tmp_path: Path, *extra: str) -> Up:
         "--set",
         "worker.speedup_ratio=10",
         *extra,
+        state=tmp_path / "state",
+        log_path=tmp_path / "up.log",
     )
 
 
-async def _run_and_kill(up: Up, texts: list[str]) -> tuple[list[Streamed], set[str], float]:
+async def _run_and_kill(up: DynUp, texts: list[str]) -> tuple[list[Streamed], set[str], float]:
     """Stream every prompt; once enough requests have started, SIGSTOP worker[1], take
     the requests whose streams then stall (those it was serving), and SIGKILL it."""
     started: dict[str, Streamed] = {}
@@ -91,7 +93,7 @@ async def _run_and_kill(up: Up, texts: list[str]) -> tuple[list[Streamed], set[s
     return results, stalled, time.monotonic() - killed_at
 
 
-def _migrations(up: Up) -> tuple[list[str], float]:
+def _migrations(up: DynUp) -> tuple[list[str], float]:
     """The request ids the processor logged as migrated, and its dyn_migrations_total
     (from ``GET /admin/route``: the processor runs in a process of its own)."""
     logged = re.findall(r"request (\S+): .*; migrating after", up.log())

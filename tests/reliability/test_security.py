@@ -6,8 +6,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from _graph_up import KV_GRAPH, Up, completion_body, free_port
+from _dyn_graph import DynUp, free_port
 from _inprocess import serve_graph
+from _streams import KV_GRAPH, completion_body
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 
@@ -59,7 +60,15 @@ async def test_admin_routes_need_the_token_beyond_loopback() -> None:
 
 @pytest.mark.e2e
 def test_dyn_up_api_key_reaches_the_frontend_process(tmp_path: Path) -> None:
-    up = Up(tmp_path / "state", str(KV_GRAPH), "--transport", "tcp", "--api-key", KEY)
+    up = DynUp(
+        str(KV_GRAPH),
+        "--transport",
+        "tcp",
+        "--api-key",
+        KEY,
+        state=tmp_path / "state",
+        log_path=tmp_path / "up.log",
+    )
     try:
         up.wait_healthy()
         body = {**completion_body("hi", 2), "stream": False}

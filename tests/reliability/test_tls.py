@@ -17,8 +17,8 @@ from _certs import Certs
 from dyn import plugins
 from dyn.context import Context
 from dyn.errors import ConfigError, ProtocolError, TransportError
+from dyn.settings import TLS_CA_ENV, TLS_CERT_ENV, TLS_KEY_ENV
 from dyn.transports._tcp_client import ClientConnection
-from dyn.transports._tls import ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY
 from dyn.transports.base import PROTOCOL_VERSION, Transport
 from dyn.transports.grpc._client import GrpcCall, PooledChannel
 from dyn.transports.grpc._wire import CallRequest
@@ -108,7 +108,7 @@ async def test_peers_from_another_ca_are_refused(
         for _ in range(2):  # and again on a fresh connection
             with pytest.raises(TransportError, match=refusal) as caught:
                 await call(outsider, address)
-            assert ENV_TLS_CA in str(caught.value)  # the message says what to check
+            assert TLS_CA_ENV in str(caught.value)  # the message says what to check
         assert CALLS == []
         assert await call(member, address) == expected(3)  # the server is unharmed
     finally:
@@ -168,7 +168,7 @@ async def test_plain_and_tls_peers_fail_clearly_and_harm_nobody(
         async with tls.call(tls_address, "count", b"50", {}) as on_tls:
             async with plain.call(plain_address, "count", b"50", {}) as on_plain:
                 first = [await on_tls.__anext__(), await on_plain.__anext__()]
-                with pytest.raises(TransportError, match=f"set {ENV_TLS_CERT}, {ENV_TLS_KEY}"):
+                with pytest.raises(TransportError, match=f"set {TLS_CERT_ENV}, {TLS_KEY_ENV}"):
                     await call(plain, tls_address)
                 with pytest.raises(TransportError, match="this client uses TLS"):
                     await call(tls, plain_address)
@@ -202,21 +202,21 @@ def test_partial_or_bad_configuration_fails_at_start_naming_the_variable(
     name: str, certs: Certs, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
 ) -> None:
     files = certs.server.env()
-    monkeypatch.setenv(ENV_TLS_CERT, files[ENV_TLS_CERT])
-    with pytest.raises(ConfigError, match=f"{ENV_TLS_CERT} is set but {ENV_TLS_KEY} and"):
+    monkeypatch.setenv(TLS_CERT_ENV, files[TLS_CERT_ENV])
+    with pytest.raises(ConfigError, match=f"{TLS_CERT_ENV} is set but {TLS_KEY_ENV} and"):
         make(name)
-    monkeypatch.setenv(ENV_TLS_KEY, files[ENV_TLS_KEY])
-    with pytest.raises(ConfigError, match=f"but {ENV_TLS_CA} is not; set it"):
+    monkeypatch.setenv(TLS_KEY_ENV, files[TLS_KEY_ENV])
+    with pytest.raises(ConfigError, match=f"but {TLS_CA_ENV} is not; set it"):
         make(name)
-    monkeypatch.setenv(ENV_TLS_CA, str(tmp_path / "missing.pem"))
-    with pytest.raises(ConfigError, match=f"{ENV_TLS_CA}=.*missing.pem: cannot read it"):
+    monkeypatch.setenv(TLS_CA_ENV, str(tmp_path / "missing.pem"))
+    with pytest.raises(ConfigError, match=f"{TLS_CA_ENV}=.*missing.pem: cannot read it"):
         make(name)
-    monkeypatch.setenv(ENV_TLS_CA, files[ENV_TLS_CA])
-    monkeypatch.setenv(ENV_TLS_KEY, str(certs.client.key))  # another certificate's key
-    with pytest.raises(ConfigError, match=f"{ENV_TLS_KEY}=.*the key must be the certificate's"):
+    monkeypatch.setenv(TLS_CA_ENV, files[TLS_CA_ENV])
+    monkeypatch.setenv(TLS_KEY_ENV, str(certs.client.key))  # another certificate's key
+    with pytest.raises(ConfigError, match=f"{TLS_KEY_ENV}=.*the key must be the certificate's"):
         make(name)
-    monkeypatch.setenv(ENV_TLS_KEY, "")  # empty counts as unset, as with the secret
-    with pytest.raises(ConfigError, match=f"{ENV_TLS_KEY} is not"):
+    monkeypatch.setenv(TLS_KEY_ENV, "")  # empty counts as unset, as with the secret
+    with pytest.raises(ConfigError, match=f"{TLS_KEY_ENV} is not"):
         make(name)
     for variable in files:
         monkeypatch.setenv(variable, "")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
 import uvicorn
+from _dyn_graph import free_port
 from starlette.applications import Starlette
 
 from dyn.openai import GenerateOutput, GenerateRequest, ModelInfo, OpenAIMetrics
@@ -60,12 +60,6 @@ class FakeBackend:
             if self.delay:
                 await anyio.sleep(self.delay)
             yield output
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @asynccontextmanager

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
 import httpx
 import pytest
+from _dyn_graph import free_port
 from rich.console import Console
 from typer.testing import CliRunner
 
@@ -22,12 +22,6 @@ from dyn.launch.base import LaunchObserver
 from dyn.launch.inprocess import InProcessLauncher
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def serve(path: str, *overrides: str) -> AsyncIterator[str]:

@@ -40,7 +40,7 @@ from dyn.routing.kv.router import KvRouter
 from dyn.routing.simple import RoundRobin
 from dyn.tokenizer import load_tokenizer
 
-TRACES = Path("/work/shared/traces")
+TRACES = Path(__file__).resolve().parents[1] / "data"
 SYNTHETIC = TRACES / "mooncake_synthetic_trace.jsonl"
 CONVERSATION = TRACES / "mooncake_conversation_trace.jsonl"
 ROOT = Path(__file__).resolve().parents[2]
@@ -188,7 +188,7 @@ def test_the_same_seed_gives_the_same_result(words: Words) -> None:
 
 
 def test_kv_spreads_the_conversation_trace() -> None:
-    """Every request of this trace shares block 0 (REFERENCE.md §3): 8 workers of the
+    """Every request of this trace shares block 0 (docs/kv-routing.md): 8 workers of the
     default settings (block size 64, 16,384 blocks) replay its first 2,000 requests."""
     requests = trace_requests(CONVERSATION, seed=0, limit=2000)
     result = simulate(requests, SimSetup(workers=8), "kv")

@@ -23,7 +23,7 @@ from dyn.bench.workloads import (
 from dyn.errors import DynError
 from dyn.tokenizer import WordTokenizer, load_tokenizer
 
-TRACE = Path("/work/shared/traces/mooncake_synthetic_trace.jsonl")
+TRACE = Path(__file__).resolve().parents[1] / "data" / "mooncake_synthetic_trace.jsonl"
 SMALL = SharedPrefix(groups=4, prompts_per_group=3, system_prompt_len=40, question_len=8)
 
 
@@ -146,7 +146,6 @@ def test_trace_reader_errors(tmp_path: Path, words: Words) -> None:
         list(read_trace(bad, words, seed=0, speedup=0))
 
 
-@pytest.mark.skipif(not TRACE.exists(), reason=f"the shared Mooncake trace is absent ({TRACE})")
 def test_mooncake_trace_replay(words: Words, tokenizer: WordTokenizer) -> None:
     count = 200
     raw = [json.loads(line) for line in TRACE.read_text().splitlines()[:count]]

@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import aclosing
@@ -17,7 +13,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from _dyn_graph import free_port
+from _dyn_graph import DynUp, free_port
 from _etcd_server import ETCD, running_etcd
 
 from dyn import plugins
@@ -291,38 +287,25 @@ def test_hello_world_over_etcd(etcd: str, tmp_path: Path) -> None:
     )
     assert "backend: etcd" in text
     graph.write_text(text)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dyn", "up", str(graph), "--transport", "tcp", "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "DYN_STATE_DIR": str(tmp_path / "state"), "PYTHONUNBUFFERED": "1"},
-        cwd=ROOT,
+    up = DynUp(
+        str(graph),
+        "--transport",
+        "tcp",
+        port=port,
+        state=tmp_path / "state",
+        log_path=tmp_path / "up.log",
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 40
-        while True:
-            assert proc.poll() is None, proc.communicate()[1]
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "dyn up did not become healthy"
-            time.sleep(0.1)
+        up.wait_healthy(url, timeout=40)
         keys = _keys(etcd, "/dyn/hello/")
         assert {k.split("/")[3] for k in keys} == {"middle", "backend"}, keys
         with httpx.stream("POST", f"{url}/generate", content=b'{"text":"test"}') as resp:
             assert list(resp.iter_lines()) == ["Frontend: Middle: Backend: test-mid-back"]
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
-        assert proc.returncode == 0, err
+        assert up.stop(timeout=60) == 0, up.log()
         assert _keys(etcd, "/dyn/") == []
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        up.kill()
 
 
 def _keys(etcd: str, prefix: str) -> list[str]:

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import anyio
 import httpx
 import pytest
+from _dyn_graph import free_port
 
 from dyn.discovery.memory import MemoryDiscovery
 from dyn.graph import load_graph
@@ -19,12 +20,6 @@ from dyn.runtime.runtime import Runtime, component_info
 from dyn.transports.inproc import InprocTransport
 
 pytestmark = pytest.mark.anyio
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def port_is_free(port: int) -> bool:

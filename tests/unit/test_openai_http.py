@@ -11,7 +11,14 @@ import pytest
 from _openai_fakes import FakeBackend, serving
 from prometheus_client import CollectorRegistry, generate_latest
 
-from dyn.errors import CallError, DeadlineExceeded, NoInstancesError, SpecError
+from dyn.errors import (
+    BadRequestError,
+    DeadlineExceeded,
+    NoInstancesError,
+    OverloadedError,
+    SpecError,
+    TransportError,
+)
 from dyn.observability.metrics import FrontendMetrics
 from dyn.openai import GenerateOutput, OpenAIMetrics
 
@@ -188,9 +195,9 @@ async def test_body_over_the_limit_is_413() -> None:
     ("error", "status", "code", "retry_after"),
     [
         (NoInstancesError("no live instance of processor/generate"), 503, "unavailable", True),
-        (CallError("queue full", code="overloaded"), 429, "overloaded", True),
+        (OverloadedError("queue full"), 429, "overloaded", True),
         (DeadlineExceeded("deadline passed"), 504, "deadline_exceeded", False),
-        (CallError("bad prompt", code="bad_request"), 400, "bad_request", False),
+        (BadRequestError("bad prompt"), 400, "bad_request", False),
         (SpecError(["weird"]), 500, "internal", False),
     ],
 )
@@ -216,7 +223,7 @@ async def test_a_bug_is_500_without_a_stack_trace(caplog: pytest.LogCaptureFixtu
 
 
 async def test_failure_mid_stream_is_an_error_event_then_done() -> None:
-    backend = FakeBackend(error=CallError("worker died", code="unavailable"), fail_after=1)
+    backend = FakeBackend(error=TransportError("worker died"), fail_after=1)
     async with serving(backend) as url, httpx.AsyncClient(base_url=url) as http:
         resp = await http.post("/v1/completions", json={**COMPLETION, "stream": True})
         whole = await http.post("/v1/completions", json=COMPLETION)

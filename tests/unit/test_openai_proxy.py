@@ -12,7 +12,7 @@ import pytest
 
 from dyn.engines.base import EngineOutput, EngineRequest
 from dyn.engines.openai_proxy import OpenAIProxyConfig, OpenAIProxyEngine
-from dyn.errors import BadRequestError, CallError
+from dyn.errors import BadRequestError, CallError, OverloadedError, TransportError
 from dyn.tokenizer import load_tokenizer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
@@ -143,10 +143,10 @@ async def test_token_ids_mode_sends_and_returns_ids() -> None:
     ("status", "kind", "code", "text"),
     [
         (400, BadRequestError, "bad_request", "prompt is too long"),
-        (429, CallError, "overloaded", "overloaded"),
-        (500, CallError, "unavailable", "answered 500"),
-        (503, CallError, "unavailable", "answered 503"),
-        (401, CallError, "unavailable", "api_key"),
+        (429, OverloadedError, "overloaded", "overloaded"),
+        (500, TransportError, "unavailable", "answered 500"),
+        (503, TransportError, "unavailable", "answered 503"),
+        (401, TransportError, "unavailable", "api_key"),
     ],
 )
 async def test_upstream_statuses_map_to_dyn_errors(

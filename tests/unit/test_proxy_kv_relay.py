@@ -4,10 +4,10 @@ worker's relay exactly as dyn's own events for the same blocks would."""
 from __future__ import annotations
 
 import random
-import socket
 
 import anyio
 import pytest
+from _dyn_graph import free_port
 from _vllm_events import BS, Engine, batch, overlaps, prompts, stored
 
 from dyn.engines.openai_proxy.config import KvEventsConfig
@@ -22,12 +22,6 @@ zmq_asyncio = pytest.importorskip("zmq.asyncio")
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
 
 TOPIC = b"kv@test"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def idle() -> WorkerLoad:

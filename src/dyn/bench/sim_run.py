@@ -136,7 +136,7 @@ def _from_graph(path: str | Path) -> SimSetup:
 
 class BlockTokens:
     """Token ids standing for trace hash ids: ``MOONCAKE_BLOCK_TOKENS`` per id, the bytes
-    of SHAKE-128 of the seed and the id, so equal ids give equal blocks on any machine.
+    of SHAKE-128 of the workload seed and the id, so equal ids give equal blocks on any machine.
 
     Ids are below 256 on purpose: CPython keeps one object per small int, so turning a
     prompt of 15,000 ids into a list allocates nothing per token, which is most of the

@@ -1,17 +1,26 @@
-"""Shared CLI plumbing: expected errors become one line and a non-zero exit."""
+"""Shared CLI plumbing: expected errors become one line and a non-zero exit; long option
+lists are shown in help panels."""
 
 from __future__ import annotations
 
 import functools
 import sys
 from collections.abc import Callable
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from dyn.errors import DynError, SpecError
 
-__all__ = ["EXIT_ERROR", "EXIT_SPEC", "expected_errors", "print_error"]
+__all__ = [
+    "EXIT_ERROR",
+    "EXIT_SPEC",
+    "PanelledCommand",
+    "PanelledGroup",
+    "expected_errors",
+    "print_error",
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -56,3 +65,44 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
     for exc in group.exceptions:
         leaves.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
     return leaves
+
+
+class PanelledCommand(TyperCommand):
+    """A command whose --help lists options under their ``rich_help_panel`` headings.
+
+    Typer draws panels only with rich markup, which ``dyn`` leaves off so that help does
+    not import rich; this draws them as plain sections instead.
+    """
+
+    def format_options(self, ctx: Any, formatter: Any) -> None:
+        _format_panels(self, ctx, formatter)
+
+
+class PanelledGroup(TyperGroup):
+    """A group whose --help lists its own options by panel, then its commands."""
+
+    def format_options(self, ctx: Any, formatter: Any) -> None:
+        _format_panels(self, ctx, formatter)
+        self.format_commands(ctx, formatter)
+
+
+def _format_panels(command: TyperCommand | TyperGroup, ctx: Any, formatter: Any) -> None:
+    # ``Any``: the click types typer builds on are private to it.
+    arguments: list[tuple[str, str]] = []
+    panels: dict[str, list[tuple[str, str]]] = {"Options": []}  # unpanelled ones first
+    for param in command.get_params(ctx):
+        record = param.get_help_record(ctx)
+        if record is None:
+            continue
+        if param.param_type_name == "argument":
+            arguments.append(record)
+        else:
+            panel = getattr(param, "rich_help_panel", None) or "Options"
+            panels.setdefault(panel, []).append(record)
+    if arguments:
+        with formatter.section("Arguments"):
+            formatter.write_dl(arguments)
+    for title, records in panels.items():
+        if records:
+            with formatter.section(title):
+                formatter.write_dl(records)

@@ -1,16 +1,19 @@
 """``dyn bench --sim``: the load test's workload replayed in virtual time, no server.
 
-The callback in :mod:`dyn.cli.bench` parses the flags; this builds the workers' settings
+:mod:`dyn.cli.bench_run` checks the shared flags; this builds the workers' settings
 and the requests, runs one arm per strategy and hands back results shaped like a live
-run's, which the callback renders and saves the same way.
+run's, which are rendered and saved the same way.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["SimFlags", "mocker_flags", "run_sim"]
+if TYPE_CHECKING:
+    from dyn.cli.bench_run import BenchOptions, Checked
+
+__all__ = ["SimFlags", "mocker_flags", "run_sim", "run_sim_bench", "sim_flags"]
 
 
 @dataclass(frozen=True)
@@ -23,6 +26,54 @@ class SimFlags:
     routers: int | None = None
     router_sync: bool | None = None
     sync_delay_s: float = 0.0
+
+
+def sim_flags(options: BenchOptions) -> SimFlags:
+    """The simulation's flags from ``dyn bench``'s options."""
+    o = options
+    mocker = mocker_flags(
+        block_size=o.block_size,
+        num_gpu_blocks=o.num_gpu_blocks,
+        max_num_seqs=o.max_num_seqs,
+        max_num_batched_tokens=o.max_num_batched_tokens,
+        speedup_ratio=o.speedup_ratio,
+        timing=o.timing,
+    )
+    return SimFlags(
+        o.graph,
+        o.workers,
+        mocker,
+        routers=o.router_replicas,
+        router_sync=o.router_sync,
+        sync_delay_s=o.router_sync_delay_ms / 1000,
+    )
+
+
+def run_sim_bench(options: BenchOptions, checked: Checked) -> tuple[dict[str, dict[str, Any]], int]:
+    """``dyn bench --sim``: one result per arm, and how many requests each measured."""
+    from dyn.cli.bench_run import shapes
+    from dyn.errors import DynError
+
+    flags = sim_flags(options)
+    if options.url is not None:
+        raise DynError("--sim runs no server; drop --url")
+    if options.api != "completions":
+        raise DynError("--sim replays completion prompts; drop --api chat")
+    arms = run_sim(
+        flags,
+        workload=options.workload,
+        shapes=shapes(options),
+        seed=options.seed,
+        warm_seed=checked.warm_seed,
+        num_prompts=options.num_prompts,
+        warmup=options.warmup,
+        rate=checked.rate,
+        max_concurrency=options.max_concurrency,
+        ignore_eos=options.ignore_eos,
+        percentiles=checked.percentiles,
+        strategies=checked.strategies,
+    )
+    return arms, len(next(iter(arms.values()))["ttfts"])
 
 
 def mocker_flags(

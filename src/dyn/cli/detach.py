@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import enum
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Collection
+from pathlib import Path
+from typing import Any
 
-from dyn import state
+import typer
+
+from dyn import settings, state
 from dyn.errors import LaunchError
 
-__all__ = ["detach_up"]
+__all__ = ["detach_up", "rerun_args"]
 
 # Start-up of every role (30 s each at most) happens in the child; this bounds the wait.
 DETACH_TIMEOUT_S = 120.0
@@ -23,9 +29,9 @@ def detach_up(graph_name: str, argv: list[str], api_key: str | None) -> str:
     # The run directory exists before the child does, so its first line has a home.
     run = state.create_run(graph_name)
     log_path = run.logs_dir / "up.log"
-    env = {**os.environ, state.RUN_ID_ENV: run.run_id, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, settings.RUN_ID_ENV: run.run_id, "PYTHONUNBUFFERED": "1"}
     if api_key:
-        env["DYN_API_KEY"] = api_key
+        env[settings.API_KEY_ENV] = api_key
     with open(log_path, "ab") as log:
         child = subprocess.Popen(
             [sys.executable, "-m", "dyn", "up", *argv],
@@ -55,6 +61,54 @@ def detach_up(graph_name: str, argv: list[str], api_key: str | None) -> str:
         f"dyn up (pid {child.pid}) has not served within {DETACH_TIMEOUT_S:.0f} s; it runs on: "
         f"see `dyn logs --run {run.run_id}`, or stop it with `dyn down {run.run_id}`"
     )
+
+
+def rerun_args(ctx: typer.Context, *, drop: Collection[str] = ()) -> list[str]:
+    """The arguments that run ``ctx``'s command again as the command line gave it,
+    without the parameters named in ``drop``.
+
+    Read from the parsed parameters rather than ``sys.argv``, so it holds however the
+    command was invoked. Only what came from the command line is repeated: defaults are
+    the child's defaults too, and values from environment variables reach it by
+    inheritance. Paths become absolute, in case the child's directory differs.
+    """
+    arguments: list[str] = []
+    options: list[str] = []
+    for param in ctx.command.params:
+        name = param.name
+        if name is None or name in drop:
+            continue
+        source = ctx.get_parameter_source(name)
+        if source is None or source.name != "COMMANDLINE":
+            continue
+        value = ctx.params[name]
+        if param.param_type_name == "option":
+            options += _option_args(param, value)
+        else:
+            values = value if param.multiple else [value]
+            arguments += [_text(item) for item in values]
+    return arguments + options
+
+
+def _option_args(option: Any, value: Any) -> list[str]:
+    # ``Any``: typer's click types are private to it; every option has these attributes.
+    # The long spelling reads best in a process listing: --port over -p.
+    flag = max(option.opts, key=len)
+    if option.is_flag:
+        # Given on the command line: the flag's on-spelling, else its --no- spelling.
+        if value:
+            return [flag]
+        return [max(option.secondary_opts, key=len)] if option.secondary_opts else []
+    values = value if option.multiple else [value]
+    return [arg for item in values for arg in (flag, _text(item))]
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, Path):
+        return str(value.resolve())
+    if isinstance(value, enum.Enum):
+        return str(value.value)
+    return str(value)
 
 
 def _tail(path: os.PathLike[str]) -> str:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated
 
 import typer
 
 from dyn.cli._common import expected_errors
+from dyn.settings import JSON_LOGS_ENV, LOG_LEVEL_ENV
 
 __all__ = ["role"]
 
@@ -22,10 +24,10 @@ def role(
         bool, typer.Option(help="Stop when stdin closes (the launcher went away).")
     ] = True,
     log_level: Annotated[
-        str, typer.Option(envvar="DYN_LOG_LEVEL", help="debug, info, warning or error.")
+        str, typer.Option(envvar=LOG_LEVEL_ENV, help="debug, info, warning or error.")
     ] = "info",
     json_logs: Annotated[
-        bool, typer.Option("--json-logs", envvar="DYN_JSON_LOGS", help="One JSON object per line.")
+        bool, typer.Option("--json-logs", envvar=JSON_LOGS_ENV, help="One JSON object per line.")
     ] = False,
     pidfile_run: Annotated[
         str | None,
@@ -35,6 +37,16 @@ def role(
     """Serve one role instance until SIGTERM."""
     from dyn.launch.role_main import run_role
     from dyn.observability.logs import setup_logging
+    from dyn.settings import Settings
 
     setup_logging(log_level, json_logs=json_logs)
-    run_role(graph_file, component, replica, watch_stdin=watch_stdin, pidfile_run=pidfile_run)
+    # This process's edge: the launcher put the run's settings in its environment.
+    settings = dataclasses.replace(Settings.from_env(), log_level=log_level, json_logs=json_logs)
+    run_role(
+        graph_file,
+        component,
+        replica,
+        watch_stdin=watch_stdin,
+        pidfile_run=pidfile_run,
+        settings=settings,
+    )

@@ -32,11 +32,10 @@ def frontend_url(url: str | None) -> str:
 
 def admin_headers() -> dict[str, str]:
     """The admin token: DYN_ADMIN_TOKEN, else the one the latest `dyn up` recorded."""
-    import os
-
     from dyn import state
+    from dyn.settings import Settings
 
-    token = os.environ.get("DYN_ADMIN_TOKEN")
+    token = Settings.from_env().admin_token
     if not token:
         run = state.latest_run()
         try:

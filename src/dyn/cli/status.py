@@ -99,7 +99,9 @@ def fetch_status(base: str, record: RunRecord | None = None) -> dict[str, Any]:
     from dyn.errors import LaunchError
 
     headers = {}
-    token = (record.admin_token if record else None) or os.environ.get("DYN_ADMIN_TOKEN")
+    from dyn.settings import Settings
+
+    token = (record.admin_token if record else None) or Settings.from_env().admin_token
     if token:
         headers["Authorization"] = f"Bearer {token}"
     try:

@@ -10,12 +10,19 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from dyn.cli._common import expected_errors
+from dyn.settings import API_KEY_ENV, Settings
 
 if TYPE_CHECKING:
     from dyn.graph import GraphSpec
     from dyn.launch.base import Launcher, LaunchObserver
 
 __all__ = ["LogLevel", "up"]
+
+
+# Help panels of `dyn up --help`.
+_GRAPH = "Graph overrides"
+_RUN = "Running"
+_LOGS = "Logs"
 
 
 class LogLevel(enum.StrEnum):
@@ -27,13 +34,19 @@ class LogLevel(enum.StrEnum):
 
 @expected_errors
 def up(
+    ctx: typer.Context,
     graph_file: Annotated[
         Path, typer.Argument(help="The graph to run, e.g. graphs/hello_world.yaml.")
     ],
     port: Annotated[
         int | None,
         typer.Option(
-            "--port", "-p", min=1, max=65535, help="The frontend's port (overrides the graph)."
+            "--port",
+            "-p",
+            min=1,
+            max=65535,
+            help="The frontend's port (overrides the graph).",
+            rich_help_panel=_GRAPH,
         ),
     ] = None,
     set_: Annotated[
@@ -43,37 +56,47 @@ def up(
             help="Override COMPONENT.KEY=VALUE (a component field or config key; VALUE is YAML). "
             "Repeatable.",
             metavar="COMPONENT.KEY=VALUE",
+            rich_help_panel=_GRAPH,
         ),
     ] = None,
     transport: Annotated[
         str | None,
-        typer.Option(help="inproc, tcp or grpc (overrides the graph's transport)."),
+        typer.Option(
+            help="inproc, tcp or grpc (overrides the graph's transport).", rich_help_panel=_GRAPH
+        ),
     ] = None,
     launcher: Annotated[
         str | None,
         typer.Option(
             help="inprocess (every role in this process), local (one process per role) or "
             "ssh (each role on the node the graph places it on). Default: ssh for a graph "
-            "that places roles on nodes, else inprocess for the inproc transport, else local."
+            "that places roles on nodes, else inprocess for the inproc transport, else local.",
+            rich_help_panel=_RUN,
         ),
     ] = None,
     discovery: Annotated[
         str | None,
-        typer.Option(help="memory, file or etcd (overrides the graph). Default: file when local."),
+        typer.Option(
+            help="memory, file or etcd (overrides the graph). Default: file when local.",
+            rich_help_panel=_GRAPH,
+        ),
     ] = None,
     log_level: Annotated[
-        LogLevel, typer.Option(case_sensitive=False, help="How much the roles log.")
+        LogLevel,
+        typer.Option(case_sensitive=False, help="How much the roles log.", rich_help_panel=_LOGS),
     ] = LogLevel.info,
     json_logs: Annotated[
-        bool, typer.Option("--json-logs", help="Log one JSON object per line.")
+        bool,
+        typer.Option("--json-logs", help="Log one JSON object per line.", rich_help_panel=_LOGS),
     ] = False,
     api_key: Annotated[
         str | None,
         typer.Option(
             "--api-key",
-            envvar="DYN_API_KEY",
+            envvar=API_KEY_ENV,
             show_envvar=True,
             help="Clients must send 'Authorization: Bearer KEY' (all but /health, /metrics).",
+            rich_help_panel=_RUN,
         ),
     ] = None,
     detach: Annotated[
@@ -83,6 +106,7 @@ def up(
             "-d",
             help="Run in the background: print the frontend's URL once it serves, then exit. "
             "See `dyn status`, `dyn logs`, `dyn down`.",
+            rich_help_panel=_RUN,
         ),
     ] = False,
 ) -> None:
@@ -93,36 +117,28 @@ def up(
     from dyn.observability.logs import setup_logging
 
     if detach:
-        from dyn.cli.detach import detach_up
+        from dyn.cli.detach import detach_up, rerun_args
 
-        argv = [str(graph_file.resolve())]
-        for item in set_ or ():
-            argv += ["--set", item]
-        for name, value in (("--port", port), ("--transport", transport)):
-            if value is not None:
-                argv += [name, str(value)]
-        for name, value in (("--launcher", launcher), ("--discovery", discovery)):
-            if value is not None:
-                argv += [name, value]
-        argv += ["--log-level", log_level.value] + (["--json-logs"] if json_logs else [])
+        # The same command line without --detach; the key goes by environment, not argv.
+        argv = rerun_args(ctx, drop=("detach", "api_key"))
         # The graph is loaded here too, so a bad one fails before anything starts.
         graph = resolve_graph(graph_file, list(set_ or ()), port, transport, discovery)
         typer.echo(detach_up(graph.name, argv, api_key))
         return
     setup_logging(log_level.value, json_logs=json_logs)
-    import os
+    import dataclasses
 
-    # Role processes this launch starts log the same way (they inherit the environment).
-    os.environ["DYN_LOG_LEVEL"] = log_level.value
-    os.environ["DYN_JSON_LOGS"] = "1" if json_logs else "0"
-    if api_key:
-        # Through the environment, which role processes inherit, rather than the graph
-        # the launcher writes to the run directory: the key never lands on disk.
-        os.environ["DYN_API_KEY"] = api_key
+    # The environment is read here, once. Roles get these settings from the launcher:
+    # the key in memory or a role process's environment, never in the graph the launcher
+    # writes to the run directory, so it never lands on disk.
+    settings = dataclasses.replace(
+        Settings.from_env(), log_level=log_level.value, json_logs=json_logs, api_key=api_key
+    )
     graph = resolve_graph(graph_file, list(set_ or ()), port, transport, discovery)
-    _admin_token_for(graph)
+    settings = _admin_token_for(graph, settings)
     console = Console(stderr=True, highlight=False)
     chosen = choose_launcher(graph, launcher, str(graph_file))
+    chosen.settings = settings
     graph = chosen.resolve(graph)
     from dyn.cli._observer import ConsoleObserver
 
@@ -141,25 +157,24 @@ def _has_uvloop() -> bool:
     return importlib.util.find_spec("uvloop") is not None
 
 
-def _admin_token_for(graph: GraphSpec) -> None:
+def _admin_token_for(graph: GraphSpec, settings: Settings) -> Settings:
     """A frontend bound beyond loopback only serves admin routes with a token: make one
     for this run (kept in the private run record, where `dyn status` and `dyn route` find
     it) unless the graph or the environment sets one."""
-    import os
+    import dataclasses
     import secrets
 
     from dyn.net import is_loopback
-    from dyn.roles.frontend import ADMIN_TOKEN_ENV
     from dyn.roles.frontend_config import FrontendConfig
 
-    if os.environ.get(ADMIN_TOKEN_ENV):
-        return
+    if settings.admin_token:
+        return settings
     for spec in graph.frontends():
         config = spec.config
         if isinstance(config, FrontendConfig) and not config.admin_token:
             if not is_loopback(config.host):
-                os.environ[ADMIN_TOKEN_ENV] = secrets.token_urlsafe(24)
-                return
+                return dataclasses.replace(settings, admin_token=secrets.token_urlsafe(24))
+    return settings
 
 
 def resolve_graph(

@@ -3,7 +3,7 @@
 A job is *ready* until a puller takes it, then *leased* until the puller acks it (done,
 removed), nacks it (ready again, at the front) or its lease expires without a renewal
 (``touch``): the puller died or hung, so the job is ready again, at the front. Like a
-JetStream work queue with ``ack_wait`` (REFERENCE.md §9), a job is acked only after its
+JetStream work queue with ``ack_wait`` (docs/disaggregation.md), a job is acked only after its
 prefill is done, so a dying prefill worker loses no job; one delivered
 ``max_deliveries`` times is dropped, so a job that crashes every worker cannot circulate
 forever (its decode worker then prefills locally). The size bound counts leased jobs

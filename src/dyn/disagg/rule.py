@@ -1,4 +1,4 @@
-"""When to prefill remotely: Dynamo's conditional disaggregation rule (REFERENCE.md §1).
+"""When to prefill remotely: Dynamo's conditional disaggregation rule (docs/disaggregation.md).
 
 A prefill goes to a prefill worker only when it is long enough to be worth the transfer
 *and* the prefill workers are keeping up; otherwise the decode worker prefills it itself,
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 __all__ = ["DEFAULT_MAX_LOCAL_PREFILL_LENGTH", "DEFAULT_MAX_PREFILL_QUEUE_SIZE", "DisaggRule"]
 
-# Dynamo's disaggregated example defaults (REFERENCE.md §1).
+# Dynamo's disaggregated example defaults (docs/disaggregation.md).
 DEFAULT_MAX_LOCAL_PREFILL_LENGTH = 1000
 DEFAULT_MAX_PREFILL_QUEUE_SIZE = 2
 

@@ -24,10 +24,10 @@ from anyio.abc import TaskGroup
 
 from dyn.discovery.base import Discovery, Instance
 from dyn.errors import DiscoveryError
+from dyn.settings import DISCOVERY_DIR_ENV
 
 __all__ = ["DISCOVERY_DIR_ENV", "FileDiscovery"]
 
-DISCOVERY_DIR_ENV = "DYN_DISCOVERY_DIR"
 
 # Dynamo's file backend touches every max(TTL/3, 1 s); a smaller floor lets short test
 # TTLs (1-2 s) keep a margin of three touches per TTL.

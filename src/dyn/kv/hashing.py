@@ -3,7 +3,7 @@
 A prompt is split into full blocks of ``block_size`` tokens (a partial last block is
 ignored). A block's local hash is xxh3-64, seed 1337, of its tokens as little-endian
 u32; its sequence hash chains the local hashes so that equal sequence hashes mean equal
-prefixes (REFERENCE.md §3, as Dynamo computes them).
+prefixes (docs/kv-hashing.md, as Dynamo computes them).
 """
 
 from __future__ import annotations

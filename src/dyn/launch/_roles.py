@@ -15,6 +15,7 @@ from dyn.graph import ComponentSpec, GraphSpec
 from dyn.runtime.client import Client
 from dyn.runtime.component import Component
 from dyn.runtime.runtime import Runtime, component_info
+from dyn.settings import Settings
 from dyn.transports.base import Transport
 
 __all__ = [
@@ -62,7 +63,12 @@ def node_of(spec: ComponentSpec, replica: int) -> str:
 
 
 async def start_role(
-    runtime: Runtime, graph: GraphSpec, spec: ComponentSpec, replica: int, node: str | None = None
+    runtime: Runtime,
+    graph: GraphSpec,
+    spec: ComponentSpec,
+    replica: int,
+    node: str | None = None,
+    settings: Settings | None = None,
 ) -> Component[Any]:
     """Build the component, wire its clients, start it, wait until it is ready and its
     dependencies have instances, then register its endpoints."""
@@ -77,6 +83,8 @@ async def start_role(
     component = role_class(spec.config, info, clients)
     component.runtime = runtime
     component.model = graph.model
+    if settings is not None:
+        component.run_settings = settings
     with anyio.move_on_after(READY_TIMEOUT_S) as started:
         await component.start()
     if started.cancelled_caught:

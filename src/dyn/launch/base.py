@@ -10,12 +10,17 @@ import anyio
 
 from dyn import state
 from dyn.graph import GraphSpec
+from dyn.settings import Settings
 
 __all__ = ["LaunchObserver", "Launcher", "cancel_when_set", "new_record"]
 
 
 def new_record(
-    run: state.RunDir, graph: GraphSpec, launcher: str, graph_file: str | None
+    run: state.RunDir,
+    graph: GraphSpec,
+    launcher: str,
+    graph_file: str | None,
+    admin_token: str | None = None,
 ) -> state.RunRecord:
     """The run record of a launch that is starting (roles and URL are filled in later)."""
     return state.RunRecord(
@@ -29,7 +34,7 @@ def new_record(
         discovery=graph.discovery.backend,
         discovery_dir=str(run.discovery_dir) if graph.discovery.backend == "file" else "",
         # The record is private to the user (0600), like the token `dyn up` may have made.
-        admin_token=os.environ.get("DYN_ADMIN_TOKEN") or None,
+        admin_token=admin_token,
     )
 
 
@@ -55,6 +60,10 @@ class Launcher(ABC):
     ``run`` returns once nothing it started is left running (no process, no listening
     socket). A role that fails to start raises :class:`~dyn.errors.LaunchError`.
     """
+
+    # What every role gets besides the graph; whoever starts the launch (the CLI, from
+    # the environment) sets it before run().
+    settings: Settings = Settings()
 
     def resolve(self, graph: GraphSpec) -> GraphSpec:
         """The graph as this launcher will run it (e.g. with defaults it implies)."""

@@ -39,7 +39,7 @@ class InProcessLauncher(Launcher):
         began = time.perf_counter()
         run = state.create_run(graph.name)
         graph = discovery_in_run(graph, run)
-        record = new_record(run, graph, "inprocess", self.graph_file)
+        record = new_record(run, graph, "inprocess", self.graph_file, self.settings.admin_token)
         etcd = await start_local_etcd(graph, run, record)
         try:
             await self._serve(graph, run, record, observer, stop, began)
@@ -115,6 +115,6 @@ class InProcessLauncher(Launcher):
         role, node = role_name(spec, replica), node_of(spec, replica)
         observer.role_starting(role, node)
         t0 = time.perf_counter()
-        component = await start_role(runtime, graph, spec, replica)
+        component = await start_role(runtime, graph, spec, replica, settings=self.settings)
         self.components.append((spec, component))
         observer.role_up(role, node, time.perf_counter() - t0)

@@ -110,7 +110,7 @@ class LocalLauncher(Launcher):
         self._hurry = anyio.Event()
         run, resolved, graph_path = prepare_run(graph, "local")
         self.run_dir = run
-        record = new_record(run, resolved, self.name, self.graph_file)
+        record = new_record(run, resolved, self.name, self.graph_file, self.settings.admin_token)
         state.write_record(run, record)
         async with anyio.create_task_group() as tasks:
             try:
@@ -171,7 +171,8 @@ class LocalLauncher(Launcher):
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C reaches dyn up only; it stops roles in order
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            # The launch's settings reach the role's CLI edge through its environment.
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **self.settings.role_env()},
         )
         role.process = process
         role.label = role.label or role.role

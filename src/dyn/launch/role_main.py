@@ -14,6 +14,7 @@ becomes its own process group and writes its pid to
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -27,6 +28,7 @@ from dyn.graph import GraphSpec, load_graph
 from dyn.launch._roles import make_discovery, make_transport, start_role, stop_role
 from dyn.launch.base import cancel_when_set
 from dyn.runtime.runtime import Runtime
+from dyn.settings import ADMIN_TOKEN_ENV, API_KEY_ENV, ROLE_SECRET_ENV, Settings
 
 __all__ = ["READY_MARK", "run_role"]
 
@@ -34,15 +36,10 @@ __all__ = ["READY_MARK", "run_role"]
 READY_MARK = "dyn-role-ready "
 
 
-# Environment variables a launcher may pass to a remote role through the bootstrap line.
-PASSED_ENV = (
-    "DYN_API_KEY",
-    "DYN_ADMIN_TOKEN",
-    "DYN_CLUSTER_SECRET",
-    "DYN_TLS_CERT",
-    "DYN_TLS_KEY",
-    "DYN_TLS_CA",
-)
+# The secrets a launcher may pass to a remote role through the bootstrap line.
+PASSED_ENV = ROLE_SECRET_ENV
+# Of those, the ones the transports read from the environment where they are built.
+_TRANSPORT_ENV = frozenset(PASSED_ENV) - {API_KEY_ENV, ADMIN_TOKEN_ENV}
 
 
 def run_role(
@@ -53,14 +50,23 @@ def run_role(
     watch_stdin: bool,
     pidfile_run: str | None = None,
     node: str | None = None,
+    settings: Settings | None = None,
 ) -> None:
+    """Serve one role instance; ``settings`` are what the role process's CLI read from its
+    environment (a remote role's bootstrap line adds the keys it carries)."""
+    settings = settings or Settings()
     if graph_path == "-":
-        graph = _bootstrap()
+        graph, passed = _bootstrap()
+        settings = dataclasses.replace(
+            settings,
+            api_key=passed.get(API_KEY_ENV) or settings.api_key,
+            admin_token=passed.get(ADMIN_TOKEN_ENV) or settings.admin_token,
+        )
     else:
         graph = load_graph(Path(graph_path))
     pidfile = _write_pidfile(pidfile_run, component, replica, graph) if pidfile_run else None
     try:
-        anyio.run(_serve, graph, component, replica, watch_stdin, pidfile, node)
+        anyio.run(_serve, graph, component, replica, watch_stdin, pidfile, node, settings)
     finally:
         if pidfile is not None:
             pidfile.unlink(missing_ok=True)
@@ -68,8 +74,8 @@ def run_role(
                 pidfile.parent.rmdir()
 
 
-def _bootstrap() -> GraphSpec:
-    """Read the graph and passed-on environment from stdin's first line."""
+def _bootstrap() -> tuple[GraphSpec, dict[str, str]]:
+    """Read the graph and the passed-on secrets from stdin's first line."""
     from dyn.errors import LaunchError
     from dyn.graph import load_graph_text
 
@@ -79,10 +85,13 @@ def _bootstrap() -> GraphSpec:
         text, env = boot["graph"], boot.get("env", {})
     except (ValueError, KeyError, TypeError) as exc:
         raise LaunchError(f"expected the launcher's bootstrap line on stdin: {exc}") from exc
-    for name, value in env.items():
-        if name in PASSED_ENV and isinstance(value, str):
+    passed = {k: v for k, v in env.items() if k in PASSED_ENV and isinstance(v, str)}
+    for name, value in passed.items():
+        if name in _TRANSPORT_ENV:
+            # This process's edge: the transports built below read these where they are
+            # built, as they do in a role the local launcher starts with them in its env.
             os.environ[name] = value
-    return load_graph_text(text, source="<graph from the launcher>")
+    return load_graph_text(text, source="<graph from the launcher>"), passed
 
 
 def pidfile_path(run_id: str, role: str) -> Path:
@@ -111,6 +120,7 @@ async def _serve(
     watch_stdin: bool,
     pidfile: Path | None,
     node_name: str | None = None,
+    settings: Settings | None = None,
 ) -> None:
     spec = graph.component(component_name)
     if node_name is None and spec.placement:
@@ -133,7 +143,7 @@ async def _serve(
             runtime.tasks.start_soon(_watch_stdin, stop)
         with anyio.CancelScope() as startup:  # SIGTERM during start-up: just leave
             runtime.tasks.start_soon(cancel_when_set, stop, startup)
-            component = await start_role(runtime, graph, spec, replica, node_name)
+            component = await start_role(runtime, graph, spec, replica, node_name, settings)
         if startup.cancelled_caught:
             return
         ready: dict[str, Any] = {

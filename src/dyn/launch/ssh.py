@@ -17,7 +17,6 @@ a placement run here, as the local launcher runs them.
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import signal
 import subprocess
@@ -30,7 +29,6 @@ from dyn import state
 from dyn.errors import LaunchError
 from dyn.graph import GraphSpec, NodeSpec, dump_graph_yaml
 from dyn.launch.local import LocalLauncher, _Role
-from dyn.launch.role_main import PASSED_ENV
 from dyn.net import is_loopback
 
 __all__ = [
@@ -129,15 +127,15 @@ class SshLauncher(LocalLauncher):
         role.label = f"{node.name}/{role.role}"
         argv = [node.python, "-u", "-m", "dyn", "_role", "-", role.component, str(role.replica)]
         argv += ["--pidfile-run", run.run_id]
-        argv += ["--log-level", os.environ.get("DYN_LOG_LEVEL", "info")]
-        if os.environ.get("DYN_JSON_LOGS") == "1":
+        argv += ["--log-level", self.settings.log_level]
+        if self.settings.json_logs:
             argv.append("--json-logs")
         return [*ssh_argv(node), remote_command(node, argv)]
 
     async def _spawned(self, role: _Role) -> None:
         if self._placed(role) is None:
             return
-        env = {name: os.environ[name] for name in PASSED_ENV if name in os.environ}
+        env = self.settings.role_secrets()
         boot = json.dumps({"graph": self._graph_text, "env": env}) + "\n"
         assert role.process.stdin is not None
         await role.process.stdin.send(boot.encode())

@@ -12,6 +12,7 @@ import math
 
 import anyio
 
+from dyn.errors import OverloadedError, TransportError
 from dyn.openai.errors import ApiError
 
 __all__ = ["Admission"]
@@ -40,18 +41,16 @@ class Admission:
     async def enter(self) -> None:
         """Take a slot, waiting in the queue if there is room in it; raise 429 or 503."""
         if self.draining:
-            raise ApiError(
-                503, "the frontend is shutting down; retry on another", code="unavailable"
-            )
+            raise ApiError.of(TransportError("the frontend is shutting down; retry on another"))
         slots = self._slots
         if slots is not None:
             if slots.value == 0 and self.queued >= self.max_queued:
-                raise ApiError(429, self._overloaded(), code="overloaded")
+                raise ApiError.of(OverloadedError(self._overloaded()))
             timeout = self.queue_timeout_s if self.queue_timeout_s > 0 else math.inf
             with anyio.move_on_after(timeout) as waited:
                 await slots.acquire()
             if waited.cancelled_caught:
-                raise ApiError(429, self._overloaded(), code="overloaded")
+                raise ApiError.of(OverloadedError(self._overloaded()))
         if self.active == 0:
             self._idle = anyio.Event()
         self.active += 1

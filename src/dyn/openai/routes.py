@@ -27,9 +27,9 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from dyn.context import HEADER_REQUEST_ID, Context, new_request_id
-from dyn.errors import CallError, DynError, NoInstancesError
+from dyn.errors import CallError, DynError, RemoteError
 from dyn.openai.admission import Admission
-from dyn.openai.errors import RETRY_AFTER_S, ApiError
+from dyn.openai.errors import RETRY_AFTER_S, ApiError, client_error, error_body
 from dyn.openai.metrics import OpenAIMetrics, RouteMetrics
 from dyn.openai.models import (
     ChatRequest,
@@ -40,7 +40,6 @@ from dyn.openai.models import (
 )
 from dyn.openai.protocol import GenerateOutput, GenerateRequest, ModelInfo, OpenAIBackend
 from dyn.openai.sse import DONE, ChunkFormatter, Kind, error_event, full_response, usage
-from dyn.roles.http_errors import error_body, status_for
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "build_openai_routes"]
 
@@ -206,18 +205,12 @@ class _OpenAI:
             raise ApiError(400, context_overflow(generate.max_tokens, prompt, room), param=blame)
 
     def _error(self, exc: Exception, route: str) -> tuple[int, bytes]:
-        status, param = 500, None
+        param = None
         if isinstance(exc, ApiError):
             status, message, param, code = exc.status, exc.message, exc.param, exc.code
-        elif isinstance(exc, NoInstancesError):
-            status, message, code = 503, str(exc), "unavailable"
-        elif isinstance(exc, CallError):
-            status, message, code = status_for(exc.code), exc.message, exc.code
-        elif isinstance(exc, DynError):
-            message, code = str(exc), "internal"
-        else:  # a bug: the log gets the traceback, the client one line
-            _log.error("%s failed", route, exc_info=exc)
-            message, code = "internal error; the frontend's log has the details", "internal"
+        else:
+            error = _client_error(exc, route)
+            status, message, code = error.http_status, error.message, error.code
         if status >= 500 and not isinstance(exc, ApiError):
             _log.warning("%s answered %d: %s", route, status, message)
         return status, msgspec.json.encode(error_body(status, message, param=param, code=code))
@@ -340,14 +333,16 @@ class _Call:
 
 
 def _stream_error(exc: Exception) -> tuple[int, str, str]:
-    if isinstance(exc, NoInstancesError):
-        return 503, str(exc), "unavailable"
-    if isinstance(exc, CallError):
-        return status_for(exc.code), exc.message, exc.code
+    error = _client_error(exc, "stream")
+    return error.http_status, error.message, error.code
+
+
+def _client_error(exc: Exception, route: str) -> CallError:
     if isinstance(exc, DynError):
-        return 500, str(exc), "internal"
-    _log.error("stream failed", exc_info=exc)
-    return 500, "internal error; the frontend's log has the details", "internal"
+        return client_error(exc)
+    # A bug: the log gets the traceback, the client one line.
+    _log.error("%s failed", route, exc_info=exc)
+    return RemoteError("internal error; the frontend's log has the details")
 
 
 async def _unless_client_leaves(receive: Receive, work: Awaitable[None]) -> bool:

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from dyn.roles.http_errors import error_body
+from dyn.openai.errors import error_body
 
 __all__ = ["DONE", "ChunkFormatter", "Kind", "Usage", "error_event", "full_response", "usage"]
 

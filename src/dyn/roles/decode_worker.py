@@ -45,7 +45,7 @@ from dyn.disagg.rule import (
 )
 from dyn.disagg.transfer import KvTransferModel
 from dyn.engines.base import EngineOutput, EngineRequest
-from dyn.errors import CallError, DynError
+from dyn.errors import CallError, DynError, OverloadedError
 from dyn.kv.hashing import local_block_hashes, sequence_hashes
 from dyn.observability.disagg_metrics import DisaggMetrics
 from dyn.roles.worker import Worker, WorkerConfig
@@ -193,15 +193,13 @@ class DecodeWorker(Worker, Component[DecodeWorkerConfig]):
             with anyio.fail_after(QUEUE_CALL_TIMEOUT_S):
                 return (await self._queue_call(QUEUE_PUSH, job)).job_id
         except CallError as exc:
-            if exc.code != "overloaded":
+            if not isinstance(exc, OverloadedError):
                 self.log.warning("prefill queue push failed, prefilling locally: %s", exc)
                 self.disagg_metrics.remote_fallbacks.labels("queue_error").inc()
                 return None
             if self.settings.on_full_queue == "reject":
                 self.disagg_metrics.rejected.inc()
-                raise CallError(
-                    "the prefill queue is full; retry later", code="overloaded"
-                ) from exc
+                raise OverloadedError("the prefill queue is full; retry later") from exc
             self.disagg_metrics.remote_fallbacks.labels("queue_full").inc()
             return None
         except (DynError, TimeoutError) as exc:

@@ -8,7 +8,6 @@ every route's target has a live instance; ``/metrics`` is Prometheus text.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -17,10 +16,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import anyio
 
-from dyn.errors import CallError, DynError, LaunchError, NoInstancesError
+from dyn.errors import CallError, DynError, LaunchError, RemoteError
 from dyn.observability.metrics import FrontendMetrics
+from dyn.openai.errors import client_error, error_body
 from dyn.roles.frontend_config import FrontendConfig
-from dyn.roles.http_errors import error_body, status_for
 from dyn.runtime.client import Client, ResponseStream
 from dyn.runtime.component import Component
 
@@ -33,9 +32,6 @@ if TYPE_CHECKING:
 __all__ = ["Frontend"]
 
 RETRY_AFTER_S = "1"
-# Where the API key and the admin token come from when the graph does not set them.
-API_KEY_ENV = "DYN_API_KEY"
-ADMIN_TOKEN_ENV = "DYN_ADMIN_TOKEN"
 
 
 class Frontend(Component[FrontendConfig]):
@@ -174,8 +170,9 @@ class Frontend(Component[FrontendConfig]):
 
         auth = Middleware(
             AuthMiddleware,
-            api_key=self.config.api_key or os.environ.get(API_KEY_ENV) or None,
-            admin_token=self.config.admin_token or os.environ.get(ADMIN_TOKEN_ENV) or None,
+            # The launch's settings fill in what the graph leaves unset.
+            api_key=self.config.api_key or self.run_settings.api_key or None,
+            admin_token=self.config.admin_token or self.run_settings.admin_token or None,
             loopback=is_loopback(self.config.host),
         )
         return Starlette(routes=routes, middleware=[auth])
@@ -232,7 +229,7 @@ class Frontend(Component[FrontendConfig]):
                         async for item in stream:
                             yield f"{self.config.prefix}{_as_text(item)}\n".encode()
             except CallError as exc:
-                status = str(status_for(exc.code))
+                status = str(exc.http_status)
                 yield f"error: {exc.message}\n".encode()
             except BaseException:
                 status = "499"  # the client went away
@@ -263,12 +260,9 @@ class Frontend(Component[FrontendConfig]):
 
         if isinstance(exc, _HttpError):
             status, message, code = exc.status, exc.message, None
-        elif isinstance(exc, NoInstancesError):
-            status, message, code = 503, str(exc), "unavailable"
-        elif isinstance(exc, CallError):
-            status, message, code = status_for(exc.code), exc.message, exc.code
         else:
-            status, message, code = 500, str(exc), "internal"
+            error = client_error(exc) if isinstance(exc, DynError) else RemoteError(str(exc))
+            status, message, code = error.http_status, error.message, error.code
         headers = {"Retry-After": RETRY_AFTER_S} if status in (429, 503) else None
         if status >= 500:
             self.log.warning("%s answered %d: %s", route, status, message)

@@ -30,8 +30,8 @@ import anyio
 import msgspec
 
 from dyn.discovery.base import Instance
-from dyn.errors import CallError, DynError, NoInstancesError
-from dyn.roles.http_errors import error_body, status_for
+from dyn.errors import DynError, TransportError
+from dyn.openai.errors import call_error_body, client_error, error_body
 from dyn.routing.base import RouteRequest
 from dyn.runtime.client import Client
 
@@ -60,13 +60,9 @@ def admin_routes(processor: Client) -> list[Route]:
             async with processor.stream(endpoint, payload) as items:
                 async for item in items:
                     return JSONResponse(item)
-        except NoInstancesError as exc:
-            return JSONResponse(error_body(503, str(exc), code="unavailable"), 503)
-        except CallError as exc:
-            status = status_for(exc.code)
-            return JSONResponse(error_body(status, exc.message, code=exc.code), status)
         except DynError as exc:
-            return JSONResponse(error_body(500, str(exc), code="internal"), 500)
+            error = client_error(exc)
+            return JSONResponse(call_error_body(error), error.http_status)
         return JSONResponse(error_body(500, f"{endpoint} answered nothing"), 500)
 
     async def body(request: Request) -> Any:
@@ -104,7 +100,9 @@ def status_route(frontend: Frontend) -> Route:
         try:
             return JSONResponse(await collect_status(frontend))
         except DynError as exc:
-            return JSONResponse(error_body(503, str(exc), code="unavailable"), 503)
+            # Whatever failed, this frontend cannot tell the status now: 503, ask again.
+            error = TransportError(str(exc))
+            return JSONResponse(call_error_body(error), error.http_status)
 
     return Route("/admin/status", status, methods=["GET"])
 

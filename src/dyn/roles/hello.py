@@ -1,5 +1,6 @@
-"""The seed's hello-world roles: Middle appends ``-mid``, Backend appends ``-back`` and
-streams the words one at a time. Each hop prefixes what it relays.
+"""The classic hello-world pipeline's roles (docs/example-graphs.md): Middle appends
+``-mid``, Backend appends ``-back`` and streams the words one at a time. Each hop
+prefixes what it relays.
 
 They double as the example of writing your own component (see the README).
 """

@@ -1,4 +1,5 @@
-"""The seed's multi-node roles: a processor on one node routes to workers on others.
+"""The classic multi-node example's roles (docs/example-graphs.md): a processor on one
+node routes to workers on others.
 
 A request carries ``prompt`` and ``request_id``. The processor waits at
 start-up until ``min_workers`` workers are registered, appends ``_ProcessedBy_<node>``,

@@ -33,7 +33,7 @@ from dyn.contracts.disagg import (
     QueueDepth,
 )
 from dyn.disagg.queue import PrefillQueue, QueueFull
-from dyn.errors import CallError
+from dyn.errors import OverloadedError
 from dyn.observability.disagg_metrics import PrefillQueueMetrics
 from dyn.runtime.component import Component, endpoint
 
@@ -84,7 +84,7 @@ class PrefillQueueRole(Component[PrefillQueueConfig]):
         try:
             job_id = self.queue.push(job, anyio.current_time())
         except QueueFull as exc:
-            raise CallError(str(exc), code="overloaded") from exc
+            raise OverloadedError(str(exc)) from exc
         self._publish()
         yield Pushed(job_id=job_id, depth=self.queue.depth)
 

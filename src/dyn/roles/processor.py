@@ -31,7 +31,7 @@ from dyn.contracts.processor import (
     SyncApplied,
 )
 from dyn.engines.base import EngineOutput, EngineRequest
-from dyn.errors import BadRequestError, CallError, DynError
+from dyn.errors import BadRequestError, CallError, DynError, OverloadedError, TransportError
 from dyn.kv.events import KvRemoved, KvStored, WorkerUpdate
 from dyn.observability.worker_metrics import RouterMetrics
 from dyn.openai.protocol import GenerateOutput, GenerateRequest
@@ -50,8 +50,6 @@ DEFAULT_MIGRATION_LIMIT = 3
 # A request that got nothing back from a dead instance is sent to another one (never to
 # one that already failed it); this bounds how many it tries.
 MAX_REROUTES = 8
-# Wire codes that mean "the worker is gone", as opposed to "the request is wrong".
-_LOST_CODES = frozenset({"unavailable", "protocol"})
 
 
 class ProcessorConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -202,7 +200,7 @@ class Processor(Component[ProcessorConfig]):
             except CallError as exc:
                 # A worker at its queue bound refuses before doing anything: another
                 # worker may have room (when none has, the refusal becomes a 429).
-                refused = exc.code == "overloaded" and received == 0
+                refused = isinstance(exc, OverloadedError) and received == 0
                 if not (_worker_lost(exc) or refused):
                     raise
                 if stream.instance is not None:
@@ -300,8 +298,9 @@ class Processor(Component[ProcessorConfig]):
 
 
 def _worker_lost(exc: CallError) -> bool:
-    """Whether ``exc`` means the worker (or the way to it) is gone, so another may serve."""
-    return exc.code in _LOST_CODES
+    """Whether ``exc`` means the worker (or the way to it) is gone, so another may serve,
+    as opposed to "the request is wrong"."""
+    return isinstance(exc, TransportError)
 
 
 def _cached(out: EngineOutput, first: bool, *, resent: bool) -> int | None:

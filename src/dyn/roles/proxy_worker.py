@@ -29,7 +29,7 @@ from dyn.contracts.engine import ClearKvReply
 from dyn.engines.base import EngineOutput, EngineRequest
 from dyn.engines.openai_proxy import OpenAIProxyConfig, OpenAIProxyEngine
 from dyn.engines.openai_proxy.kv_relay import KvEventRelay
-from dyn.errors import CallError
+from dyn.errors import CallError, TransportError
 from dyn.kv.events import WorkerLoad, WorkerUpdate
 from dyn.observability.worker_metrics import WorkerMetrics
 from dyn.runtime.component import Component, endpoint
@@ -150,7 +150,7 @@ class ProxyWorker(Component[OpenAIProxyConfig]):
             status = "ok"
         except CallError as exc:
             status = "error"
-            if exc.code == "unavailable":
+            if isinstance(exc, TransportError):
                 self._probe_now.set()  # find out now rather than at the next interval
             raise
         except Exception:

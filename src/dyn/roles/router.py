@@ -1,10 +1,11 @@
 """The standalone ``router`` role: "which worker is best for these tokens?".
 
-As in the seed's disaggregated diagram, a graph may give routing a role of its own: it
-follows every worker's KV events exactly as a processor does and answers ``best_worker``
-with the worker a request should go to and the share of its prompt that worker already
-holds, without sending anything. It inherits the processor's admin endpoints
-(``route_info``, ``set_strategy``, ``explain``), so ``dyn route`` works against it too.
+As in Dynamo's disaggregated example (docs/example-graphs.md), a graph may give routing
+a role of its own: it follows every worker's KV events exactly as a processor does and
+answers ``best_worker`` with the worker a request should go to and the share of its
+prompt that worker already holds, without sending anything. It inherits the processor's
+admin endpoints (``route_info``, ``set_strategy``, ``explain``), so ``dyn route`` works
+against it too.
 """
 
 from __future__ import annotations

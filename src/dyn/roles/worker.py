@@ -35,7 +35,7 @@ __all__ = ["Worker", "WorkerConfig"]
 
 
 class WorkerConfig(MockerConfig, forbid_unknown_fields=True, frozen=True):
-    """The mocker's settings (REFERENCE.md §5) plus the worker's own bound on its queue."""
+    """The mocker's settings (docs/mocker-timing.md) plus the worker's own bound on its queue."""
 
     # Generations that may wait beyond the max_num_seqs the engine runs at once; one more
     # is refused with code "overloaded". Unset: no bound (every request waits its turn).

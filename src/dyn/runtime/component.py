@@ -52,6 +52,7 @@ import msgspec
 
 from dyn.contracts.base import EndpointRef
 from dyn.observability.logs import role_logger
+from dyn.settings import Settings
 
 if TYPE_CHECKING:
     from dyn.context import Context
@@ -193,6 +194,8 @@ class Component(Generic[ConfigT]):
     log: logging.LoggerAdapter[logging.Logger]
     # The graph's served model, if it names one; set by the launcher before start().
     model: ModelSpec | None = None
+    # What the launch passes besides the graph (keys, log format); set by the launcher.
+    run_settings: Settings = Settings()
     # A request body to show users (`dyn up` prints a curl line with it).
     example_request: ClassVar[dict[str, Any] | None] = None
     # Filled by endpoint_types(), per class.

@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 from dyn import plugins
 from dyn.context import HEADER_DEADLINE, Context
 from dyn.discovery.base import Discovery, Instance
-from dyn.errors import CallError, DynError, RemoteError
+from dyn.errors import DynError, NotFoundError, RemoteError, TransportError
 from dyn.routing.base import RoutingStrategy
 from dyn.runtime import codec
 from dyn.runtime._typed import RequestReader, plain
@@ -200,9 +200,9 @@ class Runtime:
         method = self._routes.get(path)
         if method is None:
             if path in self._withdrawn:
-                # A caller whose discovery is behind: "unavailable" lets it pick another.
-                raise CallError(f"{path!r} is shutting down", code="unavailable")
-            raise CallError(f"no endpoint {path!r} here", code="not_found")
+                # A caller whose discovery is behind: a TransportError lets it pick another.
+                raise TransportError(f"{path!r} is shutting down")
+            raise NotFoundError(f"no endpoint {path!r} here")
         # Decoded and checked once, here; a bad request never reaches the handler.
         objects = self._objects
         reader = self._readers.get(path, _UNTYPED)

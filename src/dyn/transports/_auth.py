@@ -16,8 +16,9 @@ import hmac
 import os
 import secrets
 
+from dyn.settings import CLUSTER_SECRET_ENV
+
 __all__ = [
-    "ENV_CLUSTER_SECRET",
     "NONCE_BYTES",
     "TAG_BYTES",
     "new_nonce",
@@ -25,7 +26,6 @@ __all__ = [
     "tag",
 ]
 
-ENV_CLUSTER_SECRET = "DYN_CLUSTER_SECRET"
 NONCE_BYTES = 32
 TAG_BYTES = 32  # an HMAC-SHA256 digest
 
@@ -37,7 +37,7 @@ TCP_SERVER_LABEL = b"dyn-tcp-server-v1"
 
 def resolve_secret(option: str | bytes | None) -> bytes | None:
     """The secret to use: the option if given, else the environment; empty means none."""
-    value = option if option is not None else os.environ.get(ENV_CLUSTER_SECRET)
+    value = option if option is not None else os.environ.get(CLUSTER_SECRET_ENV)
     if not value:
         return None
     return value.encode() if isinstance(value, str) else value

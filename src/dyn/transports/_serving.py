@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 import anyio
 
 from dyn.context import Context
-from dyn.errors import CallError, DeadlineExceeded, DynError, RoutingError
+from dyn.errors import DeadlineExceeded, as_call_error
 from dyn.transports.base import Handler
 
 __all__ = ["ReplyFrame", "error_to_wire", "run_handler"]
@@ -18,13 +18,8 @@ ReplyFrame = tuple[str, bytes | str, str]
 
 def error_to_wire(exc: BaseException) -> tuple[str, str]:
     """The (code, message) pair an exception crosses the wire as."""
-    if isinstance(exc, CallError):
-        return exc.code, exc.message
-    if isinstance(exc, RoutingError):
-        return "unavailable", str(exc)
-    if isinstance(exc, DynError):
-        return "internal", str(exc)
-    return "internal", f"{type(exc).__name__}: {exc}"
+    error = as_call_error(exc)
+    return error.code, error.message
 
 
 async def run_handler(

@@ -9,6 +9,7 @@ which leaves backpressure to TCP and the per-stream windows.
 
 from __future__ import annotations
 
+import copy
 import hmac
 import ssl
 from collections import deque
@@ -23,6 +24,7 @@ from dyn.errors import (
     TransportError,
     call_error_from_wire,
 )
+from dyn.settings import CLUSTER_SECRET_ENV, TLS_CA_ENV, TLS_CERT_ENV, TLS_KEY_ENV
 from dyn.transports import _auth
 from dyn.transports._tcp_frames import (
     DATA,
@@ -43,7 +45,7 @@ from dyn.transports._tcp_frames import (
     parse_preface,
 )
 from dyn.transports._tcp_wire import TlsError, Wire, WireClosed, connect
-from dyn.transports._tls import ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY, TLS_RECORD_TYPES, tls_hint
+from dyn.transports._tls import TLS_RECORD_TYPES, tls_hint
 from dyn.transports.base import CallStream
 
 __all__ = ["ClientConnection", "TcpCall", "fresh_error"]
@@ -53,7 +55,8 @@ _LAST_STREAM_ID = 2**32 - 1
 
 def fresh_error(error: CallError) -> CallError:
     # One error object per raise, so tracebacks of different callers do not pile up.
-    return type(error)(error.message, code=error.code)
+    # copy.copy rebuilds the exception from its message and state, without a traceback.
+    return copy.copy(error)
 
 
 class _Ended:
@@ -133,7 +136,7 @@ class ClientConnection:
             if preface[:1] and preface[0] in TLS_RECORD_TYPES:
                 raise ProtocolError(
                     f"the server at {where} speaks TLS and this client does not; set "
-                    f"{ENV_TLS_CERT}, {ENV_TLS_KEY} and {ENV_TLS_CA}"
+                    f"{TLS_CERT_ENV}, {TLS_KEY_ENV} and {TLS_CA_ENV}"
                 ) from None
             raise ProtocolError(f"{where} is not a dyn tcp server (it sent {preface!r})") from None
         if version != protocol_version:
@@ -146,13 +149,13 @@ class ClientConnection:
                 # Calls carry requests (prompts) a server outside the cluster must not get.
                 raise ProtocolError(
                     f"the server at {where} does not require a cluster secret but this client "
-                    f"has one; give the server the same {_auth.ENV_CLUSTER_SECRET}"
+                    f"has one; give the server the same {CLUSTER_SECRET_ENV}"
                 )
             return
         if secret is None:
             raise ProtocolError(
                 f"the server at {where} requires a cluster secret; set "
-                f"{_auth.ENV_CLUSTER_SECRET} (or the transport option cluster_secret)"
+                f"{CLUSTER_SECRET_ENV} (or the transport option cluster_secret)"
             )
         server_nonce = await wire.read_exact(_auth.NONCE_BYTES)
         client_nonce = _auth.new_nonce()
@@ -165,7 +168,7 @@ class ClientConnection:
             # The server closes without a word on a wrong proof (tcp.md, 1.1).
             raise ProtocolError(
                 f"cluster secret rejected by the server at {where}; check that "
-                f"{_auth.ENV_CLUSTER_SECRET} is the same on both sides"
+                f"{CLUSTER_SECRET_ENV} is the same on both sides"
             ) from None
         expected = _auth.tag(secret, _auth.TCP_SERVER_LABEL, server_nonce, client_nonce)
         if not hmac.compare_digest(answer, expected):

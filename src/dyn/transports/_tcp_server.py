@@ -18,6 +18,7 @@ from anyio.abc import TaskGroup
 
 from dyn.context import Context
 from dyn.errors import CallError
+from dyn.settings import TLS_CERT_ENV
 from dyn.transports import _auth
 from dyn.transports._serving import ReplyFrame, run_handler
 from dyn.transports._tcp_frames import (
@@ -42,7 +43,7 @@ from dyn.transports._tcp_frames import (
     parse_window,
 )
 from dyn.transports._tcp_wire import TlsError, Wire, WireClosed
-from dyn.transports._tls import ENV_TLS_CERT, TLS_RECORD_TYPES
+from dyn.transports._tls import TLS_RECORD_TYPES
 from dyn.transports.base import Handler
 
 __all__ = ["ServerOptions", "serve_connection"]
@@ -106,7 +107,7 @@ async def serve_connection(
                     "closing connection from %s: it speaks TLS and this server does not "
                     "(set %s and the other DYN_TLS_ variables here too)",
                     peer,
-                    ENV_TLS_CERT,
+                    TLS_CERT_ENV,
                 )
             else:
                 log.info("closing connection from %s: not a dyn tcp client", peer)

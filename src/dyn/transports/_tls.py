@@ -21,11 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from dyn.errors import ConfigError
+from dyn.settings import TLS_CA_ENV, TLS_CERT_ENV, TLS_KEY_ENV
 
 __all__ = [
-    "ENV_TLS_CA",
-    "ENV_TLS_CERT",
-    "ENV_TLS_KEY",
     "TLS_RECORD_TYPES",
     "TlsConfig",
     "describe_tls_error",
@@ -33,9 +31,6 @@ __all__ = [
     "tls_hint",
 ]
 
-ENV_TLS_CERT = "DYN_TLS_CERT"
-ENV_TLS_KEY = "DYN_TLS_KEY"
-ENV_TLS_CA = "DYN_TLS_CA"
 
 # The first byte of a TLS record carrying an alert (21) or a handshake message (22): what a
 # TLS peer answers with where a dyn preface or an HTTP/2 frame was expected.
@@ -63,7 +58,7 @@ def resolve_tls(
     """
     named = {
         env: option or os.environ.get(env) or ""
-        for env, option in ((ENV_TLS_CERT, cert), (ENV_TLS_KEY, key), (ENV_TLS_CA, ca))
+        for env, option in ((TLS_CERT_ENV, cert), (TLS_KEY_ENV, key), (TLS_CA_ENV, ca))
     }
     missing = [env for env, value in named.items() if not value]
     if len(missing) == len(named):
@@ -71,14 +66,14 @@ def resolve_tls(
     if missing:
         present = [env for env, value in named.items() if value]
         raise ConfigError(
-            f"TLS needs {ENV_TLS_CERT}, {ENV_TLS_KEY} and {ENV_TLS_CA} together: "
+            f"TLS needs {TLS_CERT_ENV}, {TLS_KEY_ENV} and {TLS_CA_ENV} together: "
             f"{_listed(present)} {'is' if len(present) == 1 else 'are'} set but "
             f"{_listed(missing)} {'is' if len(missing) == 1 else 'are'} not; set "
             f"{'it' if len(missing) == 1 else 'them'}, or unset all three to run without TLS"
         )
     for env, path in named.items():
         _check_readable(path, env)
-    cert_path, key_path, ca_path = named[ENV_TLS_CERT], named[ENV_TLS_KEY], named[ENV_TLS_CA]
+    cert_path, key_path, ca_path = named[TLS_CERT_ENV], named[TLS_KEY_ENV], named[TLS_CA_ENV]
     server = _context(ssl.PROTOCOL_TLS_SERVER, cert_path, key_path, ca_path, alpn)
     server.num_tickets = 0  # no session resumption: connections are few and long-lived
     client = _context(ssl.PROTOCOL_TLS_CLIENT, cert_path, key_path, ca_path, alpn)
@@ -89,11 +84,11 @@ def tls_hint(tls_on: bool) -> str:
     """What to check when a connection fails in a way a TLS mismatch would explain."""
     if not tls_on:
         return (
-            f"if the server uses TLS, set {ENV_TLS_CERT}, {ENV_TLS_KEY} and {ENV_TLS_CA} here too"
+            f"if the server uses TLS, set {TLS_CERT_ENV}, {TLS_KEY_ENV} and {TLS_CA_ENV} here too"
         )
     return (
         f"this client uses TLS: check that the server does too, and that each side's "
-        f"certificate ({ENV_TLS_CERT}) is signed by the other side's {ENV_TLS_CA}"
+        f"certificate ({TLS_CERT_ENV}) is signed by the other side's {TLS_CA_ENV}"
     )
 
 
@@ -133,7 +128,7 @@ def _check_readable(path: str, env: str) -> None:
 
 def _no_password(key: str) -> Callable[[], bytes]:
     def refuse() -> bytes:
-        raise ConfigError(f"{ENV_TLS_KEY}={key}: the key is password-protected; give it without")
+        raise ConfigError(f"{TLS_KEY_ENV}={key}: the key is password-protected; give it without")
 
     return refuse
 
@@ -149,13 +144,13 @@ def _context(
     try:
         context.load_verify_locations(cafile=ca)
     except (ssl.SSLError, ValueError) as exc:
-        raise ConfigError(f"{ENV_TLS_CA}={ca}: not a PEM CA bundle: {exc}") from exc
+        raise ConfigError(f"{TLS_CA_ENV}={ca}: not a PEM CA bundle: {exc}") from exc
     try:
         # A callback, so that OpenSSL never stops a role to prompt on its terminal.
         context.load_cert_chain(cert, key, password=_no_password(key))
     except ssl.SSLError as exc:
         raise ConfigError(
-            f"{ENV_TLS_CERT}={cert} and {ENV_TLS_KEY}={key}: not a PEM certificate and its "
+            f"{TLS_CERT_ENV}={cert} and {TLS_KEY_ENV}={key}: not a PEM certificate and its "
             f"private key ({exc.reason or exc}); the key must be the certificate's"
         ) from exc
     if alpn:

@@ -1,6 +1,6 @@
 """The mocker's configuration: one frozen struct, validated once.
 
-Defaults are those of Dynamo's mocker as shipped in ai-dynamo 1.6.1 (REFERENCE.md §5),
+Defaults are those of Dynamo's mocker as shipped in ai-dynamo 1.6.1 (docs/mocker-timing.md),
 which in turn follow vLLM's engine arguments, so results compare with both.
 """
 

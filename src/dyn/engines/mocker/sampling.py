@@ -1,4 +1,4 @@
-"""Deterministic "model" output: the next token is a hash of the seed and the context.
+"""Deterministic "model" output: the next token is a hash of the sampling seed and the context.
 
 A streaming xxh3 over the context's tokens gives the same digest however the context was
 built up, so a request resubmitted elsewhere with its prompt plus the tokens generated so

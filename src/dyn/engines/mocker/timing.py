@@ -1,6 +1,6 @@
 """How long one scheduler step takes, in seconds of the engine's clock.
 
-The polynomial model is Dynamo's mocker fit (ai-dynamo 1.6.1, REFERENCE.md §5), in ms:
+The polynomial model is Dynamo's mocker fit (ai-dynamo 1.6.1, docs/mocker-timing.md), in ms:
 
 - prefill: ``a·T² + b·T + c`` with T the step's uncached prompt tokens (0 ms when T = 0);
 - decode: ``max(1, −25.74·u² + 54.01·u + 5.74)`` with u the batch's KV load, the sum of

@@ -3,10 +3,10 @@
 Status mapping (the client asked dyn, so only what the client can fix stays a 4xx)::
 
     400, 422        BadRequestError, the upstream's message (prompt too long, bad value)
-    413             payload_too_large
-    429             overloaded (the frontend answers 429 with Retry-After)
-    401, 403, 404   unavailable: dyn's key or model name is wrong, not the client's request
-    5xx, no answer  unavailable (503 with Retry-After)
+    413             PayloadTooLargeError
+    429             OverloadedError (the frontend answers 429 with Retry-After)
+    401, 403, 404   TransportError: dyn's key or model name is wrong, not the client's request
+    5xx, no answer  TransportError (503 with Retry-After)
 """
 
 from __future__ import annotations
@@ -16,7 +16,14 @@ from typing import Any
 
 import msgspec
 
-from dyn.errors import BadRequestError, CallError
+from dyn.errors import (
+    BadRequestError,
+    CallError,
+    OverloadedError,
+    PayloadTooLargeError,
+    TransportError,
+    call_error_from_wire,
+)
 
 __all__ = [
     "cached_tokens_of",
@@ -51,22 +58,20 @@ def error_from_status(status: int, message: str, upstream: str) -> CallError:
     if status in (400, 422):
         return BadRequestError(message)
     if status == 413:
-        return CallError(message, code="payload_too_large")
+        return PayloadTooLargeError(message)
     if status == 429:
-        return CallError(f"upstream {upstream} is overloaded: {message}", code="overloaded")
+        return OverloadedError(f"upstream {upstream} is overloaded: {message}")
     if status in (401, 403):
-        return CallError(
+        return TransportError(
             f"upstream {upstream} refused dyn's credentials ({status}: {message}); "
-            "check the proxy worker's api_key",
-            code="unavailable",
+            "check the proxy worker's api_key"
         )
     if status == 404:
-        return CallError(
+        return TransportError(
             f"upstream {upstream} answered 404 ({message}); check the proxy worker's "
-            "upstream URL and model",
-            code="unavailable",
+            "upstream URL and model"
         )
-    return CallError(f"upstream {upstream} answered {status}: {message}", code="unavailable")
+    return TransportError(f"upstream {upstream} answered {status}: {message}")
 
 
 def error_from_body(status: int, body: bytes, upstream: str) -> CallError:
@@ -75,16 +80,20 @@ def error_from_body(status: int, body: bytes, upstream: str) -> CallError:
 
 def in_band_error(error: Any, upstream: str) -> CallError:
     """An error event inside a stream: vLLM puts the HTTP status in ``code``, dyn's own
-    frontend a wire code such as ``"unavailable"``."""
+    frontend a wire code such as ``"unavailable"``.
+
+    Of dyn's own errors, only what the client can fix or retry passes through as it is;
+    anything else means the upstream failed.
+    """
     message = str(error.get("message", error)) if isinstance(error, dict) else str(error)
     code = error.get("code") if isinstance(error, dict) else None
     if isinstance(code, int) and not isinstance(code, bool):
         return error_from_status(code, message, upstream)
-    if code == "bad_request":
-        return BadRequestError(message)
-    if code == "overloaded":
-        return CallError(message, code="overloaded")
-    return CallError(f"upstream {upstream} failed mid-stream: {message}", code="unavailable")
+    if isinstance(code, str):
+        relayed = call_error_from_wire(code, message)
+        if isinstance(relayed, BadRequestError | OverloadedError):
+            return relayed
+    return TransportError(f"upstream {upstream} failed mid-stream: {message}")
 
 
 def cached_tokens_of(usage: Any) -> int | None:
@@ -117,8 +126,6 @@ async def sse_data(lines: AsyncIterator[str]) -> AsyncIterator[dict[str, Any]]:
         try:
             item = msgspec.json.decode(data)
         except msgspec.DecodeError as exc:
-            raise CallError(
-                f"upstream sent an event that is not JSON: {data[:80]!r}", code="unavailable"
-            ) from exc
+            raise TransportError(f"upstream sent an event that is not JSON: {data[:80]!r}") from exc
         if isinstance(item, dict):
             yield item

@@ -35,7 +35,7 @@ from dyn.engines.openai_proxy._upstream import (
     sse_data,
 )
 from dyn.engines.openai_proxy.config import OpenAIProxyConfig
-from dyn.errors import CallError
+from dyn.errors import TransportError
 from dyn.tokenizer import Tokenizer, load_tokenizer
 
 __all__ = ["OpenAIProxyEngine"]
@@ -86,7 +86,7 @@ class OpenAIProxyEngine(Engine):
         """Ask ``/v1/models``; return the model requests will name.
 
         Raises:
-            CallError: ``unavailable`` when the upstream does not answer, answers an
+            TransportError: ``unavailable`` when the upstream does not answer, answers an
                 error, or does not serve the configured model.
         """
         timeout = self.config.connect_timeout_s
@@ -99,25 +99,23 @@ class OpenAIProxyEngine(Engine):
         try:
             ids = [str(card["id"]) for card in response.json()["data"]]
         except (ValueError, KeyError, TypeError) as exc:
-            raise CallError(
-                f"upstream {self.upstream}/v1/models is not an OpenAI model list",
-                code="unavailable",
+            raise TransportError(
+                f"upstream {self.upstream}/v1/models is not an OpenAI model list"
             ) from exc
         wanted = self.config.model
         if wanted is not None and wanted not in ids:
-            raise CallError(
+            raise TransportError(
                 f"upstream {self.upstream} does not serve model {wanted!r}; it serves "
-                f"{', '.join(ids) or 'none'}",
-                code="unavailable",
+                f"{', '.join(ids) or 'none'}"
             )
         if not ids:
-            raise CallError(f"upstream {self.upstream} serves no model", code="unavailable")
+            raise TransportError(f"upstream {self.upstream} serves no model")
         self.model = wanted or ids[0]
         return self.model
 
-    def _unreachable(self, exc: httpx.HTTPError) -> CallError:
+    def _unreachable(self, exc: httpx.HTTPError) -> TransportError:
         detail = str(exc) or type(exc).__name__
-        return CallError(f"upstream {self.upstream} is unreachable: {detail}", code="unavailable")
+        return TransportError(f"upstream {self.upstream} is unreachable: {detail}")
 
     def _body(self, request: EngineRequest, model: str) -> dict[str, Any]:
         prompt: str | list[int] = (
@@ -190,9 +188,8 @@ class OpenAIProxyEngine(Engine):
                     yield EngineOutput(tokens=tokens, cached_tokens=(cached or 0) if first else 0)
                     first = False
         if finish is None:
-            raise CallError(
-                f"upstream {self.upstream} ended the stream before the answer finished",
-                code="unavailable",
+            raise TransportError(
+                f"upstream {self.upstream} ended the stream before the answer finished"
             )
         self.cached_prompt_tokens_total += cached or 0
         yield EngineOutput(

@@ -2,7 +2,7 @@
 
 After routing a request, the router assumes the chosen worker now caches the request's
 blocks, for ``ttl_s`` seconds (refreshed whenever a request with that prefix goes there
-again), as Dynamo's approximate mode does (REFERENCE.md §3). Time comes from an injected
+again), as Dynamo's approximate mode does (docs/kv-routing.md). Time comes from an injected
 clock so that tests and the virtual-time simulator control expiry.
 """
 
@@ -18,7 +18,7 @@ from dyn.routing.kv.router import KvRouter, _Plan
 
 __all__ = ["DEFAULT_TTL_S", "KvApproxRouter"]
 
-DEFAULT_TTL_S = 120.0  # Dynamo's approximate-mode block lifetime (REFERENCE.md §3)
+DEFAULT_TTL_S = 120.0  # Dynamo's approximate-mode block lifetime (docs/kv-routing.md)
 
 
 class KvApproxRouter(KvRouter):

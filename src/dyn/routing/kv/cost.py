@@ -1,4 +1,4 @@
-"""The KV router's cost function and choice rule (REFERENCE.md §3), as plain arithmetic.
+"""The KV router's cost function and choice rule (docs/kv-routing.md), as plain arithmetic.
 
 For each worker w, lower wins::
 
@@ -41,7 +41,7 @@ __all__ = [
 DYNAMO_OVERLAP_SCORE_WEIGHT = 1.0  # Dynamo's KvRouterConfig default, for comparison
 DEFAULT_OVERLAP_SCORE_WEIGHT = 4.0  # measured here, see the module docstring
 DEFAULT_TEMPERATURE = 0.0  # Dynamo's default: argmin with a random tie-break
-DEFAULT_BLOCK_SIZE = 64  # Dynamo mocker's default block size (REFERENCE.md §5)
+DEFAULT_BLOCK_SIZE = 64  # Dynamo mocker's default block size (docs/mocker-timing.md)
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ tree is one flat dict from node key to a bit mask of the workers holding that no
 child lookup is then one tuple hash and one dict probe, pruning an empty node is deleting
 its key, and nothing per node is allocated beyond the dict slot and two ints. This is the
 layout that measured fastest in CPython (``dyn bench router``); the tree is still the one
-REFERENCE.md §3 describes: nodes keyed by local hash under their parent, each with the set
+docs/kv-routing.md describes: nodes keyed by local hash under their parent, each with the set
 of workers holding it, plus a per-worker map from the worker's block hash to the node.
 
 Node keys are 64-bit hashes, so two different prefixes could share one key with the same

@@ -2,7 +2,7 @@
 
 The radix index (fed by the workers' KV events) gives each worker's cached overlap with
 the prompt; the tracker gives the load this router has in flight there; the cost function
-weighs both (REFERENCE.md §3). ``KvApproxRouter`` keeps the same machinery but guesses
+weighs both (docs/kv-routing.md). ``KvApproxRouter`` keeps the same machinery but guesses
 the index from its own decisions instead of events. With :meth:`KvRouter.enable_sync`
 a router shares its in-flight load with the other replicas routing to the same workers
 (:mod:`dyn.routing.kv.sync`).
@@ -109,7 +109,7 @@ class _Plan:
 
 
 class KvRouter(RoutingStrategy):
-    """Lowest cost of cached overlap and tracked load (REFERENCE.md §3)."""
+    """Lowest cost of cached overlap and tracked load (docs/kv-routing.md)."""
 
     name: ClassVar[str] = "kv"
     OPTIONS: ClassVar[tuple[str, ...]] = (

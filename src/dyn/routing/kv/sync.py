@@ -4,7 +4,7 @@ Each router counts the requests it has sent and not yet seen finish (the
 :class:`~dyn.routing.kv.tracker.LoadTracker`). With several routers in front of the same
 workers, each would see only its own share of that load, and two of them would happily
 send the same new prefix to two different workers. So each router tells the others what
-it adds, whose prefill is done and what it frees (REFERENCE.md §3), and applies what they
+it adds, whose prefill is done and what it frees (docs/kv-routing.md), and applies what they
 tell it to its own tracker under keys of their own, ``(router_id, flight)``, so a peer's
 request never collides with a local one.
 
@@ -51,7 +51,7 @@ __all__ = [
 
 # A peer sends something at least this often; one silent for PEER_TTL_S is taken for
 # gone (a crash that discovery has not noticed yet). dyn's own numbers: a few missed
-# heartbeats, well under the 120 s an approximate-mode block lives (REFERENCE.md §3).
+# heartbeats, well under the 120 s an approximate-mode block lives (docs/kv-routing.md).
 HEARTBEAT_S = 1.0
 PEER_TTL_S = 10.0
 

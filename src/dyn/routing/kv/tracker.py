@@ -1,7 +1,7 @@
 """The load a KV router has sent to each worker and not yet seen finish.
 
 Reported load arrives late (a worker publishes it every so often); a router that routes
-many requests between two reports must count its own. Following REFERENCE.md §3, a
+many requests between two reports must count its own. Following docs/kv-routing.md, a
 request is added when routed, its prefill is marked done at the first token, and it is
 freed when its stream ends (completion, error or cancel).
 

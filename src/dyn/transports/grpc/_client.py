@@ -22,7 +22,7 @@ from dyn.errors import (
     TransportError,
     call_error_from_wire,
 )
-from dyn.transports import _auth
+from dyn.settings import CLUSTER_SECRET_ENV
 from dyn.transports._tls import describe_tls_error, tls_hint
 from dyn.transports.base import CallStream
 from dyn.transports.grpc._token import GRPC_METADATA_KEY, make_token
@@ -183,9 +183,9 @@ def _from_status(address: str, exc: GRPCError) -> CallError:
     if exc.status is Status.UNAUTHENTICATED:  # the cluster secret, see dyn.proto
         message = exc.message or f"cluster secret rejected by the server at {address}"
         if "requires" in message:
-            message += f"; set {_auth.ENV_CLUSTER_SECRET} (or the transport option cluster_secret)"
+            message += f"; set {CLUSTER_SECRET_ENV} (or the transport option cluster_secret)"
         elif message.endswith("wrong secret") or ": " not in message:  # (older servers)
-            message += f"; check that {_auth.ENV_CLUSTER_SECRET} is the same on both sides"
+            message += f"; check that {CLUSTER_SECRET_ENV} is the same on both sides"
         return ProtocolError(message)
     if exc.status is Status.RESOURCE_EXHAUSTED:  # a full replay cache, see dyn.proto
         return OverloadedError(exc.message or f"the server at {address} is overloaded")

@@ -105,9 +105,9 @@ default_message_pool.register_message("dyn.v1", "End", End)
 class Error(betterproto2.Message):
     code: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
     """
-    The wire error code; the caller rebuilds a typed error from it. Known codes:
-    "bad_request", "deadline_exceeded", "cancelled", "unavailable", "protocol",
-    "not_found", "internal". Unknown codes arrive as a generic remote error.
+    The wire error code; the caller rebuilds a typed error from it. The known codes
+    are those of the error table in transports/README.md, one error class each.
+    Unknown codes arrive as a generic remote error.
     """
 
     message: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)

@@ -1,15 +1,12 @@
-"""A `dyn up` run as a subprocess, and streaming clients that record what they got."""
+"""Streaming clients that record what they got, and the prompts they send.
+
+The graphs they talk to are started with ``_dyn_graph.DynUp`` or ``_inprocess.serve_graph``.
+"""
 
 from __future__ import annotations
 
 import json
-import os
 import random
-import signal
-import socket
-import subprocess
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,77 +24,9 @@ WORDS = (
 ).split()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def prompts(count: int, seed: int = 0, words: int = 40) -> list[str]:
     rng = random.Random(seed)
     return [" ".join(rng.choice(WORDS) for _ in range(words)) for _ in range(count)]
-
-
-class Up:
-    """`dyn up GRAPH ARGS` with its own state directory; stderr goes to a file."""
-
-    def __init__(self, state: Path, *args: str, env: dict[str, str] | None = None) -> None:
-        self.state = state
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = state.parent / f"{state.name}-up.log"
-        state.mkdir(parents=True, exist_ok=True)
-        self._log = self.log_path.open("w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dyn", "up", *args, "--port", str(self.port)],
-            stdout=subprocess.DEVNULL,
-            stderr=self._log,
-            text=True,
-            cwd=ROOT,
-            env={
-                **os.environ,
-                **(env or {}),
-                "DYN_STATE_DIR": str(state),
-                "PYTHONUNBUFFERED": "1",
-            },
-        )
-
-    def log(self) -> str:
-        return self.log_path.read_text()
-
-    def wait_healthy(self, timeout: float = 60, headers: dict[str, str] | None = None) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"dyn up exited early:\n{self.log()}"
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"dyn up did not become healthy:\n{self.log()[-3000:]}")
-
-    def role_pids(self) -> dict[str, int]:
-        """Role name (``worker[1]``) → pid, from the run record."""
-        (run,) = (self.state / "runs").iterdir()
-        deadline = time.monotonic() + 10
-        # The launcher rewrites the record once every role is up; it then names the frontend.
-        while True:
-            record = json.loads((run / "run.json").read_text())
-            if record["frontend_url"] or time.monotonic() > deadline:
-                return {r["role"]: r["pid"] for r in record["roles"]}
-            time.sleep(0.05)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        return self.proc.returncode
 
 
 @dataclass

@@ -1,0 +1,174 @@
+"""The options of ``dyn bench`` (the load test), one annotated type each, grouped into
+the help panels ``dyn bench --help`` shows. Kept apart so the callback stays readable."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from dyn.settings import OPENAI_API_KEY_ENV
+
+__all__ = [
+    "Api",
+    "ApiKey",
+    "BlockSize",
+    "Compare",
+    "Csv",
+    "GraphFile",
+    "Groups",
+    "IgnoreEos",
+    "MaxConcurrency",
+    "MaxNumBatchedTokens",
+    "MaxNumSeqs",
+    "MetricPercentiles",
+    "Model",
+    "NumGpuBlocks",
+    "NumPrompts",
+    "OutputLen",
+    "PercentileMetrics",
+    "Plot",
+    "PromptsPerGroup",
+    "QuestionLen",
+    "RequestRate",
+    "RouterReplicas",
+    "RouterSync",
+    "RouterSyncDelayMs",
+    "SaveResult",
+    "Seed",
+    "Sessions",
+    "Sim",
+    "SimWorkers",
+    "SpeedupRatio",
+    "SystemPromptLen",
+    "Timing",
+    "TraceSpeedup",
+    "Turns",
+    "Url",
+    "Warmup",
+    "Workload",
+]
+
+_target: dict[str, Any] = {"rich_help_panel": "Server"}
+_workload: dict[str, Any] = {"rich_help_panel": "Workload"}
+_load: dict[str, Any] = {"rich_help_panel": "Load"}
+_report: dict[str, Any] = {"rich_help_panel": "Report"}
+_sim: dict[str, Any] = {"rich_help_panel": "Simulation (--sim)"}
+
+# -- the server ---------------------------------------------------------------------------
+Url = Annotated[
+    str | None,
+    typer.Option(help="Server base URL without /v1. Default: the latest `dyn up` here.", **_target),
+]
+Model = Annotated[str | None, typer.Option(help="Default: the first of /v1/models.", **_target)]
+Api = Annotated[str, typer.Option(help="completions or chat.", **_target)]
+ApiKey = Annotated[
+    str | None,
+    typer.Option(envvar=OPENAI_API_KEY_ENV, help="Sent as a bearer token.", **_target),
+]
+
+# -- the workload -------------------------------------------------------------------------
+Workload = Annotated[
+    str,
+    typer.Option(help="shared-prefix, multi-turn or trace:FILE (Mooncake JSONL).", **_workload),
+]
+Groups = Annotated[int, typer.Option(help="shared-prefix: groups.", min=1, **_workload)]
+PromptsPerGroup = Annotated[
+    int, typer.Option(help="shared-prefix: prompts each.", min=1, **_workload)
+]
+SystemPromptLen = Annotated[
+    int, typer.Option(help="shared-prefix: tokens of each group's prefix.", min=0, **_workload)
+]
+QuestionLen = Annotated[int, typer.Option(help="Tokens of each question.", min=1, **_workload)]
+OutputLen = Annotated[int, typer.Option(help="Tokens to generate.", min=1, **_workload)]
+Sessions = Annotated[int, typer.Option(help="multi-turn: conversations.", min=1, **_workload)]
+Turns = Annotated[int, typer.Option(help="multi-turn: turns each.", min=1, **_workload)]
+TraceSpeedup = Annotated[
+    float, typer.Option(help="trace: replay this many times faster.", **_workload)
+]
+Seed = Annotated[int, typer.Option(help="Seed of prompts and arrivals.", **_workload)]
+
+# -- how the load arrives -----------------------------------------------------------------
+MaxConcurrency = Annotated[
+    int | None, typer.Option(help="Requests in flight at most. Default: no cap.", min=1, **_load)
+]
+RequestRate = Annotated[
+    float | None,
+    typer.Option(help="Poisson arrivals per second. Default: inf (all at once).", **_load),
+]
+NumPrompts = Annotated[
+    int | None,
+    typer.Option(help="Send at most this many (measured) requests.", min=1, **_load),
+]
+Warmup = Annotated[
+    int,
+    typer.Option(help="Requests sent first and excluded from every figure.", min=0, **_load),
+]
+IgnoreEos = Annotated[
+    bool, typer.Option(help="Send ignore_eos so output lengths are exact.", **_load)
+]
+
+# -- what is reported ---------------------------------------------------------------------
+MetricPercentiles = Annotated[str, typer.Option(help="Percentiles to report.", **_report)]
+PercentileMetrics = Annotated[
+    str, typer.Option(help="Figures to report: ttft,tpot,itl,e2el.", **_report)
+]
+Compare = Annotated[
+    str | None,
+    typer.Option(help="Run once per routing strategy, e.g. round_robin,kv (dyn only).", **_report),
+]
+SaveResult = Annotated[str | None, typer.Option(help="Write the result as JSON.", **_report)]
+Csv = Annotated[str | None, typer.Option(help="Write one row per request as CSV.", **_report)]
+Plot = Annotated[
+    str | None,
+    typer.Option(help="Draw TTFT and latency CDFs to this PNG (dyn[plot]).", **_report),
+]
+
+# -- the simulation -----------------------------------------------------------------------
+Sim = Annotated[
+    bool,
+    typer.Option(
+        "--sim",
+        help="Replay in virtual time through the real router and mocker core: no server.",
+        **_sim,
+    ),
+]
+SimWorkers = Annotated[
+    int | None,
+    typer.Option(help="Simulated workers. Default: the graph's, else 4.", min=1, **_sim),
+]
+GraphFile = Annotated[
+    str | None,
+    typer.Option(help="Take worker settings and strategy from this graph file.", **_sim),
+]
+BlockSize = Annotated[int | None, typer.Option(help="Tokens per KV block.", **_sim)]
+NumGpuBlocks = Annotated[int | None, typer.Option(help="KV blocks per worker.", **_sim)]
+MaxNumSeqs = Annotated[int | None, typer.Option(help="Running sequences per worker.", **_sim)]
+MaxNumBatchedTokens = Annotated[int | None, typer.Option(help="Tokens per engine step.", **_sim)]
+SpeedupRatio = Annotated[
+    float | None, typer.Option(help="Engine step times are divided by this.", **_sim)
+]
+Timing = Annotated[
+    str | None, typer.Option(help="polynomial or fixed:PREFILL_MS,DECODE_MS.", **_sim)
+]
+RouterReplicas = Annotated[
+    int | None,
+    typer.Option(
+        help="Routers (processor replicas) fed in turn. Default: the graph's, else 1.",
+        min=1,
+        **_sim,
+    ),
+]
+RouterSync = Annotated[
+    bool | None,
+    typer.Option(
+        "--router-sync/--no-router-sync",
+        help="Routers share their in-flight load (kv). Default: the graph's, else on.",
+        show_default=False,
+        **_sim,
+    ),
+]
+RouterSyncDelayMs = Annotated[
+    float,
+    typer.Option(help="How late a sync batch reaches the other routers.", min=0, **_sim),
+]

@@ -1,0 +1,177 @@
+"""``dyn bench`` (no subcommand): check the flags once, run the live or the simulated
+load test, then render and save the arms the same way for both."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["BenchOptions", "Checked", "run_bench", "shapes", "split"]
+
+# Warm-up requests have the workload's shape but their own text, drawn with this seed
+# offset, so they warm connections and the engine without pre-filling measured prefixes.
+WARMUP_SEED_OFFSET = 1_000_003
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """Every option of ``dyn bench``, by its parameter name."""
+
+    url: str | None
+    model: str | None
+    api: str
+    api_key: str | None
+    workload: str
+    groups: int
+    prompts_per_group: int
+    system_prompt_len: int
+    question_len: int
+    output_len: int
+    sessions: int
+    turns: int
+    trace_speedup: float
+    max_concurrency: int | None
+    request_rate: float | None
+    num_prompts: int | None
+    warmup: int
+    seed: int
+    ignore_eos: bool
+    metric_percentiles: str
+    percentile_metrics: str
+    compare: str | None
+    save_result: str | None
+    csv: str | None
+    plot: str | None
+    sim: bool
+    workers: int | None
+    graph: str | None
+    block_size: int | None
+    num_gpu_blocks: int | None
+    max_num_seqs: int | None
+    max_num_batched_tokens: int | None
+    speedup_ratio: float | None
+    timing: str | None
+    router_replicas: int | None
+    router_sync: bool | None
+    router_sync_delay_ms: float
+
+
+@dataclass(frozen=True)
+class Checked:
+    """What both modes take from the options once they are checked."""
+
+    percentiles: list[float]
+    metrics: list[str]
+    strategies: list[str]
+    rate: float
+    warm_seed: int
+
+
+def split(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def run_bench(options: BenchOptions) -> None:
+    """Run the load test the options describe and print (and save) its figures."""
+    from datetime import datetime
+
+    checked = _check(options)
+    if options.sim:
+        from dyn.cli.bench_sim import run_sim_bench
+
+        base = None
+        arms, count = run_sim_bench(options, checked)
+    else:
+        from dyn.cli.bench_live import run_live_bench
+
+        base, arms, count = run_live_bench(options, checked)
+    meta = {
+        "date": datetime.now().strftime("%Y%m%d-%H%M%S"),
+        "base_url": base,
+        "api": options.api,
+        "workload": options.workload,
+        "num_prompts": count,
+        "request_rate": "inf" if math.isinf(checked.rate) else checked.rate,
+        "max_concurrency": options.max_concurrency,
+        "warmup": options.warmup,
+        "seed": options.seed,
+    }
+    arms = {name: {**meta, **result} for name, result in arms.items()}
+    compared = bool(checked.strategies)
+    _render(arms, compared=compared, percentiles=checked.percentiles, metrics=checked.metrics)
+    _save(arms, compared=compared, options=options)
+
+
+def _check(options: BenchOptions) -> Checked:
+    """The flags both modes share, checked in the order a user reads them."""
+    from dyn.bench.stats import METRICS
+    from dyn.errors import DynError
+
+    if options.api not in ("completions", "chat"):
+        raise DynError(f"unknown --api {options.api!r}; available: completions, chat")
+    try:
+        percentiles = [float(p) for p in split(options.metric_percentiles)]
+    except ValueError:
+        raise DynError(
+            f"--metric-percentiles takes numbers, got {options.metric_percentiles!r}"
+        ) from None
+    if not all(0 <= p <= 100 for p in percentiles):
+        raise DynError("--metric-percentiles must lie between 0 and 100")
+    metrics = split(options.percentile_metrics)
+    if unknown := [m for m in metrics if m not in METRICS]:
+        raise DynError(f"unknown --percentile-metrics {unknown}; available: {', '.join(METRICS)}")
+    strategies = split(options.compare) if options.compare is not None else []
+    if options.compare is not None and (not strategies or len(set(strategies)) != len(strategies)):
+        raise DynError("--compare takes distinct strategy names, e.g. round_robin,kv")
+    if options.workload.startswith("trace:") and options.request_rate is not None:
+        raise DynError(
+            "a trace keeps its own arrival times; use --trace-speedup, not --request-rate"
+        )
+    rate = math.inf if options.request_rate is None else options.request_rate
+    if options.plot:
+        from dyn.bench.report import check_plotting
+
+        check_plotting()
+    warm_seed = options.seed + WARMUP_SEED_OFFSET
+    return Checked(percentiles, metrics, strategies, rate, warm_seed)
+
+
+def shapes(options: BenchOptions) -> dict[str, Any]:
+    """The workload generators' shapes, by the names ``make_workload`` takes."""
+    from dyn.bench.workloads import MultiTurn, SharedPrefix
+
+    o = options
+    return {
+        "shared": SharedPrefix(
+            o.groups, o.prompts_per_group, o.system_prompt_len, o.question_len, o.output_len
+        ),
+        "multi": MultiTurn(o.sessions, o.turns, o.question_len, o.output_len),
+        "trace_speedup": o.trace_speedup,
+    }
+
+
+def _render(
+    arms: dict[str, dict[str, Any]], *, compared: bool, percentiles: list[float], metrics: list[str]
+) -> None:
+    import typer
+
+    from dyn.bench.report import compare_table, result_table
+
+    for name, result in arms.items():
+        title = f" {name} " if compared else " Serving Benchmark Result "
+        typer.echo(result_table(result, percentiles, metrics, title=title))
+    if compared:
+        typer.echo("")
+        typer.echo(compare_table(arms, percentiles, metrics))
+
+
+def _save(arms: dict[str, dict[str, Any]], *, compared: bool, options: BenchOptions) -> None:
+    from dyn.bench.report import plot_cdfs, write_csv, write_json
+
+    if options.save_result:
+        write_json(options.save_result, arms if compared else next(iter(arms.values())))
+    if options.csv:
+        write_csv(options.csv, arms)
+    if options.plot:
+        plot_cdfs(options.plot, arms)
