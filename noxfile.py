@@ -28,9 +28,11 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    """mypy --strict on src/."""
+    """mypy --strict on src/, and the typed-client test."""
     session.install("-e", ".[test]", "mypy>=1.10", "types-PyYAML")
     session.run("mypy", "--strict", "src/dyn")
+    # Typed clients: mypy must follow a request to its items (assert_type in the test).
+    session.run("mypy", "tests/unit/test_typed_clients.py")
 
 
 # The generator is pinned so that regenerating gives byte-identical output; bump these

@@ -66,7 +66,7 @@ async def test_generate_streams_one_line_per_word(hello: str) -> None:
     [
         (b"not json", 400, "not valid JSON"),
         (b"[1, 2]", 400, "must be a JSON object"),
-        (b'{"txt": "x"}', 400, "string field 'text'"),
+        (b'{"txt": "x"}', 400, "generate: Object missing required field `text`"),
         (b'{"text": "' + b"x" * (2 << 20) + b'"}', 413, "larger than"),
     ],
 )

@@ -355,6 +355,8 @@ async def test_hello_pipeline_through_the_runtime() -> None:
             async with client.stream("generate", {"text": "hello world"}) as items:
                 got = [item async for item in items]
             assert got == ["Middle: Backend: hello", "Middle: Backend: world-mid-back"]
-            with pytest.raises(BadRequestError, match="string field 'text'"):
+            with pytest.raises(
+                BadRequestError, match="generate: Object missing required field `text`"
+            ):
                 async with client.stream("generate", {"txt": 1}) as items:
                     [item async for item in items]

@@ -123,7 +123,7 @@ async def test_bad_request_error_keeps_its_type(runtime: Runtime) -> None:
     await _serve(runtime, Backend, "backend")
     client = runtime.client("backend")
     await client.wait_for_instances()
-    with pytest.raises(BadRequestError, match="string field 'text'"):
+    with pytest.raises(BadRequestError, match="generate: Object missing required field `text`"):
         async with client.stream("generate", {"txt": 1}) as items:
             [item async for item in items]
 

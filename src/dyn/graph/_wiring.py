@@ -49,6 +49,9 @@ def check_wiring(problems: Problems, drafts: list[Draft]) -> None:
         if draft.cls is not None and not draft.cls.open_dependencies:
             _check_slots(problems, draft)
     _check_cycles(problems, drafts)
+    from dyn.graph._contracts import check_contracts  # it imports this module
+
+    check_contracts(problems, drafts)
     resolved = [d for d in drafts if d.cls is not None]
     endpoints = {d.name: list(d.cls.endpoints()) for d in resolved if d.cls is not None}
     roles = {d.name: role_path(d.cls) for d in resolved}

@@ -6,9 +6,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
-import msgspec
-
 from dyn.context import HEADER_REQUEST_ID
+from dyn.contracts.base import EndpointRef
 from dyn.openai.protocol import GenerateOutput, GenerateRequest
 
 if TYPE_CHECKING:
@@ -18,29 +17,18 @@ __all__ = ["ClientBackend"]
 
 
 class ClientBackend:
-    """Sends ``msgspec.to_builtins(request)`` to ``endpoint`` of ``client``'s component
-    (the processor) and reads back dicts shaped like :class:`GenerateOutput`.
+    """Sends the request to ``endpoint`` of ``client``'s component (the processor) and
+    reads back :class:`GenerateOutput` items; a malformed one raises ``ProtocolError``.
     """
 
     def __init__(self, client: Client, endpoint: str = "generate") -> None:
         self._client = client
-        self._endpoint = endpoint
+        self._endpoint = EndpointRef(endpoint, GenerateRequest, GenerateOutput)
 
     @asynccontextmanager
     async def generate(
         self, request: GenerateRequest
     ) -> AsyncIterator[AsyncIterator[GenerateOutput]]:
-        payload = msgspec.to_builtins(request)
         headers = {HEADER_REQUEST_ID: request.request_id}
-        async with self._client.stream(self._endpoint, payload, headers=headers) as items:
-            yield _outputs(items)
-
-
-async def _outputs(items: AsyncIterator[object]) -> AsyncIterator[GenerateOutput]:
-    async for item in items:
-        try:
-            yield msgspec.convert(item, GenerateOutput)
-        except msgspec.ValidationError as exc:
-            from dyn.errors import ProtocolError
-
-            raise ProtocolError(f"the backend sent a malformed output: {exc}") from exc
+        async with self._client.stream(self._endpoint, request, headers=headers) as items:
+            yield items

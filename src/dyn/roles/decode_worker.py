@@ -19,12 +19,25 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal, cast
+from typing import Annotated, Literal, TypeVar, cast
 
 import anyio
 import msgspec
 
 from dyn.context import Context
+from dyn.contracts.base import Empty, EndpointRef
+from dyn.contracts.disagg import (
+    QUEUE_ACK,
+    QUEUE_DEPTH,
+    QUEUE_PUSH,
+    QUEUE_SET_DISAGG,
+    DisaggSettings,
+    DisaggThresholds,
+    JobRef,
+    KvTransfer,
+    KvTransferReply,
+    PrefillJob,
+)
 from dyn.disagg.rule import (
     DEFAULT_MAX_LOCAL_PREFILL_LENGTH,
     DEFAULT_MAX_PREFILL_QUEUE_SIZE,
@@ -32,15 +45,17 @@ from dyn.disagg.rule import (
 )
 from dyn.disagg.transfer import KvTransferModel
 from dyn.engines.base import EngineOutput, EngineRequest
-from dyn.errors import BadRequestError, CallError, DynError, OverloadedError
+from dyn.errors import CallError, DynError, OverloadedError
 from dyn.kv.hashing import local_block_hashes, sequence_hashes
 from dyn.observability.disagg_metrics import DisaggMetrics
-from dyn.roles.prefill_queue import disagg_settings
 from dyn.roles.worker import Worker, WorkerConfig
 from dyn.routing.base import RouteRequest
 from dyn.runtime.component import Component, depends, endpoint
 
 __all__ = ["DecodeWorker", "DecodeWorkerConfig"]
+
+ReqT = TypeVar("ReqT")
+ItemT = TypeVar("ItemT")
 
 # Bound on the queue calls a request makes before falling back to a local prefill.
 QUEUE_CALL_TIMEOUT_S = 2.0
@@ -69,7 +84,7 @@ class _Pending:
 
 class DecodeWorker(Worker, Component[DecodeWorkerConfig]):
     # Component[...] named again so the graph validates this role's own config type.
-    prefill_queue = depends()
+    prefill_queue = depends(calls=(QUEUE_DEPTH, QUEUE_PUSH, QUEUE_ACK, QUEUE_SET_DISAGG))
 
     async def start(self) -> None:
         await super().start()
@@ -80,11 +95,7 @@ class DecodeWorker(Worker, Component[DecodeWorkerConfig]):
         self._pending: dict[str, _Pending] = {}
 
     @endpoint
-    async def generate(self, request: Any, ctx: Context) -> AsyncIterator[EngineOutput]:
-        try:
-            req = msgspec.convert(request, EngineRequest)
-        except msgspec.ValidationError as exc:
-            raise BadRequestError(f"invalid engine request: {exc}") from exc
+    async def generate(self, req: EngineRequest, ctx: Context) -> AsyncIterator[EngineOutput]:
         self._refuse_if_full()  # before a remote prefill that would be wasted
         location = "local"
         if await self._wants_remote(req) and await self._prefill_remote(req):
@@ -94,7 +105,7 @@ class DecodeWorker(Worker, Component[DecodeWorkerConfig]):
             # request is admitted: its prompt is a prefix hit, as `cached_tokens` shows.
             self.engine.import_blocks(req.tokens)
         self.disagg_metrics.prefills.labels(location).inc()
-        async for output in super().generate(request, ctx):
+        async for output in super().generate(req, ctx):
             yield output
 
     async def _wants_remote(self, req: EngineRequest) -> bool:
@@ -127,28 +138,28 @@ class DecodeWorker(Worker, Component[DecodeWorkerConfig]):
     async def _refresh(self) -> int:
         """The queue's depth; adopts the thresholds kept there on the way."""
         with anyio.fail_after(QUEUE_CALL_TIMEOUT_S):
-            reply = await self._queue_call("depth", {})
-        self.rule.update(**reply.get("disagg", {}))
-        return int(reply["depth"])
+            reply = await self._queue_call(QUEUE_DEPTH, Empty())
+        self.rule.update(**reply.disagg)
+        return reply.depth
 
-    async def _queue_call(self, name: str, payload: dict[str, Any]) -> dict[str, Any]:
-        route = RouteRequest(request_id=f"{name}-{time.monotonic_ns()}")
-        async with self.prefill_queue.stream(name, payload, route=route) as replies:
+    async def _queue_call(self, ref: EndpointRef[ReqT, ItemT], payload: ReqT) -> ItemT:
+        route = RouteRequest(request_id=f"{ref.name}-{time.monotonic_ns()}")
+        async with self.prefill_queue.stream(ref, payload, route=route) as replies:
             async for reply in replies:
-                return cast(dict[str, Any], reply)
-        raise CallError(f"prefill queue {name} answered nothing")
+                return reply
+        raise CallError(f"prefill queue {ref.name} answered nothing")
 
     async def _prefill_remote(self, req: EngineRequest) -> bool:
         """Have a prefill worker compute the prompt; True once its blocks arrived."""
         block_size = self.settings.block_size
         hashes = sequence_hashes(local_block_hashes(req.tokens, block_size))
-        job = {
-            "request_id": req.request_id,
-            "tokens": req.tokens,
-            "block_hashes": hashes,
-            "block_size": block_size,
-            "decode_instance_id": self.info.instance_id,
-        }
+        job = PrefillJob(
+            request_id=req.request_id,
+            tokens=req.tokens,
+            block_hashes=hashes,
+            block_size=block_size,
+            decode_instance_id=self.info.instance_id,
+        )
         pending = self._pending[req.request_id] = _Pending(block_hashes=hashes)
         started = time.perf_counter()
         job_id: str | None = None
@@ -176,11 +187,11 @@ class DecodeWorker(Worker, Component[DecodeWorkerConfig]):
                 with anyio.CancelScope(shield=True):
                     await self._drop_job(job_id)
 
-    async def _push(self, job: dict[str, Any]) -> str | None:
+    async def _push(self, job: PrefillJob) -> str | None:
         """Enqueue the job; None to prefill locally instead (full or unreachable queue)."""
         try:
             with anyio.fail_after(QUEUE_CALL_TIMEOUT_S):
-                return str((await self._queue_call("push", job))["job_id"])
+                return (await self._queue_call(QUEUE_PUSH, job)).job_id
         except CallError as exc:
             if not isinstance(exc, OverloadedError):
                 self.log.warning("prefill queue push failed, prefilling locally: %s", exc)
@@ -199,35 +210,36 @@ class DecodeWorker(Worker, Component[DecodeWorkerConfig]):
     async def _drop_job(self, job_id: str) -> None:
         try:
             with anyio.move_on_after(QUEUE_CALL_TIMEOUT_S):
-                await self._queue_call("ack", {"job_id": job_id})
+                await self._queue_call(QUEUE_ACK, JobRef(job_id=job_id))
         except DynError as exc:
             self.log.debug("could not drop prefill job %s: %s", job_id, exc)
 
     @endpoint
-    async def kv_transfer(self, request: Any, ctx: Context) -> AsyncIterator[dict[str, Any]]:
+    async def kv_transfer(
+        self, request: KvTransfer, ctx: Context
+    ) -> AsyncIterator[KvTransferReply]:
         """A prefill worker delivers ``{"request_id", "block_hashes"}``; the blocks must
         be the ones this request's prompt needs (a mismatch is refused, not imported)."""
-        if not isinstance(request, dict) or not isinstance(request.get("request_id"), str):
-            raise BadRequestError("kv_transfer needs {'request_id': ID, 'block_hashes': [...]}")
-        pending = self._pending.get(request["request_id"])
+        pending = self._pending.get(request.request_id)
         if pending is None or pending.arrived.is_set():
-            yield {"accepted": False, "reason": "no request waits for these blocks"}
+            yield KvTransferReply(accepted=False, reason="no request waits for these blocks")
             return
-        received = list(request.get("block_hashes") or [])
+        received = request.block_hashes
         if received != pending.block_hashes:
-            yield {"accepted": False, "reason": "block hashes do not match the prompt"}
+            yield KvTransferReply(accepted=False, reason="block hashes do not match the prompt")
             return
         pending.blocks = len(received)
         pending.arrived.set()
-        yield {"accepted": True, "blocks": len(received)}
+        yield KvTransferReply(accepted=True, blocks=len(received))
 
     @endpoint
-    async def set_disagg(self, request: Any, ctx: Context) -> AsyncIterator[dict[str, Any]]:
+    async def set_disagg(
+        self, request: DisaggSettings, ctx: Context
+    ) -> AsyncIterator[DisaggThresholds]:
         """Change the thresholds of every decode worker: they are kept at the queue."""
-        settings = disagg_settings(request)
-        self.rule.update(**settings)
-        await self._queue_call("set_disagg", settings)
-        yield {
-            "max_local_prefill_length": self.rule.max_local_prefill_length,
-            "max_prefill_queue_size": self.rule.max_prefill_queue_size,
-        }
+        self.rule.update(**request.given())
+        await self._queue_call(QUEUE_SET_DISAGG, request)
+        yield DisaggThresholds(
+            max_local_prefill_length=self.rule.max_local_prefill_length,
+            max_prefill_queue_size=self.rule.max_prefill_queue_size,
+        )

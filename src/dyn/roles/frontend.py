@@ -232,7 +232,7 @@ class Frontend(Component[FrontendConfig]):
         route = request.url.path
         started = time.perf_counter()
         self.metrics.inflight.labels(route).inc()
-        stream: ResponseStream | None = None
+        stream: ResponseStream[Any] | None = None
         try:
             payload = await self._read_json(request)
             client, endpoint = self._targets[route]

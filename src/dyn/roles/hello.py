@@ -13,17 +13,10 @@ from typing import Any, ClassVar
 import msgspec
 
 from dyn.context import Context
-from dyn.errors import BadRequestError
+from dyn.contracts.demo import HELLO_GENERATE, HelloRequest
 from dyn.runtime.component import Component, depends, endpoint
 
 __all__ = ["Backend", "BackendConfig", "Middle", "MiddleConfig"]
-
-
-def _text_of(request: Any) -> str:
-    text = request.get("text") if isinstance(request, dict) else None
-    if isinstance(text, str):
-        return text
-    raise BadRequestError("request must be an object with a string field 'text'")
 
 
 class MiddleConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -34,13 +27,13 @@ class MiddleConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 class Middle(Component[MiddleConfig]):
     """Appends a suffix, forwards to the backend, and prefixes every item it relays."""
 
-    backend = depends()
+    backend = depends(calls=(HELLO_GENERATE,))
     example_request: ClassVar[dict[str, Any] | None] = {"text": "test"}
 
     @endpoint
-    async def generate(self, request: Any, ctx: Context) -> AsyncIterator[str]:
-        forwarded = {"text": _text_of(request) + self.config.suffix}
-        async with self.backend.stream("generate", forwarded) as items:
+    async def generate(self, request: HelloRequest, ctx: Context) -> AsyncIterator[str]:
+        forwarded = HelloRequest(text=request.text + self.config.suffix)
+        async with self.backend.stream(HELLO_GENERATE, forwarded) as items:
             async for item in items:
                 yield f"{self.config.prefix}{item}"
 
@@ -55,10 +48,10 @@ class Backend(Component[BackendConfig]):
     """Appends a suffix, then streams the words of the text one at a time."""
 
     @endpoint
-    async def generate(self, request: Any, ctx: Context) -> AsyncIterator[str]:
+    async def generate(self, request: HelloRequest, ctx: Context) -> AsyncIterator[str]:
         import anyio
 
-        text = _text_of(request) + self.config.suffix
+        text = request.text + self.config.suffix
         for word in text.split():
             if self.config.delay_s:
                 await anyio.sleep(self.config.delay_s)

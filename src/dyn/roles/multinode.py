@@ -18,7 +18,8 @@ import msgspec
 
 from dyn import plugins
 from dyn.context import Context
-from dyn.errors import BadRequestError, TransportError
+from dyn.contracts.demo import MULTINODE_GENERATE, MultinodeReply, MultinodeRequest
+from dyn.errors import TransportError
 from dyn.runtime.component import Component, depends, endpoint
 
 __all__ = [
@@ -29,15 +30,8 @@ __all__ = [
 ]
 
 
-def _prompt_of(request: Any) -> tuple[str, str]:
-    if not isinstance(request, dict) or not isinstance(request.get("prompt"), str):
-        raise BadRequestError("request must be an object with a string field 'prompt'")
-    request_id = request.get("request_id")
-    if request_id is None:
-        request_id = uuid.uuid4().hex
-    if not isinstance(request_id, str):
-        raise BadRequestError("'request_id' must be a string when given")
-    return request["prompt"], request_id
+def _request_id(request: MultinodeRequest) -> str:
+    return request.request_id if request.request_id is not None else uuid.uuid4().hex
 
 
 class MultinodeProcessorConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -50,7 +44,7 @@ class MultinodeProcessorConfig(msgspec.Struct, forbid_unknown_fields=True, froze
 class MultinodeProcessor(Component[MultinodeProcessorConfig]):
     """Tags the prompt with its node and routes it to a worker."""
 
-    worker = depends()
+    worker = depends(calls=(MULTINODE_GENERATE,))
     example_request: ClassVar[dict[str, Any] | None] = {"prompt": "hello", "request_id": "r1"}
 
     async def start(self) -> None:
@@ -61,12 +55,14 @@ class MultinodeProcessor(Component[MultinodeProcessorConfig]):
         return len(self.worker.instances()) >= self.config.min_workers
 
     @endpoint
-    async def generate(self, request: Any, ctx: Context) -> AsyncIterator[dict[str, str]]:
-        prompt, request_id = _prompt_of(request)
-        forwarded = {"prompt": f"{prompt}_ProcessedBy_{self.info.node}", "request_id": request_id}
+    async def generate(
+        self, request: MultinodeRequest, ctx: Context
+    ) -> AsyncIterator[MultinodeReply]:
+        prompt = f"{request.prompt}_ProcessedBy_{self.info.node}"
+        forwarded = MultinodeRequest(prompt=prompt, request_id=_request_id(request))
         failed: list[str] = []
         while True:
-            stream = self.worker.stream("generate", forwarded, exclude=failed)
+            stream = self.worker.stream(MULTINODE_GENERATE, forwarded, exclude=failed)
             started = False
             try:
                 async with stream as items:
@@ -90,6 +86,8 @@ class MultinodeWorker(Component[MultinodeWorkerConfig]):
     """Answers with the prompt and the name of the node it runs on."""
 
     @endpoint
-    async def generate(self, request: Any, ctx: Context) -> AsyncIterator[dict[str, str]]:
-        prompt, request_id = _prompt_of(request)
-        yield {"request_id": request_id, "text": f"{prompt}_GeneratedBy_{self.info.node}"}
+    async def generate(
+        self, request: MultinodeRequest, ctx: Context
+    ) -> AsyncIterator[MultinodeReply]:
+        text = f"{request.prompt}_GeneratedBy_{self.info.node}"
+        yield MultinodeReply(request_id=_request_id(request), text=text)

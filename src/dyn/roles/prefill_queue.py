@@ -13,18 +13,31 @@ bookkeeping is :class:`dyn.disagg.queue.PrefillQueue`.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated
 
 import anyio
 import msgspec
 
 from dyn.context import Context
+from dyn.contracts.base import Empty
+from dyn.contracts.disagg import (
+    Acked,
+    DisaggSettings,
+    JobRef,
+    LeasedJob,
+    LeaseState,
+    Nacked,
+    PrefillJob,
+    PullRequest,
+    Pushed,
+    QueueDepth,
+)
 from dyn.disagg.queue import PrefillQueue, QueueFull
-from dyn.errors import BadRequestError, OverloadedError
+from dyn.errors import OverloadedError
 from dyn.observability.disagg_metrics import PrefillQueueMetrics
 from dyn.runtime.component import Component, endpoint
 
-__all__ = ["DISAGG_KEYS", "PrefillQueueConfig", "PrefillQueueRole", "disagg_settings"]
+__all__ = ["DISAGG_KEYS", "PrefillQueueConfig", "PrefillQueueRole"]
 
 # A puller's longest wait per call: it calls again, so a dead queue is noticed this soon.
 MAX_PULL_WAIT_S = 30.0
@@ -67,30 +80,29 @@ class PrefillQueueRole(Component[PrefillQueueConfig]):
             self._publish()
 
     @endpoint
-    async def push(self, request: Any, ctx: Context) -> AsyncIterator[dict[str, Any]]:
+    async def push(self, job: PrefillJob, ctx: Context) -> AsyncIterator[Pushed]:
         try:
-            job_id = self.queue.push(request, anyio.current_time())
+            job_id = self.queue.push(job, anyio.current_time())
         except QueueFull as exc:
             raise OverloadedError(str(exc)) from exc
         self._publish()
-        yield {"job_id": job_id, "depth": self.queue.depth}
+        yield Pushed(job_id=job_id, depth=self.queue.depth)
 
     @endpoint
-    async def pull(self, request: Any, ctx: Context) -> AsyncIterator[dict[str, Any]]:
-        wait_s = _number(request, "wait_s", 5.0)
-        give_up = anyio.current_time() + min(max(wait_s, 0.0), MAX_PULL_WAIT_S)
+    async def pull(self, request: PullRequest, ctx: Context) -> AsyncIterator[LeasedJob]:
+        give_up = anyio.current_time() + min(max(request.wait_s, 0.0), MAX_PULL_WAIT_S)
         while True:
             now = anyio.current_time()
             self._expire()
             lease = self.queue.pull(now)
             if lease is not None:
                 self._publish()
-                yield {
-                    "job_id": lease.job_id,
-                    "payload": lease.payload,
-                    "delivery": lease.delivery,
-                    "lease_s": lease.deadline - now,
-                }
+                yield LeasedJob(
+                    job_id=lease.job_id,
+                    payload=lease.payload,
+                    delivery=lease.delivery,
+                    lease_s=lease.deadline - now,
+                )
                 return
             wake = give_up
             next_expiry = self.queue.next_deadline()
@@ -102,67 +114,39 @@ class PrefillQueueRole(Component[PrefillQueueConfig]):
                 await self._changed.wait()
 
     @endpoint
-    async def ack(self, request: Any, ctx: Context) -> AsyncIterator[dict[str, Any]]:
-        acked = self.queue.ack(_job_id(request))
+    async def ack(self, request: JobRef, ctx: Context) -> AsyncIterator[Acked]:
+        acked = self.queue.ack(request.job_id)
         self._publish()
-        yield {"acked": acked}
+        yield Acked(acked=acked)
 
     @endpoint
-    async def touch(self, request: Any, ctx: Context) -> AsyncIterator[dict[str, Any]]:
+    async def touch(self, request: JobRef, ctx: Context) -> AsyncIterator[LeaseState]:
         """Renew a lease: ``{"leased": bool}`` (false: it expired and went to another)."""
-        deadline = self.queue.touch(_job_id(request), anyio.current_time())
-        yield {"leased": deadline is not None}
+        deadline = self.queue.touch(request.job_id, anyio.current_time())
+        yield LeaseState(leased=deadline is not None)
 
     @endpoint
-    async def nack(self, request: Any, ctx: Context) -> AsyncIterator[dict[str, Any]]:
-        nacked = self.queue.nack(_job_id(request))
+    async def nack(self, request: JobRef, ctx: Context) -> AsyncIterator[Nacked]:
+        nacked = self.queue.nack(request.job_id)
         self._publish()
-        yield {"nacked": nacked}
+        yield Nacked(nacked=nacked)
 
     @endpoint
-    async def depth(self, request: Any, ctx: Context) -> AsyncIterator[dict[str, Any]]:
+    async def depth(self, request: Empty, ctx: Context) -> AsyncIterator[QueueDepth]:
         self._expire()
         queue = self.queue
-        yield {
-            "depth": queue.depth,
-            "ready": queue.ready,
-            "leased": queue.leased,
-            "disagg": self.disagg,
-        }
+        yield QueueDepth(
+            depth=queue.depth, ready=queue.ready, leased=queue.leased, disagg=self.disagg
+        )
 
     @endpoint
-    async def set_disagg(self, request: Any, ctx: Context) -> AsyncIterator[dict[str, Any]]:
+    async def set_disagg(
+        self, request: DisaggSettings, ctx: Context
+    ) -> AsyncIterator[DisaggSettings]:
         """``{"max_local_prefill_length"?: N, "max_prefill_queue_size"?: N}``."""
-        self.disagg = {**self.disagg, **disagg_settings(request)}
+        self.disagg = {**self.disagg, **request.given()}
         self.log.info("disaggregation thresholds now %s", self.disagg)
-        yield dict(self.disagg)
+        yield DisaggSettings(**self.disagg)
 
 
-DISAGG_KEYS = ("max_local_prefill_length", "max_prefill_queue_size")
-
-
-def disagg_settings(request: Any) -> dict[str, int]:
-    """The thresholds a ``set_disagg`` request sets, checked (non-negative integers)."""
-    if not isinstance(request, dict) or not request.keys() <= set(DISAGG_KEYS):
-        raise BadRequestError(f"set_disagg takes a mapping with keys among {DISAGG_KEYS}")
-    settings: dict[str, int] = {}
-    for key, value in request.items():
-        if value is None:
-            continue
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise BadRequestError(f"{key} must be an integer >= 0, got {value!r}")
-        settings[key] = value
-    return settings
-
-
-def _job_id(request: Any) -> str:
-    if not isinstance(request, dict) or not isinstance(request.get("job_id"), str):
-        raise BadRequestError("needs {'job_id': ID}")
-    return str(request["job_id"])
-
-
-def _number(request: Any, key: str, default: float) -> float:
-    value = request.get(key, default) if isinstance(request, dict) else default
-    if not isinstance(value, int | float):
-        raise BadRequestError(f"{key} must be a number")
-    return float(value)
+DISAGG_KEYS = tuple(DisaggSettings.__struct_fields__)

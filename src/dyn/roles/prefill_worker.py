@@ -15,12 +15,24 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import anyio
 import msgspec
 
 from dyn.context import Context
+from dyn.contracts.base import Empty, EndpointRef
+from dyn.contracts.disagg import (
+    DECODE_KV_TRANSFER,
+    QUEUE_ACK,
+    QUEUE_PULL,
+    QUEUE_TOUCH,
+    JobRef,
+    KvTransfer,
+    LeasedJob,
+    PrefillJob,
+    PullRequest,
+)
 from dyn.disagg.transfer import KvTransferModel
 from dyn.engines.base import EngineRequest
 from dyn.engines.mocker import MockerConfig, MockerEngine
@@ -33,6 +45,9 @@ from dyn.runtime.component import Component, depends, endpoint
 from dyn.tokenizer import load_tokenizer
 
 __all__ = ["PrefillJob", "PrefillWorker", "PrefillWorkerConfig"]
+
+ReqT = TypeVar("ReqT")
+ItemT = TypeVar("ItemT")
 
 # Pause after a failed pull (queue restarting or gone) before polling again.
 RETRY_DELAY_S = 0.5
@@ -51,19 +66,10 @@ class PrefillWorkerConfig(MockerConfig, forbid_unknown_fields=True, frozen=True)
     kv_transfer: KvTransferModel = msgspec.field(default_factory=KvTransferModel)
 
 
-class PrefillJob(msgspec.Struct, frozen=True):
-    """What a decode worker pushes (see :mod:`dyn.roles.decode_worker`)."""
-
-    request_id: str
-    tokens: list[int]
-    block_hashes: list[int]
-    block_size: int
-    decode_instance_id: str
-
-
 class PrefillWorker(Component[PrefillWorkerConfig]):
-    prefill_queue = depends()
-    worker = depends()  # the decode workers, called by instance id
+    prefill_queue = depends(calls=(QUEUE_PULL, QUEUE_ACK, QUEUE_TOUCH))
+    # The decode workers, called by instance id.
+    worker = depends(calls=(DECODE_KV_TRANSFER,))
 
     def metadata(self) -> dict[str, Any]:
         return {"block_size": self.config.block_size, "total_blocks": self.config.num_gpu_blocks}
@@ -100,23 +106,19 @@ class PrefillWorker(Component[PrefillWorkerConfig]):
             if lease is not None:
                 await self._work(lease)
 
-    async def _pull(self) -> dict[str, Any] | None:
+    async def _pull(self) -> LeasedJob | None:
         wait_s = self.config.pull_wait_s
         route = RouteRequest(request_id=f"pull-{self.info.instance_id}-{time.monotonic_ns()}")
+        request = PullRequest(wait_s=wait_s)
         with anyio.fail_after(wait_s + CALL_TIMEOUT_S):
-            async with self.prefill_queue.stream("pull", {"wait_s": wait_s}, route=route) as items:
+            async with self.prefill_queue.stream(QUEUE_PULL, request, route=route) as items:
                 async for item in items:
-                    return dict(item)
+                    return item
         return None
 
-    async def _work(self, lease: dict[str, Any]) -> None:
-        job_id = str(lease["job_id"])
-        try:
-            job = msgspec.convert(lease["payload"], PrefillJob)
-        except msgspec.ValidationError as exc:
-            self.log.warning("dropping malformed prefill job %s: %s", job_id, exc)
-            await self._queue_call("ack", {"job_id": job_id})
-            return
+    async def _work(self, lease: LeasedJob) -> None:
+        # The queue checked the job when it was pushed.
+        job_id, job = lease.job_id, lease.payload
         self.log.info("prefilling job %s (request %s)", job_id, job.request_id)
         lost = anyio.Event()
         self.jobs_in_progress += 1
@@ -124,8 +126,7 @@ class PrefillWorker(Component[PrefillWorkerConfig]):
             async with anyio.create_task_group() as tasks:
                 # Renew the lease while working, so that a slow prefill is not handed to a
                 # second worker; only a dead (or hung) worker lets it lapse.
-                lease_s = float(lease["lease_s"])
-                tasks.start_soon(self._keep_lease, job_id, lease_s, lost, tasks.cancel_scope)
+                tasks.start_soon(self._keep_lease, job_id, lease.lease_s, lost, tasks.cancel_scope)
                 await self._compute_and_ship(job_id, lease, job)
                 tasks.cancel_scope.cancel()
         finally:
@@ -133,7 +134,7 @@ class PrefillWorker(Component[PrefillWorkerConfig]):
         if lost.is_set():
             return  # nothing to ack: the job is gone, or another worker's now
         try:
-            await self._queue_call("ack", {"job_id": job_id})
+            await self._queue_call(QUEUE_ACK, JobRef(job_id=job_id))
         except (DynError, TimeoutError) as exc:
             self.log.warning("could not ack prefill job %s: %s", job_id, exc)
 
@@ -145,18 +146,18 @@ class PrefillWorker(Component[PrefillWorkerConfig]):
         while True:
             await anyio.sleep(max(min(lease_s / 3, LEASE_CHECK_S), 0.01))
             try:
-                reply = await self._queue_call("touch", {"job_id": job_id})
+                reply = await self._queue_call(QUEUE_TOUCH, JobRef(job_id=job_id))
             except (DynError, TimeoutError):
                 continue  # the queue is unreachable: keep working, it may come back
-            if not reply.get("leased", True):
+            if reply is not None and not reply.leased:
                 self.log.info("prefill job %s is no longer ours; abandoning it", job_id)
                 lost.set()
                 work.cancel()
                 return
 
-    async def _compute_and_ship(self, job_id: str, lease: dict[str, Any], job: PrefillJob) -> None:
+    async def _compute_and_ship(self, job_id: str, lease: LeasedJob, job: PrefillJob) -> None:
         try:
-            hashes = await self._prefill(job, f"{job_id}-{lease['delivery']}")
+            hashes = await self._prefill(job, f"{job_id}-{lease.delivery}")
             started = time.perf_counter()
             await anyio.sleep(
                 self.config.kv_transfer.seconds(len(hashes), self.config.speedup_ratio)
@@ -183,25 +184,25 @@ class PrefillWorker(Component[PrefillWorkerConfig]):
         route = RouteRequest(
             request_id=f"kv-transfer-{job.request_id}", instance_id=job.decode_instance_id
         )
-        payload = {"request_id": job.request_id, "block_hashes": hashes}
+        payload = KvTransfer(request_id=job.request_id, block_hashes=hashes)
         with anyio.fail_after(CALL_TIMEOUT_S):
-            async with self.worker.stream("kv_transfer", payload, route=route) as replies:
+            async with self.worker.stream(DECODE_KV_TRANSFER, payload, route=route) as replies:
                 async for reply in replies:
-                    return bool(reply.get("accepted"))
+                    return reply.accepted
         return False
 
-    async def _queue_call(self, name: str, payload: dict[str, Any]) -> dict[str, Any]:
-        """The queue's (last) reply to one call."""
-        route = RouteRequest(request_id=f"{name}-{time.monotonic_ns()}")
-        reply: dict[str, Any] = {}
+    async def _queue_call(self, ref: EndpointRef[ReqT, ItemT], payload: ReqT) -> ItemT | None:
+        """The queue's (last) reply to one call; None if it answered nothing."""
+        route = RouteRequest(request_id=f"{ref.name}-{time.monotonic_ns()}")
+        reply: ItemT | None = None
         with anyio.fail_after(CALL_TIMEOUT_S):
-            async with self.prefill_queue.stream(name, payload, route=route) as replies:
+            async with self.prefill_queue.stream(ref, payload, route=route) as replies:
                 async for item in replies:
-                    reply = dict(item)
+                    reply = item
         return reply
 
     @endpoint
-    async def kv_events(self, request: Any, ctx: Context) -> AsyncIterator[WorkerUpdate]:
+    async def kv_events(self, request: Empty, ctx: Context) -> AsyncIterator[WorkerUpdate]:
         """This worker's own cache, for observation (no router routes to it)."""
         async for update in self.engine.subscribe():
             yield update

@@ -19,6 +19,17 @@ import msgspec
 
 from dyn import plugins
 from dyn.context import Context
+from dyn.contracts.base import Empty
+from dyn.contracts.engine import ENGINE_CLEAR_KV, ENGINE_GENERATE, ENGINE_KV_EVENTS
+from dyn.contracts.processor import (
+    ClearAllReply,
+    ExplainRequest,
+    Explanation,
+    RouteInfo,
+    StrategyReply,
+    StrategyRequest,
+    SyncApplied,
+)
 from dyn.engines.base import EngineOutput, EngineRequest
 from dyn.errors import BadRequestError, CallError, DynError, OverloadedError, TransportError
 from dyn.kv.events import KvRemoved, KvStored, WorkerUpdate
@@ -54,7 +65,7 @@ class ProcessorConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 class Processor(Component[ProcessorConfig]):
     """Tokenizes, routes with the configured strategy, and detokenizes the stream."""
 
-    worker = depends()
+    worker = depends(calls=(ENGINE_GENERATE, ENGINE_KV_EVENTS, ENGINE_CLEAR_KV))
 
     async def start(self) -> None:
         model = self.model
@@ -109,9 +120,10 @@ class Processor(Component[ProcessorConfig]):
             while True:
                 route = RouteRequest(request_id=f"kv-events-{instance_id}", instance_id=instance_id)
                 try:
-                    async with self.worker.stream("kv_events", {}, route=route) as updates:
-                        async for raw in updates:
-                            update = msgspec.convert(raw, WorkerUpdate)
+                    async with self.worker.stream(
+                        ENGINE_KV_EVENTS, Empty(), route=route
+                    ) as updates:
+                        async for update in updates:
                             self._apply(instance_id, update)
                 except DynError as exc:
                     self.log.debug("kv events from %s broke: %s", instance_id, exc)
@@ -136,11 +148,7 @@ class Processor(Component[ProcessorConfig]):
     # -- endpoints -----------------------------------------------------------------------
 
     @endpoint
-    async def generate(self, request: Any, ctx: Context) -> AsyncIterator[GenerateOutput]:
-        try:
-            req = msgspec.convert(request, GenerateRequest)
-        except msgspec.ValidationError as exc:
-            raise BadRequestError(f"invalid generate request: {exc}") from exc
+    async def generate(self, req: GenerateRequest, ctx: Context) -> AsyncIterator[GenerateOutput]:
         tokens = self.tokenizer.encode(req.prompt)
         max_tokens = req.max_tokens
         if self.max_model_len is not None:
@@ -167,11 +175,12 @@ class Processor(Component[ProcessorConfig]):
             )
             route = RouteRequest(request_id=req.request_id, tokens=engine_request.tokens)
             received = 0
-            stream = self.worker.stream("generate", engine_request, route=route, exclude=failed)
+            stream = self.worker.stream(
+                ENGINE_GENERATE, engine_request, route=route, exclude=failed
+            )
             try:
                 async with stream as outputs:
-                    async for raw in outputs:
-                        out = msgspec.convert(raw, EngineOutput)
+                    async for out in outputs:
                         if received == 0 and outputs.instance is not None:
                             self.metrics.decision(outputs.instance.instance_id)
                         first = not generated and received == 0
@@ -180,7 +189,6 @@ class Processor(Component[ProcessorConfig]):
                         text = decoder.feed(out.tokens)
                         if out.finish_reason is not None:
                             text += decoder.flush()
-                        # A struct, not its dict: the runtime's msgpack encodes both the same.
                         yield GenerateOutput(
                             text=text,
                             token_count=len(out.tokens),
@@ -219,18 +227,14 @@ class Processor(Component[ProcessorConfig]):
                 )
 
     @endpoint
-    async def router_sync(self, request: Any, ctx: Context) -> AsyncIterator[dict[str, Any]]:
+    async def router_sync(self, batch: SyncBatch, ctx: Context) -> AsyncIterator[SyncApplied]:
         """A peer replica's sync batch (:mod:`dyn.routing.kv.sync`); ignored when off."""
-        try:
-            batch = msgspec.convert(request, SyncBatch)
-        except msgspec.ValidationError as exc:
-            raise BadRequestError(f"invalid router_sync batch: {exc}") from exc
         if self.replicas is not None:
             self.replicas.receive(batch)
-        yield {"applied": self.replicas is not None}
+        yield SyncApplied(applied=self.replicas is not None)
 
     @endpoint
-    async def route_info(self, request: Any, ctx: Context) -> AsyncIterator[dict[str, Any]]:
+    async def route_info(self, request: Empty, ctx: Context) -> AsyncIterator[RouteInfo]:
         """The strategy in use, what it knows of each worker, which workers this
         processor's client has ejected (instance id → seconds of back-off left), and the
         ``dyn_migrations_total`` of its process (its own /metrics is not served when it
@@ -238,51 +242,48 @@ class Processor(Component[ProcessorConfig]):
         workers = self.worker.instances("generate")
         described = self.worker.router.describe()
         live = {i.instance_id for i in workers}
-        yield {
-            "strategy": self.strategy,
-            "workers": {
+        yield RouteInfo(
+            strategy=self.strategy,
+            workers={
                 worker: {**stats, **described.get(worker, {})}
                 for worker, stats in self.worker_stats.items()
                 if worker in live
             },
-            "instances": [
+            instances=[
                 {"instance_id": i.instance_id, "replica": i.replica, "node": i.node}
                 for i in workers
             ],
-            "ejected": self.worker.ejected(),
-            "replica_sync": self.replicas.describe() if self.replicas is not None else None,
-            "migrations": self.runtime.registry.get_sample_value("dyn_migrations_total") or 0,
-        }
+            ejected=self.worker.ejected(),
+            replica_sync=self.replicas.describe() if self.replicas is not None else None,
+            migrations=self.runtime.registry.get_sample_value("dyn_migrations_total") or 0,
+        )
 
     @endpoint
-    async def set_strategy(self, request: Any, ctx: Context) -> AsyncIterator[dict[str, Any]]:
+    async def set_strategy(
+        self, request: StrategyRequest, ctx: Context
+    ) -> AsyncIterator[StrategyReply]:
         """Switch the routing strategy live: ``{"strategy": NAME, "options": {...}}``."""
-        if not isinstance(request, dict) or not isinstance(request.get("strategy"), str):
-            raise BadRequestError("set_strategy needs {'strategy': NAME}")
-        options = request.get("options") or {}
         try:
-            self._install(request["strategy"], options)
+            self._install(request.strategy, request.options or {})
         except DynError as exc:
             raise BadRequestError(str(exc)) from exc
         self.log.info("routing strategy is now %s", self.strategy)
-        yield {"strategy": self.strategy}
+        yield StrategyReply(strategy=self.strategy)
 
     @endpoint
-    async def explain(self, request: Any, ctx: Context) -> AsyncIterator[dict[str, Any]]:
+    async def explain(self, request: ExplainRequest, ctx: Context) -> AsyncIterator[Explanation]:
         """Score every worker for a prompt without sending anything: ``{"text": ...}``."""
-        if not isinstance(request, dict) or not isinstance(request.get("text"), str):
-            raise BadRequestError("explain needs {'text': PROMPT}")
-        tokens = self.tokenizer.encode(request["text"])
+        tokens = self.tokenizer.encode(request.text)
         candidates = self.worker.instances("generate")
         scores = self.worker.router.explain(candidates, RouteRequest("explain", tokens=tokens))
-        yield {
-            "strategy": self.strategy,
-            "prompt_tokens": len(tokens),
-            "workers": [msgspec.to_builtins(score) for score in scores],
-        }
+        yield Explanation(
+            strategy=self.strategy,
+            prompt_tokens=len(tokens),
+            workers=[msgspec.to_builtins(score) for score in scores],
+        )
 
     @endpoint
-    async def clear_kv(self, request: Any, ctx: Context) -> AsyncIterator[dict[str, Any]]:
+    async def clear_kv(self, request: Empty, ctx: Context) -> AsyncIterator[ClearAllReply]:
         """Drop every worker's cached blocks: ``{"cleared_blocks": N, "workers": W}``."""
         total = 0
         workers = self.worker.instances("clear_kv")
@@ -290,10 +291,10 @@ class Processor(Component[ProcessorConfig]):
             route = RouteRequest(
                 request_id=f"clear-kv-{instance.instance_id}", instance_id=instance.instance_id
             )
-            async with self.worker.stream("clear_kv", {}, route=route) as replies:
+            async with self.worker.stream(ENGINE_CLEAR_KV, Empty(), route=route) as replies:
                 async for reply in replies:
-                    total += int(reply.get("cleared_blocks", 0))
-        yield {"cleared_blocks": total, "workers": len(workers)}
+                    total += reply.cleared_blocks
+        yield ClearAllReply(cleared_blocks=total, workers=len(workers))
 
 
 def _worker_lost(exc: CallError) -> bool:

@@ -22,14 +22,15 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
-import msgspec
 
 from dyn.context import Context
-from dyn.engines.base import EngineRequest
+from dyn.contracts.base import Empty
+from dyn.contracts.engine import ClearKvReply
+from dyn.engines.base import EngineOutput, EngineRequest
 from dyn.engines.openai_proxy import OpenAIProxyConfig, OpenAIProxyEngine
 from dyn.engines.openai_proxy.kv_relay import KvEventRelay
-from dyn.errors import BadRequestError, CallError, TransportError
-from dyn.kv.events import WorkerLoad
+from dyn.errors import CallError, TransportError
+from dyn.kv.events import WorkerLoad, WorkerUpdate
 from dyn.observability.worker_metrics import WorkerMetrics
 from dyn.runtime.component import Component, endpoint
 from dyn.tokenizer import load_tokenizer
@@ -125,11 +126,7 @@ class ProxyWorker(Component[OpenAIProxyConfig]):
     # -- endpoints -----------------------------------------------------------------------
 
     @endpoint
-    async def generate(self, request: Any, ctx: Context) -> AsyncIterator[dict[str, Any]]:
-        try:
-            req = msgspec.convert(request, EngineRequest)
-        except msgspec.ValidationError as exc:
-            raise BadRequestError(f"invalid engine request: {exc}") from exc
+    async def generate(self, req: EngineRequest, ctx: Context) -> AsyncIterator[EngineOutput]:
         metrics, label = self.metrics, self.label
         blocks = math.ceil(len(req.tokens) / self.config.block_size)
         self._active_blocks += blocks
@@ -149,7 +146,7 @@ class ProxyWorker(Component[OpenAIProxyConfig]):
                 # The upstream reports cached tokens once, on the first or the last output.
                 metrics.cached_prompt_tokens.labels(label).inc(output.cached_tokens)
                 last = now
-                yield msgspec.to_builtins(output)
+                yield output
             status = "ok"
         except CallError as exc:
             status = "error"
@@ -166,12 +163,12 @@ class ProxyWorker(Component[OpenAIProxyConfig]):
             metrics.duration.labels(label).observe(time.perf_counter() - started)
 
     @endpoint
-    async def kv_events(self, request: Any, ctx: Context) -> AsyncIterator[dict[str, Any]]:
+    async def kv_events(self, request: Empty, ctx: Context) -> AsyncIterator[WorkerUpdate]:
         async for update in self.relay.subscribe():
             if update.load is not None:
                 self.metrics.kv_active_blocks.labels(self.label).set(update.load.active_blocks)
-            yield msgspec.to_builtins(update)
+            yield update
 
     @endpoint
-    async def clear_kv(self, request: Any, ctx: Context) -> AsyncIterator[dict[str, Any]]:
-        yield {"cleared_blocks": 0}
+    async def clear_kv(self, request: Empty, ctx: Context) -> AsyncIterator[ClearKvReply]:
+        yield ClearKvReply(cleared_blocks=0)

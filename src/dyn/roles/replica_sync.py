@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import anyio
 from anyio.abc import TaskGroup
 
+from dyn.contracts.processor import ROUTER_SYNC
 from dyn.errors import DynError
 from dyn.routing.base import RouteRequest, RoutingStrategy
 from dyn.routing.kv.router import KvRouter
@@ -27,7 +28,7 @@ from dyn.runtime.client import Client
 
 __all__ = ["BATCH_WINDOW_S", "SYNC_ENDPOINT", "ReplicaLink"]
 
-SYNC_ENDPOINT = "router_sync"
+SYNC_ENDPOINT = ROUTER_SYNC.name
 # dyn's own numbers: a window well under a prefill (tens of ms) so peers hear of a
 # request before the worker's own KV events would tell them; a send that takes longer
 # than SEND_TIMEOUT_S counts as failed, and is retried (as a snapshot) after RETRY_S.
@@ -152,7 +153,7 @@ class ReplicaLink:
                     continue
                 try:
                     with anyio.fail_after(SEND_TIMEOUT_S):
-                        async with self.peers.stream(SYNC_ENDPOINT, batch, route=route) as acks:
+                        async with self.peers.stream(ROUTER_SYNC, batch, route=route) as acks:
                             async for _ in acks:
                                 pass
                 except (DynError, TimeoutError) as exc:

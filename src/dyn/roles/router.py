@@ -11,9 +11,9 @@ against it too.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
 from dyn.context import Context
+from dyn.contracts.processor import BestWorker, BestWorkerRequest
 from dyn.errors import BadRequestError
 from dyn.roles.processor import Processor
 from dyn.routing.base import RouteRequest
@@ -26,25 +26,25 @@ class Router(Processor):
     """Answers ``best_worker`` for ``{"tokens": [...]}`` or ``{"text": ...}``."""
 
     @endpoint
-    async def best_worker(self, request: Any, ctx: Context) -> AsyncIterator[dict[str, Any]]:
-        if not isinstance(request, dict):
-            raise BadRequestError("best_worker needs {'tokens': [...]} or {'text': ...}")
-        tokens = request.get("tokens")
-        if tokens is None and isinstance(request.get("text"), str):
-            tokens = self.tokenizer.encode(request["text"])
-        if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
+    async def best_worker(
+        self, request: BestWorkerRequest, ctx: Context
+    ) -> AsyncIterator[BestWorker]:
+        tokens = request.tokens
+        if tokens is None and request.text is not None:
+            tokens = self.tokenizer.encode(request.text)
+        if tokens is None:
             raise BadRequestError("best_worker needs {'tokens': [int, ...]} or {'text': str}")
         candidates = self.worker.instances("generate")
         if not candidates:
-            yield {"worker_id": None, "estimated_prefix_hit_rate": 0.0}
+            yield BestWorker(worker_id=None, estimated_prefix_hit_rate=0.0)
             return
         scores = self.worker.router.explain(candidates, RouteRequest(ctx.request_id, tokens))
         best = next((s for s in scores if s.chosen), min(scores, key=lambda s: s.cost))
         block_size = int(candidates[0].metadata.get("block_size", 1) or 1)
         cached = min(len(tokens), best.overlap_blocks * block_size)
-        yield {
-            "worker_id": best.instance_id,
-            "estimated_prefix_hit_rate": cached / len(tokens) if tokens else 0.0,
-            "overlap_blocks": best.overlap_blocks,
-            "strategy": self.strategy,
-        }
+        yield BestWorker(
+            worker_id=best.instance_id,
+            estimated_prefix_hit_rate=cached / len(tokens) if tokens else 0.0,
+            overlap_blocks=best.overlap_blocks,
+            strategy=self.strategy,
+        )

@@ -21,9 +21,11 @@ import msgspec
 from prometheus_client import Counter
 
 from dyn.context import Context
+from dyn.contracts.base import Empty
+from dyn.contracts.engine import ClearKvReply
 from dyn.engines.base import EngineOutput, EngineRequest
 from dyn.engines.mocker import MockerConfig, MockerEngine
-from dyn.errors import BadRequestError, OverloadedError
+from dyn.errors import OverloadedError
 from dyn.kv.events import WorkerUpdate
 from dyn.observability.worker_metrics import WorkerMetrics
 from dyn.runtime.component import Component, endpoint
@@ -69,11 +71,7 @@ class Worker(Component[WorkerConfig]):
         await self.engine.run()
 
     @endpoint
-    async def generate(self, request: Any, ctx: Context) -> AsyncIterator[EngineOutput]:
-        try:
-            req = msgspec.convert(request, EngineRequest)
-        except msgspec.ValidationError as exc:
-            raise BadRequestError(f"invalid engine request: {exc}") from exc
+    async def generate(self, req: EngineRequest, ctx: Context) -> AsyncIterator[EngineOutput]:
         self._refuse_if_full()
         own = self._own
         itl = own.itl
@@ -96,7 +94,6 @@ class Worker(Component[WorkerConfig]):
                 else:
                     itl.observe(now - last)
                 last = now
-                # A struct, not its dict: the runtime's msgpack encodes both the same.
                 yield output
             status = "ok"
         except Exception:
@@ -127,15 +124,15 @@ class Worker(Component[WorkerConfig]):
         await self._idle.wait()
 
     @endpoint
-    async def kv_events(self, request: Any, ctx: Context) -> AsyncIterator[WorkerUpdate]:
+    async def kv_events(self, request: Empty, ctx: Context) -> AsyncIterator[WorkerUpdate]:
         async for update in self.engine.subscribe():
             if update.load is not None:
                 self._own.kv_active_blocks.set(update.load.active_blocks)
-            yield update  # encoded as its dict would be, as generate's outputs are
+            yield update
 
     @endpoint
-    async def clear_kv(self, request: Any, ctx: Context) -> AsyncIterator[dict[str, Any]]:
-        yield {"cleared_blocks": self.engine.clear_cache()}
+    async def clear_kv(self, request: Empty, ctx: Context) -> AsyncIterator[ClearKvReply]:
+        yield ClearKvReply(cleared_blocks=self.engine.clear_cache())
 
 
 class _OwnMetrics:

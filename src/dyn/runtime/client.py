@@ -1,4 +1,9 @@
-"""Clients: call a component's endpoints, picking an instance through a strategy."""
+"""Clients: call a component's endpoints, picking an instance through a strategy.
+
+A call names its endpoint by an :class:`~dyn.contracts.EndpointRef`, which types the
+payload and the items (``client.stream(ENGINE_GENERATE, req)`` yields ``EngineOutput``),
+or by its name, which leaves both as plain data.
+"""
 
 from __future__ import annotations
 
@@ -7,22 +12,27 @@ import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar, overload
 
 import anyio
 
 from dyn.context import HEADER_DEADLINE, HEADER_REQUEST_ID, current_context, new_request_id
+from dyn.contracts.base import EndpointRef
 from dyn.discovery.base import Instance
 from dyn.errors import DeadlineExceeded, NoInstancesError, TransportError
 from dyn.routing.base import RouteRequest, RoutingStrategy
 from dyn.routing.simple import Direct
 from dyn.runtime import codec
+from dyn.runtime._typed import ItemReader
 from dyn.transports.base import CallStream
 
 if TYPE_CHECKING:
     from dyn.runtime.runtime import Runtime
 
 __all__ = ["Client", "EjectionPolicy", "ResponseStream"]
+
+ReqT = TypeVar("ReqT")
+ItemT = TypeVar("ItemT")
 
 # Defaults for ejecting failing instances; the shape (consecutive failures, exponential
 # back-off with a cap) follows Envoy's outlier detection, the numbers are dyn's own.
@@ -201,6 +211,17 @@ class Client:
         health.failures = 0
         health.until = now + backoff
 
+    @overload
+    def stream(
+        self,
+        endpoint: EndpointRef[ReqT, ItemT],
+        payload: ReqT,
+        *,
+        route: RouteRequest | None = None,
+        headers: Mapping[str, str] | None = None,
+        exclude: Collection[str] = (),
+    ) -> ResponseStream[ItemT]: ...
+    @overload
     def stream(
         self,
         endpoint: str,
@@ -209,8 +230,20 @@ class Client:
         route: RouteRequest | None = None,
         headers: Mapping[str, str] | None = None,
         exclude: Collection[str] = (),
-    ) -> ResponseStream:
+    ) -> ResponseStream[Any]: ...
+    def stream(
+        self,
+        endpoint: EndpointRef[Any, Any] | str,
+        payload: Any,
+        *,
+        route: RouteRequest | None = None,
+        headers: Mapping[str, str] | None = None,
+        exclude: Collection[str] = (),
+    ) -> ResponseStream[Any]:
         """Call ``endpoint`` and iterate the decoded items it yields.
+
+        With an :class:`EndpointRef` the items are checked and decoded into its item
+        type (a malformed one raises ``ProtocolError``); with a name they are plain data.
 
         Use as ``async with client.stream(...) as items: async for item in items``; leaving
         the block early cancels the handler on the far side. Inside a handler the call
@@ -223,13 +256,13 @@ class Client:
 _OK = _Health()
 
 
-class ResponseStream:
+class ResponseStream(Generic[ItemT]):
     """One call's decoded items. Closing it early cancels the remote handler."""
 
     def __init__(
         self,
         client: Client,
-        endpoint: str,
+        endpoint: EndpointRef[Any, ItemT] | str,
         payload: Any,
         route: RouteRequest | None,
         headers: Mapping[str, str] | None,
@@ -248,7 +281,15 @@ class ResponseStream:
         if HEADER_DEADLINE in call_headers and math.isinf(self.deadline):
             self.deadline = anyio.current_time() + float(call_headers[HEADER_DEADLINE])
         self._client = client
-        self._endpoint = endpoint
+        if isinstance(endpoint, str):
+            self._endpoint = endpoint
+            item_type: Any = None
+        else:
+            self._endpoint = endpoint.name
+            item_type = endpoint.item
+        self._reader = ItemReader(item_type, f"{client.component}/{self._endpoint}")
+        # An object-carrying transport (in-process) takes the payload as it is.
+        self._objects = client.runtime.transport.carries_objects
         self._payload = payload
         self._route = route or RouteRequest(request_id=call_headers[HEADER_REQUEST_ID])
         self._exclude = exclude
@@ -292,15 +333,14 @@ class ResponseStream:
         path = instance.key
         if not math.isinf(self.deadline):
             self.headers[HEADER_DEADLINE] = f"{max(0.0, self.deadline - anyio.current_time()):.6f}"
-        self._call = client.runtime.transport.call(
-            instance.address, path, codec.encode(self._payload), self.headers
-        )
+        payload = self._payload if self._objects else codec.encode(self._payload)
+        self._call = client.runtime.transport.call(instance.address, path, payload, self.headers)
         return self._call
 
     def __aiter__(self) -> Self:
         return self
 
-    async def __anext__(self) -> Any:
+    async def __anext__(self) -> ItemT:
         if self._closed:
             raise StopAsyncIteration
         try:
@@ -326,7 +366,9 @@ class ResponseStream:
             if self._tracked:
                 self._client.router.on_first_item(self.instance, self._route)
         self._items += 1
-        return codec.decode(data)
+        reader = self._reader
+        item: ItemT = reader.from_object(data) if self._objects else reader.from_bytes(data)
+        return item
 
     def _healthy(self) -> None:
         # Any answer from the instance (an item, or the end) shows it is reachable.

@@ -2,31 +2,55 @@
 
 A component is a class deriving from :class:`Component`, parametrised by its config
 struct. Its endpoints are async generator methods marked with :func:`endpoint`; each
-takes the decoded request and a :class:`~dyn.context.Context` and yields items
-(anything msgpack can carry). Its dependencies are class attributes made with
-:func:`depends`; the runtime injects a :class:`~dyn.runtime.client.Client` for each one,
-bound to the component the graph wires to that slot::
+takes the request and a :class:`~dyn.context.Context` and yields items. Its
+dependencies are class attributes made with :func:`depends`; the runtime injects a
+:class:`~dyn.runtime.client.Client` for each one, bound to the component the graph
+wires to that slot. The types in an endpoint's signature are its contract::
 
-    class MiddleConfig(msgspec.Struct, forbid_unknown_fields=True):
-        suffix: str = "-mid"
+    class Ask(msgspec.Struct, frozen=True):
+        text: str
+
+    ASK = EndpointRef("generate", Ask, str)  # name, request type, item type
 
     class Middle(Component[MiddleConfig]):
-        backend = depends()
+        backend = depends(calls=(ASK,))
 
         @endpoint
-        async def generate(self, request: dict[str, Any], ctx: Context) -> AsyncIterator[str]:
-            async for item in self.backend.stream("generate", {"text": request["text"]}):
-                yield f"Middle: {item}"
+        async def generate(self, request: Ask, ctx: Context) -> AsyncIterator[str]:
+            async with self.backend.stream(ASK, Ask(request.text + "-mid")) as items:
+                async for item in items:  # mypy knows: str
+                    yield f"Middle: {item}"
+
+When the request is annotated with a msgspec Struct, the runtime decodes and validates
+it once, before the handler runs, and answers a malformed one with ``BadRequestError``
+naming the endpoint and the field (``generate: Object missing required field `text```).
+A handler whose request is ``Any`` or a dict takes plain data, unchecked. In-process
+calls hand requests and items over by reference, without encoding them: treat messages
+as immutable (declare Structs ``frozen=True``). ``calls=`` lets ``dyn graph validate``
+check that the component wired to the slot serves those endpoints with those types.
 """
 
 from __future__ import annotations
 
+import collections.abc
+import inspect
 import logging
-from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, get_args, get_origin, overload
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    ClassVar,
+    Generic,
+    NamedTuple,
+    TypeVar,
+    get_args,
+    get_origin,
+    overload,
+)
 
 import msgspec
 
+from dyn.contracts.base import EndpointRef
 from dyn.observability.logs import role_logger
 from dyn.settings import Settings
 
@@ -43,6 +67,7 @@ __all__ = [
     "Dependency",
     "EmptyConfig",
     "EndpointFn",
+    "EndpointTypes",
     "depends",
     "endpoint",
     "non_default_fields",
@@ -68,9 +93,12 @@ def endpoint(fn: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterat
 class Dependency:
     """A dependency slot: a class attribute the runtime fills with a client."""
 
-    def __init__(self, *, strategy: str | None = None) -> None:
+    def __init__(
+        self, *, strategy: str | None = None, calls: Sequence[EndpointRef[Any, Any]] = ()
+    ) -> None:
         self.slot = ""
         self.strategy = strategy
+        self.calls = tuple(calls)
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.slot = name
@@ -92,12 +120,55 @@ class Dependency:
             ) from None
 
 
-def depends(*, strategy: str | None = None) -> Any:
+def depends(
+    *, strategy: str | None = None, calls: Sequence[EndpointRef[Any, Any]] = ()
+) -> Dependency:
     """Declare a dependency slot, optionally with a default routing strategy.
 
-    Typed as ``Any`` so that ``backend = depends()`` reads as a client in the class body.
+    ``calls`` names the endpoints the component calls through the slot, for
+    ``dyn graph validate`` to check against the component the graph wires to it. On an
+    instance the slot reads as its :class:`~dyn.runtime.client.Client`.
     """
-    return Dependency(strategy=strategy)
+    return Dependency(strategy=strategy, calls=calls)
+
+
+class EndpointTypes(NamedTuple):
+    """An endpoint's request and item types as its signature declares them; ``None``
+    where it declares none or ``Any``."""
+
+    request: Any
+    item: Any
+
+
+_ITERATORS = (
+    collections.abc.AsyncIterator,
+    collections.abc.AsyncGenerator,
+    collections.abc.AsyncIterable,
+)
+
+
+def _declared_types(fn: Callable[..., Any]) -> EndpointTypes:
+    """Evaluate a handler's request and return annotations one by one, so that a name
+    imported only for type checking elsewhere in the signature does not matter."""
+    params = list(inspect.signature(fn).parameters.values())
+    annotations = getattr(fn, "__annotations__", {})
+
+    def resolve(name: str | None) -> Any:
+        hint = annotations.get(name) if name else None
+        if isinstance(hint, str):
+            try:
+                hint = eval(hint, getattr(fn, "__globals__", {}))
+            except Exception:
+                return None
+        return None if hint is Any else hint
+
+    request = resolve(params[1].name if len(params) > 1 else None)
+    returned = resolve("return")
+    item = None
+    if get_origin(returned) in _ITERATORS:
+        args = get_args(returned)
+        item = None if not args or args[0] is Any else args[0]
+    return EndpointTypes(request, item)
 
 
 class ComponentInfo(msgspec.Struct, frozen=True):
@@ -143,6 +214,8 @@ class Component(Generic[ConfigT]):
     model: ModelSpec | None = None
     # What the launch passes besides the graph (keys, log format); set by the launcher.
     run_settings: Settings = Settings()
+    # Filled by endpoint_types(), per class.
+    _dyn_endpoint_types: ClassVar[dict[str, EndpointTypes]]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -167,6 +240,18 @@ class Component(Generic[ConfigT]):
                 if getattr(value, _ENDPOINT_MARK, False):
                     found[name] = name
         return found
+
+    @classmethod
+    def endpoint_types(cls) -> dict[str, EndpointTypes]:
+        """Endpoint name → the request and item types its signature declares."""
+        cached: dict[str, EndpointTypes] | None = cls.__dict__.get("_dyn_endpoint_types")
+        if cached is None:
+            cached = {
+                name: _declared_types(getattr(cls, method))
+                for name, method in cls.endpoints().items()
+            }
+            cls._dyn_endpoint_types = cached
+        return cached
 
     @classmethod
     def dependency_slots(cls) -> dict[str, Dependency]:

@@ -25,6 +25,7 @@ from dyn.discovery.base import Discovery, Instance
 from dyn.errors import DynError, NotFoundError, RemoteError, TransportError
 from dyn.routing.base import RoutingStrategy
 from dyn.runtime import codec
+from dyn.runtime._typed import RequestReader, plain
 from dyn.runtime.client import Client
 from dyn.runtime.component import Component, ComponentInfo
 from dyn.transports.base import Transport
@@ -61,6 +62,10 @@ class Runtime:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.address = ""
         self._routes: dict[str, EndpointMethod] = {}
+        # How each route's payloads become its handler's request (absent: plain data).
+        self._readers: dict[str, RequestReader] = {}
+        # An object-carrying transport (in-process) gets objects and must get objects back.
+        self._objects = transport.carries_objects
         # Paths of withdrawn endpoints: a late call to one is told to go elsewhere.
         self._withdrawn: set[str] = set()
         self._registered: dict[int, list[Instance]] = {}
@@ -131,6 +136,7 @@ class Runtime:
         # `dyn status` shows uptimes from this; one clock reading for all endpoints.
         metadata = {"started_at": time.time(), **(metadata or {})}
         instances = []
+        types = type(component).endpoint_types()
         for name, method_name in type(component).endpoints().items():
             instance = Instance(
                 namespace=info.namespace,
@@ -146,6 +152,7 @@ class Runtime:
                 metadata=dict(metadata),
             )
             self._routes[instance.key] = getattr(component, method_name)
+            self._readers[instance.key] = RequestReader(name, types[name].request)
             self._withdrawn.discard(instance.key)
             instances.append(instance)
         # Not in discovery: `dyn status` asks every instance this, by its address.
@@ -166,6 +173,7 @@ class Runtime:
         for instance in self._registered.pop(id(component), []):
             await self.discovery.deregister(instance)
             self._routes.pop(instance.key, None)
+            self._readers.pop(instance.key, None)
             self._withdrawn.add(instance.key)
 
     async def probe_health(self, instance: Instance, timeout_s: float) -> dict[str, Any]:
@@ -175,25 +183,30 @@ class Runtime:
         with anyio.move_on_after(timeout_s):
             try:
                 headers = {HEADER_DEADLINE: f"{timeout_s}"}
-                async with self.transport.call(
-                    instance.address, path, codec.encode({}), headers
-                ) as call:
+                # An object-carrying transport takes the request as it is.
+                payload: Any = {} if self._objects else codec.encode({})
+                async with self.transport.call(instance.address, path, payload, headers) as call:
                     async for data in call:
-                        answer: dict[str, Any] = codec.decode(data)
+                        answer: dict[str, Any] = (
+                            plain(data) if self._objects else codec.decode(data)
+                        )
                         return answer
             except DynError as exc:
                 return {"state": "unhealthy", "reason": str(exc)}
             return {"state": "unhealthy", "reason": "no answer"}
         return {"state": "unhealthy", "reason": f"no answer within {timeout_s:g} s"}
 
-    async def _dispatch(self, path: str, payload: bytes, ctx: Context) -> AsyncIterator[bytes]:
+    async def _dispatch(self, path: str, payload: Any, ctx: Context) -> AsyncIterator[Any]:
         method = self._routes.get(path)
         if method is None:
             if path in self._withdrawn:
                 # A caller whose discovery is behind: a TransportError lets it pick another.
                 raise TransportError(f"{path!r} is shutting down")
             raise NotFoundError(f"no endpoint {path!r} here")
-        request = codec.decode(payload)
+        # Decoded and checked once, here; a bad request never reaches the handler.
+        objects = self._objects
+        reader = self._readers.get(path, _UNTYPED)
+        request = reader.from_object(payload) if objects else reader.from_bytes(payload)
         items = method(request, ctx)
         step = items.__anext__
         try:
@@ -208,7 +221,7 @@ class Runtime:
                     return
                 finally:
                     ctx.unbind(token)
-                yield codec.encode(item)
+                yield item if objects else codec.encode(item)
         except DynError:
             raise
         except Exception as exc:
@@ -222,6 +235,9 @@ class Runtime:
                 await items.aclose()  # type: ignore[attr-defined]
             finally:
                 ctx.unbind(token)
+
+
+_UNTYPED = RequestReader("_health", None)
 
 
 def health_path(namespace: str, component: str, instance_id: str) -> str:

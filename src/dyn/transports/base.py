@@ -2,7 +2,9 @@
 
 A call is an endpoint path, a payload and headers; the answer is a stream of data frames
 ending with an end frame or an error frame. Payloads are already encoded by the runtime,
-so a transport only moves bytes. Implementations live one per module beside this one.
+so a transport only moves bytes; except a transport that declares ``carries_objects``
+(the in-process one), to which the runtime hands requests and items as objects, unencoded.
+Implementations live one per module beside this one.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ __all__ = ["PROTOCOL_VERSION", "CallStream", "Handler", "Transport"]
 # The version of dyn's call protocol (transports/README.md), shared by every transport.
 PROTOCOL_VERSION = 1
 
-Handler = Callable[[str, bytes, Context], AsyncIterator[bytes]]
+Handler = Callable[[str, Any, Context], AsyncIterator[Any]]
 """What a server runs per call: ``handler(path, payload, ctx)`` yields data frames.
+
+Payload and frames are bytes, or any object on a transport that ``carries_objects``.
 
 An exception it raises becomes an error frame (see ``dyn.transports._serving``).
 """
@@ -66,6 +70,9 @@ class Transport(ABC):
     """A way to reach servers. One object per process, shared by all its clients."""
 
     name: ClassVar[str]
+    # True: payloads and frames are moved as the objects they are, never encoded; the
+    # runtime then hands over messages by reference (they must be treated as immutable).
+    carries_objects: ClassVar[bool] = False
 
     def __init__(self, *, protocol_version: int = PROTOCOL_VERSION, **options: Any) -> None:
         # Both sides of a call must speak the same version; a peer that does not gets a

@@ -13,7 +13,9 @@ socket:
 - a handler's exception arrives as the same typed error it would over a wire.
 - a server that stops breaks its calls in flight: their next item is a TransportError.
 
-It doubles as the test double for role code.
+Payloads and items are moved as the objects they are (``carries_objects``): the
+runtime hands a typed request to the handler without encoding it. Given bytes, it moves
+bytes. It doubles as the test double for role code.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ _running: contextvars.ContextVar[_InprocCall | None] = contextvars.ContextVar(
 
 class InprocTransport(Transport):
     name: ClassVar[str] = "inproc"
+    carries_objects: ClassVar[bool] = True
 
     async def serve(
         self, handler: Handler, *, host: str, port: int = 0, task_status: TaskStatus[str]
@@ -80,7 +83,7 @@ class InprocTransport(Transport):
                 call.break_off()
 
     def call(
-        self, address: str, path: str, payload: bytes, headers: Mapping[str, str]
+        self, address: str, path: str, payload: object, headers: Mapping[str, str]
     ) -> CallStream:
         return _InprocCall(address, path, payload, headers, self.protocol_version)
 
@@ -114,7 +117,7 @@ class _InprocCall(CallStream):
         self,
         address: str,
         path: str,
-        payload: bytes,
+        payload: object,
         headers: Mapping[str, str],
         protocol_version: int,
     ):

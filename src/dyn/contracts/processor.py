@@ -1,0 +1,103 @@
+"""What a processor (and the standalone router role) serves.
+
+``generate`` speaks the OpenAI layer's text-in, text-out messages; the rest are the
+admin endpoints ``dyn route`` and the frontend's admin routes call, and ``router_sync``
+between replicas.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from dyn.contracts.base import Empty, EndpointRef
+from dyn.openai.protocol import GenerateOutput, GenerateRequest
+from dyn.routing.kv.sync import SyncBatch
+
+__all__ = [
+    "PROCESSOR_CLEAR_KV",
+    "PROCESSOR_EXPLAIN",
+    "PROCESSOR_GENERATE",
+    "PROCESSOR_ROUTE_INFO",
+    "PROCESSOR_SET_STRATEGY",
+    "ROUTER_BEST_WORKER",
+    "ROUTER_SYNC",
+    "BestWorker",
+    "BestWorkerRequest",
+    "ClearAllReply",
+    "Explanation",
+    "ExplainRequest",
+    "GenerateOutput",
+    "GenerateRequest",
+    "RouteInfo",
+    "StrategyReply",
+    "StrategyRequest",
+    "SyncApplied",
+    "SyncBatch",
+]
+
+
+class RouteInfo(msgspec.Struct, frozen=True):
+    """The strategy in use, what it knows of each live worker, the instances, the
+    ejected ones (instance id → seconds of back-off left), replica sync, migrations."""
+
+    strategy: str
+    workers: dict[str, dict[str, Any]]
+    instances: list[dict[str, Any]]
+    ejected: dict[str, float]
+    replica_sync: dict[str, Any] | None
+    migrations: float
+
+
+class StrategyRequest(msgspec.Struct, frozen=True):
+    strategy: str
+    options: dict[str, Any] | None = None
+
+
+class StrategyReply(msgspec.Struct, frozen=True):
+    strategy: str
+
+
+class ExplainRequest(msgspec.Struct, frozen=True):
+    text: str
+
+
+class Explanation(msgspec.Struct, frozen=True):
+    strategy: str
+    prompt_tokens: int
+    workers: list[dict[str, Any]]
+
+
+class ClearAllReply(msgspec.Struct, frozen=True):
+    cleared_blocks: int
+    workers: int
+
+
+class SyncApplied(msgspec.Struct, frozen=True):
+    applied: bool
+
+
+class BestWorkerRequest(msgspec.Struct, frozen=True):
+    """Either the prompt's ``tokens`` or its ``text`` (tokenized by the router)."""
+
+    tokens: list[int] | None = None
+    text: str | None = None
+
+
+class BestWorker(msgspec.Struct, frozen=True, omit_defaults=True):
+    """The worker to send to (None: no worker is live) and how much it holds."""
+
+    worker_id: str | None
+    estimated_prefix_hit_rate: float
+    overlap_blocks: int | None = None
+    strategy: str | None = None
+
+
+PROCESSOR_GENERATE = EndpointRef("generate", GenerateRequest, GenerateOutput)
+PROCESSOR_ROUTE_INFO = EndpointRef("route_info", Empty, RouteInfo)
+PROCESSOR_SET_STRATEGY = EndpointRef("set_strategy", StrategyRequest, StrategyReply)
+PROCESSOR_EXPLAIN = EndpointRef("explain", ExplainRequest, Explanation)
+PROCESSOR_CLEAR_KV = EndpointRef("clear_kv", Empty, ClearAllReply)
+ROUTER_SYNC = EndpointRef("router_sync", SyncBatch, SyncApplied)
+ROUTER_BEST_WORKER = EndpointRef("best_worker", BestWorkerRequest, BestWorker)
