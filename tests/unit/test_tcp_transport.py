@@ -12,6 +12,8 @@ import pytest
 from anyio.abc import TaskGroup
 
 from dyn.context import Context
+from dyn.contracts.base import Text
+from dyn.contracts.demo import HELLO_GENERATE, HelloRequest
 from dyn.discovery.memory import MemoryDiscovery
 from dyn.errors import (
     BadRequestError,
@@ -341,11 +343,11 @@ async def test_hello_pipeline_over_tcp() -> None:
             await middle.backend.wait_for_instances()
             client = mid_rt.client("middle")
             await client.wait_for_instances()
-            async with client.stream("generate", {"text": "hello world"}) as items:
+            async with client.stream(HELLO_GENERATE, HelloRequest("hello world")) as items:
                 got = [item async for item in items]
             with pytest.raises(
                 BadRequestError, match="generate: Object missing required field `text`"
             ):
                 async with client.stream("generate", {"txt": 1}) as items:
                     [item async for item in items]
-    assert got == ["Middle: Backend: hello", "Middle: Backend: world-mid-back"]
+    assert got == [Text("Middle: Backend: hello"), Text("Middle: Backend: world-mid-back")]

@@ -13,7 +13,7 @@ from typing import Generic, TypeVar
 
 import msgspec
 
-__all__ = ["EndpointRef", "Empty"]
+__all__ = ["EndpointRef", "Empty", "Text"]
 
 ReqT = TypeVar("ReqT")
 ItemT = TypeVar("ItemT")
@@ -30,3 +30,10 @@ class EndpointRef(Generic[ReqT, ItemT]):
 
 class Empty(msgspec.Struct, frozen=True):
     """The request of an endpoint that needs no arguments (any fields sent are ignored)."""
+
+
+class Text(msgspec.Struct, frozen=True):
+    """An item that is a piece of text. The frontend's plain streaming routes (such as
+    ``/generate``) write it as it is, one line per item; other items go out as JSON."""
+
+    text: str

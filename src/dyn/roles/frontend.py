@@ -314,7 +314,12 @@ _END: Any = object()
 
 
 def _as_text(item: Any) -> str:
-    return item if isinstance(item, str) else json.dumps(item)
+    # A Text item reaches this untyped caller as {"text": ...} (see dyn.contracts.Text).
+    if isinstance(item, str):
+        return item
+    if isinstance(item, dict) and len(item) == 1 and isinstance(item.get("text"), str):
+        return str(item["text"])
+    return json.dumps(item)
 
 
 def _url_host(host: str) -> str:
