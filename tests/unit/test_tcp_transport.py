@@ -46,6 +46,8 @@ class Seen:
 async def handler(path: str, payload: bytes, ctx: Context) -> AsyncIterator[bytes]:
     if path == "echo":
         yield payload
+    elif path == "big":
+        yield b"x" * int(payload)
     elif path == "count":
         for i in range(int(payload)):
             yield str(i).encode()
@@ -351,3 +353,17 @@ async def test_hello_pipeline_over_tcp() -> None:
                 async with client.stream("generate", {"txt": 1}) as items:
                     [item async for item in items]
     assert got == [Text("Middle: Backend: hello"), Text("Middle: Backend: world-mid-back")]
+
+
+async def test_an_item_larger_than_a_frame_is_a_remote_error() -> None:
+    client = TcpTransport()  # sends the request; the server's frames are the small ones
+    async with anyio.create_task_group() as tasks:
+        address = await start_server(tasks, TcpTransport(max_frame_bytes=1024))
+        try:
+            with pytest.raises(RemoteError, match=r"yielded 5000 bytes; a tcp frame holds \d+"):
+                await collect(client, address, "big", b"5000")
+            # The connection stays usable for calls that fit.
+            assert await collect(client, address, "echo", b"small") == [b"small"]
+        finally:
+            await client.aclose()
+            tasks.cancel_scope.cancel()
