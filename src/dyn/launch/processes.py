@@ -114,6 +114,8 @@ class ProcessLauncher(Launcher):
         self._scaling: _Scaling | None = None  # set once the graph serves
 
     async def run(self, graph: GraphSpec, observer: LaunchObserver, stop: anyio.Event) -> None:
+        """Start every role process in dependency order, serve until ``stop``, then stop
+        frontends first and the rest after (see :class:`~dyn.launch.base.Launcher`)."""
         began = time.perf_counter()
         self._hurry = anyio.Event()
         run, resolved, graph_path = prepare_run(graph, self.name)
@@ -361,6 +363,7 @@ class ProcessLauncher(Launcher):
         await self.cleanup(role)
 
     def hurry(self) -> None:
+        """Stop waiting for drains: roles still running are killed at once."""
         if self._hurry is not None:
             self._hurry.set()
 
