@@ -231,7 +231,7 @@ async def test_grpc_replayed_token_is_refused(
         assert "token already used" in (refused.value.message or "")
         # The same through dyn's client: a clear ProtocolError, not a crash.
         tap.forced = captured
-        with pytest.raises(ProtocolError, match="cluster secret rejected.*already used"):
+        with pytest.raises(ProtocolError, match=r"cluster secret rejected.*already used"):
             await call_at(client, address, path)
         tap.forced = None
         assert await call_at(client, address, path) == [b"ok:hi"]  # the server is fine
@@ -250,13 +250,13 @@ async def test_grpc_token_for_one_call_is_refused_for_another(
     try:
         # Fresh, never-used tokens, so only the binding can refuse them.
         tap.forced = make_token(secret, CALL_METHOD, "demo/x/generate/1", b"hi", now)
-        with pytest.raises(ProtocolError, match="cluster secret rejected.*another call"):
+        with pytest.raises(ProtocolError, match=r"cluster secret rejected.*another call"):
             await call_at(client, address, "demo/x/admin/1")  # another endpoint
         tap.forced = make_token(secret, CALL_METHOD, "demo/x/generate/1", b"hi", now)
-        with pytest.raises(ProtocolError, match="cluster secret rejected.*another call"):
+        with pytest.raises(ProtocolError, match=r"cluster secret rejected.*another call"):
             await call_at(client, address, "demo/x/generate/1", b"evil")  # another payload
         tap.forced = make_token(secret, "/dyn.v1.Endpoint/Other", "demo/x/generate/1", b"hi", now)
-        with pytest.raises(ProtocolError, match="cluster secret rejected.*wrong secret"):
+        with pytest.raises(ProtocolError, match=r"cluster secret rejected.*wrong secret"):
             await call_at(client, address, "demo/x/generate/1")  # another RPC method
         assert CALLS == []
         tap.forced = None
@@ -275,7 +275,7 @@ async def test_grpc_token_outside_the_clock_window_is_refused(
     client = make("grpc", cluster_secret=SECRET)
     try:
         tap.forced = make_token(SECRET.encode(), CALL_METHOD, path, b"hi", time.time() + off)
-        with pytest.raises(ProtocolError, match="cluster secret rejected.*check the clocks"):
+        with pytest.raises(ProtocolError, match=r"cluster secret rejected.*check the clocks"):
             await call_at(client, address, path)
         tap.forced = None
         assert await call_at(client, address, path) == [b"ok:hi"]
@@ -348,7 +348,7 @@ def test_grpc_tokens_are_single_use_bound_and_expire() -> None:
         "....",
         "x.y.z",
         "v2.1.2.3.4",
-        "v2.１２.a.b.c",
+        "v2.\uff11\uff12.a.b.c",  # fullwidth digits, which int() and str.isdigit accept
         f"v2.{stamp}.{nonce}.{digest}.é",
         f"{stamp}.{nonce}.{mac}",
     ):

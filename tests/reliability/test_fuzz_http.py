@@ -15,9 +15,9 @@ from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
-from _openai_fakes import MODEL, FakeBackend  # noqa: E402
+from _openai_fakes import MODEL, FakeBackend
 
-from dyn.openai.routes import build_openai_routes  # noqa: E402
+from dyn.openai.routes import build_openai_routes
 
 pytestmark = pytest.mark.timeout(120)
 

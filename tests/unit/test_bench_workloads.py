@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -85,7 +86,7 @@ def test_multi_turn_prompts_grow_by_history(words: Words, tokenizer: WordTokeniz
         turns = [i for i in items if i.group == session]
         assert [t.turn for t in turns] == [0, 1, 2, 3]
         assert turns[0].after is None
-        for earlier, later in zip(turns, turns[1:], strict=False):
+        for earlier, later in pairwise(turns):
             assert later.after == earlier.index
             assert later.prompt.startswith(earlier.prompt)
             assert later.input_len == earlier.input_len + 12

@@ -186,7 +186,7 @@ def test_cancel_frees_blocks_at_once() -> None:
 def test_snapshot_and_clear() -> None:
     core = MockerCore(config(block_size=4, **FAST))
     core.add(request("a", list(range(12)), 1), 0.0)
-    core.add(request("b", list(range(8)) + [50, 51, 52, 53], 1), 0.0)
+    core.add(request("b", [*range(8), 50, 51, 52, 53], 1), 0.0)
     _, steps, _ = drain(core)
     last = events_of(steps)[-1].event_id
     snapshot = core.snapshot()
@@ -206,7 +206,7 @@ def test_snapshot_and_clear() -> None:
 
 def test_requests_that_cannot_run_are_refused() -> None:
     core = MockerCore(config(block_size=4, num_gpu_blocks=10, watermark=0.0))
-    with pytest.raises(BadRequestError, match="needs 11 KV blocks .* at most 10"):
+    with pytest.raises(BadRequestError, match=r"needs 11 KV blocks .* at most 10"):
         core.add(request("big", [1] * 40, 4), 0.0)
     with pytest.raises(BadRequestError, match="max_tokens must be at least 1"):
         core.add(request("none", [1], 0), 0.0)

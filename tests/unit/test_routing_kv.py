@@ -122,7 +122,7 @@ def test_in_flight_prefix_counts_before_the_worker_reports_it() -> None:
     prompt = list(range(32 * BS))
     first = _route(router, candidates, "a", prompt)
     # No event yet: the blocks are still being prefilled on `first`, shared by the engine.
-    assert _route(router, candidates, "b", prompt + [1, 2, 3]) == first
+    assert _route(router, candidates, "b", [*prompt, 1, 2, 3]) == first
 
 
 def test_workers_that_disagree_on_block_size_are_refused() -> None:

@@ -121,7 +121,7 @@ def test_find_run_by_id_and_prefix() -> None:
     b = state.create_run("beta", now=0.0)
     assert state.find_run(a.run_id) == a
     assert state.find_run("19700101-000000-b") == b
-    with pytest.raises(LaunchError, match="ambiguous; it matches .*give more of the id") as err:
+    with pytest.raises(LaunchError, match=r"ambiguous; it matches .*give more of the id") as err:
         state.find_run("19700101")
     assert a.run_id in str(err.value) and b.run_id in str(err.value)
     with pytest.raises(LaunchError, match="no run 'nope'; known runs: ") as err:

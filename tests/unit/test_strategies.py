@@ -72,5 +72,5 @@ def test_names_resolve_with_hyphen_aliases() -> None:
     assert plugins.load("dyn.routers", "round-robin") is RoundRobin
     assert plugins.load("dyn.routers", "round_robin") is RoundRobin
     assert plugins.load("dyn.routers", "dyn.routing.simple:Random") is Random
-    with pytest.raises(PluginError, match="unknown strategy 'kvv'; available: .*round_robin"):
+    with pytest.raises(PluginError, match=r"unknown strategy 'kvv'; available: .*round_robin"):
         plugins.load("dyn.routers", "kvv")

@@ -29,13 +29,13 @@ from dyn.tokenizer import Tokenizer
 
 __all__ = [
     "MOONCAKE_BLOCK_TOKENS",
+    "WORKLOADS",
     "Message",
     "MultiTurn",
     "SharedPrefix",
     "TraceRecord",
-    "WorkItem",
-    "WORKLOADS",
     "Words",
+    "WorkItem",
     "make_workload",
     "multi_turn",
     "poisson_arrivals",

@@ -12,4 +12,4 @@ from __future__ import annotations
 
 from dyn.contracts.base import Empty, EndpointRef
 
-__all__ = ["EndpointRef", "Empty"]
+__all__ = ["Empty", "EndpointRef"]

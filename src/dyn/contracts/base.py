@@ -13,7 +13,7 @@ from typing import Generic, TypeVar
 
 import msgspec
 
-__all__ = ["EndpointRef", "Empty"]
+__all__ = ["Empty", "EndpointRef"]
 
 ReqT = TypeVar("ReqT")
 ItemT = TypeVar("ItemT")
