@@ -33,7 +33,21 @@ UPSTREAM_GRAPH = ROOT / "graphs" / "kv_routing.yaml"
 PROXY_GRAPH = ROOT / "graphs" / "proxy.yaml"
 MODEL = "dyn-proxy"
 UPSTREAM_CONTEXT = 1024
-WORDS = "time year people way day man thing woman life child world school state".split()
+WORDS = [
+    "time",
+    "year",
+    "people",
+    "way",
+    "day",
+    "man",
+    "thing",
+    "woman",
+    "life",
+    "child",
+    "world",
+    "school",
+    "state",
+]
 
 
 def upstream_graph(tmp: Path, decode_ms: int) -> Path:

@@ -237,7 +237,7 @@ async def test_grpc_replayed_token_is_refused(
         assert await call_at(client, address, path) == [b"ok:hi"]  # the server is fine
     finally:
         await client.aclose()
-    assert CALLS == [path, path]
+    assert [path, path] == CALLS
 
 
 async def test_grpc_token_for_one_call_is_refused_for_another(
@@ -281,7 +281,7 @@ async def test_grpc_token_outside_the_clock_window_is_refused(
         assert await call_at(client, address, path) == [b"ok:hi"]
     finally:
         await client.aclose()
-    assert CALLS == [path]
+    assert [path] == CALLS
 
 
 async def test_grpc_token_of_an_older_dyn_is_refused_clearly(grpc_secured: str) -> None:

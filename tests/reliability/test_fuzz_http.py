@@ -27,10 +27,22 @@ json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
     max_leaves=12,
 )
-FIELDS = (
-    "model prompt messages max_tokens max_completion_tokens stream stream_options "
-    "temperature top_p n stop seed ignore_eos min_tokens"
-).split()
+FIELDS = [
+    "model",
+    "prompt",
+    "messages",
+    "max_tokens",
+    "max_completion_tokens",
+    "stream",
+    "stream_options",
+    "temperature",
+    "top_p",
+    "n",
+    "stop",
+    "seed",
+    "ignore_eos",
+    "min_tokens",
+]
 messages = st.lists(
     st.fixed_dictionaries({"role": json_values, "content": json_values}) | json_values,
     max_size=3,

@@ -165,14 +165,16 @@ async def test_plain_and_tls_peers_fail_clearly_and_harm_nobody(
     plain, tls = make(name), make(name, **certs.client.options())
     try:
         # A member mid-stream on each server while the mismatched calls fail.
-        async with tls.call(tls_address, "count", b"50", {}) as on_tls:
-            async with plain.call(plain_address, "count", b"50", {}) as on_plain:
-                first = [await on_tls.__anext__(), await on_plain.__anext__()]
-                with pytest.raises(TransportError, match=f"set {TLS_CERT_ENV}, {TLS_KEY_ENV}"):
-                    await call(plain, tls_address)
-                with pytest.raises(TransportError, match="this client uses TLS"):
-                    await call(tls, plain_address)
-                rest = [[item async for item in on_tls], [item async for item in on_plain]]
+        async with (
+            tls.call(tls_address, "count", b"50", {}) as on_tls,
+            plain.call(plain_address, "count", b"50", {}) as on_plain,
+        ):
+            first = [await on_tls.__anext__(), await on_plain.__anext__()]
+            with pytest.raises(TransportError, match=f"set {TLS_CERT_ENV}, {TLS_KEY_ENV}"):
+                await call(plain, tls_address)
+            with pytest.raises(TransportError, match="this client uses TLS"):
+                await call(tls, plain_address)
+            rest = [[item async for item in on_tls], [item async for item in on_plain]]
         assert first == [b"0", b"0"]
         assert rest == [expected(50)[1:], expected(50)[1:]]
         assert await call(plain, plain_address) == expected(3)

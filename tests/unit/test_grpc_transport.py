@@ -161,10 +161,12 @@ async def test_a_thousand_concurrent_streams_on_one_connection(client: GrpcTrans
         results.append(await collect(client, address, "together", b""))
 
     with anyio.fail_after(60):
-        async with serving(probe, expected=1000) as address:
-            async with anyio.create_task_group() as tasks:
-                for _ in range(1000):
-                    tasks.start_soon(one, address)
+        async with (
+            serving(probe, expected=1000) as address,
+            anyio.create_task_group() as tasks,
+        ):
+            for _ in range(1000):
+                tasks.start_soon(one, address)
     # All 1000 ran at once (past h2's default limit of 100 streams per connection),
     # over the one pooled channel.
     assert probe.peak == 1000
@@ -175,11 +177,13 @@ async def test_a_thousand_concurrent_streams_on_one_connection(client: GrpcTrans
 async def test_slow_consumer_bounds_what_the_handler_produces(client: GrpcTransport) -> None:
     probe = Probe()
     with anyio.fail_after(10):
-        async with serving(probe) as address:
-            async with client.call(address, "flood", b"", {}) as items:
-                await items.__anext__()
-                await anyio.sleep(1.0)
-                produced = probe.produced
+        async with (
+            serving(probe) as address,
+            client.call(address, "flood", b"", {}) as items,
+        ):
+            await items.__anext__()
+            await anyio.sleep(1.0)
+            produced = probe.produced
     print(f"\ngrpc: {produced / 2**20:.2f} MiB of 256 MiB produced while the consumer stalled")
     assert produced <= 16 * 2**20
 

@@ -117,15 +117,17 @@ async def test_a_subscriber_that_falls_behind_gets_a_fresh_snapshot(
 ) -> None:
     monkeypatch.setattr(engine_module, "MAX_PENDING_EVENTS", 3)
     with anyio.fail_after(10):
-        async with MockerEngine(config(block_size=4, **FAST)) as engine:
-            async with aclosing(engine.subscribe()) as updates:
-                assert (await anext(updates)).snapshot
-                for k in range(5):  # 5 stored events, more than 3, nobody reading
-                    await collect(engine, f"r{k}", [k] * 4, 1)
-                again = await anext(updates)
-                assert again.snapshot
-                stored = [e.data for e in again.events if isinstance(e.data, KvStored)]
-                assert sum(len(s.blocks) for s in stored) == 5
+        async with (
+            MockerEngine(config(block_size=4, **FAST)) as engine,
+            aclosing(engine.subscribe()) as updates,
+        ):
+            assert (await anext(updates)).snapshot
+            for k in range(5):  # 5 stored events, more than 3, nobody reading
+                await collect(engine, f"r{k}", [k] * 4, 1)
+            again = await anext(updates)
+            assert again.snapshot
+            stored = [e.data for e in again.events if isinstance(e.data, KvStored)]
+            assert sum(len(s.blocks) for s in stored) == 5
 
 
 async def test_an_error_in_the_body_propagates_unwrapped() -> None:

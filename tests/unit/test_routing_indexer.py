@@ -61,9 +61,7 @@ op_st = st.one_of(
 def test_index_agrees_with_brute_force(ops: list[tuple], queries: list[list[int]]) -> None:
     index = RadixIndex()
     model = Model()
-    event_id = 0
-    for op in ops:
-        event_id += 1
+    for event_id, op in enumerate(ops, 1):
         worker = op[1]
         known = sorted(model.held[worker])
         if op[0] == "store":

@@ -21,6 +21,7 @@ bytes. It doubles as the test double for role code.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import itertools
 import logging
@@ -262,8 +263,6 @@ def _close_now(items: AsyncGenerator[bytes, None]) -> None:
     except Exception:
         _log.exception("closing a handler failed")
         return
-    try:
+    with contextlib.suppress(RuntimeError):
         closing.close()
-    except RuntimeError:
-        pass
     _log.warning("a handler's cleanup waited while its call was closed; it was cut short")
