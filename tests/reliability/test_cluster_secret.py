@@ -371,14 +371,16 @@ def test_full_replay_cache_shrinks_the_window_instead_of_forgetting() -> None:
     for i, stamp in enumerate([100, 100, 101, 102]):
         cache.add(stamp, f"n{i}", now=102)
     cache.add(102, "n4", now=102)  # full: the stamp-100 bucket goes, the floor rises
-    assert cache.floor == 100 and len(cache) == 3
+    assert cache.floor == 100
+    assert len(cache) == 3
     with pytest.raises(TokenBusy):
         cache.add(100, "n0", now=102)  # a replay of a forgotten nonce is still refused
     with pytest.raises(TokenBusy):
         cache.add(100, "new", now=102)  # as is anything that old; a retry is fresh
     cache.add(103, "n5", now=103)
     cache.add(103, "n6", now=103)  # full again: 101 goes
-    assert cache.floor == 101 and len(cache) == 4
+    assert cache.floor == 101
+    assert len(cache) == 4
     with pytest.raises(TokenRefused, match="already used"):
         cache.add(102, "n4", now=103)
 

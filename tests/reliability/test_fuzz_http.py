@@ -74,7 +74,8 @@ def _check(resp: Any) -> None:
     if resp.status_code != 200:
         error = resp.json()["error"]
         assert set(error) == {"message", "type", "param", "code"}
-        assert isinstance(error["message"], str) and error["message"]
+        assert isinstance(error["message"], str)
+        assert error["message"]
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])

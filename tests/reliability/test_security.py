@@ -36,7 +36,8 @@ async def test_api_key_guards_every_route_but_health_and_metrics() -> None:
         assert (await http.get("/metrics")).status_code == 200
         auth = {"authorization": f"Bearer {KEY}"}
         ok = await http.post("/v1/completions", json=body, headers=auth)
-        assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] == 4
+        assert ok.status_code == 200
+        assert ok.json()["usage"]["completion_tokens"] == 4
         # On loopback and without an admin token the admin routes stay open.
         assert (await http.get("/admin/route")).status_code == 200
 
@@ -64,7 +65,8 @@ async def test_admin_routes_need_the_token_beyond_loopback() -> None:
         wrong = await http.get("/admin/route", headers={"authorization": "Bearer x"})
         assert wrong.status_code == 401
         good = await http.get("/admin/route", headers={"authorization": "Bearer t0k"})
-        assert good.status_code == 200 and good.json()["strategy"] == "kv"
+        assert good.status_code == 200
+        assert good.json()["strategy"] == "kv"
 
 
 @pytest.mark.e2e

@@ -63,7 +63,8 @@ ROW = {
 def test_help_lists_the_commands() -> None:
     for command, text in (("status", "--watch"), ("logs", "--follow"), ("down", "--timeout")):
         result = runner.invoke(app, [command, "--help"])
-        assert result.exit_code == 0 and text in result.output
+        assert result.exit_code == 0
+        assert text in result.output
     assert "--detach" in runner.invoke(app, ["up", "--help"]).output
 
 

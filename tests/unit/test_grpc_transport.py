@@ -309,7 +309,8 @@ async def test_server_stopping_mid_stream_is_a_transport_error(client: GrpcTrans
         # grpclib cancelled this task to wake it up; that request must not stay counted
         # against the task, where later cancel scopes would trip over it.
         current = asyncio.current_task()
-        assert current is not None and current.cancelling() == 0
+        assert current is not None
+        assert current.cancelling() == 0
         with anyio.move_on_after(0.01):
             await anyio.sleep(1)
 

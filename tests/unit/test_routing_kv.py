@@ -190,7 +190,8 @@ def test_explain_matches_select_and_changes_nothing() -> None:
     assert [s.instance_id for s in scores if s.chosen] == ["w2"]
     w2 = scores[2]
     assert w2.overlap_blocks == 6
-    assert w2.prefill_blocks == 4.0 and w2.decode_blocks == 10.0
+    assert w2.prefill_blocks == 4.0
+    assert w2.decode_blocks == 10.0
     assert w2.cost == pytest.approx(router.settings.overlap_score_weight * 4 + 10)
     assert router.select(candidates, request).instance_id == "w2"
 
@@ -212,7 +213,8 @@ def test_describe_and_membership() -> None:
     router.on_load("w1", WorkerLoad(5, 100, 1, 2, 0.5))
     _route(router, candidates, "r", list(range(2 * BS)))
     rows = router.describe()
-    assert rows["w0"]["cached_blocks"] == 2 and rows["w0"]["requests"] == 1
+    assert rows["w0"]["cached_blocks"] == 2
+    assert rows["w0"]["requests"] == 1
     assert rows["w1"]["reported_total_blocks"] == 100
     router.on_instances(["w1"])
     assert set(router.describe()) == {"w1"}
@@ -224,5 +226,6 @@ def test_a_direct_target_is_honoured_and_tracked() -> None:
     request = RouteRequest(request_id="r", tokens=[1] * 40, instance_id="w1")
     chosen = router.select(candidates, request)
     router.on_routed(chosen, request)
-    assert chosen.instance_id == "w1" and router.tracker.flight("w1").requests == 1
+    assert chosen.instance_id == "w1"
+    assert router.tracker.flight("w1").requests == 1
     assert [s.chosen for s in router.explain(candidates, request)] == [False, True, False]

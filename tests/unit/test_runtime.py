@@ -172,7 +172,8 @@ async def test_request_id_and_deadline_propagate(runtime: Runtime) -> None:
     ) as items:
         await anext(items)
     leaf = PROBES["leaf2"].ctx
-    assert leaf is not None and leaf.request_id == "req-42"
+    assert leaf is not None
+    assert leaf.request_id == "req-42"
     assert 0 < leaf.remaining() <= 30
 
 

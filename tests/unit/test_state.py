@@ -123,10 +123,12 @@ def test_find_run_by_id_and_prefix() -> None:
     assert state.find_run("19700101-000000-b") == b
     with pytest.raises(LaunchError, match=r"ambiguous; it matches .*give more of the id") as err:
         state.find_run("19700101")
-    assert a.run_id in str(err.value) and b.run_id in str(err.value)
+    assert a.run_id in str(err.value)
+    assert b.run_id in str(err.value)
     with pytest.raises(LaunchError, match="no run 'nope'; known runs: ") as err:
         state.find_run("nope")
-    assert a.run_id in str(err.value) and b.run_id in str(err.value)
+    assert a.run_id in str(err.value)
+    assert b.run_id in str(err.value)
 
 
 def test_find_run_with_no_runs(state_home: Path) -> None:

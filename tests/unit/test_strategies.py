@@ -47,7 +47,8 @@ def test_random_is_seeded_and_covers_everyone() -> None:
     router_a, router_b = Random(seed=7), Random(seed=7)
     a = [router_a.select(candidates, REQ).instance_id for _ in range(400)]
     b = [router_b.select(candidates, REQ).instance_id for _ in range(400)]
-    assert a == b and a[:1] == first
+    assert a == b
+    assert a[:1] == first
     counts = Counter(a)
     assert set(counts) == {"i0", "i1", "i2", "i3"}
     assert min(counts.values()) > 50  # 100 expected each; far from a failure by chance
