@@ -6,7 +6,6 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -33,8 +32,8 @@ def pid_alive(pid: int) -> bool:
 
 
 @pytest.fixture
-def state(tmp_path: Path) -> Iterator[Path]:
-    yield tmp_path / "state"
+def state(tmp_path: Path) -> Path:
+    return tmp_path / "state"
 
 
 @pytest.mark.parametrize("transport", ["tcp", "grpc"])

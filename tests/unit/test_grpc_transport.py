@@ -117,9 +117,21 @@ async def client() -> AsyncIterator[GrpcTransport]:
         await transport.aclose()
 
 
-async def collect(client: GrpcTransport, address: str, path: str, payload: bytes) -> list[bytes]:
-    async with client.call(address, path, payload, {}) as items:
-        return [item async for item in items]
+async def collect(
+    client: GrpcTransport,
+    address: str,
+    path: str,
+    payload: bytes,
+    headers: dict[str, str] | None = None,
+    *,
+    into: list[bytes] | None = None,
+) -> list[bytes]:
+    """The call's items; ``into`` keeps those that arrived before the call failed."""
+    got = [] if into is None else into
+    async with client.call(address, path, payload, headers or {}) as items:
+        async for item in items:
+            got.append(item)
+    return got
 
 
 async def test_unary_and_streaming(client: GrpcTransport) -> None:
@@ -243,9 +255,7 @@ async def test_handler_errors_arrive_typed(client: GrpcTransport) -> None:
     with anyio.fail_after(10):
         async with serving(Probe()) as address:
             with pytest.raises(BadRequestError, match="field 'text' is missing"):
-                async with client.call(address, "bad", b"", {}) as items:
-                    async for item in items:
-                        got.append(item)
+                await collect(client, address, "bad", b"", into=got)
             with pytest.raises(RemoteError, match="ValueError: something broke inside"):
                 await collect(client, address, "bug", b"")
             # the connection is still good after errors
@@ -259,9 +269,7 @@ async def test_passed_deadline_stops_both_sides(client: GrpcTransport) -> None:
     with anyio.fail_after(10):
         async with serving(probe) as address:
             with pytest.raises(DeadlineExceeded):
-                async with client.call(address, "forever", b"", {"dyn-timeout": "0.2"}) as it:
-                    async for _ in it:
-                        pass
+                await collect(client, address, "forever", b"", {"dyn-timeout": "0.2"})
             await probe.stopped.wait()
     assert time.perf_counter() - started < 2
     assert probe.saw_cancel

@@ -99,11 +99,16 @@ def test_golden_frames_decode_one_byte_at_a_time() -> None:
 def test_malformed_vectors_are_rejected(case: dict[str, Any]) -> None:
     data = bytes.fromhex(case["hex"])
     with pytest.raises(f.FrameError):
-        if case["where"] == "preface":
-            f.decode_preface(data[: f.PREFACE_SIZE])
-        else:
-            for frame in f.FrameDecoder().feed(data):
-                describe(frame)
+        _decode_vector(case["where"], data)
+
+
+def _decode_vector(where: str, data: bytes) -> None:
+    """Decode a test vector as the preface or as frames, as its ``where`` says."""
+    if where == "preface":
+        f.decode_preface(data[: f.PREFACE_SIZE])
+    else:
+        for frame in f.FrameDecoder().feed(data):
+            describe(frame)
 
 
 def test_an_oversized_frame_is_rejected_from_its_header_alone() -> None:
