@@ -203,7 +203,7 @@ class TokenTap:
     """Wraps the grpc client's token maker: records what went on the wire, or forges it."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.real = grpc_client.make_token
+        self.real = make_token  # the function the grpc client calls, before the patch
         self.sent: list[str] = []
         self.forced: str | None = None
         monkeypatch.setattr(grpc_client, "make_token", self)

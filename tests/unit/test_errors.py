@@ -178,7 +178,8 @@ def _is_code_target(node: ast.AST) -> bool:
 
 def hand_written_codes(source: str) -> list[str]:
     """Where ``source`` raises, compares or names a wire code by hand: ``line: what``."""
-    error_classes = {cls.__name__ for cls in [CallError, *ALL_CALL_ERRORS]}
+    classes: list[type[CallError]] = [CallError, *ALL_CALL_ERRORS]
+    error_classes = {cls.__name__ for cls in classes}
     found: list[str] = []
     for node in ast.walk(ast.parse(source)):
         line = getattr(node, "lineno", 0)

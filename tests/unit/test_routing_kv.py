@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter, deque
+from typing import Any
 
 import pytest
 from _instances import fake_instances
@@ -138,7 +139,7 @@ def test_workers_that_disagree_on_block_size_are_refused() -> None:
         router.select(candidates, RouteRequest(request_id="r", tokens=[1] * 64))
 
 
-def _struct_fields(instance: Instance) -> dict[str, object]:
+def _struct_fields(instance: Instance) -> dict[str, Any]:
     return {f: getattr(instance, f) for f in instance.__struct_fields__}
 
 
