@@ -55,20 +55,22 @@ from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
 from dyn.context import Context
+from dyn.contracts.base import Text
+from dyn.contracts.demo import HELLO_GENERATE, HelloRequest
 from dyn.runtime.component import Component, depends, endpoint
 
 
 class Shout(Component):  # type: ignore[type-arg]
     """Relays to its backend and shouts every item back."""
 
-    backend = depends()
+    backend = depends(calls=(HELLO_GENERATE,))
     example_request: ClassVar[dict[str, Any] | None] = {"text": "hi"}
 
     @endpoint
-    async def generate(self, request: Any, ctx: Context) -> AsyncIterator[str]:
-        async with self.backend.stream("generate", request) as items:
+    async def generate(self, request: HelloRequest, ctx: Context) -> AsyncIterator[Text]:
+        async with self.backend.stream(HELLO_GENERATE, request) as items:
             async for item in items:
-                yield str(item).upper()
+                yield Text(item.text.upper())
 '''
 
 PLUGIN_ROUTER = '''\

@@ -185,6 +185,8 @@ def hand_written_codes(source: str) -> list[str]:
         line = getattr(node, "lineno", 0)
         if isinstance(node, ast.Call):
             callee = _name_of(node.func)
+            if callee == "CallError":
+                found.append(f"{line}: CallError(...) names no code; raise a subclass")
             for keyword in node.keywords:
                 if keyword.arg == "code" and (callee in error_classes or callee is None):
                     found.append(f"{line}: {callee}(code=...)")
@@ -220,6 +222,7 @@ def hand_written_codes(source: str) -> list[str]:
     "snippet",
     [
         'raise CallError("full", code="overloaded")',
+        'raise CallError("the queue answered nothing")',
         'raise TransportError("gone", code=code)',
         'return ApiError(429, "full", code="overloaded")',
         'if exc.code == "unavailable": pass',

@@ -32,7 +32,7 @@ def test_a_slot_wired_to_a_role_with_other_types_is_reported_at_its_line() -> No
     assert (
         "g.yaml:6: components.processor.depends_on.worker: dyn.roles.processor:Processor "
         "calls 'generate' through 'worker' with EngineRequest for EngineOutput items, but "
-        "component 'back' (dyn.roles.hello:Backend) takes HelloRequest and yields str"
+        "component 'back' (dyn.roles.hello:Backend) takes HelloRequest and yields Text"
     ) in found
     assert any(
         p.startswith("g.yaml:6: ")

@@ -13,6 +13,8 @@ import anyio
 import pytest
 
 from dyn.context import Context
+from dyn.contracts.base import Text
+from dyn.contracts.demo import HELLO_GENERATE, HelloRequest
 from dyn.discovery.memory import MemoryDiscovery
 from dyn.errors import (
     BadRequestError,
@@ -365,9 +367,9 @@ async def test_hello_pipeline_through_the_runtime() -> None:
             await middle.backend.wait_for_instances()
             client = caller.client("middle")
             await client.wait_for_instances()
-            async with client.stream("generate", {"text": "hello world"}) as items:
+            async with client.stream(HELLO_GENERATE, HelloRequest("hello world")) as items:
                 got = [item async for item in items]
-            assert got == ["Middle: Backend: hello", "Middle: Backend: world-mid-back"]
+            assert got == [Text("Middle: Backend: hello"), Text("Middle: Backend: world-mid-back")]
             with pytest.raises(
                 BadRequestError, match="generate: Object missing required field `text`"
             ):

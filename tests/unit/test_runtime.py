@@ -10,6 +10,8 @@ import msgspec
 import pytest
 
 from dyn.context import Context
+from dyn.contracts.base import Text
+from dyn.contracts.demo import HELLO_GENERATE, HelloRequest
 from dyn.discovery.memory import MemoryDiscovery
 from dyn.errors import DeadlineExceeded, NoInstancesError, RemoteError, TransportError
 from dyn.roles.hello import Backend, BackendConfig, Middle, MiddleConfig
@@ -117,9 +119,9 @@ async def test_hello_pipeline(runtime: Runtime) -> None:
     await middle.backend.wait_for_instances()
     client = runtime.client("middle")
     await client.wait_for_instances()
-    async with client.stream("generate", {"text": "hello world"}) as items:
+    async with client.stream(HELLO_GENERATE, HelloRequest("hello world")) as items:
         got = [item async for item in items]
-    assert got == ["Middle: Backend: hello", "Middle: Backend: world-mid-back"]
+    assert got == [Text("Middle: Backend: hello"), Text("Middle: Backend: world-mid-back")]
 
 
 async def test_handler_exception_arrives_typed(runtime: Runtime) -> None:

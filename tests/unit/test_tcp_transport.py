@@ -12,6 +12,8 @@ import pytest
 from anyio.abc import TaskGroup
 
 from dyn.context import Context
+from dyn.contracts.base import Text
+from dyn.contracts.demo import HELLO_GENERATE, HelloRequest
 from dyn.discovery.memory import MemoryDiscovery
 from dyn.errors import (
     BadRequestError,
@@ -44,6 +46,8 @@ class Seen:
 async def handler(path: str, payload: bytes, ctx: Context) -> AsyncIterator[bytes]:
     if path == "echo":
         yield payload
+    elif path == "big":
+        yield b"x" * int(payload)
     elif path == "count":
         for i in range(int(payload)):
             yield str(i).encode()
@@ -349,11 +353,25 @@ async def test_hello_pipeline_over_tcp() -> None:
             await middle.backend.wait_for_instances()
             client = mid_rt.client("middle")
             await client.wait_for_instances()
-            async with client.stream("generate", {"text": "hello world"}) as items:
+            async with client.stream(HELLO_GENERATE, HelloRequest("hello world")) as items:
                 got = [item async for item in items]
             with pytest.raises(
                 BadRequestError, match="generate: Object missing required field `text`"
             ):
                 async with client.stream("generate", {"txt": 1}) as items:
                     [item async for item in items]
-    assert got == ["Middle: Backend: hello", "Middle: Backend: world-mid-back"]
+    assert got == [Text("Middle: Backend: hello"), Text("Middle: Backend: world-mid-back")]
+
+
+async def test_an_item_larger_than_a_frame_is_a_remote_error() -> None:
+    client = TcpTransport()  # sends the request; the server's frames are the small ones
+    async with anyio.create_task_group() as tasks:
+        address = await start_server(tasks, TcpTransport(max_frame_bytes=1024))
+        try:
+            with pytest.raises(RemoteError, match=r"yielded 5000 bytes; a tcp frame holds \d+"):
+                await collect(client, address, "big", b"5000")
+            # The connection stays usable for calls that fit.
+            assert await collect(client, address, "echo", b"small") == [b"small"]
+        finally:
+            await client.aclose()
+            tasks.cancel_scope.cancel()

@@ -19,9 +19,6 @@ from dyn.transports.grpc import GrpcTransport
 from dyn.transports.inproc import InprocTransport
 from dyn.transports.tcp import TcpTransport
 
-# The hello roles' items are the lines the frontend prints as they are.
-TEXT_ITEMS = {("Middle", "generate"), ("Backend", "generate")}
-
 ENDPOINTS = [
     (role, name, method) for role in builtin_roles() for name, method in role.endpoints().items()
 ]
@@ -45,10 +42,7 @@ def test_builtin_endpoints_declare_structs(
 ) -> None:
     request, item = signature_types(role, method)
     assert _is_struct(request), f"{role.__qualname__}.{name} takes {request!r}"
-    if (role.__qualname__, name) in TEXT_ITEMS:
-        assert item is str
-    else:
-        assert _is_struct(item), f"{role.__qualname__}.{name} yields {item!r}"
+    assert _is_struct(item), f"{role.__qualname__}.{name} yields {item!r}"
     # What the runtime reads agrees with typing.get_type_hints.
     assert role.endpoint_types()[name] == (request, item)
 

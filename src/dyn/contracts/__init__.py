@@ -10,6 +10,6 @@ Structs: in-process calls hand them over by reference.
 
 from __future__ import annotations
 
-from dyn.contracts.base import Empty, EndpointRef
+from dyn.contracts.base import Empty, EndpointRef, Text
 
-__all__ = ["Empty", "EndpointRef"]
+__all__ = ["Empty", "EndpointRef", "Text"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-from dyn.contracts.base import EndpointRef
+from dyn.contracts.base import EndpointRef, Text
 
 __all__ = [
     "HELLO_GENERATE",
@@ -29,6 +29,6 @@ class MultinodeReply(msgspec.Struct, frozen=True):
     text: str
 
 
-# Items are the lines the frontend prints as they are.
-HELLO_GENERATE = EndpointRef("generate", HelloRequest, str)
+# Text items: the frontend's /generate route prints them as they are.
+HELLO_GENERATE = EndpointRef("generate", HelloRequest, Text)
 MULTINODE_GENERATE = EndpointRef("generate", MultinodeRequest, MultinodeReply)

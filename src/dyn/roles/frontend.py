@@ -314,7 +314,14 @@ _END: Any = object()
 
 
 def _as_text(item: Any) -> str:
-    return item if isinstance(item, str) else json.dumps(item)
+    # A dyn.contracts.Text item reaches this untyped caller as its wire form.
+    if isinstance(item, str):
+        return item
+    if isinstance(item, dict) and item.get("type") == "text" and len(item) == 2:
+        text = item.get("text")
+        if isinstance(text, str):
+            return text
+    return json.dumps(item)
 
 
 def _url_host(host: str) -> str:

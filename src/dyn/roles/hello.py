@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 import msgspec
 
 from dyn.context import Context
+from dyn.contracts.base import Text
 from dyn.contracts.demo import HELLO_GENERATE, HelloRequest
 from dyn.runtime.component import Component, depends, endpoint
 
@@ -31,11 +32,11 @@ class Middle(Component[MiddleConfig]):
     example_request: ClassVar[dict[str, Any] | None] = {"text": "test"}
 
     @endpoint
-    async def generate(self, request: HelloRequest, ctx: Context) -> AsyncIterator[str]:
+    async def generate(self, request: HelloRequest, ctx: Context) -> AsyncIterator[Text]:
         forwarded = HelloRequest(text=request.text + self.config.suffix)
         async with self.backend.stream(HELLO_GENERATE, forwarded) as items:
             async for item in items:
-                yield f"{self.config.prefix}{item}"
+                yield Text(f"{self.config.prefix}{item.text}")
 
 
 class BackendConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -48,11 +49,11 @@ class Backend(Component[BackendConfig]):
     """Appends a suffix, then streams the words of the text one at a time."""
 
     @endpoint
-    async def generate(self, request: HelloRequest, ctx: Context) -> AsyncIterator[str]:
+    async def generate(self, request: HelloRequest, ctx: Context) -> AsyncIterator[Text]:
         import anyio
 
         text = request.text + self.config.suffix
         for word in text.split():
             if self.config.delay_s:
                 await anyio.sleep(self.config.delay_s)
-            yield f"{self.config.prefix}{word}"
+            yield Text(f"{self.config.prefix}{word}")

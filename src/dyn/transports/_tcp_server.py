@@ -17,7 +17,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from dyn.context import Context
-from dyn.errors import CallError
+from dyn.errors import RemoteError
 from dyn.settings import TLS_CERT_ENV
 from dyn.transports import _auth
 from dyn.transports._serving import ReplyFrame, run_handler
@@ -224,7 +224,7 @@ class _Connection:
             if kind == "data":
                 assert isinstance(body, bytes)
                 if len(body) > limit:
-                    raise CallError(
+                    raise RemoteError(
                         f"the handler yielded {len(body)} bytes; a tcp frame holds {limit}"
                     )
                 while stream.window <= 0:  # flow control: the caller has not caught up
