@@ -106,9 +106,21 @@ async def served() -> AsyncIterator[tuple[TcpTransport, str]]:
             tasks.cancel_scope.cancel()
 
 
-async def collect(client: TcpTransport, address: str, path: str, payload: bytes) -> list[bytes]:
-    async with client.call(address, path, payload, {}) as items:
-        return [item async for item in items]
+async def collect(
+    client: TcpTransport,
+    address: str,
+    path: str,
+    payload: bytes,
+    headers: dict[str, str] | None = None,
+    *,
+    into: list[bytes] | None = None,
+) -> list[bytes]:
+    """The call's items; ``into`` keeps those that arrived before the call failed."""
+    got = [] if into is None else into
+    async with client.call(address, path, payload, headers or {}) as items:
+        async for item in items:
+            got.append(item)
+    return got
 
 
 async def test_unary_and_streaming(served: tuple[TcpTransport, str]) -> None:
@@ -211,9 +223,7 @@ async def test_handler_errors_arrive_typed(served: tuple[TcpTransport, str]) -> 
     got: list[bytes] = []
     with anyio.fail_after(10):
         with pytest.raises(BadRequestError, match="the payload was not what I expected"):
-            async with client.call(address, "bad-request", b"", {}) as items:
-                async for item in items:
-                    got.append(item)
+            await collect(client, address, "bad-request", b"", into=got)
         assert got == [b"first"]
         with pytest.raises(RemoteError, match="ValueError: something broke inside"):
             await collect(client, address, "bug", b"")
@@ -225,9 +235,7 @@ async def test_a_passed_deadline_stops_both_sides(served: tuple[TcpTransport, st
     started = time.perf_counter()
     with anyio.fail_after(10):
         with pytest.raises(DeadlineExceeded, match="deadline passed"):
-            async with client.call(address, "sleep", b"deadline", {"dyn-timeout": "0.3"}) as it:
-                async for _ in it:
-                    pass
+            await collect(client, address, "sleep", b"deadline", {"dyn-timeout": "0.3"})
         await seen.stopped.wait()
     assert 0.25 < time.perf_counter() - started < 5
     assert seen.ctx_cancelled

@@ -13,7 +13,7 @@ from typing import Generic, TypeVar
 
 import msgspec
 
-__all__ = ["EndpointRef", "Empty", "Text"]
+__all__ = ["Empty", "EndpointRef", "Text"]
 
 ReqT = TypeVar("ReqT")
 ItemT = TypeVar("ItemT")

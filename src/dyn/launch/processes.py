@@ -11,6 +11,7 @@ are the two built in.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -373,8 +374,6 @@ def _role_process(spec: ComponentSpec, replica: int) -> RoleProcess:
 
 
 def _signal(process: Process, sig: signal.Signals) -> None:
-    try:
-        # The role is its own session and process group: reach anything it started too.
+    # The role is its own session and process group: reach anything it started too.
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, sig)
-    except ProcessLookupError:
-        pass

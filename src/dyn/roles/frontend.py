@@ -341,5 +341,6 @@ def _server_class() -> type[uvicorn.Server]:
     return Server
 
 
-def _Server(config: uvicorn.Config) -> uvicorn.Server:  # noqa: N802 - reads as a class
+# Named like the class it stands in for, where uvicorn expects a class.
+def _Server(config: uvicorn.Config) -> uvicorn.Server:
     return _server_class()(config)

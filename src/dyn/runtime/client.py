@@ -392,9 +392,8 @@ class ResponseStream(Generic[ItemT]):
         self._closed = True
         if self._call is not None:
             self._call.close_nowait()
-        if self.instance is not None:
-            if self._tracked:
-                self._client.router.on_finished(self.instance, self._route)
+        if self.instance is not None and self._tracked:
+            self._client.router.on_finished(self.instance, self._route)
 
     async def aclose(self) -> None:
         self._finish()

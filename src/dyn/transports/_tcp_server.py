@@ -194,7 +194,7 @@ class _Connection:
             stream = _Stream(Context.from_headers(headers))
             self.streams[stream_id] = stream
             tasks.start_soon(self._run, stream_id, stream, path, payload)
-        elif ftype == WINDOW or ftype == CANCEL:
+        elif ftype in (WINDOW, CANCEL):
             known = self.streams.get(stream_id)
             if known is None:
                 if stream_id > self.last_id:

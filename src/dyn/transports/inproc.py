@@ -24,6 +24,7 @@ conformance suite over tcp and grpc does.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import itertools
 import logging
@@ -265,8 +266,6 @@ def _close_now(items: AsyncGenerator[bytes, None]) -> None:
     except Exception:
         _log.exception("closing a handler failed")
         return
-    try:
+    with contextlib.suppress(RuntimeError):
         closing.close()
-    except RuntimeError:
-        pass
     _log.warning("a handler's cleanup waited while its call was closed; it was cut short")
