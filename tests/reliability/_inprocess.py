@@ -13,6 +13,7 @@ import httpx
 from dyn.graph import load_graph
 from dyn.launch.base import LaunchObserver
 from dyn.launch.inprocess import InProcessLauncher
+from dyn.launch.role_classes import role_class
 
 
 @asynccontextmanager
@@ -24,7 +25,7 @@ async def serve_graph(
     With ``transport`` (tcp, grpc) the roles still share this process, but every call
     crosses a loopback socket.
     """
-    graph = load_graph(graph_file, list(overrides))
+    graph = load_graph(graph_file, list(overrides), resolve_role=role_class)
     if transport is not None:
         graph = dataclasses.replace(graph, transport=transport)
     stop = anyio.Event()

@@ -20,6 +20,7 @@ from dyn.errors import TransportError
 from dyn.graph import load_graph
 from dyn.launch.base import LaunchObserver
 from dyn.launch.inprocess import InProcessLauncher
+from dyn.launch.role_classes import role_class
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 
@@ -31,7 +32,7 @@ async def serve(path: str, *overrides: str) -> AsyncIterator[str]:
 
 async def serve_with(path: str, *overrides: str) -> AsyncIterator[tuple[str, InProcessLauncher]]:
     port = free_port()
-    graph = load_graph(path, [f"frontend.port={port}", *overrides])
+    graph = load_graph(path, [f"frontend.port={port}", *overrides], resolve_role=role_class)
     stop, ready = anyio.Event(), anyio.Event()
 
     class Observer(LaunchObserver):

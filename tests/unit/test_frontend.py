@@ -16,6 +16,7 @@ from dyn.discovery.memory import MemoryDiscovery
 from dyn.graph import load_graph
 from dyn.launch.base import LaunchObserver
 from dyn.launch.inprocess import InProcessLauncher
+from dyn.launch.role_classes import role_class
 from dyn.roles.frontend import Frontend, _as_text
 from dyn.roles.frontend_config import FrontendConfig
 from dyn.runtime.runtime import Runtime, component_info
@@ -32,7 +33,9 @@ def port_is_free(port: int) -> bool:
 @pytest.fixture
 async def hello() -> AsyncIterator[str]:
     port = free_port()
-    graph = load_graph("graphs/hello_world.yaml", [f"frontend.port={port}"])
+    graph = load_graph(
+        "graphs/hello_world.yaml", [f"frontend.port={port}"], resolve_role=role_class
+    )
     stop = anyio.Event()
     ready = anyio.Event()
 
@@ -125,7 +128,11 @@ async def test_health_is_503_until_downstream_has_an_instance() -> None:
 
 async def test_client_disconnect_cancels_the_backend() -> None:
     port = free_port()
-    graph = load_graph("graphs/hello_world.yaml", [f"frontend.port={port}", "backend.delay_s=0.05"])
+    graph = load_graph(
+        "graphs/hello_world.yaml",
+        [f"frontend.port={port}", "backend.delay_s=0.05"],
+        resolve_role=role_class,
+    )
     stop = anyio.Event()
     launcher = InProcessLauncher()
     async with anyio.create_task_group() as tasks:

@@ -9,6 +9,7 @@ import pytest
 
 from dyn.errors import SpecError
 from dyn.graph import load_graph, load_graph_text
+from dyn.launch.role_classes import role_class
 
 GRAPHS = Path(__file__).resolve().parents[2] / "graphs"
 
@@ -27,7 +28,7 @@ components:
 
 def test_a_slot_wired_to_a_role_with_other_types_is_reported_at_its_line() -> None:
     with pytest.raises(SpecError) as info:
-        load_graph_text(textwrap.dedent(MISMATCH), "g.yaml")
+        load_graph_text(textwrap.dedent(MISMATCH), "g.yaml", resolve_role=role_class)
     found = info.value.problems
     assert (
         "g.yaml:6: components.processor.depends_on.worker: dyn.roles.processor:Processor "
@@ -44,4 +45,4 @@ def test_a_slot_wired_to_a_role_with_other_types_is_reported_at_its_line() -> No
 
 @pytest.mark.parametrize("graph", sorted(p.name for p in GRAPHS.glob("*.yaml")))
 def test_shipped_graphs_have_matching_contracts(graph: str) -> None:
-    load_graph(GRAPHS / graph)
+    load_graph(GRAPHS / graph, resolve_role=role_class)

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from dyn.errors import SpecError
 from dyn.graph import load_graph, load_graph_text
+from dyn.launch.role_classes import role_class
 from dyn.runtime.component import Component, endpoint
 
 HELLO = Path(__file__).resolve().parents[2] / "graphs" / "hello_world.yaml"
@@ -38,7 +39,7 @@ ROUTER = f"{__name__}:Router"
 
 def problems(text: str, *overrides: str) -> list[str]:
     with pytest.raises(SpecError) as info:
-        load_graph_text(textwrap.dedent(text), "g.yaml", overrides)
+        load_graph_text(textwrap.dedent(text), "g.yaml", overrides, resolve_role=role_class)
     assert str(info.value) == "\n".join(info.value.problems)
     return info.value.problems
 
@@ -52,7 +53,7 @@ def only(text: str, *overrides: str) -> str:
 def _spec_problems(text: str, source: str, overrides: Sequence[str] = ()) -> list[str] | None:
     """The problems if loading fails with a SpecError, None if the text is a valid graph."""
     try:
-        load_graph_text(text, source, overrides)
+        load_graph_text(text, source, overrides, resolve_role=role_class)
     except SpecError as exc:
         return exc.problems
     return None
@@ -75,7 +76,7 @@ components:
 
 
 def test_good_graph_used_below_is_valid() -> None:
-    assert load_graph_text(GOOD).name == "g"
+    assert load_graph_text(GOOD, resolve_role=role_class).name == "g"
 
 
 def test_yaml_syntax_error_has_the_line() -> None:
@@ -97,7 +98,7 @@ def test_empty_file(text: str) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     path = tmp_path / "nope.yaml"
     with pytest.raises(SpecError) as info:
-        load_graph(path)
+        load_graph(path, resolve_role=role_class)
     assert info.value.problems == [f"{path}: no such file"]
 
 
@@ -239,7 +240,7 @@ def test_duplicate_key_anywhere() -> None:
 def test_merge_keys_may_be_overridden() -> None:
     text = GOOD + "    config: &base {suffix: a}\n  back2:\n    uses: dyn.roles.hello:Backend\n"
     text += "    config: {<<: *base, suffix: b}\n"
-    assert load_graph_text(text).component("back2").config.suffix == "b"  # type: ignore[attr-defined]
+    assert load_graph_text(text, resolve_role=role_class).component("back2").config.suffix == "b"  # type: ignore[attr-defined]
 
 
 def test_unknown_component_in_depends_on() -> None:
@@ -310,7 +311,7 @@ def test_strategy_in_config_is_checked_and_canonicalised() -> None:
     assert only(text).startswith(
         "g.yaml:5: components.r.config.strategy: unknown strategy 'randm' (did you mean 'random'?)"
     )
-    graph = load_graph_text(text.replace("randm", "round-robin"))
+    graph = load_graph_text(text.replace("randm", "round-robin"), resolve_role=role_class)
     assert graph.component("r").config == RouterConfig(strategy="round_robin")
 
 
@@ -347,7 +348,9 @@ def test_undeclared_dependency_slot() -> None:
 
 
 def test_open_dependencies_take_any_slot() -> None:
-    graph = load_graph_text(GOOD.replace("depends_on: [mid]", "depends_on: [mid, back]"))
+    graph = load_graph_text(
+        GOOD.replace("depends_on: [mid]", "depends_on: [mid, back]"), resolve_role=role_class
+    )
     assert [d.slot for d in graph.component("front").depends_on] == ["mid", "back"]
 
 

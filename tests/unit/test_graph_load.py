@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -15,11 +17,10 @@ from dyn.graph import (
     NodeSpec,
     RoleInstance,
     dump_graph_yaml,
-    http_components,
     load_graph,
     load_graph_text,
-    role_of,
 )
+from dyn.launch.role_classes import http_components, role_class, role_of
 from dyn.roles.frontend import Frontend
 from dyn.roles.frontend_config import FrontendConfig
 from dyn.roles.hello import Backend, BackendConfig, Middle
@@ -28,11 +29,11 @@ HELLO = Path(__file__).resolve().parents[2] / "graphs" / "hello_world.yaml"
 
 
 def load(text: str, *overrides: str) -> GraphSpec:
-    return load_graph_text(textwrap.dedent(text), "g.yaml", overrides)
+    return load_graph_text(textwrap.dedent(text), "g.yaml", overrides, resolve_role=role_class)
 
 
 def test_hello_world_loads() -> None:
-    graph = load_graph(HELLO)
+    graph = load_graph(HELLO, resolve_role=role_class)
     assert (graph.name, graph.namespace, graph.transport) == ("hello_world", "hello", "inproc")
     assert graph.discovery == DiscoverySpec(backend="memory", ttl_s=10.0)
     assert graph.nodes == (NodeSpec(name="local", host="127.0.0.1"),)
@@ -50,7 +51,7 @@ def test_hello_world_loads() -> None:
 
 
 def test_hello_world_order_and_instances() -> None:
-    graph = load_graph(str(HELLO))
+    graph = load_graph(str(HELLO), resolve_role=role_class)
     assert [c.name for c in graph.topological_order()] == ["backend", "middle", "frontend"]
     assert graph.instances() == [
         RoleInstance("frontend", 0, "local"),
@@ -60,7 +61,7 @@ def test_hello_world_order_and_instances() -> None:
 
 
 def test_specs_are_frozen() -> None:
-    graph = load_graph(HELLO)
+    graph = load_graph(HELLO, resolve_role=role_class)
     with pytest.raises(dataclasses.FrozenInstanceError):
         graph.name = "other"  # type: ignore[misc]
     with pytest.raises(TypeError):
@@ -68,7 +69,7 @@ def test_specs_are_frozen() -> None:
 
 
 def test_lookups_raise_key_error() -> None:
-    graph = load_graph(HELLO)
+    graph = load_graph(HELLO, resolve_role=role_class)
     with pytest.raises(KeyError):
         graph.component("nope")
     with pytest.raises(KeyError):
@@ -169,6 +170,7 @@ def test_override_replicas_and_config_keys() -> None:
             "frontend.port=9000",
             "frontend.routes./v1=middle/generate",
         ],
+        resolve_role=role_class,
     )
     assert graph.component("middle").replicas == 3
     backend_config = graph.component("backend").config
@@ -183,15 +185,98 @@ def test_override_replicas_and_config_keys() -> None:
 
 
 def test_override_component_fields() -> None:
-    graph = load_graph(HELLO, ["middle.uses=dyn.roles.hello:Backend", "middle.depends_on=[]"])
+    graph = load_graph(
+        HELLO,
+        ["middle.uses=dyn.roles.hello:Backend", "middle.depends_on=[]"],
+        resolve_role=role_class,
+    )
     assert role_of(graph.component("middle")) is Backend
     assert graph.component("middle").depends_on == ()
 
 
 def test_dump_yaml_loads_back(tmp_path: Path) -> None:
-    graph = load_graph(HELLO)
+    graph = load_graph(HELLO, resolve_role=role_class)
     path = tmp_path / "copy.yaml"
     path.write_text(dump_graph_yaml(graph))
-    again = load_graph(path)
+    again = load_graph(path, resolve_role=role_class)
     assert again == graph
     assert again.source == str(path)
+
+
+STUB_LOAD = """
+import sys
+from typing import Any
+
+import msgspec
+
+from dyn.graph import load_graph_text
+
+
+class Config(msgspec.Struct):
+    greeting: str = "hi"
+
+
+class Stub:
+    config_type = Config
+    open_dependencies = True
+    serves_http = False
+    admin_routes = False
+    port_field = None
+    example_request = None
+
+    @classmethod
+    def endpoints(cls) -> dict[str, str]:
+        return {"generate": "generate"}
+
+    @classmethod
+    def dependency_slots(cls) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def endpoint_types(cls) -> dict[str, tuple[Any, Any]]:
+        return {"generate": (None, None)}
+
+    @classmethod
+    def route_targets(cls, config: Any) -> dict[str, str]:
+        return {}
+
+    @classmethod
+    def admin_token_required(cls, config: Any) -> bool:
+        return False
+
+    @classmethod
+    def check_wiring(cls, config: Any, wiring: Any) -> list[Any]:
+        return []
+
+    @classmethod
+    def config_summary(cls, config: Any) -> list[str]:
+        return []
+
+
+asked = []
+
+
+def resolve(uses: str) -> Any:
+    asked.append(uses)
+    return Stub
+
+
+graph = load_graph_text(
+    "name: g\\ncomponents:\\n  a: {uses: worker, config: {greeting: yo}}\\n"
+    "  b: {uses: frontend, depends_on: [a]}\\n",
+    resolve_role=resolve,
+)
+assert graph.component("a").config == Config("yo"), graph
+assert sorted(asked) == ["frontend", "worker"], asked
+loaded = [m for m in sys.modules if m.startswith(("dyn.runtime", "dyn.roles", "dyn.launch"))]
+print(",".join(loaded))
+"""
+
+
+def test_loading_a_graph_asks_the_caller_for_roles_and_imports_none() -> None:
+    # The graph is data: `uses:` goes to the caller's resolver, never to dyn's roles.
+    out = subprocess.run(
+        [sys.executable, "-c", STUB_LOAD], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == ""

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dyn.graph import GraphSpec, dump_graph, dump_graph_yaml, load_graph_text
+from dyn.launch.role_classes import role_class
 
 NAMES = st.from_regex(r"[A-Za-z0-9_-]{1,12}", fullmatch=True)
 TEXT = st.text(st.characters(exclude_categories=["Cs"]), max_size=12)
@@ -75,7 +76,9 @@ def graph_docs(draw: st.DrawFn) -> dict[str, Any]:
 
 
 def load_doc(doc: dict[str, Any]) -> GraphSpec:
-    return load_graph_text(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
+    return load_graph_text(
+        yaml.safe_dump(doc, sort_keys=False, allow_unicode=True), resolve_role=role_class
+    )
 
 
 @settings(deadline=None)
@@ -86,7 +89,7 @@ def test_dump_then_load_is_identity(doc: dict[str, Any]) -> None:
     again = load_doc(dumped)
     assert again == graph
     assert dump_graph(again) == dumped
-    assert load_graph_text(dump_graph_yaml(graph)) == graph
+    assert load_graph_text(dump_graph_yaml(graph), resolve_role=role_class) == graph
 
 
 @settings(deadline=None)
@@ -94,7 +97,7 @@ def test_dump_then_load_is_identity(doc: dict[str, Any]) -> None:
 def test_sorted_dump_keeps_every_component(doc: dict[str, Any]) -> None:
     # yaml.safe_dump sorts keys by default: the order changes, the components do not.
     graph = load_doc(doc)
-    again = load_graph_text(yaml.safe_dump(dump_graph(graph)))
+    again = load_graph_text(yaml.safe_dump(dump_graph(graph)), resolve_role=role_class)
     assert {c.name: c for c in again.components} == {c.name: c for c in graph.components}
     assert set(again.nodes) == set(graph.nodes)
 

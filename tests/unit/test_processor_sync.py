@@ -11,6 +11,7 @@ import pytest
 from dyn.graph import load_graph_text
 from dyn.launch.base import LaunchObserver
 from dyn.launch.inprocess import InProcessLauncher
+from dyn.launch.role_classes import role_class
 from dyn.roles.processor import Processor
 from dyn.routing.base import RouteRequest
 from dyn.routing.kv.router import KvRouter
@@ -61,7 +62,7 @@ async def until(condition: Callable[[], bool]) -> None:
 async def test_a_replica_counts_what_its_peer_sends_and_forgets_it_when_it_leaves(
     transport: str,
 ) -> None:
-    graph = load_graph_text(GRAPH.replace("{TRANSPORT}", transport))
+    graph = load_graph_text(GRAPH.replace("{TRANSPORT}", transport), resolve_role=role_class)
     launcher, stop, ready = InProcessLauncher(), anyio.Event(), anyio.Event()
 
     class Observer(LaunchObserver):

@@ -8,6 +8,7 @@ import pytest
 from dyn.graph import load_graph_text
 from dyn.launch.base import LaunchObserver
 from dyn.launch.inprocess import InProcessLauncher
+from dyn.launch.role_classes import role_class
 from dyn.routing.base import RouteRequest
 
 pytestmark = pytest.mark.anyio
@@ -30,7 +31,7 @@ components:
 
 
 async def test_best_worker_is_the_one_holding_the_prefix() -> None:
-    graph = load_graph_text(GRAPH)
+    graph = load_graph_text(GRAPH, resolve_role=role_class)
     launcher, stop, ready = InProcessLauncher(), anyio.Event(), anyio.Event()
 
     class Observer(LaunchObserver):

@@ -17,6 +17,7 @@ from dyn.cli.app import app
 from dyn.graph import load_graph
 from dyn.launch.base import LaunchObserver
 from dyn.launch.inprocess import InProcessLauncher
+from dyn.launch.role_classes import role_class
 from dyn.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -112,7 +113,7 @@ async def test_in_process_roles_get_the_launch_settings() -> None:
     with socket.socket() as probe:  # a free port (the graph refuses port 0)
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    graph = load_graph(HELLO, [f"frontend.port={port}"])
+    graph = load_graph(HELLO, [f"frontend.port={port}"], resolve_role=role_class)
     launcher = InProcessLauncher()
     launcher.settings = Settings(api_key="sk-1")
     stop, ready = anyio.Event(), anyio.Event()

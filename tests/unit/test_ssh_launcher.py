@@ -16,6 +16,7 @@ import pytest
 
 from dyn.errors import LaunchError
 from dyn.graph import NodeSpec, load_graph_text
+from dyn.launch.role_classes import role_class
 from dyn.launch.ssh import (
     SshLauncher,
     remote_command,
@@ -43,7 +44,10 @@ components:
 
 
 def _graph(transport: str = "tcp", discovery: str = "etcd", n2_bind: str = ", bind: 10.1.1.2"):  # type: ignore[no-untyped-def]
-    return load_graph_text(GRAPH.format(transport=transport, discovery=discovery, n2_bind=n2_bind))
+    return load_graph_text(
+        GRAPH.format(transport=transport, discovery=discovery, n2_bind=n2_bind),
+        resolve_role=role_class,
+    )
 
 
 def test_ssh_argv_never_prompts_and_keeps_user_options() -> None:

@@ -106,9 +106,10 @@ def sim_setup(
 
 def _from_graph(path: str | Path) -> SimSetup:
     from dyn.graph import load_graph
+    from dyn.launch.role_classes import role_class
     from dyn.roles.processor import ProcessorConfig
 
-    spec = load_graph(path)
+    spec = load_graph(path, resolve_role=role_class)
     worker = next((c for c in spec.components if isinstance(c.config, MockerConfig)), None)
     if worker is None or not isinstance(worker.config, MockerConfig):
         raise DynError(f"{path} has no worker component (uses: worker) to simulate")

@@ -41,7 +41,7 @@ class ConsoleObserver(LaunchObserver):
     def _examples(self) -> list[tuple[str, dict[str, Any]]]:
         """(route, body) for the HTTP routes whose target shows an example request."""
         from dyn.errors import PluginError
-        from dyn.graph import http_components, role_of
+        from dyn.launch.role_classes import http_components, role_of
 
         examples: list[tuple[str, dict[str, Any]]] = []
         for spec in http_components(self.graph):

@@ -88,9 +88,10 @@ def _stop_remote(run_dir: RunDir, record: RunRecord, grace_s: float) -> list[str
     import anyio
 
     from dyn.graph import load_graph
+    from dyn.launch.role_classes import role_class
     from dyn.launch.ssh import stop_remote_roles
 
-    graph = load_graph(run_dir.path / "graph.yaml")
+    graph = load_graph(run_dir.path / "graph.yaml", resolve_role=role_class)
     done = anyio.run(stop_remote_roles, graph, record.roles, grace_s)
     if record.discovery == "etcd" and record.etcd_pid is None:
         # Entries of killed roles would linger until their lease lapses.

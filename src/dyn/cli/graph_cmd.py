@@ -39,9 +39,10 @@ SetOption = Annotated[
 def _load(file: Path, overrides: list[str] | None) -> GraphSpec:
     from dyn.errors import SpecError
     from dyn.graph import load_graph
+    from dyn.launch.role_classes import role_class
 
     try:
-        return load_graph(file, overrides or ())
+        return load_graph(file, overrides or (), resolve_role=role_class)
     except SpecError as exc:
         for problem in exc.problems:
             typer.echo(problem, err=True)
@@ -99,7 +100,7 @@ def _tree(spec: GraphSpec) -> Tree:
 
 
 def _details(component: ComponentSpec) -> list[str]:
-    from dyn.graph import role_of
+    from dyn.launch.role_classes import role_of
 
     role = role_of(component)
     lines: list[str] = []

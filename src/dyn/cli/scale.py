@@ -62,10 +62,11 @@ def join(
     """
     from dyn.errors import LaunchError
     from dyn.graph import load_graph
+    from dyn.launch.role_classes import role_class
     from dyn.launch.role_main import run_role
     from dyn.observability.logs import setup_logging
 
-    graph = load_graph(graph_file)
+    graph = load_graph(graph_file, resolve_role=role_class)
     if graph.discovery.backend == "memory":
         raise LaunchError(
             "a graph with in-memory discovery cannot be joined from another process; "

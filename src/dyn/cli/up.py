@@ -164,7 +164,7 @@ def _admin_token_for(graph: GraphSpec, settings: Settings) -> Settings:
     import dataclasses
     import secrets
 
-    from dyn.graph import role_of
+    from dyn.launch.role_classes import role_of
 
     if settings.admin_token:
         return settings
@@ -187,15 +187,18 @@ def resolve_graph(
 
     from dyn import plugins
     from dyn.errors import SpecError
-    from dyn.graph import load_graph, role_of
+    from dyn.graph import load_graph
+    from dyn.launch.role_classes import role_class, role_of
 
-    graph = load_graph(path, overrides)
+    graph = load_graph(path, overrides, resolve_role=role_class)
     if port is not None:
         takers = [(c.name, role_of(c).port_field) for c in graph.components]
         taker = next(((name, field) for name, field in takers if field), None)
         if taker is None:
             raise SpecError([f"{path}: --port needs a graph with a frontend component"])
-        graph = load_graph(path, [*overrides, f"{taker[0]}.{taker[1]}={port}"])
+        graph = load_graph(
+            path, [*overrides, f"{taker[0]}.{taker[1]}={port}"], resolve_role=role_class
+        )
     if transport is not None:
         plugins.import_path("dyn.transports", transport)  # a clear error for unknown names
         graph = dataclasses.replace(graph, transport=plugins.canonical(transport))

@@ -4,6 +4,11 @@
 :class:`~dyn.errors.SpecError` listing every problem, each as
 ``FILE:LINE: FIELD.PATH: message`` (or ``--set TEXT: FIELD.PATH: message`` when an
 override caused it).
+
+The graph is data: it never imports a role. Loading one takes a ``resolve_role``
+callable from the caller, which turns each ``uses:`` value into its class
+(:data:`~dyn.graph.roles.RoleResolver`); the CLI and the launchers pass
+:func:`dyn.launch.role_classes.role_class`.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from dyn.graph.model import (
     NodeSpec,
     RoleInstance,
 )
-from dyn.graph.roles import RoleClass, http_components, load_role, role_of
+from dyn.graph.roles import RoleClass, RoleResolver
 
 __all__ = [
     "ComponentSpec",
@@ -37,19 +42,23 @@ __all__ = [
     "NodeSpec",
     "RoleClass",
     "RoleInstance",
+    "RoleResolver",
     "did_you_mean",
     "dump_graph",
     "dump_graph_yaml",
-    "http_components",
     "load_graph",
     "load_graph_text",
-    "load_role",
-    "role_of",
 ]
 
 
-def load_graph(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> GraphSpec:
-    """Read and validate the graph file at ``path``, after applying ``--set`` overrides."""
+def load_graph(
+    path: str | os.PathLike[str],
+    overrides: Sequence[str] = (),
+    *,
+    resolve_role: RoleResolver,
+) -> GraphSpec:
+    """Read and validate the graph file at ``path``, after applying ``--set`` overrides;
+    ``resolve_role`` turns each ``uses:`` into its class."""
     source = os.fspath(path)
     try:
         with open(source, encoding="utf-8") as f:
@@ -60,11 +69,15 @@ def load_graph(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> G
         raise SpecError([f"{source}: not a UTF-8 text file ({exc.reason})"]) from None
     except OSError as exc:
         raise SpecError([f"{source}: cannot read the file: {exc.strerror}"]) from None
-    return load_graph_text(text, source, overrides)
+    return load_graph_text(text, source, overrides, resolve_role=resolve_role)
 
 
 def load_graph_text(
-    text: str, source: str = "<string>", overrides: Sequence[str] = ()
+    text: str,
+    source: str = "<string>",
+    overrides: Sequence[str] = (),
+    *,
+    resolve_role: RoleResolver,
 ) -> GraphSpec:
     """Validate graph YAML held in a string; ``source`` names it in problem lines."""
     doc, locator, yaml_problems = load_yaml(text, source)
@@ -73,7 +86,7 @@ def load_graph_text(
     problems = Problems(locator)
     problems.lines.extend(yaml_problems)
     problems.lines.extend(apply_overrides(doc, overrides, locator))
-    spec = build_graph(problems, doc)
+    spec = build_graph(problems, doc, resolve_role)
     if problems or spec is None:
         raise SpecError(_by_line(problems.lines, source) or [f"{source}: invalid graph"])
     return spec

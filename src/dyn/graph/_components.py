@@ -20,7 +20,7 @@ from dyn.graph._fields import (
 from dyn.graph._wiring import Draft, check_wiring
 from dyn.graph._yaml import FieldPath, Problems
 from dyn.graph.model import ComponentSpec, DependencySpec
-from dyn.graph.roles import RoleClass, load_role
+from dyn.graph.roles import RoleClass, RoleResolver
 
 __all__ = ["COMPONENT_KEYS", "read_components"]
 
@@ -29,7 +29,10 @@ DEPENDENCY_KEYS = ("component", "strategy")
 
 
 def read_components(
-    problems: Problems, doc: dict[Any, Any], node_names: list[str] | None
+    problems: Problems,
+    doc: dict[Any, Any],
+    node_names: list[str] | None,
+    resolve_role: RoleResolver,
 ) -> tuple[ComponentSpec, ...] | None:
     if "components" not in doc:
         problems.add(("components",), "missing; a graph needs at least one component")
@@ -40,7 +43,9 @@ def read_components(
     if not section:
         problems.add(("components",), "must name at least one component")
         return None
-    drafts = [_component(problems, key, body, node_names) for key, body in section.items()]
+    drafts = [
+        _component(problems, key, body, node_names, resolve_role) for key, body in section.items()
+    ]
     check_wiring(problems, drafts)
     specs: list[ComponentSpec] = []
     for d in drafts:
@@ -51,7 +56,13 @@ def read_components(
     return tuple(specs) if len(specs) == len(drafts) else None
 
 
-def _component(problems: Problems, key: Any, body: Any, node_names: list[str] | None) -> Draft:
+def _component(
+    problems: Problems,
+    key: Any,
+    body: Any,
+    node_names: list[str] | None,
+    resolve_role: RoleResolver,
+) -> Draft:
     path: FieldPath = ("components", key)
     draft = Draft(name=str(key), path=path)
     expect_name(problems, path, key, COMPONENT_NAME)
@@ -66,7 +77,7 @@ def _component(problems: Problems, key: Any, body: Any, node_names: list[str] | 
     else:
         draft.uses = expect_str(problems, (*path, "uses"), fields["uses"])
     if draft.uses is not None:
-        draft.cls = _resolve(problems, (*path, "uses"), draft.uses)
+        draft.cls = _resolve(problems, (*path, "uses"), draft.uses, resolve_role)
     draft.replicas = expect_int(problems, (*path, "replicas"), fields.get("replicas", 1), low=1)
     draft.placement = _placement(
         problems, (*path, "placement"), fields.get("placement"), node_names
@@ -81,9 +92,11 @@ def _component(problems: Problems, key: Any, body: Any, node_names: list[str] | 
     return draft
 
 
-def _resolve(problems: Problems, path: FieldPath, uses: str) -> RoleClass | None:
+def _resolve(
+    problems: Problems, path: FieldPath, uses: str, resolve_role: RoleResolver
+) -> RoleClass | None:
     try:
-        return load_role(uses)
+        return resolve_role(uses)
     except PluginError as exc:
         problems.add(path, str(exc))
     except Exception as exc:  # the user's module raised while being imported

@@ -33,6 +33,7 @@ from dyn.graph.model import (
     ModelSpec,
     NodeSpec,
 )
+from dyn.graph.roles import RoleResolver
 
 __all__ = ["build_graph"]
 
@@ -50,7 +51,7 @@ DISCOVERY_KEYS = ("backend", "ttl_s", "options")
 NODE_KEYS = ("host", "user", "port", "ssh_options", "python", "workdir", "bind")
 
 
-def build_graph(problems: Problems, doc: Any) -> GraphSpec | None:
+def build_graph(problems: Problems, doc: Any, resolve_role: RoleResolver) -> GraphSpec | None:
     """The graph ``doc`` describes, or ``None`` once every problem is in ``problems``."""
     if not isinstance(doc, dict):
         problems.add(
@@ -75,7 +76,7 @@ def build_graph(problems: Problems, doc: Any) -> GraphSpec | None:
     nodes = _nodes(problems, doc.get("nodes"))
     # With the nodes section broken, placements cannot be checked against it.
     node_names = [n.name for n in nodes] if nodes is not None else None
-    components = read_components(problems, doc, node_names)
+    components = read_components(problems, doc, node_names, resolve_role)
     model = _model(problems, doc.get("model"))
     if problems or None in (name, namespace, transport, discovery, nodes, components):
         return None

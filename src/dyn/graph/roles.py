@@ -6,30 +6,24 @@ speaks to a role class through :class:`RoleClass`, the class-level half of
 :class:`~dyn.runtime.component.Component`. Every component class satisfies it; the
 runtime documents what each member means and what the defaults are.
 
-:func:`load_role` resolves a ``uses:`` value through :mod:`dyn.plugins` and checks the
-class has that shape. Launchers, which instantiate roles, resolve ``uses:`` themselves.
+Loading a graph takes a :data:`RoleResolver` from its caller, which turns a ``uses:``
+value into a class (the one dyn uses is :func:`dyn.launch.role_classes.role_class`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 import msgspec
-
-from dyn import plugins
-from dyn.errors import PluginError
-from dyn.graph.model import ComponentSpec, GraphSpec
 
 __all__ = [
     "ConfigProblem",
     "RoleClass",
+    "RoleResolver",
     "Slot",
     "Wiring",
-    "http_components",
-    "load_role",
-    "role_of",
     "role_path",
 ]
 
@@ -63,7 +57,6 @@ class Wiring:
     roles: Mapping[str, str]
 
 
-@runtime_checkable
 class RoleClass(Protocol):
     """A component class, as the graph, the CLI and the launchers see it.
 
@@ -87,25 +80,9 @@ class RoleClass(Protocol):
     def config_summary(self, config: Any) -> list[str]: ...
 
 
-def load_role(uses: str) -> RoleClass:
-    """The class a ``uses:`` value names, or a :class:`~dyn.errors.PluginError` saying
-    what exists. Exceptions the role's own module raises on import pass through."""
-    obj = plugins.load("dyn.roles", uses)
-    if not (isinstance(obj, type) and isinstance(obj, RoleClass)):
-        raise PluginError(
-            f"{uses!r} is not a component class (it must derive dyn.runtime.component.Component)"
-        )
-    return obj
-
-
-def role_of(spec: ComponentSpec) -> RoleClass:
-    """The role class of a validated component (imported once already, when validated)."""
-    return load_role(spec.uses)
-
-
-def http_components(graph: GraphSpec) -> list[ComponentSpec]:
-    """The components whose role serves HTTP itself (in the order of the file)."""
-    return [spec for spec in graph.components if role_of(spec).serves_http]
+# Turns a ``uses:`` value into its role class, or raises ``PluginError`` saying what
+# exists (any other exception is the role's module failing to import).
+RoleResolver = Callable[[str], RoleClass]
 
 
 def role_path(cls: Any) -> str:

@@ -10,8 +10,9 @@ import anyio
 
 from dyn import plugins, state
 from dyn.discovery.base import Discovery
-from dyn.errors import LaunchError, PluginError
+from dyn.errors import LaunchError
 from dyn.graph import ComponentSpec, GraphSpec
+from dyn.launch.role_classes import role_class
 from dyn.runtime.client import Client
 from dyn.runtime.component import Component
 from dyn.runtime.runtime import Runtime, component_info
@@ -22,7 +23,6 @@ __all__ = [
     "READY_TIMEOUT_S",
     "make_discovery",
     "make_transport",
-    "role_class",
     "role_name",
     "start_role",
     "stop_role",
@@ -51,17 +51,6 @@ def discovery_in_run(graph: GraphSpec, run: state.RunDir) -> GraphSpec:
         return graph
     options = MappingProxyType({**dict(discovery.options), "path": str(run.discovery_dir)})
     return dataclasses.replace(graph, discovery=dataclasses.replace(discovery, options=options))
-
-
-def role_class(uses: str) -> type[Component[Any]]:
-    """The component class a graph's ``uses:`` names (an entry point in ``dyn.roles`` or
-    an import path), or a clear error."""
-    cls = plugins.load("dyn.roles", uses)
-    if not (isinstance(cls, type) and issubclass(cls, Component)):
-        raise PluginError(
-            f"{uses!r} is not a component class (it must derive dyn.runtime.component.Component)"
-        )
-    return cls
 
 
 def role_name(spec: ComponentSpec, replica: int) -> str:

@@ -9,7 +9,7 @@ from typing import Any
 import anyio
 
 from dyn import state
-from dyn.graph import ComponentSpec, GraphSpec, http_components
+from dyn.graph import ComponentSpec, GraphSpec
 from dyn.launch._roles import (
     discovery_in_run,
     make_discovery,
@@ -21,6 +21,7 @@ from dyn.launch._roles import (
 )
 from dyn.launch.base import Launcher, LaunchObserver, cancel_when_set, new_record
 from dyn.launch.etcd_server import start_local_etcd
+from dyn.launch.role_classes import http_components
 from dyn.runtime.component import Component
 from dyn.runtime.runtime import Runtime
 

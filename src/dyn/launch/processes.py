@@ -29,10 +29,11 @@ from anyio.abc import Process
 
 from dyn import state
 from dyn.errors import LaunchError
-from dyn.graph import ComponentSpec, GraphSpec, dump_graph_yaml, http_components, role_of
+from dyn.graph import ComponentSpec, GraphSpec, dump_graph_yaml
 from dyn.launch._roles import READY_TIMEOUT_S, discovery_in_run, node_of, role_name
 from dyn.launch.base import Launcher, LaunchObserver, cancel_when_set, new_record
 from dyn.launch.control import ControlServer
+from dyn.launch.role_classes import http_components, role_of
 from dyn.launch.role_main import READY_MARK
 
 __all__ = ["ProcessLauncher", "RoleProcess", "prepare_run"]

@@ -27,6 +27,7 @@ import anyio
 from dyn.graph import GraphSpec, load_graph
 from dyn.launch._roles import make_discovery, make_transport, start_role, stop_role
 from dyn.launch.base import cancel_when_set
+from dyn.launch.role_classes import role_class
 from dyn.runtime.runtime import Runtime
 from dyn.settings import ADMIN_TOKEN_ENV, API_KEY_ENV, ROLE_SECRET_ENV, Settings
 
@@ -63,7 +64,7 @@ def run_role(
             admin_token=passed.get(ADMIN_TOKEN_ENV) or settings.admin_token,
         )
     else:
-        graph = load_graph(Path(graph_path))
+        graph = load_graph(Path(graph_path), resolve_role=role_class)
     pidfile = _write_pidfile(pidfile_run, component, replica, graph) if pidfile_run else None
     try:
         anyio.run(_serve, graph, component, replica, watch_stdin, pidfile, node, settings)
@@ -91,7 +92,8 @@ def _bootstrap() -> tuple[GraphSpec, dict[str, str]]:
             # This process's edge: the transports built below read these where they are
             # built, as they do in a role the local launcher starts with them in its env.
             os.environ[name] = value
-    return load_graph_text(text, source="<graph from the launcher>"), passed
+    graph = load_graph_text(text, source="<graph from the launcher>", resolve_role=role_class)
+    return graph, passed
 
 
 def pidfile_path(run_id: str, role: str) -> Path:
