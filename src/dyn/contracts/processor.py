@@ -1,7 +1,8 @@
 """What a processor (and the standalone router role) serves.
 
-``generate`` speaks the OpenAI layer's text-in, text-out messages; the rest are the
-admin endpoints ``dyn route`` and the frontend's admin routes call, and ``router_sync``
+``generate`` speaks text in, text out: the messages the OpenAI layer sends and reads
+(:mod:`dyn.openai` re-exports them, and imports them from here). The rest are the admin
+endpoints ``dyn route`` and the frontend's admin routes call, and ``router_sync``
 between replicas.
 """
 
@@ -12,7 +13,6 @@ from typing import Any
 import msgspec
 
 from dyn.contracts.base import Empty, EndpointRef
-from dyn.openai.protocol import GenerateOutput, GenerateRequest
 from dyn.routing.kv.sync import SyncBatch
 
 __all__ = [
@@ -36,6 +36,40 @@ __all__ = [
     "SyncApplied",
     "SyncBatch",
 ]
+
+
+class GenerateRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """One generation, text in (what the OpenAI frontend sends). The backend tokenizes
+    ``prompt``, applies ``stop`` (output ends before the first stop string, which is not
+    returned) and detokenizes.
+    """
+
+    request_id: str
+    prompt: str
+    # Tokens to generate at most; the backend also stops at the end of the context
+    # (``max_model_len``), which is what a chat request without max_tokens relies on.
+    max_tokens: int
+    ignore_eos: bool = False
+    min_tokens: int = 0
+    stop: list[str] = msgspec.field(default_factory=list)
+    seed: int | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+
+
+class GenerateOutput(msgspec.Struct, frozen=True, kw_only=True):
+    """A piece of the answer.
+
+    ``token_count`` is the number of tokens behind ``text``. The first output carries
+    ``prompt_tokens`` and ``cached_tokens`` (prompt tokens found in the prefix cache); the
+    last one carries ``finish_reason`` (``"length"`` or ``"stop"``).
+    """
+
+    text: str
+    token_count: int
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    cached_tokens: int | None = None
 
 
 class RouteInfo(msgspec.Struct, frozen=True):

@@ -7,8 +7,7 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 from dyn.context import HEADER_REQUEST_ID
-from dyn.contracts.base import EndpointRef
-from dyn.openai.protocol import GenerateOutput, GenerateRequest
+from dyn.contracts.processor import PROCESSOR_GENERATE, GenerateOutput, GenerateRequest
 
 if TYPE_CHECKING:
     from dyn.runtime.client import Client
@@ -17,18 +16,17 @@ __all__ = ["ClientBackend"]
 
 
 class ClientBackend:
-    """Sends the request to ``endpoint`` of ``client``'s component (the processor) and
+    """Sends the request to the processor's ``generate`` (``client``'s component) and
     reads back :class:`GenerateOutput` items; a malformed one raises ``ProtocolError``.
     """
 
-    def __init__(self, client: Client, endpoint: str = "generate") -> None:
+    def __init__(self, client: Client) -> None:
         self._client = client
-        self._endpoint = EndpointRef(endpoint, GenerateRequest, GenerateOutput)
 
     @asynccontextmanager
     async def generate(
         self, request: GenerateRequest
     ) -> AsyncIterator[AsyncIterator[GenerateOutput]]:
         headers = {HEADER_REQUEST_ID: request.request_id}
-        async with self._client.stream(self._endpoint, request, headers=headers) as items:
+        async with self._client.stream(PROCESSOR_GENERATE, request, headers=headers) as items:
             yield items

@@ -1,8 +1,9 @@
 """What the OpenAI layer asks of the serving graph behind it, and what it gets back.
 
 The frontend turns each HTTP request into one :class:`GenerateRequest`; a backend (in a
-graph, the processor role reached over dyn's runtime, which sees
-``msgspec.to_builtins(request)``) answers with a stream of :class:`GenerateOutput`.
+graph, the processor role reached over dyn's runtime) answers with a stream of
+:class:`GenerateOutput`. Both messages are the processor's contract
+(:mod:`dyn.contracts.processor`), re-exported here for the OpenAI layer's users.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
 import msgspec
+
+from dyn.contracts.processor import GenerateOutput, GenerateRequest
 
 __all__ = ["GenerateOutput", "GenerateRequest", "ModelInfo", "OpenAIBackend"]
 
@@ -23,39 +26,6 @@ class ModelInfo(msgspec.Struct, frozen=True):
     max_model_len: int
     created: int
     owned_by: str = "dyn"
-
-
-class GenerateRequest(msgspec.Struct, kw_only=True):
-    """One generation, text in. The backend tokenizes ``prompt``, applies ``stop``
-    (output ends before the first stop string, which is not returned) and detokenizes.
-    """
-
-    request_id: str
-    prompt: str
-    # Tokens to generate at most; the backend also stops at the end of the context
-    # (``max_model_len``), which is what a chat request without max_tokens relies on.
-    max_tokens: int
-    ignore_eos: bool = False
-    min_tokens: int = 0
-    stop: list[str] = msgspec.field(default_factory=list)
-    seed: int | None = None
-    temperature: float = 1.0
-    top_p: float = 1.0
-
-
-class GenerateOutput(msgspec.Struct, kw_only=True):
-    """A piece of the answer.
-
-    ``token_count`` is the number of tokens behind ``text``. The first output carries
-    ``prompt_tokens`` and ``cached_tokens`` (prompt tokens found in the prefix cache); the
-    last one carries ``finish_reason`` (``"length"`` or ``"stop"``).
-    """
-
-    text: str
-    token_count: int
-    finish_reason: str | None = None
-    prompt_tokens: int | None = None
-    cached_tokens: int | None = None
 
 
 class OpenAIBackend(Protocol):

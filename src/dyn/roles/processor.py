@@ -25,6 +25,8 @@ from dyn.contracts.processor import (
     ClearAllReply,
     ExplainRequest,
     Explanation,
+    GenerateOutput,
+    GenerateRequest,
     RouteInfo,
     StrategyReply,
     StrategyRequest,
@@ -34,7 +36,6 @@ from dyn.engines.base import EngineOutput, EngineRequest
 from dyn.errors import BadRequestError, CallError, DynError, OverloadedError, TransportError
 from dyn.kv.events import KvRemoved, KvStored, WorkerUpdate
 from dyn.observability.worker_metrics import RouterMetrics
-from dyn.openai.protocol import GenerateOutput, GenerateRequest
 from dyn.roles.replica_sync import ReplicaLink
 from dyn.routing.base import RouteRequest, RoutingStrategy
 from dyn.routing.kv.sync import SyncBatch
