@@ -3,8 +3,10 @@
 A slot declared with ``depends(calls=(REF, ...))`` names the endpoints its component
 calls and the types it sends and expects back. The component the graph wires to the
 slot must serve each of them, with the same request and item types when it declares
-any (an endpoint taking ``Any`` accepts everything). Role classes are asked through
-the methods :class:`~dyn.graph.roles.RoleClass` names, never imported here.
+any (an endpoint taking ``Any`` accepts everything). Endpoints in ``may_call`` are
+called only where served: a component without them is fine, one with them must match
+the types. Role classes are asked through the methods
+:class:`~dyn.graph.roles.RoleClass` names, never imported here.
 """
 
 from __future__ import annotations
@@ -28,18 +30,22 @@ def check_contracts(problems: Problems, drafts: Sequence[Draft]) -> None:
         for dep, path in draft.deps:
             slot = slots.get(dep.slot)
             callee = by_name.get(dep.component)
-            if slot is None or not slot.calls or callee is None or callee.cls is None:
+            if slot is None or callee is None or callee.cls is None:
                 continue  # nothing declared, or already reported
+            refs = [(ref, True) for ref in slot.calls] + [(ref, False) for ref in slot.may_call]
+            if not refs:
+                continue
             served = callee.cls.endpoint_types()
             caller, target = role_path(draft.cls), f"{callee.name!r} ({role_path(callee.cls)})"
-            for ref in slot.calls:
+            for ref, required in refs:
                 if ref.name not in served:
-                    listing = ", ".join(served) or "none"
-                    problems.add(
-                        path,
-                        f"{caller} calls {ref.name!r} through {dep.slot!r}, but component "
-                        f"{target} has no endpoint {ref.name!r}; its endpoints: {listing}",
-                    )
+                    if required:
+                        listing = ", ".join(served) or "none"
+                        problems.add(
+                            path,
+                            f"{caller} calls {ref.name!r} through {dep.slot!r}, but component "
+                            f"{target} has no endpoint {ref.name!r}; its endpoints: {listing}",
+                        )
                     continue
                 request, item = served[ref.name]
                 if _differs(request, ref.request) or _differs(item, ref.item):

@@ -32,13 +32,16 @@ ConfigProblem = tuple[tuple[str | int, ...], str]
 
 
 class Slot(Protocol):
-    """A dependency slot a role declares: its default routing strategy, if any, and the
-    endpoints it calls (``EndpointRef`` objects: name, request type, item type)."""
+    """A dependency slot a role declares: its default routing strategy, if any, the
+    endpoints it calls (``EndpointRef`` objects: name, request type, item type), and
+    those it calls only where the wired component serves them (``may_call``)."""
 
     @property
     def strategy(self) -> str | None: ...
     @property
     def calls(self) -> tuple[Any, ...]: ...
+    @property
+    def may_call(self) -> tuple[Any, ...]: ...
 
 
 @dataclass(frozen=True)

@@ -66,7 +66,8 @@ class ProcessorConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 class Processor(Component[ProcessorConfig]):
     """Tokenizes, routes with the configured strategy, and detokenizes the stream."""
 
-    worker = depends(calls=(ENGINE_GENERATE, ENGINE_KV_EVENTS, ENGINE_CLEAR_KV))
+    # kv_events is followed, and clear_kv called, only on the instances that serve them.
+    worker = depends(calls=(ENGINE_GENERATE,), may_call=(ENGINE_KV_EVENTS, ENGINE_CLEAR_KV))
 
     async def start(self) -> None:
         model = self.model

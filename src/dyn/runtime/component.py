@@ -27,7 +27,8 @@ naming the endpoint and the field (``generate: Object missing required field `te
 A handler whose request is ``Any`` or a dict takes plain data, unchecked. In-process
 calls hand requests and items over by reference, without encoding them: treat messages
 as immutable (declare Structs ``frozen=True``). ``calls=`` lets ``dyn graph validate``
-check that the component wired to the slot serves those endpoints with those types.
+check that the component wired to the slot serves those endpoints with those types;
+``may_call=`` names endpoints used only where the wired component serves them.
 """
 
 from __future__ import annotations
@@ -104,11 +105,16 @@ class Dependency:
     """A dependency slot: a class attribute the runtime fills with a client."""
 
     def __init__(
-        self, *, strategy: str | None = None, calls: Sequence[EndpointRef[Any, Any]] = ()
+        self,
+        *,
+        strategy: str | None = None,
+        calls: Sequence[EndpointRef[Any, Any]] = (),
+        may_call: Sequence[EndpointRef[Any, Any]] = (),
     ) -> None:
         self.slot = ""
         self.strategy = strategy
         self.calls = tuple(calls)
+        self.may_call = tuple(may_call)
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.slot = name
@@ -131,15 +137,21 @@ class Dependency:
 
 
 def depends(
-    *, strategy: str | None = None, calls: Sequence[EndpointRef[Any, Any]] = ()
+    *,
+    strategy: str | None = None,
+    calls: Sequence[EndpointRef[Any, Any]] = (),
+    may_call: Sequence[EndpointRef[Any, Any]] = (),
 ) -> Dependency:
     """Declare a dependency slot, optionally with a default routing strategy.
 
     ``calls`` names the endpoints the component calls through the slot, for
-    ``dyn graph validate`` to check against the component the graph wires to it. On an
-    instance the slot reads as its :class:`~dyn.runtime.client.Client`.
+    ``dyn graph validate`` to check against the component the graph wires to it: each
+    must be served, with the same types. ``may_call`` names endpoints it calls only on
+    instances that serve them (a processor follows ``kv_events`` where a worker
+    publishes them): a wired component need not serve them, but where it does, the types
+    must match. On an instance the slot reads as its :class:`~dyn.runtime.client.Client`.
     """
-    return Dependency(strategy=strategy, calls=calls)
+    return Dependency(strategy=strategy, calls=calls, may_call=may_call)
 
 
 class EndpointTypes(NamedTuple):
