@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from dyn.errors import PluginError
@@ -78,6 +79,8 @@ def _component(
         draft.uses = expect_str(problems, (*path, "uses"), fields["uses"])
     if draft.uses is not None:
         draft.cls = _resolve(problems, (*path, "uses"), draft.uses, resolve_role)
+    if draft.cls is not None:
+        draft.types = _endpoint_types(problems, (*path, "uses"), draft.cls)
     draft.replicas = expect_int(problems, (*path, "replicas"), fields.get("replicas", 1), low=1)
     draft.placement = _placement(
         problems, (*path, "placement"), fields.get("placement"), node_names
@@ -102,6 +105,18 @@ def _resolve(
     except Exception as exc:  # the user's module raised while being imported
         problems.add(path, f"importing {uses!r} failed: {type(exc).__name__}: {exc}")
     return None
+
+
+def _endpoint_types(
+    problems: Problems, path: FieldPath, cls: RoleClass
+) -> Mapping[str, tuple[Any, Any]] | None:
+    """The role's endpoint types; one whose annotation cannot be evaluated is a problem
+    of the component's ``uses`` (its checks against the graph are skipped)."""
+    try:
+        return cls.endpoint_types()
+    except PluginError as exc:
+        problems.add(path, str(exc))
+        return None
 
 
 def _placement(

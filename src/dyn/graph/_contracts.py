@@ -30,12 +30,12 @@ def check_contracts(problems: Problems, drafts: Sequence[Draft]) -> None:
         for dep, path in draft.deps:
             slot = slots.get(dep.slot)
             callee = by_name.get(dep.component)
-            if slot is None or callee is None or callee.cls is None:
+            if slot is None or callee is None or callee.cls is None or callee.types is None:
                 continue  # nothing declared, or already reported
             refs = [(ref, True) for ref in slot.calls] + [(ref, False) for ref in slot.may_call]
             if not refs:
                 continue
-            served = callee.cls.endpoint_types()
+            served = callee.types
             caller, target = role_path(draft.cls), f"{callee.name!r} ({role_path(callee.cls)})"
             for ref, required in refs:
                 if ref.name not in served:

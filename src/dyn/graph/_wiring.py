@@ -6,7 +6,9 @@ further down the file.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
 
@@ -26,6 +28,8 @@ class Draft:
     path: FieldPath
     uses: str | None = None
     cls: RoleClass | None = None
+    # Endpoint name -> (request, item) types; None when the role's could not be read.
+    types: Mapping[str, tuple[Any, Any]] | None = None
     replicas: int | None = None
     placement: tuple[str, ...] | None = None
     deps: list[tuple[DependencySpec, FieldPath]] = field(default_factory=list)

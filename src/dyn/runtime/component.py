@@ -52,6 +52,7 @@ from typing import (
 import msgspec
 
 from dyn.contracts.base import EndpointRef
+from dyn.errors import PluginError
 from dyn.observability.logs import role_logger
 from dyn.settings import Settings
 
@@ -169,23 +170,30 @@ _ITERATORS = (
 )
 
 
-def _declared_types(fn: Callable[..., Any]) -> EndpointTypes:
+def _declared_types(role: type, name: str, fn: Callable[..., Any]) -> EndpointTypes:
     """Evaluate a handler's request and return annotations one by one, so that a name
-    imported only for type checking elsewhere in the signature does not matter."""
+    imported only for type checking elsewhere in the signature (``ctx: Context``) does
+    not matter. One that cannot be evaluated is an error: ignoring it would silently
+    turn off the request's validation and the graph's check of the endpoint."""
     params = list(inspect.signature(fn).parameters.values())
     annotations = getattr(fn, "__annotations__", {})
 
-    def resolve(name: str | None) -> Any:
-        hint = annotations.get(name) if name else None
+    def resolve(param: str | None, what: str) -> Any:
+        hint = annotations.get(param) if param else None
         if isinstance(hint, str):
             try:
                 hint = eval(hint, getattr(fn, "__globals__", {}))
-            except Exception:
-                return None
+            except Exception as exc:
+                raise PluginError(
+                    f"role {role.__module__}:{role.__qualname__}, endpoint {name!r}: cannot "
+                    f"resolve the {what} annotation {hint!r} ({type(exc).__name__}: {exc}); "
+                    "import the types an endpoint's signature names at run time, not only "
+                    "under TYPE_CHECKING"
+                ) from exc
         return None if hint is Any else hint
 
-    request = resolve(params[1].name if len(params) > 1 else None)
-    returned = resolve("return")
+    request = resolve(params[1].name if len(params) > 1 else None, "request")
+    returned = resolve("return", "return")
     item = None
     if get_origin(returned) in _ITERATORS:
         args = get_args(returned)
@@ -265,11 +273,14 @@ class Component(Generic[ConfigT]):
 
     @classmethod
     def endpoint_types(cls) -> dict[str, EndpointTypes]:
-        """Endpoint name → the request and item types its signature declares."""
+        """Endpoint name → the request and item types its signature declares.
+
+        Raises :class:`~dyn.errors.PluginError` naming the role, the endpoint and the
+        annotation when a request or return annotation cannot be evaluated."""
         cached: dict[str, EndpointTypes] | None = cls.__dict__.get("_dyn_endpoint_types")
         if cached is None:
             cached = {
-                name: _declared_types(getattr(cls, method))
+                name: _declared_types(cls, name, getattr(cls, method))
                 for name, method in cls.endpoints().items()
             }
             cls._dyn_endpoint_types = cached
