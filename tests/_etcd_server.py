@@ -38,7 +38,7 @@ def running_etcd(data: Path) -> Iterator[str]:
                 peer_url,
                 "--initial-cluster",
                 f"default={peer_url}",
-            ],  # fmt: skip
+            ],
             stdout=subprocess.DEVNULL,
             stderr=log,
         )

@@ -33,12 +33,12 @@ __all__ = [
     "ROLE_SECRET_ENV",
     "RUN_ID_ENV",
     "STATE_DIR_ENV",
-    "Settings",
     "TLS_CA_ENV",
     "TLS_CERT_ENV",
     "TLS_KEY_ENV",
     "TransportSecurity",
     "XDG_STATE_HOME_ENV",
+    "Settings",
 ]
 
 LOG_LEVEL_ENV = "DYN_LOG_LEVEL"

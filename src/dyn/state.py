@@ -35,8 +35,8 @@ __all__ = [
     "latest_run",
     "list_runs",
     "new_run_id",
-    "safe_name",
     "read_record",
+    "safe_name",
     "state_dir",
     "write_record",
 ]

@@ -73,9 +73,11 @@ def check_counts(result: dict[str, Any]) -> None:
 
 def test_bench_one_run(base_url: str, tmp_path: Path) -> None:
     output, result = bench(base_url, tmp_path / "r.json", "--csv", str(tmp_path / "r.csv"))
-    assert "Successful requests:" in output and "P99 TTFT (ms):" in output
+    assert "Successful requests:" in output
+    assert "P99 TTFT (ms):" in output
     check_counts(result)
-    assert result["strategy"] == "kv" and result["model_id"] == "dyn-mock"
+    assert result["strategy"] == "kv"
+    assert result["model_id"] == "dyn-mock"
     assert len((tmp_path / "r.csv").read_text().splitlines()) == PROMPTS + 1
 
 
@@ -93,4 +95,5 @@ def test_bench_compare_round_robin_and_kv(base_url: str, tmp_path: Path) -> None
 def test_admin_kv_clear(base_url: str) -> None:
     reply = httpx.post(f"{base_url}/admin/kv/clear")
     assert reply.status_code == 200
-    assert reply.json()["workers"] == 4 and reply.json()["cleared_blocks"] >= 0
+    assert reply.json()["workers"] == 4
+    assert reply.json()["cleared_blocks"] >= 0

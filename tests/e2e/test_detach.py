@@ -60,7 +60,8 @@ def test_detach_status_logs_down(tmp_path: Path) -> None:
         pids += [row["pid"] for row in rows.values()]
         assert all(alive(pid) for pid in pids)
         table = dyn(state, "status")
-        assert table.returncode == 0 and "middle" in table.stdout
+        assert table.returncode == 0
+        assert "middle" in table.stdout
 
         logs = dyn(state, "logs", "frontend")
         assert logs.returncode == 0, logs.stderr

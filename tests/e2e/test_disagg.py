@@ -155,7 +155,8 @@ def test_a_full_queue_sends_prefills_local_and_never_hangs(up: Up) -> None:
         assert [r.status_code for r in replies] == [200] * 4
         now_remote, now_local = up.prefills()
         assert now_remote + now_local == remote + local + 4
-        assert now_remote > remote and now_local > local
+        assert now_remote > remote
+        assert now_local > local
         assert up.metric('dyn_remote_prefill_fallbacks_total{reason="queue_full"}') > full
     finally:
         up.set_disagg(max_prefill_queue_size=2)
@@ -174,7 +175,8 @@ def test_a_full_queue_answers_429_when_configured(tmp_path: Path) -> None:
         with ThreadPoolExecutor(3) as pool:
             replies = list(pool.map(graph.complete, [long_prompt() for _ in range(3)]))
         statuses = sorted(r.status_code for r in replies)
-        assert statuses[0] == 200 and 429 in statuses, statuses
+        assert statuses[0] == 200, statuses
+        assert 429 in statuses, statuses
         refused = next(r for r in replies if r.status_code == 429)
         assert "prefill queue is full" in refused.json()["error"]["message"]
         assert graph.metric("dyn_prefill_rejected_total") >= 1
@@ -211,6 +213,7 @@ def test_killing_the_prefill_worker_mid_job_loses_no_request(tmp_path: Path) -> 
         assert usage["prompt_tokens_details"]["cached_tokens"] > 0
         deliveries = [line for line in graph.log().splitlines() if "prefilling job job-1" in line]
         # Once, and once more after the lease lapsed; the survivor renews its own lease.
-        assert len(deliveries) == 2 and not deliveries[1].startswith(holder)
+        assert len(deliveries) == 2
+        assert not deliveries[1].startswith(holder)
     finally:
         graph.stop(timeout=30)

@@ -50,7 +50,8 @@ def test_down_removes_only_the_runs_registrations(tmp_path: Path) -> None:
         deadline = time.monotonic() + 30
         record: dict[str, object] = {}
         while not record.get("roles"):
-            assert up.returncode is None and time.monotonic() < deadline
+            assert up.returncode is None
+            assert time.monotonic() < deadline
             found = list((tmp_path / "state").glob("runs/*/run.json"))
             record = json.loads(found[0].read_text()) if found else {}
             time.sleep(0.1)

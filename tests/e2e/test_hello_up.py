@@ -29,6 +29,7 @@ def test_dyn_up_serves_hello_world_and_exits_cleanly(sig: signal.Signals, tmp_pa
     assert up.returncode == 0, err
     assert f"Serving on {url}" in out
     assert f"curl -N {url}/generate" in out
-    assert "frontend up" in err and "backend stopped" in err
+    assert "frontend up" in err
+    assert "backend stopped" in err
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", port)) != 0, "the port is still listening"

@@ -6,7 +6,6 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -33,8 +32,8 @@ def pid_alive(pid: int) -> bool:
 
 
 @pytest.fixture
-def state(tmp_path: Path) -> Iterator[Path]:
-    yield tmp_path / "state"
+def state(tmp_path: Path) -> Path:
+    return tmp_path / "state"
 
 
 @pytest.mark.parametrize("transport", ["tcp", "grpc"])
@@ -48,10 +47,12 @@ def test_hello_world_as_separate_processes(state: Path, transport: str) -> None:
         record = up.record()
         roles = {r["role"]: r["pid"] for r in record["roles"]}
         assert set(roles) == {"frontend", "middle", "backend"}
-        assert len(set(roles.values())) == 3 and os.getpid() not in roles.values()
+        assert len(set(roles.values())) == 3
+        assert os.getpid() not in roles.values()
         assert all(pid_alive(pid) for pid in roles.values())
         addresses = [r["address"] for r in record["roles"] if r["address"]]
-        assert addresses and all(a.startswith(f"{transport}://") for a in addresses)
+        assert addresses
+        assert all(a.startswith(f"{transport}://") for a in addresses)
         up.stop()
     finally:
         up.kill()

@@ -55,20 +55,22 @@ from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
 from dyn.context import Context
+from dyn.contracts.base import Text
+from dyn.contracts.demo import HELLO_GENERATE, HelloRequest
 from dyn.runtime.component import Component, depends, endpoint
 
 
 class Shout(Component):  # type: ignore[type-arg]
     """Relays to its backend and shouts every item back."""
 
-    backend = depends()
+    backend = depends(calls=(HELLO_GENERATE,))
     example_request: ClassVar[dict[str, Any] | None] = {"text": "hi"}
 
     @endpoint
-    async def generate(self, request: Any, ctx: Context) -> AsyncIterator[str]:
-        async with self.backend.stream("generate", request) as items:
+    async def generate(self, request: HelloRequest, ctx: Context) -> AsyncIterator[Text]:
+        async with self.backend.stream(HELLO_GENERATE, request) as items:
             async for item in items:
-                yield str(item).upper()
+                yield Text(item.text.upper())
 '''
 
 PLUGIN_ROUTER = '''\
@@ -187,7 +189,8 @@ def test_the_plugin_is_only_in_its_own_environment(plugin_env: PluginEnv) -> Non
          "plugins.available('dyn.routers'))"],
         capture_output=True, text=True, check=True, env=plugin_env.env,
     ).stdout  # fmt: skip
-    assert f"'{ROLE}'" in listed and f"'{STRATEGY}'" in listed
+    assert f"'{ROLE}'" in listed
+    assert f"'{STRATEGY}'" in listed
 
 
 def test_a_graph_uses_the_plugin_role_and_strategy(plugin_env: PluginEnv, tmp_path: Path) -> None:
@@ -215,7 +218,8 @@ def test_a_graph_uses_the_plugin_role_and_strategy(plugin_env: PluginEnv, tmp_pa
             assert answer.text == "BACKEND: HELLO-BACK\n"
     routed = _routed(plugin_env)
     # Every request went through the plugin's strategy, to the one lowest instance id.
-    assert len(routed) == 3 and len(set(routed)) == 1
+    assert len(routed) == 3
+    assert len(set(routed)) == 1
 
 
 def test_dyn_route_switches_to_the_plugin_strategy(plugin_env: PluginEnv, tmp_path: Path) -> None:
@@ -240,6 +244,8 @@ def test_dyn_route_switches_to_the_plugin_strategy(plugin_env: PluginEnv, tmp_pa
             assert completion.status_code == 200, completion.text
         bad = _dyn(plugin_env, "route", "--url", base, "--strategy", "lowest-idd")
         assert bad.returncode == 1
-        assert "unknown strategy 'lowest-idd'" in bad.stderr and STRATEGY in bad.stderr
+        assert "unknown strategy 'lowest-idd'" in bad.stderr
+        assert STRATEGY in bad.stderr
     routed = _routed(plugin_env)[before:]
-    assert len(routed) == 2 and len(set(routed)) == 1
+    assert len(routed) == 2
+    assert len(set(routed)) == 1

@@ -33,7 +33,21 @@ UPSTREAM_GRAPH = ROOT / "graphs" / "kv_routing.yaml"
 PROXY_GRAPH = ROOT / "graphs" / "proxy.yaml"
 MODEL = "dyn-proxy"
 UPSTREAM_CONTEXT = 1024
-WORDS = "time year people way day man thing woman life child world school state".split()
+WORDS = [
+    "time",
+    "year",
+    "people",
+    "way",
+    "day",
+    "man",
+    "thing",
+    "woman",
+    "life",
+    "child",
+    "world",
+    "school",
+    "state",
+]
 
 
 def upstream_graph(tmp: Path, decode_ms: int) -> Path:
@@ -91,7 +105,8 @@ def test_completions_chat_streaming_and_usage(proxy: str, upstream: str) -> None
 
     prompt = "Hello there, how is the weather"
     completion = client.completions.create(model=MODEL, prompt=prompt, max_tokens=8)
-    assert completion.choices[0].finish_reason == "length" and completion.choices[0].text
+    assert completion.choices[0].finish_reason == "length"
+    assert completion.choices[0].text
     direct = httpx.post(
         f"{upstream}/v1/completions",
         json={"model": "dyn-mock", "prompt": prompt, "max_tokens": 8},
@@ -104,7 +119,8 @@ def test_completions_chat_streaming_and_usage(proxy: str, upstream: str) -> None
     chat = client.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "Hi!"}], max_tokens=5
     )
-    assert chat.choices[0].message.role == "assistant" and chat.choices[0].message.content
+    assert chat.choices[0].message.role == "assistant"
+    assert chat.choices[0].message.content
 
     stream = client.chat.completions.create(
         model=MODEL,
@@ -114,7 +130,8 @@ def test_completions_chat_streaming_and_usage(proxy: str, upstream: str) -> None
         stream_options={"include_usage": True},
     )
     chunks = list(stream)
-    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage is not None
     assert chunks[-1].usage.completion_tokens >= 1
     assert chunks[-2].choices[0].finish_reason == "length"
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -171,7 +188,8 @@ def test_bench_compare_runs_against_the_proxy(proxy: str, tmp_path: Path) -> Non
     assert list(arms) == ["round_robin", "kv_approx"]
     for name, arm in arms.items():
         assert arm["strategy"] == name
-        assert arm["completed"] == 6 and arm["failed"] == 0, arm["errors_by_status"]
+        assert arm["completed"] == 6, arm["errors_by_status"]
+        assert arm["failed"] == 0, arm["errors_by_status"]
 
 
 # -- failing upstreams ------------------------------------------------------------------
@@ -244,7 +262,8 @@ def test_upstream_dying_mid_stream_then_coming_back(tmp_path: Path) -> None:
         assert time.monotonic() - started < 20
         assert seen[-1] == "[DONE]"
         error = json.loads(seen[-2])["error"]
-        assert error["code"] == "unavailable" and upstream_url in error["message"]
+        assert error["code"] == "unavailable"
+        assert upstream_url in error["message"]
 
         # Out of routing while the upstream is down: a clean 503, at once.
         deadline = time.monotonic() + 10
@@ -263,5 +282,6 @@ def test_upstream_dying_mid_stream_then_coming_back(tmp_path: Path) -> None:
                 reply = httpx.post(f"{proxy_url}/v1/completions", json={**body, "max_tokens": 2})
                 if reply.status_code == 200:
                     break
-                assert reply.status_code == 503 and time.monotonic() < deadline, reply.text
+                assert reply.status_code == 503, reply.text
+                assert time.monotonic() < deadline, reply.text
                 time.sleep(0.1)

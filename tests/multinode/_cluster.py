@@ -11,6 +11,7 @@ node on its own loopback port, every node at 127.0.0.1.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -91,10 +92,8 @@ class Cluster:
             if node.netns:
                 # Anything a failed test left behind in the namespace goes with it.
                 for pid in node.pids():
-                    try:
+                    with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
                 subprocess.run(["ip", "netns", "del", node.netns], capture_output=True)
         for link in self._links:
             subprocess.run(["ip", "link", "del", link], capture_output=True)

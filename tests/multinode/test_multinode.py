@@ -184,7 +184,8 @@ def test_status_lists_every_role_on_its_node(up: Up) -> None:
     for row in rows.values():
         assert row["state"] == "healthy"
         assert row["host"] == addresses[row["node"]]
-        assert isinstance(row["pid"], int) and row["pid"] > 0
+        assert isinstance(row["pid"], int)
+        assert row["pid"] > 0
 
 
 def test_etcd_paused_under_load_fails_nothing_and_roles_register_again(up: Up) -> None:
@@ -232,7 +233,8 @@ def test_etcd_paused_under_load_fails_nothing_and_roles_register_again(up: Up) -
         f"registered again {back} s after etcd resumed"
     )
     assert back is not None, "the roles did not register again with new leases"
-    assert len(outcomes) > 50 and failed == []
+    assert len(outcomes) > 50
+    assert failed == []
 
 
 def _etcd_port(record: dict[str, Any]) -> int:
@@ -260,14 +262,16 @@ def test_scale_adds_then_drains_a_worker(up: Up) -> None:
         ("worker[2]", "node2", "healthy"),
     ]
     ends = [up.generate(f"s{i}").json()["text"].rsplit("_", 1)[1] for i in range(9)]
-    assert ends.count("node2") == 6 and ends.count("node3") == 3  # round-robin over 3
+    assert ends.count("node2") == 6  # round-robin over 3
+    assert ends.count("node3") == 3
     drained = node1.run([DYN, "scale", "worker", "2"], env=up.env, timeout=90)
     assert drained.returncode == 0, drained.stderr
     assert "drained and stopped worker[2] on node2" in drained.stdout
     workers = [r for r in up.status()["instances"] if r["component"] == "worker"]
     assert sorted(r["role"] for r in workers) == ["worker[0]", "worker[1]"]
     refused = node1.run([DYN, "scale", "frontend", "2"], env=up.env, timeout=30)
-    assert refused.returncode == 1 and "frontends cannot be scaled" in refused.stderr
+    assert refused.returncode == 1
+    assert "frontends cannot be scaled" in refused.stderr
 
 
 def test_killed_worker_leaves_status_and_routing_within_ttl(up: Up) -> None:
@@ -313,14 +317,16 @@ def test_killed_worker_leaves_status_and_routing_within_ttl(up: Up) -> None:
         f"worker on node3 out of status after {out_of_status} s, out of routing after "
         f"{out_of_routing:.3f} s ({len(bad)} of {len(outcomes)} requests failed)"
     )
-    assert out_of_status is not None and out_of_status <= TTL_S + 1
+    assert out_of_status is not None
+    assert out_of_status <= TTL_S + 1
     assert out_of_routing <= TTL_S + 1
     assert len(outcomes) > len(bad)
     # And it stays out: every later request lands on node2.
     assert all(ok for began, ok in outcomes if began > killed + TTL_S + 1)
     # `dyn status` itself shows the dead worker as no longer healthy.
     rows = [r for r in up.status()["instances"] if r["node"] == "node3"]
-    assert rows and all(r["state"] == "unhealthy" for r in rows)
+    assert rows
+    assert all(r["state"] == "unhealthy" for r in rows)
 
 
 def test_a_worker_started_by_hand_registers_and_gets_traffic(up: Up) -> None:

@@ -59,7 +59,8 @@ async def test_overload_at_4x_gets_200_or_429_and_every_accepted_request_complet
                     assert resp.headers["retry-after"] == "1"
                     assert resp.json()["error"]["type"] == "rate_limit_error"
                 elif resp.status_code == 200:
-                    assert raw.endswith(b"data: [DONE]\n\n") and b'"error"' not in raw
+                    assert raw.endswith(b"data: [DONE]\n\n")
+                    assert b'"error"' not in raw
                     assert b'"completion_tokens":64' in raw
                     completed += 1
 
@@ -130,7 +131,8 @@ async def test_repeated_overload_keeps_the_queue_bounded_and_memory_flat() -> No
                     raw = await resp.aread()
                 statuses.append(resp.status_code)
                 if resp.status_code == 200:
-                    assert raw.endswith(b"data: [DONE]\n\n") and b'"error"' not in raw
+                    assert raw.endswith(b"data: [DONE]\n\n")
+                    assert b'"error"' not in raw
 
             async def client(texts: list[str]) -> None:
                 for text in texts:
@@ -153,7 +155,8 @@ async def test_repeated_overload_keeps_the_queue_bounded_and_memory_flat() -> No
                         for i in range(clients):
                             flood.start_soon(client, texts[i::clients])
                     stop.set()
-                assert admission.active == 0 and admission.queued == 0
+                assert admission.active == 0
+                assert admission.queued == 0
                 gc.collect()
                 rss.append(_rss_mb())
                 objects.append(len(gc.get_objects()))
@@ -210,7 +213,8 @@ async def test_worker_over_max_queued_refuses_at_once_and_the_frontend_answers_4
                     refused_in.append(time.perf_counter() - t0)
                     assert resp.headers["retry-after"] == "1"
                     error = resp.json()["error"]
-                    assert error["code"] == "overloaded" and "queued" in error["message"]
+                    assert error["code"] == "overloaded"
+                    assert "queued" in error["message"]
                 elif resp.status_code == 200:
                     assert resp.json()["usage"]["completion_tokens"] == 32
                     completed += 1

@@ -92,7 +92,7 @@ async def _router_load(http: httpx.AsyncClient, *fields: str) -> float:
     blocks), summed over the workers: ``GET /admin/route``, what `dyn route` shows."""
     reply = await http.get("/admin/route")
     assert reply.status_code == 200, reply.text
-    workers = reply.json()["workers"]
+    workers: dict[str, dict[str, float]] = reply.json()["workers"]
     assert workers, "the router knows no worker"
     return sum(w[field] for w in workers.values() for field in fields)
 

@@ -203,7 +203,7 @@ class TokenTap:
     """Wraps the grpc client's token maker: records what went on the wire, or forges it."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.real = grpc_client.make_token
+        self.real = make_token  # the function the grpc client calls, before the patch
         self.sent: list[str] = []
         self.forced: str | None = None
         monkeypatch.setattr(grpc_client, "make_token", self)
@@ -231,13 +231,13 @@ async def test_grpc_replayed_token_is_refused(
         assert "token already used" in (refused.value.message or "")
         # The same through dyn's client: a clear ProtocolError, not a crash.
         tap.forced = captured
-        with pytest.raises(ProtocolError, match="cluster secret rejected.*already used"):
+        with pytest.raises(ProtocolError, match=r"cluster secret rejected.*already used"):
             await call_at(client, address, path)
         tap.forced = None
         assert await call_at(client, address, path) == [b"ok:hi"]  # the server is fine
     finally:
         await client.aclose()
-    assert CALLS == [path, path]
+    assert [path, path] == CALLS
 
 
 async def test_grpc_token_for_one_call_is_refused_for_another(
@@ -250,13 +250,13 @@ async def test_grpc_token_for_one_call_is_refused_for_another(
     try:
         # Fresh, never-used tokens, so only the binding can refuse them.
         tap.forced = make_token(secret, CALL_METHOD, "demo/x/generate/1", b"hi", now)
-        with pytest.raises(ProtocolError, match="cluster secret rejected.*another call"):
+        with pytest.raises(ProtocolError, match=r"cluster secret rejected.*another call"):
             await call_at(client, address, "demo/x/admin/1")  # another endpoint
         tap.forced = make_token(secret, CALL_METHOD, "demo/x/generate/1", b"hi", now)
-        with pytest.raises(ProtocolError, match="cluster secret rejected.*another call"):
+        with pytest.raises(ProtocolError, match=r"cluster secret rejected.*another call"):
             await call_at(client, address, "demo/x/generate/1", b"evil")  # another payload
         tap.forced = make_token(secret, "/dyn.v1.Endpoint/Other", "demo/x/generate/1", b"hi", now)
-        with pytest.raises(ProtocolError, match="cluster secret rejected.*wrong secret"):
+        with pytest.raises(ProtocolError, match=r"cluster secret rejected.*wrong secret"):
             await call_at(client, address, "demo/x/generate/1")  # another RPC method
         assert CALLS == []
         tap.forced = None
@@ -275,13 +275,13 @@ async def test_grpc_token_outside_the_clock_window_is_refused(
     client = make("grpc", cluster_secret=SECRET)
     try:
         tap.forced = make_token(SECRET.encode(), CALL_METHOD, path, b"hi", time.time() + off)
-        with pytest.raises(ProtocolError, match="cluster secret rejected.*check the clocks"):
+        with pytest.raises(ProtocolError, match=r"cluster secret rejected.*check the clocks"):
             await call_at(client, address, path)
         tap.forced = None
         assert await call_at(client, address, path) == [b"ok:hi"]
     finally:
         await client.aclose()
-    assert CALLS == [path]
+    assert [path] == CALLS
 
 
 async def test_grpc_token_of_an_older_dyn_is_refused_clearly(grpc_secured: str) -> None:
@@ -348,7 +348,7 @@ def test_grpc_tokens_are_single_use_bound_and_expire() -> None:
         "....",
         "x.y.z",
         "v2.1.2.3.4",
-        "v2.１２.a.b.c",
+        "v2.\uff11\uff12.a.b.c",  # fullwidth digits, which int() and str.isdigit accept
         f"v2.{stamp}.{nonce}.{digest}.é",
         f"{stamp}.{nonce}.{mac}",
     ):
@@ -371,14 +371,16 @@ def test_full_replay_cache_shrinks_the_window_instead_of_forgetting() -> None:
     for i, stamp in enumerate([100, 100, 101, 102]):
         cache.add(stamp, f"n{i}", now=102)
     cache.add(102, "n4", now=102)  # full: the stamp-100 bucket goes, the floor rises
-    assert cache.floor == 100 and len(cache) == 3
+    assert cache.floor == 100
+    assert len(cache) == 3
     with pytest.raises(TokenBusy):
         cache.add(100, "n0", now=102)  # a replay of a forgotten nonce is still refused
     with pytest.raises(TokenBusy):
         cache.add(100, "new", now=102)  # as is anything that old; a retry is fresh
     cache.add(103, "n5", now=103)
     cache.add(103, "n6", now=103)  # full again: 101 goes
-    assert cache.floor == 101 and len(cache) == 4
+    assert cache.floor == 101
+    assert len(cache) == 4
     with pytest.raises(TokenRefused, match="already used"):
         cache.add(102, "n4", now=103)
 

@@ -80,12 +80,14 @@ def test_sigterm_a_worker_under_load_fails_no_request(tmp_path: Path) -> None:
                 await anyio.sleep(0.02)
             exited_after = time.monotonic() - t0
 
+        tasks: anyio.abc.TaskGroup
+
         async def main() -> list[Streamed]:
             nonlocal tasks
             async with anyio.create_task_group() as tasks:
-                return await run_streams(up.url, prompts(REQUESTS, 5), MAX_TOKENS, 32, on_event)
+                streamed = await run_streams(up.url, prompts(REQUESTS, 5), MAX_TOKENS, 32, on_event)
+            return streamed
 
-        tasks: anyio.abc.TaskGroup
         results = anyio.run(main)
         log = up.log()
     finally:

@@ -15,9 +15,9 @@ from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
-from _openai_fakes import MODEL, FakeBackend  # noqa: E402
+from _openai_fakes import MODEL, FakeBackend
 
-from dyn.openai.routes import build_openai_routes  # noqa: E402
+from dyn.openai.routes import build_openai_routes
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -27,10 +27,22 @@ json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
     max_leaves=12,
 )
-FIELDS = (
-    "model prompt messages max_tokens max_completion_tokens stream stream_options "
-    "temperature top_p n stop seed ignore_eos min_tokens"
-).split()
+FIELDS = [
+    "model",
+    "prompt",
+    "messages",
+    "max_tokens",
+    "max_completion_tokens",
+    "stream",
+    "stream_options",
+    "temperature",
+    "top_p",
+    "n",
+    "stop",
+    "seed",
+    "ignore_eos",
+    "min_tokens",
+]
 messages = st.lists(
     st.fixed_dictionaries({"role": json_values, "content": json_values}) | json_values,
     max_size=3,
@@ -62,7 +74,8 @@ def _check(resp: Any) -> None:
     if resp.status_code != 200:
         error = resp.json()["error"]
         assert set(error) == {"message", "type", "param", "code"}
-        assert isinstance(error["message"], str) and error["message"]
+        assert isinstance(error["message"], str)
+        assert error["message"]
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])

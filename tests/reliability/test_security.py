@@ -17,45 +17,56 @@ KEY = "sk-test-key"
 
 async def test_api_key_guards_every_route_but_health_and_metrics() -> None:
     port = free_port()
-    async with serve_graph(str(KV_GRAPH), f"frontend.port={port}", f"frontend.api_key={KEY}"):
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
-            body = {**completion_body("hi", 4), "stream": False}
-            for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": KEY}):
-                for method, path in (("POST", "/v1/completions"), ("GET", "/v1/models")):
-                    resp = await http.request(
-                        method, path, json=body if method == "POST" else None, headers=headers
-                    )
-                    assert resp.status_code == 401, (path, headers)
-                    error = resp.json()["error"]
-                    assert error["type"] == "authentication_error"
-                    assert error["code"] == "invalid_api_key"
-                    assert "Bearer" in error["message"]
-            assert (await http.get("/health")).status_code == 200
-            assert (await http.get("/metrics")).status_code == 200
-            auth = {"authorization": f"Bearer {KEY}"}
-            ok = await http.post("/v1/completions", json=body, headers=auth)
-            assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] == 4
-            # On loopback and without an admin token the admin routes stay open.
-            assert (await http.get("/admin/route")).status_code == 200
+    async with (
+        serve_graph(str(KV_GRAPH), f"frontend.port={port}", f"frontend.api_key={KEY}"),
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http,
+    ):
+        body = {**completion_body("hi", 4), "stream": False}
+        for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": KEY}):
+            for method, path in (("POST", "/v1/completions"), ("GET", "/v1/models")):
+                resp = await http.request(
+                    method, path, json=body if method == "POST" else None, headers=headers
+                )
+                assert resp.status_code == 401, (path, headers)
+                error = resp.json()["error"]
+                assert error["type"] == "authentication_error"
+                assert error["code"] == "invalid_api_key"
+                assert "Bearer" in error["message"]
+        assert (await http.get("/health")).status_code == 200
+        assert (await http.get("/metrics")).status_code == 200
+        auth = {"authorization": f"Bearer {KEY}"}
+        ok = await http.post("/v1/completions", json=body, headers=auth)
+        assert ok.status_code == 200
+        assert ok.json()["usage"]["completion_tokens"] == 4
+        # On loopback and without an admin token the admin routes stay open.
+        assert (await http.get("/admin/route")).status_code == 200
 
 
 async def test_admin_routes_need_the_token_beyond_loopback() -> None:
     port = free_port()
-    async with serve_graph(str(KV_GRAPH), f"frontend.port={port}", "frontend.host=0.0.0.0"):
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
-            refused = await http.get("/admin/route")
-            assert refused.status_code == 403
-            assert "admin_token" in refused.json()["error"]["message"]
-    port = free_port()
-    async with serve_graph(
-        str(KV_GRAPH), f"frontend.port={port}", "frontend.host=0.0.0.0", "frontend.admin_token=t0k"
+    async with (
+        serve_graph(str(KV_GRAPH), f"frontend.port={port}", "frontend.host=0.0.0.0"),
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http,
     ):
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
-            assert (await http.get("/admin/route")).status_code == 401
-            wrong = await http.get("/admin/route", headers={"authorization": "Bearer x"})
-            assert wrong.status_code == 401
-            good = await http.get("/admin/route", headers={"authorization": "Bearer t0k"})
-            assert good.status_code == 200 and good.json()["strategy"] == "kv"
+        refused = await http.get("/admin/route")
+        assert refused.status_code == 403
+        assert "admin_token" in refused.json()["error"]["message"]
+    port = free_port()
+    async with (
+        serve_graph(
+            str(KV_GRAPH),
+            f"frontend.port={port}",
+            "frontend.host=0.0.0.0",
+            "frontend.admin_token=t0k",
+        ),
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http,
+    ):
+        assert (await http.get("/admin/route")).status_code == 401
+        wrong = await http.get("/admin/route", headers={"authorization": "Bearer x"})
+        assert wrong.status_code == 401
+        good = await http.get("/admin/route", headers={"authorization": "Bearer t0k"})
+        assert good.status_code == 200
+        assert good.json()["strategy"] == "kv"
 
 
 @pytest.mark.e2e

@@ -116,6 +116,22 @@ async def test_peers_from_another_ca_are_refused(
         await member.aclose()
 
 
+async def _call_without_a_certificate(name: str, address: str, certs: Certs) -> None:
+    """One call to ``address`` by a client that trusts the CA but has no certificate."""
+    host, port = address.rsplit("//", 1)[1].rsplit(":", 1)
+    if name == "tcp":
+        conn = ClientConnection(address, host, int(port), 2**20)
+        await conn.open(PROTOCOL_VERSION, 5, None, _context_without_a_certificate(certs, None))
+    else:
+        channel = PooledChannel(host, int(port), ssl=_context_without_a_certificate(certs, ["h2"]))
+        request = CallRequest(path="count", payload=b"3", protocol_version=PROTOCOL_VERSION)
+        try:
+            async with GrpcCall(address, request, lambda _: channel, None, True) as stream:
+                [item async for item in stream]
+        finally:
+            channel.close()
+
+
 def _context_without_a_certificate(certs: Certs, alpn: list[str] | None) -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=str(certs.client.ca))
     context.check_hostname = False
@@ -131,21 +147,8 @@ async def test_a_client_without_a_certificate_is_refused(
     # dyn's own clients cannot be configured so (a CA alone is a ConfigError), so this
     # drives the client internals with a context holding only the CA.
     address = await serving(make(name, **certs.server.options()))
-    host, port = address.rsplit("//", 1)[1].rsplit(":", 1)
     with anyio.fail_after(10), pytest.raises(TransportError) as caught:
-        if name == "tcp":
-            conn = ClientConnection(address, host, int(port), 2**20)
-            await conn.open(PROTOCOL_VERSION, 5, None, _context_without_a_certificate(certs, None))
-        else:
-            channel = PooledChannel(
-                host, int(port), ssl=_context_without_a_certificate(certs, ["h2"])
-            )
-            request = CallRequest(path="count", payload=b"3", protocol_version=PROTOCOL_VERSION)
-            try:
-                async with GrpcCall(address, request, lambda _: channel, None, True) as stream:
-                    [item async for item in stream]
-            finally:
-                channel.close()
+        await _call_without_a_certificate(name, address, certs)
     if name == "tcp":  # the server's refusal arrives as a TLS alert
         assert "requires a certificate and this side sent none" in str(caught.value)
     assert CALLS == []
@@ -165,14 +168,16 @@ async def test_plain_and_tls_peers_fail_clearly_and_harm_nobody(
     plain, tls = make(name), make(name, **certs.client.options())
     try:
         # A member mid-stream on each server while the mismatched calls fail.
-        async with tls.call(tls_address, "count", b"50", {}) as on_tls:
-            async with plain.call(plain_address, "count", b"50", {}) as on_plain:
-                first = [await on_tls.__anext__(), await on_plain.__anext__()]
-                with pytest.raises(TransportError, match=f"set {TLS_CERT_ENV}, {TLS_KEY_ENV}"):
-                    await call(plain, tls_address)
-                with pytest.raises(TransportError, match="this client uses TLS"):
-                    await call(tls, plain_address)
-                rest = [[item async for item in on_tls], [item async for item in on_plain]]
+        async with (
+            tls.call(tls_address, "count", b"50", {}) as on_tls,
+            plain.call(plain_address, "count", b"50", {}) as on_plain,
+        ):
+            first = [await on_tls.__anext__(), await on_plain.__anext__()]
+            with pytest.raises(TransportError, match=f"set {TLS_CERT_ENV}, {TLS_KEY_ENV}"):
+                await call(plain, tls_address)
+            with pytest.raises(TransportError, match="this client uses TLS"):
+                await call(tls, plain_address)
+            rest = [[item async for item in on_tls], [item async for item in on_plain]]
         assert first == [b"0", b"0"]
         assert rest == [expected(50)[1:], expected(50)[1:]]
         assert await call(plain, plain_address) == expected(3)

@@ -119,7 +119,8 @@ async def test_status_shows_a_worker_the_processor_ejected(
     console.print(status_cmd.render(data))
     table = console.export_text()
     line = next(line for line in table.splitlines() if "worker[1]" in line)
-    assert "ejected for" in line and " s" in line, table
+    assert "ejected for" in line, table
+    assert " s" in line, table
 
     # `dyn status --json` through the CLI (sync HTTP, so off the event loop's thread).
     def cli() -> Any:
@@ -165,7 +166,8 @@ async def test_status_asks_each_instance_how_it_is(
     assert (rows["worker[0]"]["state"], rows["worker[0]"]["reason"]) == ("unhealthy", "not ready")
     assert rows["worker[1]"]["state"] == "unhealthy"
     assert "no answer within 1 s" in rows["worker[1]"]["reason"]
-    assert rows["processor"]["state"] == "healthy" and rows["processor"]["reason"] is None
+    assert rows["processor"]["state"] == "healthy"
+    assert rows["processor"]["reason"] is None
     assert took < 5  # one probe's timeout, not one per instance
     table = Console(width=200, record=True)
     table.print(status_cmd.render(data))

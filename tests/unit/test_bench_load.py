@@ -85,12 +85,18 @@ async def test_send_measures_a_stream_and_reads_usage() -> None:
     async with _server(fake) as server:
         assert server.model == "m1"
         result = await server.send(_item(0, "ok"), epoch=0.0)
-    assert result.ok and result.status == 200 and result.error == ""
+    assert result.ok
+    assert result.status == 200
+    assert result.error == ""
     assert (result.input_len, result.output_len, result.cached_tokens) == (7, 3, 4)
-    assert len(result.itls_s) == 2 and 0 < result.ttft_s <= result.e2el_s
+    assert len(result.itls_s) == 2
+    assert 0 < result.ttft_s <= result.e2el_s
     body = fake.bodies[0]
-    assert body["prompt"] == "sysok" and body["max_tokens"] == 3 and body["ignore_eos"] is True
-    assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
+    assert body["prompt"] == "sysok"
+    assert body["max_tokens"] == 3
+    assert body["ignore_eos"] is True
+    assert body["stream"] is True
+    assert body["stream_options"] == {"include_usage": True}
 
 
 async def test_chat_requests_and_no_ignore_eos() -> None:
@@ -98,7 +104,8 @@ async def test_chat_requests_and_no_ignore_eos() -> None:
     async with _server(fake, api="chat", model="x", ignore_eos=False) as server:
         await server.send(_item(0, "ok"), epoch=0.0)
     body = fake.bodies[0]
-    assert body["model"] == "x" and "ignore_eos" not in body
+    assert body["model"] == "x"
+    assert "ignore_eos" not in body
     assert body["messages"] == [
         {"role": "system", "content": "sys"},
         {"role": "user", "content": "ok"},
@@ -117,7 +124,8 @@ async def test_failures_are_results_not_exceptions() -> None:
     assert (broken.ok, broken.error_kind, broken.error) == (False, "stream", "stream error: boom")
     async with Server(Target("http://x", model="m"), transport=httpx.MockTransport(refuse)) as s:
         down = await s.send(_item(0, "ok"), epoch=0.0)
-    assert down.error_kind == "connection" and "refused" in down.error
+    assert down.error_kind == "connection"
+    assert "refused" in down.error
 
 
 async def test_run_requests_keeps_order_and_waits_for_the_previous_turn() -> None:
@@ -128,7 +136,8 @@ async def test_run_requests_keeps_order_and_waits_for_the_previous_turn() -> Non
         results, duration = await run_requests(server, items, 2, seen.append)
     assert [r.index for r in results] == [0, 1, 2, 3]
     assert [r.ok for r in results] == [True, True, False, True]
-    assert len(seen) == 4 and duration > 0
+    assert len(seen) == 4
+    assert duration > 0
     assert results[1].start_s >= results[0].start_s + results[0].e2el_s
 
 
@@ -146,7 +155,8 @@ async def test_compare_switches_clears_and_restores() -> None:
     async with _server(fake) as server:
         arms = await compare(server, plan, ["round_robin", "random"], Quiet())
     assert list(arms) == ["round_robin", "random"]
-    assert fake.switches == ["round_robin", "random", "kv"] and fake.clears == 2
+    assert fake.switches == ["round_robin", "random", "kv"]
+    assert fake.clears == 2
     for arm in arms.values():
         assert arm["completed"] == 2
         # Warm-up requests fall before the first scrape: only the measured two count.
@@ -179,7 +189,9 @@ def test_cli_unreachable_server_is_one_line() -> None:
 
 def test_cli_subcommands_still_run() -> None:
     result = CliRunner().invoke(app, ["bench", "router", "--help"])
-    assert result.exit_code == 0 and "find_matches" in result.output
+    assert result.exit_code == 0
+    assert "find_matches" in result.output
     result = CliRunner().invoke(app, ["bench", "--help"])
     assert result.exit_code == 0
-    assert "transport" in result.output and "--compare" in result.output
+    assert "transport" in result.output
+    assert "--compare" in result.output

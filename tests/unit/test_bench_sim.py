@@ -169,8 +169,10 @@ def test_a_request_larger_than_the_cache_fails_alone() -> None:
     big = SimRequest(0, 10_000, 4, lambda: list(range(10_000)))
     small = SimRequest(1, 10, 4, lambda: list(range(10)))
     run = Simulator(small_config(), 2, RoundRobin()).run([big, small])
-    assert not run.results[0].ok and run.results[0].status == 400
-    assert run.results[1].ok and run.results[1].output_len == 4
+    assert not run.results[0].ok
+    assert run.results[0].status == 400
+    assert run.results[1].ok
+    assert run.results[1].output_len == 4
 
 
 def test_the_same_seed_gives_the_same_result(words: Words) -> None:
@@ -207,11 +209,15 @@ def test_block_tokens_follow_hash_ids() -> None:
     a = TraceRecord(1, 0.0, 1100, 1, (7, 8, 9))
     b = TraceRecord(2, 0.0, 700, 1, (7, 5))
     first, second = blocks.prompt(a), blocks.prompt(b)
-    assert len(first) == 1100 and len(second) == 700
-    assert first[:512] == second[:512] and first[512:700] != second[512:700]
-    assert BlockTokens(seed=0).prompt(a) == first and BlockTokens(seed=1).prompt(a) != first
+    assert len(first) == 1100
+    assert len(second) == 700
+    assert first[:512] == second[:512]
+    assert first[512:700] != second[512:700]
+    assert BlockTokens(seed=0).prompt(a) == first
+    assert BlockTokens(seed=1).prompt(a) != first
     padded = blocks.prompt(TraceRecord(3, 0.0, 600, 1, (7,)))
-    assert len(padded) == 600 and padded[:512] == first[:512]
+    assert len(padded) == 600
+    assert padded[:512] == first[:512]
 
 
 def test_trace_requests_keep_the_trace_schedule() -> None:
@@ -224,8 +230,11 @@ def test_trace_requests_keep_the_trace_schedule() -> None:
 
 def test_settings_come_from_the_graph_then_the_flags() -> None:
     setup, tokenizer = sim_setup(ROOT / "graphs" / "kv_routing.yaml", mocker={"block_size": 32})
-    assert setup.workers == 4 and setup.strategy == "kv" and setup.max_model_len == 16384
-    assert setup.mocker.block_size == 32 and setup.mocker.num_gpu_blocks == 512
+    assert setup.workers == 4
+    assert setup.strategy == "kv"
+    assert setup.max_model_len == 16384
+    assert setup.mocker.block_size == 32
+    assert setup.mocker.num_gpu_blocks == 512
     assert setup.mocker.vocab_size == tokenizer.vocab_size
     assert sim_setup(None, workers=2)[0].workers == 2
     with pytest.raises(DynError, match="invalid worker settings"):
@@ -235,7 +244,8 @@ def test_settings_come_from_the_graph_then_the_flags() -> None:
 def test_timing_flag() -> None:
     assert parse_timing("polynomial") == "polynomial"
     fixed = parse_timing("fixed:1.5,0")
-    assert not isinstance(fixed, str) and fixed.fixed.prefill_ms == 1.5
+    assert not isinstance(fixed, str)
+    assert fixed.fixed.prefill_ms == 1.5
     for bad in ("fixed:1", "fixed:a,b", "fixed:-1,0", "linear"):
         with pytest.raises(DynError, match="--timing"):
             parse_timing(bad)
@@ -257,14 +267,16 @@ def test_sim_compare_saves_one_result_per_strategy(tmp_path: Path) -> None:
     args += ["--compare", "round_robin,kv", "--save-result", str(out)]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert "(×" in result.output and "Prefix cache hit rate" in result.output
+    assert "(×" in result.output
+    assert "Prefix cache hit rate" in result.output
     arms = json.loads(out.read_text())
     assert list(arms) == ["round_robin", "kv"]
     for name, arm in arms.items():
         assert arm["strategy"] == name
         for key in VLLM_KEYS + DYN_KEYS + ARRAYS:
             assert key in arm, key
-        assert arm["completed"] == 16 and arm["failed"] == 0
+        assert arm["completed"] == 16
+        assert arm["failed"] == 0
         assert sum(arm["output_lens"]) == arm["total_output_tokens"] == 16 * 8
         assert sum(arm["input_lens"]) == arm["total_input_tokens"] == 16 * 80
         assert sum(arm["worker_request_share"].values()) == pytest.approx(1.0)
@@ -272,7 +284,8 @@ def test_sim_compare_saves_one_result_per_strategy(tmp_path: Path) -> None:
         delta = arm["server_metrics_delta"]
         assert delta["dyn_router_decisions_total"] == 16  # the warm-up is not counted
         assert delta["dyn_cached_prompt_tokens_total"] == sum(arm["cached_tokens"])
-        assert arm["sim"]["workers"] == 3 and arm["sim"]["mocker"]["block_size"] == 16
+        assert arm["sim"]["workers"] == 3
+        assert arm["sim"]["mocker"]["block_size"] == 16
 
 
 def test_sim_takes_the_graph(tmp_path: Path) -> None:
@@ -282,7 +295,8 @@ def test_sim_takes_the_graph(tmp_path: Path) -> None:
     result = runner.invoke(app, [*args, "--save-result", str(out)])
     assert result.exit_code == 0, result.output
     saved = json.loads(out.read_text())
-    assert saved["strategy"] == "kv" and saved["sim"]["workers"] == 4
+    assert saved["strategy"] == "kv"
+    assert saved["sim"]["workers"] == 4
     assert saved["duration"] == 0.0  # zero-time steps: virtual time never moves
     assert saved["sim"]["mocker"]["timing"] == {"fixed": {"prefill_ms": 0.0, "decode_ms": 0.0}}
 

@@ -65,7 +65,8 @@ def _results() -> list[RequestResult]:
 
 def test_summarize_counts_and_vllm_keys() -> None:
     result = summarize(_results(), 2.0, [50, 99], extra={"worker_request_share": {"w": 1.0}})
-    assert result["completed"] == 2 and result["failed"] == 3
+    assert result["completed"] == 2
+    assert result["failed"] == 3
     assert result["total_input_tokens"] == 200
     assert result["total_output_tokens"] == 6 == sum(result["output_lens"])
     assert result["request_throughput"] == 1.0
@@ -82,14 +83,16 @@ def test_summarize_counts_and_vllm_keys() -> None:
     assert result["mean_e2el_ms"] == pytest.approx(400)
     assert result["worker_request_share"] == {"w": 1.0}
     assert len(result["ttfts"]) == len(result["itls"]) == len(result["errors"]) == 5
-    assert result["errors"][0] == "" and result["errors"][2] == "HTTP 429: queue full"
+    assert result["errors"][0] == ""
+    assert result["errors"][2] == "HTTP 429: queue full"
     for key in ("duration", "mean_itl_ms", "median_e2el_ms", "p50_tpot_ms", "std_e2el_ms"):
         assert key in result
 
 
 def test_summarize_nothing_succeeded() -> None:
     result = summarize([RequestResult(0, 10, error="x")], 1.0)
-    assert result["completed"] == 0 and result["mean_ttft_ms"] == 0.0
+    assert result["completed"] == 0
+    assert result["mean_ttft_ms"] == 0.0
     assert result["prefix_hit_rate"] == 0.0
 
 
@@ -135,5 +138,6 @@ def test_write_json_and_csv(tmp_path: Path) -> None:
     with (tmp_path / "r.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 10
-    assert rows[0]["arm"] == "a" and float(rows[0]["tpot_ms"]) == pytest.approx(100)
+    assert rows[0]["arm"] == "a"
+    assert float(rows[0]["tpot_ms"]) == pytest.approx(100)
     assert rows[2]["error"] == "HTTP 429: queue full"

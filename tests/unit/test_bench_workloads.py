@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -85,7 +86,7 @@ def test_multi_turn_prompts_grow_by_history(words: Words, tokenizer: WordTokeniz
         turns = [i for i in items if i.group == session]
         assert [t.turn for t in turns] == [0, 1, 2, 3]
         assert turns[0].after is None
-        for earlier, later in zip(turns, turns[1:], strict=False):
+        for earlier, later in pairwise(turns):
             assert later.after == earlier.index
             assert later.prompt.startswith(earlier.prompt)
             assert later.input_len == earlier.input_len + 12
@@ -97,7 +98,8 @@ def test_multi_turn_prompts_grow_by_history(words: Words, tokenizer: WordTokeniz
 def test_poisson_arrivals() -> None:
     assert poisson_arrivals(3, math.inf, seed=0) == [0.0, 0.0, 0.0]
     times = poisson_arrivals(2000, 50.0, seed=1)
-    assert times == sorted(times) and times == poisson_arrivals(2000, 50.0, seed=1)
+    assert times == sorted(times)
+    assert times == poisson_arrivals(2000, 50.0, seed=1)
     assert 2000 / times[-1] == pytest.approx(50.0, rel=0.1)
     with pytest.raises(DynError, match="--request-rate"):
         poisson_arrivals(1, 0.0, seed=0)

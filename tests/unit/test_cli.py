@@ -97,7 +97,8 @@ def test_bench_transport_prints_ratios_against_the_raw_baseline() -> None:
     assert result.exit_code == 0, result.output
     rows = [line for line in result.stdout.splitlines() if line.startswith(("│ raw", "│ tcp"))]
     assert len(rows) == 2
-    assert "%" in rows[1] and "%" not in rows[0]
+    assert "%" in rows[1]
+    assert "%" not in rows[0]
 
 
 def test_bench_transport_rejects_unknown_transports() -> None:

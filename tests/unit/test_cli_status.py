@@ -63,7 +63,8 @@ ROW = {
 def test_help_lists_the_commands() -> None:
     for command, text in (("status", "--watch"), ("logs", "--follow"), ("down", "--timeout")):
         result = runner.invoke(app, [command, "--help"])
-        assert result.exit_code == 0 and text in result.output
+        assert result.exit_code == 0
+        assert text in result.output
     assert "--detach" in runner.invoke(app, ["up", "--help"]).output
 
 
@@ -109,7 +110,7 @@ def test_status_marks_roles_missing_from_discovery(run: state.RunDir) -> None:
             state.RoleRecord(role="gone", component="gone", pid=2**22 + 1),
         ],
     )
-    data = {"namespace": "hello", "instances": [dict(ROW)]}
+    data: dict[str, Any] = {"namespace": "hello", "instances": [dict(ROW)]}
     status_cmd._add_unregistered(data, rec)
     states = {row["role"]: row["state"] for row in data["instances"]}
     assert states == {"backend": "healthy", "middle": "starting", "gone": "unhealthy"}

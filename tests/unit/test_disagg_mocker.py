@@ -23,7 +23,8 @@ def test_imported_blocks_are_published_and_hit_by_the_next_request() -> None:
     resident, events = core.import_blocks(tokens, 0.0)
     assert resident == 2
     (stored,) = [e.data for e in events]
-    assert isinstance(stored, KvStored) and stored.parent_hash is None
+    assert isinstance(stored, KvStored)
+    assert stored.parent_hash is None
     expected = sequence_hashes(local_block_hashes(tokens, 4))
     assert [b.block_hash for b in stored.blocks] == expected
     assert core.cached_prefix_tokens(tokens) == 8
@@ -41,10 +42,8 @@ def test_import_extends_a_resident_prefix_and_publishes_only_new_blocks() -> Non
     assert resident == 4
     (stored,) = [e.data for e in events]
     assert isinstance(stored, KvStored)
-    assert (
-        len(stored.blocks) == 2
-        and stored.parent_hash == sequence_hashes(local_block_hashes(tokens, 4))[1]
-    )
+    assert len(stored.blocks) == 2
+    assert stored.parent_hash == sequence_hashes(local_block_hashes(tokens, 4))[1]
     core.check()
 
 

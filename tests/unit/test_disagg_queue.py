@@ -13,10 +13,12 @@ def test_fifo_push_pull_ack() -> None:
     queue = PrefillQueue(max_size=4, visibility_timeout_s=10)
     first, second = queue.push("a", 0.0), queue.push("b", 0.0)
     lease = queue.pull(1.0)
-    assert lease is not None and (lease.job_id, lease.payload, lease.delivery) == (first, "a", 1)
+    assert lease is not None
+    assert (lease.job_id, lease.payload, lease.delivery) == (first, "a", 1)
     assert lease.deadline == 11.0
     assert (queue.depth, queue.ready, queue.leased) == (2, 1, 1)
-    assert queue.ack(first) and not queue.ack(first)
+    assert queue.ack(first)
+    assert not queue.ack(first)
     assert queue.pull(1.0).job_id == second  # type: ignore[union-attr]
     assert queue.pull(1.0) is None
 
@@ -41,7 +43,9 @@ def test_unacked_lease_is_redelivered_first_after_the_timeout() -> None:
     queue.expire(4.9)
     assert queue.leased == 1
     again = queue.pull(5.0)  # the puller died: the job comes back ahead of "b"
-    assert again is not None and again.job_id == job and again.delivery == 2
+    assert again is not None
+    assert again.job_id == job
+    assert again.delivery == 2
     assert queue.redelivered_total == 1
 
 
@@ -50,7 +54,8 @@ def test_touch_renews_a_lease_of_a_slow_puller() -> None:
     job = queue.push("a", 0.0)
     queue.pull(0.0)
     assert queue.touch(job, 4.0) == 9.0
-    assert queue.pull(8.0) is None and queue.leased == 1
+    assert queue.pull(8.0) is None
+    assert queue.leased == 1
     assert queue.pull(9.0) is not None  # not renewed again: redelivered
     assert queue.touch("job-unknown", 9.0) is None
 
@@ -59,7 +64,8 @@ def test_nack_hands_the_job_back_now() -> None:
     queue = PrefillQueue(max_size=4, visibility_timeout_s=5)
     job = queue.push("a", 0.0)
     queue.pull(0.0)
-    assert queue.nack(job) and not queue.nack(job)
+    assert queue.nack(job)
+    assert not queue.nack(job)
     assert queue.pull(0.1).job_id == job  # type: ignore[union-attr]
 
 
@@ -68,7 +74,8 @@ def test_ack_of_a_ready_job_removes_it() -> None:
     queue = PrefillQueue(max_size=4, visibility_timeout_s=5)
     job = queue.push("a", 0.0)
     assert queue.ack(job)
-    assert queue.depth == 0 and queue.pull(0.0) is None
+    assert queue.depth == 0
+    assert queue.pull(0.0) is None
 
 
 def test_job_delivered_max_deliveries_times_is_dropped() -> None:
@@ -76,7 +83,9 @@ def test_job_delivered_max_deliveries_times_is_dropped() -> None:
     queue.push("poison", 0.0)
     assert queue.pull(0.0) is not None
     assert queue.pull(1.0) is not None  # second delivery
-    assert queue.pull(2.0) is None and queue.depth == 0 and queue.dropped_total == 1
+    assert queue.pull(2.0) is None
+    assert queue.depth == 0
+    assert queue.dropped_total == 1
 
 
 @given(st.lists(st.sampled_from(["push", "pull", "ack", "nack", "tick"]), max_size=60))

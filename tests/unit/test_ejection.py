@@ -78,7 +78,8 @@ async def test_failing_instance_is_ejected_then_retried(
     BROKEN.add(bad)
     results = [await _call(client) for _ in range(6)]
     # Round robin alternates: the bad instance fails three times, then is ejected.
-    assert results.count(None) == 3 and results.count(good) == 3
+    assert results.count(None) == 3
+    assert results.count(good) == 3
     assert client.ejected() == {bad: 5.0}
     CALLS.clear()
     assert [await _call(client) for _ in range(10)] == [good] * 10
@@ -90,7 +91,8 @@ async def test_failing_instance_is_ejected_then_retried(
     clock.now += 3.0
     assert client.ejected() == {}
     results = [await _call(client) for _ in range(2)]
-    assert None in results and CALLS[bad] == 1
+    assert None in results
+    assert CALLS[bad] == 1
     assert client.ejected() == {bad: 10.0}
     # Doubling stops at max_s.
     clock.now += 10.0

@@ -68,7 +68,7 @@ def test_entry_point() -> None:
 
 
 def test_unknown_option_is_named() -> None:
-    with pytest.raises(DiscoveryError, match="unknown etcd discovery option.*'endpoint'"):
+    with pytest.raises(DiscoveryError, match=r"unknown etcd discovery option.*'endpoint'"):
         EtcdDiscovery(endpoint="x")
 
 

@@ -55,7 +55,7 @@ def test_missing_dir_config_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_unknown_option_is_named(tmp_path: Path) -> None:
-    with pytest.raises(DiscoveryError, match="unknown file discovery option.*'pth'.*path, poll_s"):
+    with pytest.raises(DiscoveryError, match=r"unknown file discovery option.*'pth'.*path, poll_s"):
         FileDiscovery(path=str(tmp_path), pth="x")
 
 

@@ -7,14 +7,16 @@ from collections.abc import AsyncIterator
 
 import anyio
 import httpx
+import msgspec
 import pytest
 from _dyn_graph import free_port
 
+from dyn.contracts.base import Text
 from dyn.discovery.memory import MemoryDiscovery
 from dyn.graph import load_graph
 from dyn.launch.base import LaunchObserver
 from dyn.launch.inprocess import InProcessLauncher
-from dyn.roles.frontend import Frontend
+from dyn.roles.frontend import Frontend, _as_text
 from dyn.roles.frontend_config import FrontendConfig
 from dyn.runtime.runtime import Runtime, component_info
 from dyn.transports.inproc import InprocTransport
@@ -148,3 +150,19 @@ async def test_client_disconnect_cancels_the_backend() -> None:
                         break
                     await anyio.sleep(0.05)
         stop.set()
+
+
+@pytest.mark.parametrize(
+    ("item", "line"),
+    [
+        (msgspec.to_builtins(Text("a line")), "a line"),  # a Text item, as untyped callers get it
+        ("as it is", "as it is"),
+        ({"text": "x"}, '{"text": "x"}'),  # a user's own dict stays JSON
+        ({"type": "text", "text": "x", "more": 1}, '{"type": "text", "text": "x", "more": 1}'),
+        ([1, 2], "[1, 2]"),
+    ],
+)
+def test_plain_routes_write_text_items_as_text_and_the_rest_as_json(
+    item: object, line: str
+) -> None:
+    assert _as_text(item) == line

@@ -119,9 +119,21 @@ async def client() -> AsyncIterator[GrpcTransport]:
         await transport.aclose()
 
 
-async def collect(client: GrpcTransport, address: str, path: str, payload: bytes) -> list[bytes]:
-    async with client.call(address, path, payload, {}) as items:
-        return [item async for item in items]
+async def collect(
+    client: GrpcTransport,
+    address: str,
+    path: str,
+    payload: bytes,
+    headers: dict[str, str] | None = None,
+    *,
+    into: list[bytes] | None = None,
+) -> list[bytes]:
+    """The call's items; ``into`` keeps those that arrived before the call failed."""
+    got = [] if into is None else into
+    async with client.call(address, path, payload, headers or {}) as items:
+        async for item in items:
+            got.append(item)
+    return got
 
 
 async def test_unary_and_streaming(client: GrpcTransport) -> None:
@@ -163,10 +175,12 @@ async def test_a_thousand_concurrent_streams_on_one_connection(client: GrpcTrans
         results.append(await collect(client, address, "together", b""))
 
     with anyio.fail_after(60):
-        async with serving(probe, expected=1000) as address:
-            async with anyio.create_task_group() as tasks:
-                for _ in range(1000):
-                    tasks.start_soon(one, address)
+        async with (
+            serving(probe, expected=1000) as address,
+            anyio.create_task_group() as tasks,
+        ):
+            for _ in range(1000):
+                tasks.start_soon(one, address)
     # All 1000 ran at once (past h2's default limit of 100 streams per connection),
     # over the one pooled channel.
     assert probe.peak == 1000
@@ -177,11 +191,13 @@ async def test_a_thousand_concurrent_streams_on_one_connection(client: GrpcTrans
 async def test_slow_consumer_bounds_what_the_handler_produces(client: GrpcTransport) -> None:
     probe = Probe()
     with anyio.fail_after(10):
-        async with serving(probe) as address:
-            async with client.call(address, "flood", b"", {}) as items:
-                await items.__anext__()
-                await anyio.sleep(1.0)
-                produced = probe.produced
+        async with (
+            serving(probe) as address,
+            client.call(address, "flood", b"", {}) as items,
+        ):
+            await items.__anext__()
+            await anyio.sleep(1.0)
+            produced = probe.produced
     print(f"\ngrpc: {produced / 2**20:.2f} MiB of 256 MiB produced while the consumer stalled")
     assert produced <= 16 * 2**20
 
@@ -241,9 +257,7 @@ async def test_handler_errors_arrive_typed(client: GrpcTransport) -> None:
     with anyio.fail_after(10):
         async with serving(Probe()) as address:
             with pytest.raises(BadRequestError, match="field 'text' is missing"):
-                async with client.call(address, "bad", b"", {}) as items:
-                    async for item in items:
-                        got.append(item)
+                await collect(client, address, "bad", b"", into=got)
             with pytest.raises(RemoteError, match="ValueError: something broke inside"):
                 await collect(client, address, "bug", b"")
             # the connection is still good after errors
@@ -257,9 +271,7 @@ async def test_passed_deadline_stops_both_sides(client: GrpcTransport) -> None:
     with anyio.fail_after(10):
         async with serving(probe) as address:
             with pytest.raises(DeadlineExceeded):
-                async with client.call(address, "forever", b"", {"dyn-timeout": "0.2"}) as it:
-                    async for _ in it:
-                        pass
+                await collect(client, address, "forever", b"", {"dyn-timeout": "0.2"})
             await probe.stopped.wait()
     assert time.perf_counter() - started < 2
     assert probe.saw_cancel
@@ -307,7 +319,8 @@ async def test_server_stopping_mid_stream_is_a_transport_error(client: GrpcTrans
         # grpclib cancelled this task to wake it up; that request must not stay counted
         # against the task, where later cancel scopes would trip over it.
         current = asyncio.current_task()
-        assert current is not None and current.cancelling() == 0
+        assert current is not None
+        assert current.cancelling() == 0
         with anyio.move_on_after(0.01):
             await anyio.sleep(1)
 

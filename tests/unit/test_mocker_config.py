@@ -19,7 +19,8 @@ def test_defaults_match_dynamo() -> None:
     assert config.max_num_batched_tokens == 8192
     assert config.watermark == 0.01
     assert config.speedup_ratio == 1.0
-    assert config.enable_prefix_caching and config.enable_chunked_prefill
+    assert config.enable_prefix_caching
+    assert config.enable_chunked_prefill
     assert config.timing == "polynomial"
     assert config.admit_limit == int(0.99 * 16384)
 
@@ -75,6 +76,7 @@ def test_worker_config_is_the_mockers_plus_max_queued() -> None:
 
     assert WorkerConfig().max_queued is None  # no bound unless configured
     config = msgspec.convert({"max_queued": 0, "max_num_seqs": 4}, WorkerConfig)
-    assert isinstance(config, MockerConfig) and config.max_queued == 0
+    assert isinstance(config, MockerConfig)
+    assert config.max_queued == 0
     with pytest.raises(msgspec.ValidationError, match="max_queued"):
         msgspec.convert({"max_queued": -1}, WorkerConfig)

@@ -72,7 +72,8 @@ def test_prefix_reuse_reports_cached_tokens_and_chains_events() -> None:
     assert step.outputs[0][1].cached_tokens == 0
     expected = sequence_hashes(local_block_hashes(first, 16))
     stored = step.events[0].data
-    assert isinstance(stored, KvStored) and stored.parent_hash is None
+    assert isinstance(stored, KvStored)
+    assert stored.parent_hash is None
     assert [b.block_hash for b in stored.blocks] == expected
     assert [b.tokens_hash for b in stored.blocks] == local_block_hashes(first, 16)
     core.add(request("b", second, 3), 0.0)
@@ -137,7 +138,8 @@ def test_chunked_prefill_spreads_a_long_prompt_over_steps() -> None:
     unchunked.add(request("long", [7] * 20_000, 2), 0.0)
     unchunked.add(request("next", [8] * 100, 2), 0.0)
     step = unchunked.step(0.0)  # an oversized prompt runs alone
-    assert step.prefill_tokens == 20_000 and [r for r, _ in step.outputs] == ["long"]
+    assert step.prefill_tokens == 20_000
+    assert [r for r, _ in step.outputs] == ["long"]
 
 
 def test_admission_respects_max_num_seqs_and_watermark() -> None:
@@ -163,11 +165,14 @@ def test_end_of_sequence_min_tokens_and_ignore_eos() -> None:
     core.add(request("ignore", [3, 4], 100, ignore_eos=True), 0.0)
     outputs, _, _ = drain(core)
     stop = tokens_of(outputs["stop"])
-    assert outputs["stop"][-1].finish_reason == "stop" and stop[-1] == 1 and 1 not in stop[:-1]
+    assert outputs["stop"][-1].finish_reason == "stop"
+    assert stop[-1] == 1
+    assert 1 not in stop[:-1]
     assert len(stop) < 100
     assert 1 not in tokens_of(outputs["min"])[:20]
     assert outputs["min"][-1].finish_reason in {"stop", "length"}
-    assert len(outputs["ignore"]) == 100 and outputs["ignore"][-1].finish_reason == "length"
+    assert len(outputs["ignore"]) == 100
+    assert outputs["ignore"][-1].finish_reason == "length"
 
 
 def test_cancel_frees_blocks_at_once() -> None:
@@ -177,16 +182,20 @@ def test_cancel_frees_blocks_at_once() -> None:
     core.step(0.0)
     core.add(request("c", [1, 2, 3], 5), 0.0)
     assert core.load().active_blocks > 0
-    assert core.cancel("a") and core.cancel("b") and core.cancel("c")
-    assert not core.cancel("a") and not core.cancel("unknown")
+    assert core.cancel("a")
+    assert core.cancel("b")
+    assert core.cancel("c")
+    assert not core.cancel("a")
+    assert not core.cancel("unknown")
     core.check()
-    assert core.load().active_blocks == 0 and not core.has_work()
+    assert core.load().active_blocks == 0
+    assert not core.has_work()
 
 
 def test_snapshot_and_clear() -> None:
     core = MockerCore(config(block_size=4, **FAST))
     core.add(request("a", list(range(12)), 1), 0.0)
-    core.add(request("b", list(range(8)) + [50, 51, 52, 53], 1), 0.0)
+    core.add(request("b", [*range(8), 50, 51, 52, 53], 1), 0.0)
     _, steps, _ = drain(core)
     last = events_of(steps)[-1].event_id
     snapshot = core.snapshot()
@@ -194,7 +203,8 @@ def test_snapshot_and_clear() -> None:
     assert {e.event_id for e in snapshot} == {last}
     seen: set[int | None] = {None}
     for event in snapshot[1:]:
-        assert isinstance(event.data, KvStored) and event.data.parent_hash in seen
+        assert isinstance(event.data, KvStored)
+        assert event.data.parent_hash in seen
         seen.update(b.block_hash for b in event.data.blocks)
     assert len(seen) - 1 == 4  # 2 shared + 1 each
     cleared = core.clear()
@@ -206,7 +216,7 @@ def test_snapshot_and_clear() -> None:
 
 def test_requests_that_cannot_run_are_refused() -> None:
     core = MockerCore(config(block_size=4, num_gpu_blocks=10, watermark=0.0))
-    with pytest.raises(BadRequestError, match="needs 11 KV blocks .* at most 10"):
+    with pytest.raises(BadRequestError, match=r"needs 11 KV blocks .* at most 10"):
         core.add(request("big", [1] * 40, 4), 0.0)
     with pytest.raises(BadRequestError, match="max_tokens must be at least 1"):
         core.add(request("none", [1], 0), 0.0)

@@ -78,7 +78,8 @@ async def test_closing_the_stream_cancels_and_frees_blocks() -> None:
                         assert engine.load().active_blocks > 0
                         break
             assert engine.load().active_blocks == 0
-            assert engine.load().running == 0 and not engine.core.has_work()
+            assert engine.load().running == 0
+            assert not engine.core.has_work()
 
 
 async def test_generate_needs_a_running_engine() -> None:
@@ -94,7 +95,8 @@ async def test_subscribe_starts_with_a_snapshot_then_follows_events() -> None:
             await collect(engine, "warm", list(range(8)), 1)
             async with aclosing(engine.subscribe()) as updates:
                 first = await anext(updates)
-                assert first.snapshot and first.load is not None
+                assert first.snapshot
+                assert first.load is not None
                 assert isinstance(first.events[0].data, KvCleared)
                 stored = [e.data for e in first.events if isinstance(e.data, KvStored)]
                 assert sum(len(s.blocks) for s in stored) == 2
@@ -117,15 +119,17 @@ async def test_a_subscriber_that_falls_behind_gets_a_fresh_snapshot(
 ) -> None:
     monkeypatch.setattr(engine_module, "MAX_PENDING_EVENTS", 3)
     with anyio.fail_after(10):
-        async with MockerEngine(config(block_size=4, **FAST)) as engine:
-            async with aclosing(engine.subscribe()) as updates:
-                assert (await anext(updates)).snapshot
-                for k in range(5):  # 5 stored events, more than 3, nobody reading
-                    await collect(engine, f"r{k}", [k] * 4, 1)
-                again = await anext(updates)
-                assert again.snapshot
-                stored = [e.data for e in again.events if isinstance(e.data, KvStored)]
-                assert sum(len(s.blocks) for s in stored) == 5
+        async with (
+            MockerEngine(config(block_size=4, **FAST)) as engine,
+            aclosing(engine.subscribe()) as updates,
+        ):
+            assert (await anext(updates)).snapshot
+            for k in range(5):  # 5 stored events, more than 3, nobody reading
+                await collect(engine, f"r{k}", [k] * 4, 1)
+            again = await anext(updates)
+            assert again.snapshot
+            stored = [e.data for e in again.events if isinstance(e.data, KvStored)]
+            assert sum(len(s.blocks) for s in stored) == 5
 
 
 async def test_an_error_in_the_body_propagates_unwrapped() -> None:

@@ -51,7 +51,8 @@ async def test_client_backend_round_trip() -> None:
         ]
         payload, request_id = SEEN[-1]
         assert request_id == "rid-7"
-        assert payload["stop"] == ["x"] and payload["max_tokens"] == 2
+        assert payload["stop"] == ["x"]
+        assert payload["max_tokens"] == 2
         bad = GenerateRequest(request_id="r", prompt="bad", max_tokens=1)
         with pytest.raises(ProtocolError, match="malformed output"):
             async with backend.generate(bad) as items:

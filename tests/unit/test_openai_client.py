@@ -81,7 +81,8 @@ async def test_chat_renders_the_template_and_reports_cached_tokens() -> None:
     assert done.object == "chat.completion"
     assert done.choices[0].message.role == "assistant"
     assert done.choices[0].message.content == "Hello world!"
-    assert done.usage is not None and done.usage.prompt_tokens_details is not None
+    assert done.usage is not None
+    assert done.usage.prompt_tokens_details is not None
     assert done.usage.prompt_tokens_details.cached_tokens == 2
     (sent,) = backend.requests
     assert sent.prompt == "system: Be brief.\nuser: Hi!\nassistant:"
@@ -115,7 +116,8 @@ async def test_chat_stream_with_usage() -> None:
     assert all(c.usage is None for c in content)
     last = chunks[-1]
     assert last.choices == []
-    assert last.usage is not None and last.usage.prompt_tokens_details is not None
+    assert last.usage is not None
+    assert last.usage.prompt_tokens_details is not None
     assert (last.usage.prompt_tokens, last.usage.completion_tokens) == (5, 3)
     assert last.usage.prompt_tokens_details.cached_tokens == 2
     assert len({c.id for c in chunks}) == 1

@@ -68,7 +68,8 @@ async def test_request_id_is_generated_and_echoed() -> None:
     assert given.json()["id"] == "cmpl-a1"
     assert backend.requests[0].request_id == "a1"
     generated = fresh.headers["x-request-id"]
-    assert len(generated) == 32 and backend.requests[1].request_id == generated
+    assert len(generated) == 32
+    assert backend.requests[1].request_id == generated
 
 
 def _error(resp: httpx.Response) -> dict[str, Any]:
@@ -164,7 +165,8 @@ async def test_prompt_that_leaves_too_little_room_is_400() -> None:
     assert error["param"] == "max_tokens"
     assert "100 prompt tokens + max_tokens 50" in error["message"]
     assert fits.status_code == 200
-    assert chat.status_code == 400 and _error(chat)["param"] == "max_tokens"
+    assert chat.status_code == 400
+    assert _error(chat)["param"] == "max_tokens"
     assert backend.closed.is_set()
 
 
@@ -172,7 +174,8 @@ async def test_chat_prompt_longer_than_the_context_is_400() -> None:
     backend = FakeBackend([GenerateOutput(text="x", token_count=1, prompt_tokens=128)])
     async with serving(backend) as url, httpx.AsyncClient(base_url=url) as http:
         resp = await http.post("/v1/chat/completions", json=CHAT)
-    assert resp.status_code == 400 and _error(resp)["param"] == "messages"
+    assert resp.status_code == 400
+    assert _error(resp)["param"] == "messages"
 
 
 async def test_body_over_the_limit_is_413() -> None:
@@ -217,7 +220,8 @@ async def test_a_bug_is_500_without_a_stack_trace(caplog: pytest.LogCaptureFixtu
     async with serving(backend) as url, httpx.AsyncClient(base_url=url) as http:
         resp = await http.post("/v1/chat/completions", json=CHAT)
     assert resp.status_code == 500
-    assert "secret" not in resp.text and "Traceback" not in resp.text
+    assert "secret" not in resp.text
+    assert "Traceback" not in resp.text
     assert _error(resp)["type"] == "internal_error"
     assert "secret detail" in caplog.text  # the operator still sees it
 

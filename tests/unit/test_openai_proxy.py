@@ -190,9 +190,11 @@ async def test_closing_the_generator_closes_the_upstream_response() -> None:
     proxy = engine(handler, model="m")
     outputs = proxy.generate(request())
     first = await anext(outputs)
-    assert first.tokens and proxy.requests_inflight == 1
+    assert first.tokens
+    assert proxy.requests_inflight == 1
     await outputs.aclose()  # type: ignore[attr-defined]
-    assert stream.closed and proxy.requests_inflight == 0
+    assert stream.closed
+    assert proxy.requests_inflight == 0
     await proxy.aclose()
 
 

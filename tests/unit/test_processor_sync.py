@@ -89,7 +89,8 @@ async def test_a_replica_counts_what_its_peer_sends_and_forgets_it_when_it_leave
             async with anyio.create_task_group() as inner:
                 inner.start_soon(generate, p0.info.instance_id, "first")
                 await until(lambda: tracked(p1) == 1)
-                assert peers(p1) == {p0.info.instance_id: 1} and tracked(p0) == 1
+                assert peers(p1) == {p0.info.instance_id: 1}
+                assert tracked(p0) == 1
             await until(lambda: tracked(p1) == 0)
 
             # One more, and p0 leaves discovery while it runs: p1 forgets it at once.
@@ -98,5 +99,6 @@ async def test_a_replica_counts_what_its_peer_sends_and_forgets_it_when_it_leave
                 await until(lambda: tracked(p1) == 1)
                 await launcher.runtime.withdraw_component(p0)
                 await until(lambda: tracked(p1) == 0)
-                assert peers(p1) == {} and tracked(p0) == 1
+                assert peers(p1) == {}
+                assert tracked(p0) == 1
         stop.set()

@@ -65,7 +65,8 @@ async def test_vllm_publisher_drives_the_kv_router_like_dyn_events() -> None:
             tasks.start_soon(relay.run)
             updates = relay.subscribe()
             first = await anext(updates)
-            assert first.snapshot and [type(e.data) for e in first.events] == [KvCleared]
+            assert first.snapshot
+            assert [type(e.data) for e in first.events] == [KvCleared]
             # PUB drops what it sends before the SUB has joined: ping until one arrives.
             while relay.translator.last_seq is None:
                 await publisher.send(batch([]))
@@ -121,6 +122,7 @@ async def test_other_topics_are_ignored_and_no_publisher_means_load_only() -> No
         assert (await anext(updates)).snapshot
         with anyio.fail_after(5):
             update = await anext(updates)
-        assert update.events == [] and update.load == idle()
+        assert update.events == []
+        assert update.load == idle()
         await updates.aclose()  # type: ignore[attr-defined]
         tasks.cancel_scope.cancel()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -58,12 +60,12 @@ op_st = st.one_of(
 
 @settings(max_examples=300, deadline=None)
 @given(ops=st.lists(op_st, max_size=40), queries=st.lists(locals_st, min_size=1, max_size=6))
-def test_index_agrees_with_brute_force(ops: list[tuple], queries: list[list[int]]) -> None:
+def test_index_agrees_with_brute_force(
+    ops: list[tuple[Any, ...]], queries: list[list[int]]
+) -> None:
     index = RadixIndex()
     model = Model()
-    event_id = 0
-    for op in ops:
-        event_id += 1
+    for event_id, op in enumerate(ops, 1):
         worker = op[1]
         known = sorted(model.held[worker])
         if op[0] == "store":

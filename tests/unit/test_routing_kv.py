@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter, deque
+from typing import Any
 
 import pytest
 from _instances import fake_instances
@@ -122,7 +123,7 @@ def test_in_flight_prefix_counts_before_the_worker_reports_it() -> None:
     prompt = list(range(32 * BS))
     first = _route(router, candidates, "a", prompt)
     # No event yet: the blocks are still being prefilled on `first`, shared by the engine.
-    assert _route(router, candidates, "b", prompt + [1, 2, 3]) == first
+    assert _route(router, candidates, "b", [*prompt, 1, 2, 3]) == first
 
 
 def test_workers_that_disagree_on_block_size_are_refused() -> None:
@@ -138,7 +139,7 @@ def test_workers_that_disagree_on_block_size_are_refused() -> None:
         router.select(candidates, RouteRequest(request_id="r", tokens=[1] * 64))
 
 
-def _struct_fields(instance: Instance) -> dict[str, object]:
+def _struct_fields(instance: Instance) -> dict[str, Any]:
     return {f: getattr(instance, f) for f in instance.__struct_fields__}
 
 
@@ -190,7 +191,8 @@ def test_explain_matches_select_and_changes_nothing() -> None:
     assert [s.instance_id for s in scores if s.chosen] == ["w2"]
     w2 = scores[2]
     assert w2.overlap_blocks == 6
-    assert w2.prefill_blocks == 4.0 and w2.decode_blocks == 10.0
+    assert w2.prefill_blocks == 4.0
+    assert w2.decode_blocks == 10.0
     assert w2.cost == pytest.approx(router.settings.overlap_score_weight * 4 + 10)
     assert router.select(candidates, request).instance_id == "w2"
 
@@ -212,7 +214,8 @@ def test_describe_and_membership() -> None:
     router.on_load("w1", WorkerLoad(5, 100, 1, 2, 0.5))
     _route(router, candidates, "r", list(range(2 * BS)))
     rows = router.describe()
-    assert rows["w0"]["cached_blocks"] == 2 and rows["w0"]["requests"] == 1
+    assert rows["w0"]["cached_blocks"] == 2
+    assert rows["w0"]["requests"] == 1
     assert rows["w1"]["reported_total_blocks"] == 100
     router.on_instances(["w1"])
     assert set(router.describe()) == {"w1"}
@@ -224,5 +227,6 @@ def test_a_direct_target_is_honoured_and_tracked() -> None:
     request = RouteRequest(request_id="r", tokens=[1] * 40, instance_id="w1")
     chosen = router.select(candidates, request)
     router.on_routed(chosen, request)
-    assert chosen.instance_id == "w1" and router.tracker.flight("w1").requests == 1
+    assert chosen.instance_id == "w1"
+    assert router.tracker.flight("w1").requests == 1
     assert [s.chosen for s in router.explain(candidates, request)] == [False, True, False]

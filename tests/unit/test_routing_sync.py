@@ -136,12 +136,15 @@ def test_own_batches_are_ignored_and_peers_are_kept_apart() -> None:
     tracker = LoadTracker()
     sync = ReplicaSync("a", tracker=tracker)
     own = SyncBatch("a", 0, 1, [SyncAdd(1, "w0", [7], 0, 16)])
-    assert sync.apply(own) is False and tracker.workers == []
+    assert sync.apply(own) is False
+    assert tracker.workers == []
     sync.apply(SyncBatch("b", 0, 1, [SyncAdd(1, "w0", [7], 0, 16)]))
     sync.apply(SyncBatch("c", 0, 1, [SyncAdd(1, "w0", [7], 0, 16)]))  # same flight number
-    assert tracker.flight("w0").requests == 2 and tracker.flight("w0").prefill_tokens == 32
+    assert tracker.flight("w0").requests == 2
+    assert tracker.flight("w0").prefill_tokens == 32
     sync.apply(SyncBatch("b", 0, 2, [SyncPrefillDone(1), SyncFree(1)]))
-    assert tracker.flight("w0").requests == 1 and sync.peers() == {"b": 0, "c": 1}
+    assert tracker.flight("w0").requests == 1
+    assert sync.peers() == {"b": 0, "c": 1}
 
 
 def test_a_new_epoch_replaces_the_old_and_asks_for_a_snapshot() -> None:
@@ -167,7 +170,8 @@ def test_a_peer_that_leaves_or_falls_silent_is_forgotten() -> None:
     assert sync.expire() == ["b"]
     assert state(tracker).keys() == {"w1"}
     sync.drop_peer("c")
-    assert tracker.workers == [] and sync.peers() == {}
+    assert tracker.workers == []
+    assert sync.peers() == {}
 
 
 def test_batches_survive_the_wire() -> None:
@@ -185,11 +189,14 @@ def test_the_outbox_announces_itself_once() -> None:
     sync.local_add("r", "w0", [1], 0, 16)
     sync.local_prefill_done("r")
     sync.local_prefill_done("r")  # once only
-    assert calls == [1] and sync.pending
+    assert calls == [1]
+    assert sync.pending
     assert [type(m).__name__ for m in sync.take().messages] == ["SyncAdd", "SyncPrefillDone"]
     sync.local_free("r")
     sync.local_free("r")
-    assert calls == [1, 1] and len(sync.take().messages) == 1 and sync.in_flight == 0
+    assert calls == [1, 1]
+    assert len(sync.take().messages) == 1
+    assert sync.in_flight == 0
 
 
 # -- kv routers ---------------------------------------------------------------------------
@@ -221,7 +228,8 @@ def test_a_replica_follows_the_prefix_its_peer_has_in_flight(cls: type[KvRouter]
     a.on_routed(chosen, first)
     exchange(a, b)
     flight = b.tracker.flight(chosen.instance_id)
-    assert flight.requests == 1 and flight.prefill_tokens == len(first.tokens)
+    assert flight.requests == 1
+    assert flight.prefill_tokens == len(first.tokens)
     a.on_first_item(chosen, first)
     exchange(a, b)
     assert b.tracker.flight(chosen.instance_id).prefill_tokens == 0
@@ -273,7 +281,8 @@ def test_sync_messages_may_arrive_late() -> None:
     requests = text_requests(shared_prefix(BURST, words, 0), load_tokenizer(None))
     setup = replace(SETUP, routers=3, sync_delay_s=0.005)
     result = simulate(requests, setup, "kv", seed=0)
-    assert result["completed"] == len(requests) and result["sim"]["sync_delay_s"] == 0.005
+    assert result["completed"] == len(requests)
+    assert result["sim"]["sync_delay_s"] == 0.005
 
 
 def test_the_command_takes_router_replicas(tmp_path: Path) -> None:
@@ -285,6 +294,8 @@ def test_the_command_takes_router_replicas(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     sim = json.loads(out.read_text())["sim"]
-    assert sim["routers"] == 2 and sim["router_sync"] is False
+    assert sim["routers"] == 2
+    assert sim["router_sync"] is False
     wrong = CliRunner().invoke(app, ["bench", "--router-replicas", "2"])
-    assert wrong.exit_code != 0 and "only apply with --sim" in wrong.output
+    assert wrong.exit_code != 0
+    assert "only apply with --sim" in wrong.output

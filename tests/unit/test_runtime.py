@@ -15,6 +15,7 @@ from dyn.contracts.demo import HELLO_GENERATE, HelloRequest
 from dyn.discovery.memory import MemoryDiscovery
 from dyn.errors import DeadlineExceeded, NoInstancesError, RemoteError, TransportError
 from dyn.roles.hello import Backend, BackendConfig, Middle, MiddleConfig
+from dyn.runtime.client import Client
 from dyn.runtime.component import Component, EmptyConfig, depends, endpoint
 from dyn.runtime.runtime import Runtime, component_info
 from dyn.transports.inproc import InprocTransport
@@ -84,6 +85,22 @@ async def _serve(rt: Runtime, cls: type[Component[Any]], name: str, **clients: s
     return component
 
 
+async def _collect(
+    client: Client,
+    endpoint: str,
+    request: Any,
+    headers: dict[str, str] | None = None,
+    *,
+    into: list[Any] | None = None,
+) -> list[Any]:
+    """The stream's items; ``into`` keeps those that arrived before the stream failed."""
+    got = [] if into is None else into
+    async with client.stream(endpoint, request, headers=headers) as items:
+        async for item in items:
+            got.append(item)
+    return got
+
+
 @pytest.fixture
 async def runtime() -> AsyncIterator[Runtime]:
     async with Runtime(
@@ -111,11 +128,9 @@ async def test_handler_exception_arrives_typed(runtime: Runtime) -> None:
     await _serve(runtime, Ticker, "ticker")
     client = runtime.client("ticker")
     await client.wait_for_instances("fail")
-    got = []
+    got: list[Any] = []
     with pytest.raises(RemoteError, match="ValueError: the handler broke"):
-        async with client.stream("fail", {}) as items:
-            async for item in items:
-                got.append(item)
+        await _collect(client, "fail", {}, into=got)
     assert got == [1]
 
 
@@ -126,8 +141,7 @@ async def test_bad_request_error_keeps_its_type(runtime: Runtime) -> None:
     client = runtime.client("backend")
     await client.wait_for_instances()
     with pytest.raises(BadRequestError, match="generate: Object missing required field `text`"):
-        async with client.stream("generate", {"txt": 1}) as items:
-            [item async for item in items]
+        await _collect(client, "generate", {"txt": 1})
 
 
 async def test_cancellation_reaches_handler_through_two_hops(runtime: Runtime) -> None:
@@ -152,11 +166,7 @@ async def test_deadline_stops_both_sides(runtime: Runtime) -> None:
     await client.wait_for_instances()
     with anyio.fail_after(5):
         with pytest.raises(DeadlineExceeded):
-            async with client.stream(
-                "generate", {"probe": "slow"}, headers={"dyn-timeout": "0.2"}
-            ) as items:
-                async for _ in items:
-                    pass
+            await _collect(client, "generate", {"probe": "slow"}, {"dyn-timeout": "0.2"})
         await PROBES["slow"].cancelled.wait()
     assert PROBES["slow"].ctx is not None
     assert PROBES["slow"].ctx.deadline < float("inf")
@@ -174,7 +184,8 @@ async def test_request_id_and_deadline_propagate(runtime: Runtime) -> None:
     ) as items:
         await anext(items)
     leaf = PROBES["leaf2"].ctx
-    assert leaf is not None and leaf.request_id == "req-42"
+    assert leaf is not None
+    assert leaf.request_id == "req-42"
     assert 0 < leaf.remaining() <= 30
 
 

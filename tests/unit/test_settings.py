@@ -45,7 +45,8 @@ def test_from_env_reads_each_variable_and_empty_means_unset() -> None:
 
 def test_secrets_stay_out_of_repr() -> None:
     shown = repr(Settings(api_key="sk-secret", admin_token="t0k"))
-    assert "sk-secret" not in shown and "t0k" not in shown
+    assert "sk-secret" not in shown
+    assert "t0k" not in shown
 
 
 def test_a_role_process_reads_back_what_the_launcher_passed() -> None:
@@ -136,7 +137,8 @@ def test_each_variable_name_is_spelled_once_and_the_cli_never_writes_the_environ
             spelled.setdefault(name, []).append(str(path.relative_to(SRC)))
         if path.parent.name == "cli":
             assert not re.search(r"os\.environ\[[^]]+\] *=", text), path
-    assert spelled and all(places == ["settings.py"] for places in spelled.values()), spelled
+    assert spelled
+    assert all(places == ["settings.py"] for places in spelled.values()), spelled
 
 
 def test_no_module_changes_its_own_environment_or_spells_a_name_outside_settings() -> None:

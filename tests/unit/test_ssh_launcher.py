@@ -49,9 +49,12 @@ def _graph(transport: str = "tcp", discovery: str = "etcd", n2_bind: str = ", bi
 def test_ssh_argv_never_prompts_and_keeps_user_options() -> None:
     node = NodeSpec("n2", "10.1.1.2", user="ops", port=2222, ssh_options=("-i", "/k"))
     argv = ssh_argv(node)
-    assert argv[0] == "ssh" and argv[-2:] == ["10.1.1.2", "--"]
-    assert "BatchMode=yes" in argv and "ServerAliveInterval=5" in argv
-    assert argv[argv.index("-p") + 1] == "2222" and argv[argv.index("-l") + 1] == "ops"
+    assert argv[0] == "ssh"
+    assert argv[-2:] == ["10.1.1.2", "--"]
+    assert "BatchMode=yes" in argv
+    assert "ServerAliveInterval=5" in argv
+    assert argv[argv.index("-p") + 1] == "2222"
+    assert argv[argv.index("-l") + 1] == "ops"
     assert argv[argv.index("-i") + 1] == "/k"
 
 
@@ -126,7 +129,8 @@ def test_the_signal_script_reaches_the_whole_group_in_every_shell(
         assert leader.wait(5) == -signal.SIGTERM
         assert pidfile.exists()  # the role removes its own pidfile when it exits cleanly
         kill = subprocess.run([shell, "-c", signal_script(str(pidfile), signal.SIGKILL)])
-        assert kill.returncode == 0 and not pidfile.parent.exists()
+        assert kill.returncode == 0
+        assert not pidfile.parent.exists()
     finally:
         _kill_group(leader)
 
@@ -140,4 +144,5 @@ def test_the_stale_pidfile_script_keeps_a_live_groups_pidfile(shell: str, tmp_pa
     finally:
         _kill_group(leader)
     subprocess.run([shell, "-c", stale_pidfile_script(str(pidfile))], check=True)
-    assert not pidfile.exists() and not pidfile.parent.exists()
+    assert not pidfile.exists()
+    assert not pidfile.parent.exists()

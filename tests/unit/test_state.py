@@ -137,12 +137,14 @@ def test_find_run_by_id_and_prefix() -> None:
     b = state.create_run("beta", now=0.0)
     assert state.find_run(a.run_id) == a
     assert state.find_run("19700101-000000-b") == b
-    with pytest.raises(LaunchError, match="ambiguous; it matches .*give more of the id") as err:
+    with pytest.raises(LaunchError, match=r"ambiguous; it matches .*give more of the id") as err:
         state.find_run("19700101")
-    assert a.run_id in str(err.value) and b.run_id in str(err.value)
+    assert a.run_id in str(err.value)
+    assert b.run_id in str(err.value)
     with pytest.raises(LaunchError, match="no run 'nope'; known runs: ") as err:
         state.find_run("nope")
-    assert a.run_id in str(err.value) and b.run_id in str(err.value)
+    assert a.run_id in str(err.value)
+    assert b.run_id in str(err.value)
 
 
 def test_find_run_with_no_runs(state_home: Path) -> None:

@@ -47,7 +47,8 @@ def test_random_is_seeded_and_covers_everyone() -> None:
     router_a, router_b = Random(seed=7), Random(seed=7)
     a = [router_a.select(candidates, REQ).instance_id for _ in range(400)]
     b = [router_b.select(candidates, REQ).instance_id for _ in range(400)]
-    assert a == b and a[:1] == first
+    assert a == b
+    assert a[:1] == first
     counts = Counter(a)
     assert set(counts) == {"i0", "i1", "i2", "i3"}
     assert min(counts.values()) > 50  # 100 expected each; far from a failure by chance
@@ -72,5 +73,5 @@ def test_names_resolve_with_hyphen_aliases() -> None:
     assert plugins.load("dyn.routers", "round-robin") is RoundRobin
     assert plugins.load("dyn.routers", "round_robin") is RoundRobin
     assert plugins.load("dyn.routers", "dyn.routing.simple:Random") is Random
-    with pytest.raises(PluginError, match="unknown strategy 'kvv'; available: .*round_robin"):
+    with pytest.raises(PluginError, match=r"unknown strategy 'kvv'; available: .*round_robin"):
         plugins.load("dyn.routers", "kvv")

@@ -46,6 +46,8 @@ class Seen:
 async def handler(path: str, payload: bytes, ctx: Context) -> AsyncIterator[bytes]:
     if path == "echo":
         yield payload
+    elif path == "big":
+        yield b"x" * int(payload)
     elif path == "count":
         for i in range(int(payload)):
             yield str(i).encode()
@@ -104,9 +106,21 @@ async def served() -> AsyncIterator[tuple[TcpTransport, str]]:
             tasks.cancel_scope.cancel()
 
 
-async def collect(client: TcpTransport, address: str, path: str, payload: bytes) -> list[bytes]:
-    async with client.call(address, path, payload, {}) as items:
-        return [item async for item in items]
+async def collect(
+    client: TcpTransport,
+    address: str,
+    path: str,
+    payload: bytes,
+    headers: dict[str, str] | None = None,
+    *,
+    into: list[bytes] | None = None,
+) -> list[bytes]:
+    """The call's items; ``into`` keeps those that arrived before the call failed."""
+    got = [] if into is None else into
+    async with client.call(address, path, payload, headers or {}) as items:
+        async for item in items:
+            got.append(item)
+    return got
 
 
 async def test_unary_and_streaming(served: tuple[TcpTransport, str]) -> None:
@@ -209,9 +223,7 @@ async def test_handler_errors_arrive_typed(served: tuple[TcpTransport, str]) -> 
     got: list[bytes] = []
     with anyio.fail_after(10):
         with pytest.raises(BadRequestError, match="the payload was not what I expected"):
-            async with client.call(address, "bad-request", b"", {}) as items:
-                async for item in items:
-                    got.append(item)
+            await collect(client, address, "bad-request", b"", into=got)
         assert got == [b"first"]
         with pytest.raises(RemoteError, match="ValueError: something broke inside"):
             await collect(client, address, "bug", b"")
@@ -223,9 +235,7 @@ async def test_a_passed_deadline_stops_both_sides(served: tuple[TcpTransport, st
     started = time.perf_counter()
     with anyio.fail_after(10):
         with pytest.raises(DeadlineExceeded, match="deadline passed"):
-            async with client.call(address, "sleep", b"deadline", {"dyn-timeout": "0.3"}) as it:
-                async for _ in it:
-                    pass
+            await collect(client, address, "sleep", b"deadline", {"dyn-timeout": "0.3"})
         await seen.stopped.wait()
     assert 0.25 < time.perf_counter() - started < 5
     assert seen.ctx_cancelled
@@ -351,3 +361,17 @@ async def test_hello_pipeline_over_tcp() -> None:
                 async with client.stream("generate", {"txt": 1}) as items:
                     [item async for item in items]
     assert got == [Text("Middle: Backend: hello"), Text("Middle: Backend: world-mid-back")]
+
+
+async def test_an_item_larger_than_a_frame_is_a_remote_error() -> None:
+    client = TcpTransport()  # sends the request; the server's frames are the small ones
+    async with anyio.create_task_group() as tasks:
+        address = await start_server(tasks, TcpTransport(max_frame_bytes=1024))
+        try:
+            with pytest.raises(RemoteError, match=r"yielded 5000 bytes; a tcp frame holds \d+"):
+                await collect(client, address, "big", b"5000")
+            # The connection stays usable for calls that fit.
+            assert await collect(client, address, "echo", b"small") == [b"small"]
+        finally:
+            await client.aclose()
+            tasks.cancel_scope.cancel()

@@ -59,7 +59,11 @@ def _malformed(request_type: type[msgspec.Struct]) -> tuple[dict[str, Any] | lis
 
 
 CHECKED = [(role, name, method) for role, name, method in ENDPOINTS]
-TRANSPORTS = {"inproc": InprocTransport, "tcp": TcpTransport, "grpc": GrpcTransport}
+TRANSPORTS: dict[str, type[Transport]] = {
+    "inproc": InprocTransport,
+    "tcp": TcpTransport,
+    "grpc": GrpcTransport,
+}
 
 
 @pytest.mark.anyio

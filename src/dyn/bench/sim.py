@@ -34,6 +34,7 @@ import math
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 
 from dyn.bench.stats import RequestResult
 from dyn.discovery.base import Instance
@@ -375,7 +376,7 @@ class Simulator:
         for duration in run.durations:
             now += duration
             ends.append(now)
-        gaps = [later - earlier for earlier, later in zip(ends, ends[1:], strict=False)]
+        gaps = [later - earlier for earlier, later in pairwise(ends)]
         for request_id, tokens in run.tokens.items():
             flight = self._flights[request_id]
             result = flight.result

@@ -29,13 +29,13 @@ from dyn.tokenizer import Tokenizer
 
 __all__ = [
     "MOONCAKE_BLOCK_TOKENS",
+    "WORKLOADS",
     "Message",
     "MultiTurn",
     "SharedPrefix",
     "TraceRecord",
-    "WorkItem",
-    "WORKLOADS",
     "Words",
+    "WorkItem",
     "make_workload",
     "multi_turn",
     "poisson_arrivals",
@@ -197,7 +197,8 @@ def trace_records(
     if speedup <= 0:
         raise DynError(f"--trace-speedup must be positive, got {speedup}")
     try:
-        handle = Path(path).open(encoding="utf-8")
+        # Opened outside the `with` so that only a failure to open reads "cannot read".
+        handle = Path(path).open(encoding="utf-8")  # noqa: SIM115 - closed by the with below
     except OSError as exc:
         raise DynError(f"cannot read trace {path}: {exc.strerror}") from exc
     with handle:

@@ -12,4 +12,4 @@ from __future__ import annotations
 
 from dyn.contracts.base import Empty, EndpointRef, Text
 
-__all__ = ["EndpointRef", "Empty", "Text"]
+__all__ = ["Empty", "EndpointRef", "Text"]

@@ -13,7 +13,7 @@ from typing import Generic, TypeVar
 
 import msgspec
 
-__all__ = ["EndpointRef", "Empty", "Text"]
+__all__ = ["Empty", "EndpointRef", "Text"]
 
 ReqT = TypeVar("ReqT")
 ItemT = TypeVar("ItemT")
@@ -32,8 +32,11 @@ class Empty(msgspec.Struct, frozen=True):
     """The request of an endpoint that needs no arguments (any fields sent are ignored)."""
 
 
-class Text(msgspec.Struct, frozen=True):
-    """An item that is a piece of text. The frontend's plain streaming routes (such as
-    ``/generate``) write it as it is, one line per item; other items go out as JSON."""
+class Text(msgspec.Struct, frozen=True, tag="text"):
+    """An item that is a piece of text: ``{"type": "text", "text": ...}`` on the wire.
+
+    The frontend's plain streaming routes (such as ``/generate``) write a Text item as
+    its text, one line per item; any other item goes out as a line of JSON.
+    """
 
     text: str

@@ -23,7 +23,7 @@ import base64
 import json
 import logging
 import math
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from types import TracebackType
 from typing import Any, Self
@@ -292,7 +292,7 @@ class EtcdDiscovery(Discovery):
         live, _ = await self._range(prefix)
         return [live[k] for k in sorted(live)]
 
-    async def watch(self, prefix: str) -> AsyncIterator[list[Instance]]:
+    async def watch(self, prefix: str) -> AsyncGenerator[list[Instance], None]:
         key = self.prefix + prefix
         request = {"key": _b64(key), "range_end": _range_end(key)}
         last: list[Instance] | None = None

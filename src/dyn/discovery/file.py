@@ -8,6 +8,7 @@ poll the directory; there is no daemon to run.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import threading
@@ -192,10 +193,9 @@ class FileDiscovery(Discovery):
             raise
 
     def _unlink(self, key: str) -> None:
-        try:
+        # The lease lapses anyway once we stop touching it.
+        with contextlib.suppress(OSError):
             (self.path / _file_name(key)).unlink(missing_ok=True)
-        except OSError:
-            pass  # the lease lapses anyway once we stop touching it
 
     def _signal(self) -> None:
         # Wakes this object's own watchers at once; other processes poll.

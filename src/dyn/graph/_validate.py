@@ -79,7 +79,12 @@ def build_graph(problems: Problems, doc: Any) -> GraphSpec | None:
     model = _model(problems, doc.get("model"))
     if problems or None in (name, namespace, transport, discovery, nodes, components):
         return None
-    assert name and namespace and transport and discovery and nodes and components
+    assert name
+    assert namespace
+    assert transport
+    assert discovery
+    assert nodes
+    assert components
     return GraphSpec(
         name=name,
         namespace=namespace,

@@ -9,6 +9,7 @@ operation; the answer is one JSON line ``{"ok": true, "lines": [...]}`` or
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import secrets
@@ -55,10 +56,8 @@ class ControlServer:
                 answer = await self._answer(json.loads(raw))
             except (ValueError, TimeoutError, anyio.EndOfStream) as exc:
                 answer = {"ok": False, "error": f"bad control request: {exc}"}
-            try:
+            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
                 await stream.send(json.dumps(answer).encode() + b"\n")
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                pass
 
     async def _answer(self, request: Any) -> dict[str, Any]:
         if not isinstance(request, dict) or not secrets.compare_digest(

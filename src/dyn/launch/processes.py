@@ -11,6 +11,7 @@ are the two built in.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -124,6 +125,8 @@ class ProcessLauncher(Launcher):
         self._scaling: _Scaling | None = None  # set once the graph serves
 
     async def run(self, graph: GraphSpec, observer: LaunchObserver, stop: anyio.Event) -> None:
+        """Start every role process in dependency order, serve until ``stop``, then stop
+        frontends first and the rest after (see :class:`~dyn.launch.base.Launcher`)."""
         began = time.perf_counter()
         self._hurry = anyio.Event()
         run, resolved, graph_path = prepare_run(graph, self.name, self.reserved_run_id)
@@ -371,6 +374,7 @@ class ProcessLauncher(Launcher):
         await self.cleanup(role)
 
     def hurry(self) -> None:
+        """Stop waiting for drains: roles still running are killed at once."""
         if self._hurry is not None:
             self._hurry.set()
 
@@ -380,8 +384,6 @@ def _role_process(spec: ComponentSpec, replica: int) -> RoleProcess:
 
 
 def _signal(process: Process, sig: signal.Signals) -> None:
-    try:
-        # The role is its own session and process group: reach anything it started too.
+    # The role is its own session and process group: reach anything it started too.
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, sig)
-    except ProcessLookupError:
-        pass

@@ -94,10 +94,10 @@ def pidfile_path(run_id: str, role: str) -> Path:
 def _write_pidfile(run_id: str, component: str, replica: int, graph: GraphSpec) -> Path:
     from dyn.launch._roles import role_name
 
-    try:
-        os.setsid()  # its own session and process group: one signal reaches all of it
-    except PermissionError:
-        pass  # already a group leader (sshd made it one): its pgid is its pid
+    # Its own session and process group, so that one signal reaches all of it. A
+    # PermissionError means it already leads a group (sshd made it one): its pgid is its pid.
+    with contextlib.suppress(PermissionError):
+        os.setsid()
     path = pidfile_path(run_id, role_name(graph.component(component), replica))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(f"{os.getpid()}\n", encoding="utf-8")

@@ -45,7 +45,7 @@ from dyn.disagg.rule import (
 )
 from dyn.disagg.transfer import KvTransferModel
 from dyn.engines.base import EngineOutput, EngineRequest
-from dyn.errors import CallError, DynError, OverloadedError
+from dyn.errors import CallError, DynError, OverloadedError, RemoteError
 from dyn.kv.hashing import local_block_hashes, sequence_hashes
 from dyn.observability.disagg_metrics import DisaggMetrics
 from dyn.roles.worker import Worker, WorkerConfig
@@ -147,7 +147,7 @@ class DecodeWorker(Worker, Component[DecodeWorkerConfig]):
         async with self.prefill_queue.stream(ref, payload, route=route) as replies:
             async for reply in replies:
                 return reply
-        raise CallError(f"prefill queue {ref.name} answered nothing")
+        raise RemoteError(f"prefill queue {ref.name} answered nothing")
 
     async def _prefill_remote(self, req: EngineRequest) -> bool:
         """Have a prefill worker compute the prompt; True once its blocks arrived."""

@@ -314,11 +314,13 @@ _END: Any = object()
 
 
 def _as_text(item: Any) -> str:
-    # A Text item reaches this untyped caller as {"text": ...} (see dyn.contracts.Text).
+    # A dyn.contracts.Text item reaches this untyped caller as its wire form.
     if isinstance(item, str):
         return item
-    if isinstance(item, dict) and len(item) == 1 and isinstance(item.get("text"), str):
-        return str(item["text"])
+    if isinstance(item, dict) and item.get("type") == "text" and len(item) == 2:
+        text = item.get("text")
+        if isinstance(text, str):
+            return text
     return json.dumps(item)
 
 
@@ -339,5 +341,6 @@ def _server_class() -> type[uvicorn.Server]:
     return Server
 
 
-def _Server(config: uvicorn.Config) -> uvicorn.Server:  # noqa: N802 - reads as a class
+# Named like the class it stands in for, where uvicorn expects a class.
+def _Server(config: uvicorn.Config) -> uvicorn.Server:
     return _server_class()(config)

@@ -15,10 +15,10 @@ from typing import Any
 
 import msgspec
 
-from dyn.errors import BadRequestError, ProtocolError
+from dyn.errors import BadRequestError
 from dyn.runtime import codec
 
-__all__ = ["ItemReader", "RequestReader", "plain"]
+__all__ = ["ItemReader", "MalformedItem", "RequestReader", "item_reader", "plain"]
 
 # msgpack carries these as they are; to_builtins would turn them into base64 text.
 _RAW_TYPES = (bytes, bytearray)
@@ -34,11 +34,6 @@ def is_checked(tp: Any) -> bool:
     return isinstance(tp, type) and issubclass(tp, msgspec.Struct)
 
 
-@cache
-def _decoder(tp: Any) -> msgspec.msgpack.Decoder[Any]:
-    return msgspec.msgpack.Decoder(tp)
-
-
 def _convert(obj: Any, tp: Any) -> Any:
     if isinstance(obj, msgspec.Struct):  # a Struct of another type: go by its fields
         obj = plain(obj)
@@ -48,18 +43,19 @@ def _convert(obj: Any, tp: Any) -> Any:
 class RequestReader:
     """The serving side of one endpoint: payload in, the handler's request out."""
 
-    __slots__ = ("_checked", "_name", "_type")
+    __slots__ = ("_checked", "_decode", "_name", "_type")
 
     def __init__(self, name: str, request_type: Any) -> None:
         self._name = name
         self._type = request_type
         self._checked = is_checked(request_type)
+        self._decode = msgspec.msgpack.Decoder(request_type).decode if self._checked else None
 
     def from_bytes(self, data: bytes) -> Any:
-        if not self._checked:
+        if self._decode is None:
             return codec.decode(data)
         try:
-            return _decoder(self._type).decode(data)
+            return self._decode(data)
         except msgspec.ValidationError as exc:
             raise BadRequestError(f"{self._name}: {exc}") from exc
         except msgspec.DecodeError as exc:
@@ -78,32 +74,45 @@ class RequestReader:
 
 
 class ItemReader:
-    """The calling side of one call: what the transport delivers in, an item out."""
+    """The calling side: what the transport delivers in, an item out. One per item type,
+    shared by every call (see :func:`item_reader`); a malformed item raises
+    :class:`MalformedItem`, which the caller turns into a ``ProtocolError`` naming the
+    endpoint (built only then, off the hot path)."""
 
-    __slots__ = ("_checked", "_type", "_where")
+    __slots__ = ("_decode", "_type")
 
-    def __init__(self, item_type: Any, where: str) -> None:
-        self._type = item_type
-        self._checked = item_type is not None and item_type is not Any
-        self._where = where
+    def __init__(self, item_type: Any) -> None:
+        checked = item_type is not None and item_type is not Any
+        self._type = item_type if checked else None
+        self._decode = msgspec.msgpack.Decoder(item_type).decode if checked else None
 
     def from_bytes(self, data: bytes) -> Any:
-        if not self._checked:
+        if self._decode is None:
             return codec.decode(data)
         try:
-            return _decoder(self._type).decode(data)
+            return self._decode(data)
         except msgspec.ValidationError as exc:
-            raise ProtocolError(f"{self._where} sent a malformed output: {exc}") from exc
+            raise MalformedItem(f"sent a malformed output: {exc}") from exc
         except msgspec.DecodeError as exc:
-            raise ProtocolError(f"{self._where} sent bytes that are not msgpack: {exc}") from exc
+            raise MalformedItem(f"sent bytes that are not msgpack: {exc}") from exc
 
     def from_object(self, obj: Any) -> Any:
-        if not self._checked:
-            return plain(obj)
         tp = self._type
+        if tp is None:
+            return plain(obj)
         if type(obj) is tp:
             return obj
         try:
             return _convert(obj, tp)
         except msgspec.ValidationError as exc:
-            raise ProtocolError(f"{self._where} sent a malformed output: {exc}") from exc
+            raise MalformedItem(f"sent a malformed output: {exc}") from exc
+
+
+class MalformedItem(Exception):
+    """An item that does not match its declared type (the message says how)."""
+
+
+@cache
+def item_reader(item_type: Any) -> ItemReader:
+    """The shared reader for ``item_type`` (``None``: untyped, plain data)."""
+    return ItemReader(item_type)

@@ -19,11 +19,11 @@ import anyio
 from dyn.context import HEADER_DEADLINE, HEADER_REQUEST_ID, current_context, new_request_id
 from dyn.contracts.base import EndpointRef
 from dyn.discovery.base import Instance
-from dyn.errors import DeadlineExceeded, NoInstancesError, TransportError
+from dyn.errors import DeadlineExceeded, NoInstancesError, ProtocolError, TransportError
 from dyn.routing.base import RouteRequest, RoutingStrategy
 from dyn.routing.simple import Direct
 from dyn.runtime import codec
-from dyn.runtime._typed import ItemReader
+from dyn.runtime._typed import MalformedItem, item_reader
 from dyn.transports.base import CallStream
 
 if TYPE_CHECKING:
@@ -287,7 +287,7 @@ class ResponseStream(Generic[ItemT]):
         else:
             self._endpoint = endpoint.name
             item_type = endpoint.item
-        self._reader = ItemReader(item_type, f"{client.component}/{self._endpoint}")
+        self._reader = item_reader(item_type)
         # An object-carrying transport (in-process) takes the payload as it is.
         self._objects = client.runtime.transport.carries_objects
         self._payload = payload
@@ -367,7 +367,11 @@ class ResponseStream(Generic[ItemT]):
                 self._client.router.on_first_item(self.instance, self._route)
         self._items += 1
         reader = self._reader
-        item: ItemT = reader.from_object(data) if self._objects else reader.from_bytes(data)
+        try:
+            item: ItemT = reader.from_object(data) if self._objects else reader.from_bytes(data)
+        except MalformedItem as exc:
+            self._finish()
+            raise ProtocolError(f"{self._client.component}/{self._endpoint} {exc}") from exc
         return item
 
     def _healthy(self) -> None:
@@ -388,9 +392,8 @@ class ResponseStream(Generic[ItemT]):
         self._closed = True
         if self._call is not None:
             self._call.close_nowait()
-        if self.instance is not None:
-            if self._tracked:
-                self._client.router.on_finished(self.instance, self._route)
+        if self.instance is not None and self._tracked:
+            self._client.router.on_finished(self.instance, self._route)
 
     async def aclose(self) -> None:
         self._finish()

@@ -205,7 +205,7 @@ class Runtime:
             raise NotFoundError(f"no endpoint {path!r} here")
         # Decoded and checked once, here; a bad request never reaches the handler.
         objects = self._objects
-        reader = self._readers.get(path, _UNTYPED)
+        reader = self._readers.get(path, _PLAIN_REQUESTS)
         request = reader.from_object(payload) if objects else reader.from_bytes(payload)
         items = method(request, ctx)
         step = items.__anext__
@@ -237,7 +237,8 @@ class Runtime:
                 ctx.unbind(token)
 
 
-_UNTYPED = RequestReader("_health", None)
+# Paths without a declared request type (health probes, untyped user endpoints).
+_PLAIN_REQUESTS = RequestReader("plain", None)
 
 
 def health_path(namespace: str, component: str, instance_id: str) -> str:

@@ -17,7 +17,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from dyn.context import Context
-from dyn.errors import CallError
+from dyn.errors import RemoteError
 from dyn.settings import TLS_CA_ENV, TLS_CERT_ENV, TLS_KEY_ENV
 from dyn.transports import _auth
 from dyn.transports._serving import ReplyFrame, run_handler
@@ -196,7 +196,7 @@ class _Connection:
             stream = _Stream(Context.from_headers(headers))
             self.streams[stream_id] = stream
             tasks.start_soon(self._run, stream_id, stream, path, payload)
-        elif ftype == WINDOW or ftype == CANCEL:
+        elif ftype in (WINDOW, CANCEL):
             known = self.streams.get(stream_id)
             if known is None:
                 if stream_id > self.last_id:
@@ -226,7 +226,7 @@ class _Connection:
             if kind == "data":
                 assert isinstance(body, bytes)
                 if len(body) > limit:
-                    raise CallError(
+                    raise RemoteError(
                         f"the handler yielded {len(body)} bytes; a tcp frame holds {limit}"
                     )
                 while stream.window <= 0:  # flow control: the caller has not caught up

@@ -47,7 +47,7 @@ class CallStream(ABC):
     async def __anext__(self) -> bytes: ...
 
     @abstractmethod
-    async def aclose(self) -> None:  # noqa: B027 - a transport without a pool has nothing to do
+    async def aclose(self) -> None:
         """Stop the call; the far side sees a cancellation if it was still running."""
 
     @abstractmethod

@@ -15,12 +15,16 @@ socket:
 
 Payloads and items are moved as the objects they are (``carries_objects``): the
 runtime hands a typed request to the handler without encoding it. Given bytes, it moves
-bytes. It doubles as the test double for role code.
+bytes. It doubles as the test double for role code. Unlike a network transport it hands
+messages over as objects (``carries_objects``): typed requests and items are not
+re-encoded, so a test over it does not show that an item can be encoded; the
+conformance suite over tcp and grpc does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import itertools
 import logging
@@ -262,8 +266,6 @@ def _close_now(items: AsyncGenerator[bytes, None]) -> None:
     except Exception:
         _log.exception("closing a handler failed")
         return
-    try:
+    with contextlib.suppress(RuntimeError):
         closing.close()
-    except RuntimeError:
-        pass
     _log.warning("a handler's cleanup waited while its call was closed; it was cut short")

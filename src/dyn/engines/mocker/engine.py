@@ -9,7 +9,7 @@ task group can instead ``await task_group.start(engine.run)`` and cancel it to s
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from types import TracebackType
 
 import anyio
@@ -151,7 +151,7 @@ class MockerEngine(Engine):
 
     # -- requests ------------------------------------------------------------------------
 
-    async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
+    async def generate(self, request: EngineRequest) -> AsyncGenerator[EngineOutput, None]:
         if not self._running:
             raise RuntimeError(
                 "the mocker engine is not running; use `async with engine:` or start "
@@ -191,7 +191,7 @@ class MockerEngine(Engine):
 
     # -- KV events and load --------------------------------------------------------------
 
-    async def subscribe(self) -> AsyncIterator[WorkerUpdate]:
+    async def subscribe(self) -> AsyncGenerator[WorkerUpdate, None]:
         """A snapshot update first, then at most one update per read with every event
         since (coalesced) and the latest load; a fresh snapshot if it fell too far
         behind."""

@@ -217,9 +217,8 @@ class ReplicaSync:
             return False
         peer = self._peers.get(batch.router_id)
         fresh = peer is None or batch.epoch > peer.epoch
-        if peer is not None and not fresh:
-            if batch.epoch < peer.epoch or batch.seq <= peer.seq:
-                return False  # a duplicate, or overtaken by a newer batch
+        if peer is not None and not fresh and (batch.epoch < peer.epoch or batch.seq <= peer.seq):
+            return False  # a duplicate, or overtaken by a newer batch
         if peer is None or fresh:
             if peer is not None:
                 self._forget(batch.router_id, peer)
