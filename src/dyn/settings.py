@@ -36,9 +36,9 @@ __all__ = [
     "TLS_CA_ENV",
     "TLS_CERT_ENV",
     "TLS_KEY_ENV",
-    "TransportSecurity",
     "XDG_STATE_HOME_ENV",
     "Settings",
+    "TransportSecurity",
 ]
 
 LOG_LEVEL_ENV = "DYN_LOG_LEVEL"

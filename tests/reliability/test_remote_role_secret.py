@@ -60,7 +60,8 @@ def test_the_bootstrap_secret_guards_the_roles_transport() -> None:
         text=True,
         env={**env, "PYTHONUNBUFFERED": "1"},
     )
-    assert role.stdin is not None and role.stdout is not None
+    assert role.stdin is not None
+    assert role.stdout is not None
     try:
         role.stdin.write(json.dumps(boot) + "\n")
         role.stdin.flush()
