@@ -7,9 +7,9 @@
         discovery/    the directory of the `file` discovery backend
         logs/         one log file per role
 
-``<state>`` is ``$DYN_STATE_DIR``, else ``$XDG_STATE_HOME/dyn``, else
-``~/.local/state/dyn``. Run ids start with the UTC start time, so they sort by age
-(local time would not: it repeats an hour each autumn).
+``<state>`` is the folder :data:`~dyn.settings.STATE_DIR_ENV` names, else
+``$XDG_STATE_HOME/dyn``, else ``~/.local/state/dyn``. Run ids start with the UTC start
+time, so they sort by age (local time would not: it repeats an hour each autumn).
 """
 
 from __future__ import annotations
@@ -24,10 +24,9 @@ from pathlib import Path
 import msgspec
 
 from dyn.errors import LaunchError
-from dyn.settings import RUN_ID_ENV, STATE_DIR_ENV, XDG_STATE_HOME_ENV
+from dyn.settings import STATE_DIR_ENV, XDG_STATE_HOME_ENV
 
 __all__ = [
-    "RUN_ID_ENV",
     "RoleRecord",
     "RunDir",
     "RunRecord",
@@ -131,14 +130,14 @@ def new_run_id(graph_name: str, now: float | None = None) -> str:
     return f"{stamp}-{safe_name(graph_name)}-{secrets.token_hex(2)}"
 
 
-def create_run(graph_name: str, *, now: float | None = None) -> RunDir:
+def create_run(graph_name: str, *, now: float | None = None, reserved: str | None = None) -> RunDir:
     """Create a fresh run directory (with ``discovery/`` and ``logs/``), private to the user.
 
-    Under ``dyn up --detach`` the directory already exists (the detached process logs
-    there from its first line) and is taken over, once.
+    ``reserved``: the id of a run directory made already, to take over if it has no
+    record yet. ``dyn up --detach`` makes one for its child, which logs there from its
+    first line, and names it to the child in :data:`~dyn.settings.RUN_ID_ENV`.
     """
     root = _runs_root()
-    reserved = os.environ.pop(RUN_ID_ENV, None)
     if reserved and (root / reserved).is_dir() and not (root / reserved / "run.json").exists():
         return RunDir(path=root / reserved, run_id=reserved)
     try:
@@ -146,7 +145,7 @@ def create_run(graph_name: str, *, now: float | None = None) -> RunDir:
     except OSError as exc:
         raise LaunchError(
             f"cannot create the state directory {root}: {exc.strerror}; "
-            "set DYN_STATE_DIR to a writable folder"
+            f"set {STATE_DIR_ENV} to a writable folder"
         ) from exc
     while True:
         run_id = new_run_id(graph_name, now)

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import io
+import json
+import os
 import re
 import socket
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +20,13 @@ from typer.testing import CliRunner
 from dyn import settings
 from dyn.cli.app import app
 from dyn.graph import load_graph
+from dyn.launch import role_main
+from dyn.launch._roles import make_transport
 from dyn.launch.base import LaunchObserver
 from dyn.launch.inprocess import InProcessLauncher
 from dyn.launch.role_classes import role_class
-from dyn.settings import Settings
+from dyn.settings import Settings, TransportSecurity
+from dyn.transports.tcp import TcpTransport
 
 ROOT = Path(__file__).resolve().parents[2]
 SRC = ROOT / "src" / "dyn"
@@ -50,10 +58,76 @@ def test_a_role_process_reads_back_what_the_launcher_passed() -> None:
 
 def test_remote_roles_get_the_launch_keys_and_the_transport_secrets() -> None:
     env = {settings.CLUSTER_SECRET_ENV: "c", settings.API_KEY_ENV: "from-env", "HOME": "/h"}
-    assert Settings(api_key="sk-1").role_secrets(env) == {
+    launch = dataclasses.replace(Settings.from_env(env), api_key="sk-1")
+    assert launch.role_secrets() == {
         settings.CLUSTER_SECRET_ENV: "c",
         settings.API_KEY_ENV: "sk-1",
     }
+
+
+TLS_ENV = {
+    settings.CLUSTER_SECRET_ENV: "cluster-s3cret",
+    settings.TLS_CERT_ENV: "/certs/node.pem",
+    settings.TLS_KEY_ENV: "/certs/node.key",
+    settings.TLS_CA_ENV: "/certs/ca.pem",
+}
+
+
+def test_the_transport_security_is_read_at_the_edge_and_kept_out_of_repr() -> None:
+    security = TransportSecurity(
+        "cluster-s3cret", "/certs/node.pem", "/certs/node.key", "/certs/ca.pem"
+    )
+    assert Settings.from_env(TLS_ENV).transport == security
+    assert TransportSecurity.from_env({**TLS_ENV, settings.TLS_CA_ENV: ""}).tls_ca is None
+    assert security.options() == {
+        "cluster_secret": "cluster-s3cret",
+        "tls_cert": "/certs/node.pem",
+        "tls_key": "/certs/node.key",
+        "tls_ca": "/certs/ca.pem",
+    }
+    assert TransportSecurity().options() == {}
+    shown = repr(Settings(transport=security))
+    assert not any(value in shown for value in TLS_ENV.values())
+
+
+def test_role_processes_and_remote_roles_get_the_transport_security() -> None:
+    sent = Settings(transport=TransportSecurity.from_env(TLS_ENV))
+    assert Settings.from_env(sent.role_env()) == sent
+    assert sent.role_secrets() == TLS_ENV
+
+
+def test_what_a_launcher_passes_wins_over_the_nodes_own() -> None:
+    own = TransportSecurity(cluster_secret="own", tls_ca="/own/ca.pem")
+    passed = {settings.CLUSTER_SECRET_ENV: "sent", settings.TLS_CA_ENV: ""}
+    assert own.overridden_by(passed) == TransportSecurity(cluster_secret="sent")
+    assert own.overridden_by({}) == own
+
+
+def test_a_launch_builds_its_transport_with_its_security(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(settings.CLUSTER_SECRET_ENV, "from-env")
+    graph = dataclasses.replace(load_graph(HELLO, resolve_role=role_class), transport="tcp")
+    transport = make_transport(graph, TransportSecurity(cluster_secret="from-launch"))
+    assert isinstance(transport, TcpTransport)
+    assert transport._secret == b"from-launch"
+    monkeypatch.delenv(settings.CLUSTER_SECRET_ENV)
+    inproc = make_transport(dataclasses.replace(graph, transport="inproc"), TransportSecurity())
+    assert inproc.options == {}
+
+
+def test_a_remote_role_takes_the_bootstrap_secrets_without_touching_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in settings.ROLE_SECRET_ENV:
+        monkeypatch.delenv(name, raising=False)
+    before = dict(os.environ)
+    line = json.dumps({"graph": HELLO.read_text(encoding="utf-8"), "env": TLS_ENV}) + "\n"
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(line.encode())))
+    graph, passed = role_main._bootstrap()
+    assert graph.name == "hello_world"
+    assert passed == TLS_ENV
+    assert dict(os.environ) == before
 
 
 def test_each_variable_name_is_spelled_once_and_the_cli_never_writes_the_environment() -> None:
@@ -66,6 +140,16 @@ def test_each_variable_name_is_spelled_once_and_the_cli_never_writes_the_environ
             assert not re.search(r"os\.environ\[[^]]+\] *=", text), path
     assert spelled
     assert all(places == ["settings.py"] for places in spelled.values()), spelled
+
+
+def test_no_module_changes_its_own_environment_or_spells_a_name_outside_settings() -> None:
+    writes = re.compile(r"os\.environ\[[^]]+\] *=|os\.environ\.(pop|update|setdefault)|putenv")
+    for path in SRC.rglob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        assert not writes.search(text), path
+        if path.name != "settings.py":
+            # Messages and docstrings name a variable through its constant too.
+            assert not re.search(r"DYN_[A-Z]", text), path
 
 
 def test_the_readme_documents_every_variable() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import stat
 import time
@@ -11,6 +12,7 @@ import pytest
 
 from dyn import state
 from dyn.errors import LaunchError
+from dyn.settings import RUN_ID_ENV
 from dyn.state import RoleRecord, RunDir, RunRecord
 
 
@@ -60,6 +62,20 @@ def test_create_run_layout_and_modes(state_home: Path) -> None:
         assert stat.S_IMODE(d.stat().st_mode) & 0o077 == 0
     assert run.log_path("worker[1]") == run.logs_dir / "worker[1].log"
     assert run.log_path("../etc/passwd").parent == run.logs_dir
+
+
+def test_create_run_takes_over_a_reserved_directory_once(
+    state_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reserved = state.create_run("hello")  # as `dyn up --detach` makes it for its child
+    monkeypatch.setenv(RUN_ID_ENV, reserved.run_id)
+    assert state.create_run("hello", reserved=reserved.run_id) == reserved
+    # Only the argument counts: the environment is neither read nor changed.
+    assert state.create_run("hello") != reserved
+    assert os.environ[RUN_ID_ENV] == reserved.run_id
+    state.write_record(reserved, record(reserved))
+    assert state.create_run("hello", reserved=reserved.run_id) != reserved  # it has a record
+    assert state.create_run("hello", reserved="no-such-run").run_id != "no-such-run"
 
 
 def test_run_ids_are_unique_within_a_second() -> None:

@@ -5,9 +5,9 @@ one small item, ``stream`` answers N small items. This process drives them at a 
 concurrency for a fixed time. The baseline is the same two exchanges over plain asyncio
 sockets with a 4-byte length prefix and nothing else (one connection per concurrent
 caller), measured in the same run, so each transport is reported as a fraction of it.
-Both sides take the transports' settings from the environment, so ``DYN_TLS_CERT``,
-``DYN_TLS_KEY`` and ``DYN_TLS_CA`` (or ``DYN_CLUSTER_SECRET``) measure them with TLS (or
-the secret) on; the raw baseline stays plain.
+Both sides build their transports without options, so the transports take their
+security from the environment: the three TLS variables (or the cluster secret, see
+``dyn.settings``) measure them with TLS (or the secret) on; the raw baseline stays plain.
 """
 
 from __future__ import annotations

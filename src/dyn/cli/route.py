@@ -31,7 +31,7 @@ def frontend_url(url: str | None) -> str:
 
 
 def admin_headers() -> dict[str, str]:
-    """The admin token: DYN_ADMIN_TOKEN, else the one the latest `dyn up` recorded."""
+    """The admin token: the environment's, else the one the latest `dyn up` recorded."""
     from dyn import state
     from dyn.settings import Settings
 

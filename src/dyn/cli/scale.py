@@ -57,14 +57,15 @@ def join(
     """Serve one more instance of a component here, by hand, until Ctrl-C.
 
     It registers with the graph's discovery (etcd, or a shared file folder), so the
-    running graph routes to it like to any other replica. Secrets come from the
-    environment (DYN_CLUSTER_SECRET, DYN_TLS_*).
+    running graph routes to it like to any other replica. The cluster secret and the TLS
+    files come from this machine's environment (see the README's environment variables).
     """
     from dyn.errors import LaunchError
     from dyn.graph import load_graph
     from dyn.launch.role_classes import role_class
     from dyn.launch.role_main import run_role
     from dyn.observability.logs import setup_logging
+    from dyn.settings import Settings, TransportSecurity
 
     graph = load_graph(graph_file, resolve_role=role_class)
     if graph.discovery.backend == "memory":
@@ -79,4 +80,6 @@ def join(
         known = ", ".join(n.name for n in graph.nodes)
         raise LaunchError(f"no node {node!r} in {graph_file}; nodes: {known}")
     setup_logging(log_level)
-    run_role(str(graph_file), component, replica, watch_stdin=False, node=node)
+    # This command's edge: the transport's security is read here, once.
+    settings = Settings(transport=TransportSecurity.from_env())
+    run_role(str(graph_file), component, replica, watch_stdin=False, node=node, settings=settings)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import os
 import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from dyn.cli._common import expected_errors
-from dyn.settings import API_KEY_ENV, Settings
+from dyn.settings import API_KEY_ENV, RUN_ID_ENV, Settings
 
 if TYPE_CHECKING:
     from dyn.graph import GraphSpec
@@ -139,6 +140,8 @@ def up(
     console = Console(stderr=True, highlight=False)
     chosen = choose_launcher(graph, launcher, str(graph_file))
     chosen.settings = settings
+    # Under --detach, the parent made this run's directory (it logs there) and named it.
+    chosen.reserved_run_id = os.environ.get(RUN_ID_ENV) or None
     graph = chosen.resolve(graph)
     from dyn.cli._observer import ConsoleObserver
 

@@ -59,7 +59,9 @@ def _file_name(key: str) -> str:
 
 
 class FileDiscovery(Discovery):
-    """Registrations as files in ``path`` (default ``$DYN_DISCOVERY_DIR``)."""
+    """Registrations as files in ``path``. A launch always gives it (the run's folder
+    unless the graph names one); without it, the folder the environment variable
+    :data:`~dyn.settings.DISCOVERY_DIR_ENV` names, for programs and `dyn join`."""
 
     def __init__(
         self,

@@ -16,7 +16,7 @@ from dyn.launch.role_classes import role_class
 from dyn.runtime.client import Client
 from dyn.runtime.component import Component
 from dyn.runtime.runtime import Runtime, component_info
-from dyn.settings import Settings
+from dyn.settings import Settings, TransportSecurity
 from dyn.transports.base import Transport
 
 __all__ = [
@@ -32,9 +32,11 @@ __all__ = [
 READY_TIMEOUT_S = 30.0
 
 
-def make_transport(graph: GraphSpec) -> Transport:
+def make_transport(graph: GraphSpec, security: TransportSecurity | None = None) -> Transport:
+    """The graph's transport, given the launch's security settings (those that are set)
+    as options, so it need not look them up in the environment itself."""
     cls = plugins.load("dyn.transports", graph.transport)
-    transport: Transport = cls()
+    transport: Transport = cls(**(security.options() if security is not None else {}))
     return transport
 
 

@@ -70,6 +70,9 @@ class Launcher(ABC):
     # What every role gets besides the graph; whoever starts the launch (the CLI, from
     # the environment) sets it before run().
     settings: Settings = Settings()
+    # The id of a run directory made for this launch already, to use rather than make
+    # one (`dyn up --detach` makes it for the process it starts; see state.create_run).
+    reserved_run_id: str | None = None
 
     def __init__(self, graph_file: str | None = None) -> None:
         self.graph_file = graph_file

@@ -40,7 +40,7 @@ class InProcessLauncher(Launcher):
 
     async def run(self, graph: GraphSpec, observer: LaunchObserver, stop: anyio.Event) -> None:
         began = time.perf_counter()
-        run = state.create_run(graph.name)
+        run = state.create_run(graph.name, reserved=self.reserved_run_id)
         graph = discovery_in_run(graph, run)
         record = new_record(run, graph, self.name, self.graph_file, self.settings.admin_token)
         etcd = await start_local_etcd(graph, run, record)
@@ -63,7 +63,9 @@ class InProcessLauncher(Launcher):
         async with (
             make_discovery(graph) as discovery,
             Runtime(
-                namespace=graph.namespace, transport=make_transport(graph), discovery=discovery
+                namespace=graph.namespace,
+                transport=make_transport(graph, self.settings.transport),
+                discovery=discovery,
             ) as runtime,
         ):
             self.runtime = runtime

@@ -35,6 +35,7 @@ from dyn.launch.base import Launcher, LaunchObserver, cancel_when_set, new_recor
 from dyn.launch.control import ControlServer
 from dyn.launch.role_classes import http_components, role_of
 from dyn.launch.role_main import READY_MARK
+from dyn.settings import RUN_ID_ENV
 
 __all__ = ["ProcessLauncher", "RoleProcess", "prepare_run"]
 
@@ -78,16 +79,25 @@ class _Scaling:
     record: state.RunRecord
 
 
-def prepare_run(graph: GraphSpec, launcher: str) -> tuple[state.RunDir, GraphSpec, Path]:
-    """Create the run's state directory and write the graph every role process loads.
+def prepare_run(
+    graph: GraphSpec, launcher: str, reserved_run_id: str | None = None
+) -> tuple[state.RunDir, GraphSpec, Path]:
+    """Create the run's state directory (or take over ``reserved_run_id``'s, see
+    :func:`dyn.state.create_run`) and write the graph every role process loads.
 
     File discovery without a directory of its own gets the run's folder.
     """
-    run = state.create_run(graph.name)
+    run = state.create_run(graph.name, reserved=reserved_run_id)
     resolved = discovery_in_run(graph, run)
     graph_path = run.path / "graph.yaml"
     graph_path.write_text(dump_graph_yaml(resolved), encoding="utf-8")
     return run, resolved, graph_path
+
+
+def _inherited_env() -> dict[str, str]:
+    """This process's environment for a role's, less the run id `dyn up --detach` gave
+    this process: it names this launch's run, not anything a role takes over."""
+    return {name: value for name, value in os.environ.items() if name != RUN_ID_ENV}
 
 
 class ProcessLauncher(Launcher):
@@ -120,7 +130,7 @@ class ProcessLauncher(Launcher):
         frontends first and the rest after (see :class:`~dyn.launch.base.Launcher`)."""
         began = time.perf_counter()
         self._hurry = anyio.Event()
-        run, resolved, graph_path = prepare_run(graph, self.name)
+        run, resolved, graph_path = prepare_run(graph, self.name, self.reserved_run_id)
         self.run_dir = run
         record = new_record(run, resolved, self.name, self.graph_file, self.settings.admin_token)
         state.write_record(run, record)
@@ -186,7 +196,7 @@ class ProcessLauncher(Launcher):
             stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C reaches dyn up only; it stops roles in order
             # The launch's settings reach the role's CLI edge through its environment.
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **self.settings.role_env()},
+            env={**_inherited_env(), "PYTHONUNBUFFERED": "1", **self.settings.role_env()},
         )
         role.process = process
         role.label = role.label or role.role

@@ -37,12 +37,6 @@ __all__ = ["READY_MARK", "run_role"]
 READY_MARK = "dyn-role-ready "
 
 
-# The secrets a launcher may pass to a remote role through the bootstrap line.
-PASSED_ENV = ROLE_SECRET_ENV
-# Of those, the ones the transports read from the environment where they are built.
-_TRANSPORT_ENV = frozenset(PASSED_ENV) - {API_KEY_ENV, ADMIN_TOKEN_ENV}
-
-
 def run_role(
     graph_path: str,
     component: str,
@@ -54,7 +48,8 @@ def run_role(
     settings: Settings | None = None,
 ) -> None:
     """Serve one role instance; ``settings`` are what the role process's CLI read from its
-    environment (a remote role's bootstrap line adds the keys it carries)."""
+    environment (a remote role's bootstrap line adds the keys and the transport security
+    it carries, which win over this node's own)."""
     settings = settings or Settings()
     if graph_path == "-":
         graph, passed = _bootstrap()
@@ -62,6 +57,7 @@ def run_role(
             settings,
             api_key=passed.get(API_KEY_ENV) or settings.api_key,
             admin_token=passed.get(ADMIN_TOKEN_ENV) or settings.admin_token,
+            transport=settings.transport.overridden_by(passed),
         )
     else:
         graph = load_graph(Path(graph_path), resolve_role=role_class)
@@ -76,7 +72,7 @@ def run_role(
 
 
 def _bootstrap() -> tuple[GraphSpec, dict[str, str]]:
-    """Read the graph and the passed-on secrets from stdin's first line."""
+    """Read the graph and the passed-on secrets (by variable name) from stdin's first line."""
     from dyn.errors import LaunchError
     from dyn.graph import load_graph_text
 
@@ -86,12 +82,7 @@ def _bootstrap() -> tuple[GraphSpec, dict[str, str]]:
         text, env = boot["graph"], boot.get("env", {})
     except (ValueError, KeyError, TypeError) as exc:
         raise LaunchError(f"expected the launcher's bootstrap line on stdin: {exc}") from exc
-    passed = {k: v for k, v in env.items() if k in PASSED_ENV and isinstance(v, str)}
-    for name, value in passed.items():
-        if name in _TRANSPORT_ENV:
-            # This process's edge: the transports built below read these where they are
-            # built, as they do in a role the local launcher starts with them in its env.
-            os.environ[name] = value
+    passed = {k: v for k, v in env.items() if k in ROLE_SECRET_ENV and isinstance(v, str)}
     graph = load_graph_text(text, source="<graph from the launcher>", resolve_role=role_class)
     return graph, passed
 
@@ -134,7 +125,7 @@ async def _serve(
         make_discovery(graph) as discovery,
         Runtime(
             namespace=graph.namespace,
-            transport=make_transport(graph),
+            transport=make_transport(graph, settings.transport if settings else None),
             discovery=discovery,
             node=node.name if node is not None else "local",
             host=host,

@@ -34,6 +34,7 @@ from dyn.errors import DynError, TransportError
 from dyn.openai.errors import call_error_body, client_error, error_body
 from dyn.routing.base import RouteRequest
 from dyn.runtime.client import Client
+from dyn.settings import ADMIN_TOKEN_ENV
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -272,7 +273,7 @@ class AuthMiddleware:
                     return None
                 return 403, (
                     "admin routes are off on a frontend bound beyond loopback; "
-                    "set the frontend's admin_token (or DYN_ADMIN_TOKEN) to use them"
+                    f"set the frontend's admin_token (or {ADMIN_TOKEN_ENV}) to use them"
                 )
             if given is None or not hmac.compare_digest(given, self.admin_token):
                 return 401, "admin routes need 'Authorization: Bearer <admin token>'"

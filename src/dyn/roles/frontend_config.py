@@ -38,8 +38,8 @@ class FrontendConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     queue_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
     # A request's deadline when its x-request-timeout header gives none (unset: none).
     request_timeout_s: Annotated[float, msgspec.Meta(gt=0)] | None = None
-    # Clients must send "Authorization: Bearer <api_key>" (also from DYN_API_KEY); the
-    # admin routes need admin_token (also DYN_ADMIN_TOKEN) unless the host is loopback.
+    # Clients must send "Authorization: Bearer <api_key>" (also from API_KEY_ENV); the
+    # admin routes need admin_token (also ADMIN_TOKEN_ENV) unless the host is loopback.
     api_key: str | None = None
     admin_token: str | None = None
 

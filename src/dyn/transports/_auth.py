@@ -1,8 +1,9 @@
 """The cluster secret: who may call a tcp or grpc server.
 
-A secret shared by every process of a cluster (transport option ``cluster_secret``, else
-the environment variable ``DYN_CLUSTER_SECRET``) makes servers refuse callers that cannot
-prove they know it. The proofs are HMAC-SHA256 over fresh random values, so the secret
+A secret shared by every process of a cluster (transport option ``cluster_secret``, which
+a launch sets from its settings; else the environment variable
+:data:`~dyn.settings.CLUSTER_SECRET_ENV`) makes servers refuse callers that cannot prove
+they know it. The proofs are HMAC-SHA256 over fresh random values, so the secret
 itself never crosses the wire. The exact bytes are in ``transports/tcp.md`` and
 ``transports/dyn.proto``; the grpc per-call token is built and checked in
 ``dyn.transports.grpc._token``. Without TLS the secret authenticates, it does not hide
@@ -36,7 +37,8 @@ TCP_SERVER_LABEL = b"dyn-tcp-server-v1"
 
 
 def resolve_secret(option: str | bytes | None) -> bytes | None:
-    """The secret to use: the option if given, else the environment; empty means none."""
+    """The secret to use: the option if given, else the environment (the fallback for
+    transports built outside a launch); empty means none."""
     value = option if option is not None else os.environ.get(CLUSTER_SECRET_ENV)
     if not value:
         return None

@@ -18,7 +18,7 @@ from anyio.abc import TaskGroup
 
 from dyn.context import Context
 from dyn.errors import RemoteError
-from dyn.settings import TLS_CERT_ENV
+from dyn.settings import TLS_CA_ENV, TLS_CERT_ENV, TLS_KEY_ENV
 from dyn.transports import _auth
 from dyn.transports._serving import ReplyFrame, run_handler
 from dyn.transports._tcp_frames import (
@@ -105,9 +105,11 @@ async def serve_connection(
             if preface[:1] and preface[0] in TLS_RECORD_TYPES:
                 log.warning(
                     "closing connection from %s: it speaks TLS and this server does not "
-                    "(set %s and the other DYN_TLS_ variables here too)",
+                    "(set %s, %s and %s here too)",
                     peer,
                     TLS_CERT_ENV,
+                    TLS_KEY_ENV,
+                    TLS_CA_ENV,
                 )
             else:
                 log.info("closing connection from %s: not a dyn tcp client", peer)

@@ -1,9 +1,11 @@
 """TLS for the tcp and grpc transports: encrypted traffic between cluster members only.
 
-Three PEM files, each a transport option or else an environment variable: this
-process's certificate chain (``tls_cert`` / ``DYN_TLS_CERT``), its private key
-(``tls_key`` / ``DYN_TLS_KEY``) and the CA bundle that peers' certificates must chain to
-(``tls_ca`` / ``DYN_TLS_CA``). All three or none; an empty value counts as unset.
+Three PEM files, each a transport option (a launch sets them from its settings) or else
+an environment variable (for transports built outside a launch): this process's
+certificate chain (``tls_cert`` / :data:`~dyn.settings.TLS_CERT_ENV`), its private key
+(``tls_key`` / :data:`~dyn.settings.TLS_KEY_ENV`) and the CA bundle that peers'
+certificates must chain to (``tls_ca`` / :data:`~dyn.settings.TLS_CA_ENV`). All three or
+none; an empty value counts as unset.
 
 With them, TLS is mutual: a server accepts only TLS 1.3 connections from clients with a
 certificate signed by the CA, and a client accepts only servers whose certificate is.

@@ -46,11 +46,12 @@ def _format_address(host: str, port: int) -> str:
 class TcpTransport(Transport):
     """Options: ``max_frame_bytes`` (16 MiB), ``stream_window_bytes`` (256 KiB, the
     receive window each call grants), ``connect_timeout_s`` (5; also bounds the handshake),
-    ``cluster_secret`` (default: the ``DYN_CLUSTER_SECRET`` environment variable; when set,
-    the server refuses callers that cannot prove they have it, and the client refuses
-    servers that do not ask), ``tls_cert``, ``tls_key``, ``tls_ca`` (defaults: the
-    ``DYN_TLS_CERT``, ``DYN_TLS_KEY``, ``DYN_TLS_CA`` environment variables; all three
-    turn on mutual TLS, see ``dyn.transports._tls``; some but not all: ``ConfigError``).
+    ``cluster_secret`` (when set, the server refuses callers that cannot prove they have
+    it, and the client refuses servers that do not ask), ``tls_cert``, ``tls_key``,
+    ``tls_ca`` (all three turn on mutual TLS, see ``dyn.transports._tls``; some but not
+    all: ``ConfigError``). A launch passes these four from its settings
+    (:class:`dyn.settings.TransportSecurity`); an option not given falls back to its
+    environment variable, for programs that build a transport themselves.
     """
 
     name: ClassVar[str] = "tcp"

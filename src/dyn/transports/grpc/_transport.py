@@ -35,11 +35,12 @@ _CLIENT_CONFIG = Configuration(http2_stream_window_size=STREAM_WINDOW)
 
 
 class GrpcTransport(Transport):
-    """Options: ``cluster_secret`` (default: the ``DYN_CLUSTER_SECRET`` environment
-    variable; when set, every call carries a token made with it and the server refuses
-    calls without a valid one), ``tls_cert``, ``tls_key``, ``tls_ca`` (defaults: the
-    ``DYN_TLS_CERT``, ``DYN_TLS_KEY``, ``DYN_TLS_CA`` environment variables; all three
-    turn on mutual TLS, see ``dyn.transports._tls``; some but not all: ``ConfigError``).
+    """Options: ``cluster_secret`` (when set, every call carries a token made with it and
+    the server refuses calls without a valid one), ``tls_cert``, ``tls_key``, ``tls_ca``
+    (all three turn on mutual TLS, see ``dyn.transports._tls``; some but not all:
+    ``ConfigError``). A launch passes these four from its settings
+    (:class:`dyn.settings.TransportSecurity`); an option not given falls back to its
+    environment variable, for programs that build a transport themselves.
     """
 
     name: ClassVar[str] = "grpc"
