@@ -19,6 +19,7 @@ exceptions are mapped at the boundary with ``raise ... from exc``.
         │   └── ProtocolError     protocol: the peer speaks another protocol or bad frames 502
         ├── RemoteError           internal: the handler failed (a bug), or an unknown code 500
         ├── BadRequestError       bad_request: the request payload is invalid              400
+        ├── UnauthorizedError     unauthorized: the caller's credentials are refused       401
         ├── NotFoundError         not_found: no endpoint with that path on the server      404
         ├── PayloadTooLargeError  payload_too_large: the request is larger than allowed    413
         ├── OverloadedError       overloaded: the server refuses more work for now         429
@@ -54,6 +55,7 @@ __all__ = [
     "RoutingError",
     "SpecError",
     "TransportError",
+    "UnauthorizedError",
     "as_call_error",
     "call_error_from_wire",
 ]
@@ -152,6 +154,13 @@ class NotFoundError(CallError):
     http_status = 404
 
 
+class UnauthorizedError(CallError):
+    """The caller's credentials (an API key, a token) are missing or refused."""
+
+    code = "unauthorized"
+    http_status = 401
+
+
 class PayloadTooLargeError(CallError):
     """The request is larger than the server accepts."""
 
@@ -187,6 +196,7 @@ _CLASS_BY_CODE: dict[str, type[CallError]] = {
         ProtocolError,
         RemoteError,
         BadRequestError,
+        UnauthorizedError,
         NotFoundError,
         PayloadTooLargeError,
         OverloadedError,

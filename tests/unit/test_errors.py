@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SRC = ROOT / "src" / "dyn"
 SPEC = ROOT / "transports" / "README.md"
 VECTORS = ROOT / "transports" / "vectors" / "vectors.json"
+DOCS_API = ROOT / "docs" / "openai-api.md"
 
 
 def _import_all_of_dyn() -> None:
@@ -138,6 +139,15 @@ def _spec_table() -> dict[str, tuple[str, int]]:
 def test_the_spec_lists_each_code_with_its_class_and_status() -> None:
     expected = {cls.code: (cls.__name__, cls.http_status) for cls in CODE_CLASSES}
     assert _spec_table() == expected
+
+
+def test_the_openai_docs_give_each_code_its_status() -> None:
+    section = DOCS_API.read_text().split("## Statuses", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `(\w+)` \| (\d{3}) \|", section, re.MULTILINE)
+    assert rows, "no status table in docs/openai-api.md"
+    assert {code: int(status) for code, status in rows} == {
+        cls.code: cls.http_status for cls in CODE_CLASSES
+    }
 
 
 def test_golden_error_frames_carry_known_codes() -> None:
