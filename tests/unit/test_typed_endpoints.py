@@ -58,7 +58,6 @@ def _malformed(request_type: type[msgspec.Struct]) -> tuple[dict[str, Any] | lis
     raise AssertionError(f"{body!r} is a valid {request_type.__name__}")
 
 
-CHECKED = [(role, name, method) for role, name, method in ENDPOINTS]
 TRANSPORTS: dict[str, type[Transport]] = {
     "inproc": InprocTransport,
     "tcp": TcpTransport,
@@ -77,7 +76,7 @@ async def test_a_malformed_request_is_refused_naming_the_field(transport: str) -
             Runtime(namespace="t", transport=make(), discovery=discovery) as server,
             Runtime(namespace="t", transport=make(), discovery=discovery) as caller,
         ):
-            for index, (role, name, method) in enumerate(CHECKED):
+            for index, (role, name, method) in enumerate(ENDPOINTS):
                 component = f"c{index}"
                 # Never started: the request must be refused before the handler runs.
                 instance = role(cast(Any, None), component_info("t", component), {})
@@ -93,4 +92,4 @@ async def test_a_malformed_request_is_refused_naming_the_field(transport: str) -
                         _ = [item async for item in items]
                 assert caught.value.message == f"{name}: {error}"
                 seen[f"{role.__qualname__}.{name}"] = caught.value.message
-    assert len(seen) == len(CHECKED)
+    assert len(seen) == len(ENDPOINTS)

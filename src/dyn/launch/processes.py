@@ -80,7 +80,7 @@ class _Scaling:
 
 
 def prepare_run(
-    graph: GraphSpec, launcher: str, reserved_run_id: str | None = None
+    graph: GraphSpec, reserved_run_id: str | None = None
 ) -> tuple[state.RunDir, GraphSpec, Path]:
     """Create the run's state directory (or take over ``reserved_run_id``'s, see
     :func:`dyn.state.create_run`) and write the graph every role process loads.
@@ -130,7 +130,7 @@ class ProcessLauncher(Launcher):
         frontends first and the rest after (see :class:`~dyn.launch.base.Launcher`)."""
         began = time.perf_counter()
         self._hurry = anyio.Event()
-        run, resolved, graph_path = prepare_run(graph, self.name, self.reserved_run_id)
+        run, resolved, graph_path = prepare_run(graph, self.reserved_run_id)
         self.run_dir = run
         record = new_record(run, resolved, self.name, self.graph_file, self.settings.admin_token)
         state.write_record(run, record)
@@ -172,9 +172,7 @@ class ProcessLauncher(Launcher):
             # Replicas of one component start together; components in order.
             batch = []
             for replica in range(spec.replicas):
-                role = RoleProcess(
-                    role_name(spec, replica), spec.name, replica, node_of(spec, replica)
-                )
+                role = _role_process(spec, replica)
                 observer.role_starting(role.role, role.node)
                 await self._spawn(tasks, run, graph_path, role)
                 batch.append(role)
@@ -236,9 +234,7 @@ class ProcessLauncher(Launcher):
             fresh = [i for i in range(replicas + len(used)) if i not in used]
             batch = []
             for replica in fresh[: replicas - len(running)]:
-                role = RoleProcess(
-                    role_name(spec, replica), spec.name, replica, node_of(spec, replica)
-                )
+                role = _role_process(spec, replica)
                 scaling.observer.role_starting(role.role, role.node)
                 await self._spawn(scaling.tasks, scaling.run, scaling.graph_path, role)
                 batch.append(role)

@@ -9,12 +9,12 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from dyn.observability.metrics import LATENCY_BUCKETS
-from dyn.observability.worker_metrics import _PerRegistry
+from dyn.observability.worker_metrics import MetricSet
 
 __all__ = ["DisaggMetrics", "PrefillQueueMetrics"]
 
 
-class DisaggMetrics(_PerRegistry):
+class DisaggMetrics(MetricSet):
     """Kept by decode workers (prefills, waits) and prefill workers (transfers)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
@@ -49,7 +49,7 @@ class DisaggMetrics(_PerRegistry):
         )
 
 
-class PrefillQueueMetrics(_PerRegistry):
+class PrefillQueueMetrics(MetricSet):
     def __init__(self, registry: CollectorRegistry) -> None:
         self.depth = Gauge(
             "dyn_prefill_queue_depth", "Prefill jobs not yet acked.", registry=registry

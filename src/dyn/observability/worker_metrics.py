@@ -14,13 +14,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from dyn.observability.metrics import LATENCY_BUCKETS
 
-__all__ = ["RouterMetrics", "WorkerMetrics"]
+__all__ = ["MetricSet", "RouterMetrics", "WorkerMetrics"]
 
 
-class _PerRegistry(ABC):
-    """A set of metrics registered at most once per registry."""
+class MetricSet(ABC):
+    """A set of metrics registered at most once per registry: subclass it, create the
+    metrics in ``__init__``, and get the one instance of a registry with :meth:`of`."""
 
-    _made: ClassVar[WeakKeyDictionary[CollectorRegistry, _PerRegistry]]
+    _made: ClassVar[WeakKeyDictionary[CollectorRegistry, MetricSet]]
 
     def __init_subclass__(cls) -> None:
         cls._made = WeakKeyDictionary()
@@ -38,7 +39,7 @@ class _PerRegistry(ABC):
         """Register the metrics in ``registry``; call :meth:`of` instead."""
 
 
-class WorkerMetrics(_PerRegistry):
+class WorkerMetrics(MetricSet):
     def __init__(self, registry: CollectorRegistry) -> None:
         labels = ["worker"]
         self.prompt_tokens = Counter(
@@ -88,7 +89,7 @@ class WorkerMetrics(_PerRegistry):
         )
 
 
-class RouterMetrics(_PerRegistry):
+class RouterMetrics(MetricSet):
     def __init__(self, registry: CollectorRegistry) -> None:
         self.decisions = Counter(
             "dyn_router_decisions",

@@ -96,7 +96,7 @@ class DecodeWorker(Worker, Component[DecodeWorkerConfig]):
 
     @endpoint
     async def generate(self, req: EngineRequest, ctx: Context) -> AsyncIterator[EngineOutput]:
-        self._refuse_if_full()  # before a remote prefill that would be wasted
+        self.refuse_if_full()  # before a remote prefill that would be wasted
         location = "local"
         if await self._wants_remote(req) and await self._prefill_remote(req):
             location = "remote"

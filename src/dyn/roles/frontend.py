@@ -76,8 +76,8 @@ class Frontend(Component[FrontendConfig]):
         self._socket = self._bind()
         self.port = self._socket.getsockname()[1]
         self.url = f"http://{_url_host(self.config.host)}:{self.port}"
-        by_name = dict(self._dyn_clients)  # a route may name the slot or the component
-        for client in self._dyn_clients.values():
+        by_name = dict(self.clients)  # a route may name the slot or the component
+        for client in self.clients.values():
             by_name.setdefault(client.component, client)
         self._targets: dict[str, tuple[Client, str]] = {}
         for path, target in self.config.routes.items():
@@ -113,7 +113,7 @@ class Frontend(Component[FrontendConfig]):
     def ejected(self) -> dict[str, float]:
         """Instances the frontend's own clients have ejected, with seconds of back-off left."""
         ejected: dict[str, float] = {}
-        for client in self._dyn_clients.values():
+        for client in self.clients.values():
             for instance_id, left in client.ejected().items():
                 ejected[instance_id] = max(left, ejected.get(instance_id, 0.0))
         return ejected

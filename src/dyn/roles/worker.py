@@ -72,7 +72,7 @@ class Worker(Component[WorkerConfig]):
 
     @endpoint
     async def generate(self, req: EngineRequest, ctx: Context) -> AsyncIterator[EngineOutput]:
-        self._refuse_if_full()
+        self.refuse_if_full()
         own = self._own
         itl = own.itl
         clock = time.perf_counter
@@ -108,8 +108,9 @@ class Worker(Component[WorkerConfig]):
             own.duration.observe(clock() - started)
             own.kv_active_blocks.set(self.engine.load().active_blocks)
 
-    def _refuse_if_full(self) -> None:
-        """Raise ``OverloadedError`` if one more generation would pass ``max_queued``."""
+    def refuse_if_full(self) -> None:
+        """Raise ``OverloadedError`` if one more generation would pass ``max_queued``
+        (subclasses call it before work they would otherwise waste)."""
         if self._max_active is not None and self._active >= self._max_active:
             self._own.finished("overloaded")
             raise OverloadedError(

@@ -36,7 +36,8 @@ from __future__ import annotations
 import collections.abc
 import inspect
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from types import MappingProxyType
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -260,6 +261,12 @@ class Component(Generic[ConfigT]):
         self.info = info
         self.log = role_logger(info.component, info.replica)
         self._dyn_clients = dict(clients)
+
+    @property
+    def clients(self) -> Mapping[str, Client]:
+        """The clients the launcher wired to this instance, by slot or component name
+        (what a role with ``open_dependencies`` calls)."""
+        return MappingProxyType(self._dyn_clients)
 
     @classmethod
     def endpoints(cls) -> dict[str, str]:

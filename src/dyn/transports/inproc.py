@@ -15,10 +15,9 @@ socket:
 
 Payloads and items are moved as the objects they are (``carries_objects``): the
 runtime hands a typed request to the handler without encoding it. Given bytes, it moves
-bytes. It doubles as the test double for role code. Unlike a network transport it hands
-messages over as objects (``carries_objects``): typed requests and items are not
-re-encoded, so a test over it does not show that an item can be encoded; the
-conformance suite over tcp and grpc does.
+bytes. It doubles as the test double for role code; since nothing is encoded, a test
+over it does not show that an item can be encoded (the conformance suite over tcp and
+grpc does).
 """
 
 from __future__ import annotations
