@@ -12,6 +12,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -28,7 +29,15 @@ from dyn.net import free_port
 __all__ = ["DYN", "ROOT", "DynProcess", "DynUp", "dyn_up", "free_port"]
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
 # How a test runs the CLI: the interpreter running the tests, so the same installation.
+def port_is_listening(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something accepts TCP connections on ``host:port`` now."""
+    with socket.socket() as sock:
+        return sock.connect_ex((host, port)) == 0
+
+
 DYN = (sys.executable, "-m", "dyn")
 LOG_TAIL = 4000  # characters of a process's log that a failure report shows
 

@@ -4,22 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from _dyn_graph import ROOT, free_port
+from _dyn_graph import ROOT, free_port, port_is_listening
 
 pytestmark = pytest.mark.e2e
 
 HELLO = ROOT / "graphs" / "hello_world.yaml"
-
-
-def port_in_use(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def alive(pid: int) -> bool:
@@ -71,7 +65,7 @@ def test_detach_status_logs_down(tmp_path: Path) -> None:
         assert down.returncode == 0, down.stderr
         assert "stopped dyn up" in down.stdout
         assert not any(alive(pid) for pid in pids)
-        assert not port_in_use(port)
+        assert not port_is_listening(port)
     finally:
         for pid in pids:
             if alive(pid):

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator
 
 import anyio
 import httpx
 import msgspec
 import pytest
-from _dyn_graph import free_port
+from _dyn_graph import free_port, port_is_listening
 
 from dyn.contracts.base import Text
 from dyn.discovery.memory import MemoryDiscovery
@@ -23,11 +22,6 @@ from dyn.runtime.runtime import Runtime, component_info
 from dyn.transports.inproc import InprocTransport
 
 pytestmark = pytest.mark.anyio
-
-
-def port_is_free(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) != 0
 
 
 @pytest.fixture
@@ -49,7 +43,7 @@ async def hello() -> AsyncIterator[str]:
             await ready.wait()
         yield f"http://127.0.0.1:{port}"
         stop.set()
-    assert port_is_free(port)
+    assert not port_is_listening(port)
 
 
 async def test_generate_streams_one_line_per_word(hello: str) -> None:
