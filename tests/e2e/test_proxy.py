@@ -22,6 +22,7 @@ import httpx
 import pytest
 import yaml
 from _dyn_graph import dyn_up, free_port
+from _prompts import WORDS as ALL_WORDS
 from typer.testing import CliRunner
 
 from dyn.cli.app import app
@@ -33,21 +34,7 @@ UPSTREAM_GRAPH = ROOT / "graphs" / "kv_routing.yaml"
 PROXY_GRAPH = ROOT / "graphs" / "proxy.yaml"
 MODEL = "dyn-proxy"
 UPSTREAM_CONTEXT = 1024
-WORDS = [
-    "time",
-    "year",
-    "people",
-    "way",
-    "day",
-    "man",
-    "thing",
-    "woman",
-    "life",
-    "child",
-    "world",
-    "school",
-    "state",
-]
+WORDS = ALL_WORDS[:13]
 
 
 def upstream_graph(tmp: Path, decode_ms: int) -> Path:

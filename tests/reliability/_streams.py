@@ -13,54 +13,11 @@ from typing import Any
 
 import anyio
 import httpx
+from _prompts import WORDS
 
 ROOT = Path(__file__).resolve().parents[2]
 KV_GRAPH = ROOT / "graphs" / "kv_routing.yaml"
 MODEL = "dyn-mock"
-WORDS = [
-    "time",
-    "year",
-    "people",
-    "way",
-    "day",
-    "man",
-    "thing",
-    "woman",
-    "life",
-    "child",
-    "world",
-    "school",
-    "state",
-    "family",
-    "student",
-    "group",
-    "country",
-    "problem",
-    "hand",
-    "part",
-    "place",
-    "case",
-    "week",
-    "company",
-    "system",
-    "program",
-    "question",
-    "work",
-    "government",
-    "number",
-    "night",
-    "point",
-    "home",
-    "water",
-    "room",
-    "mother",
-    "area",
-    "money",
-    "story",
-    "fact",
-    "month",
-    "lot",
-]
 
 
 def prompts(count: int, seed: int = 0, words: int = 40) -> list[str]:

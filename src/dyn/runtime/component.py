@@ -183,6 +183,8 @@ def _declared_types(role: type, name: str, fn: Callable[..., Any]) -> EndpointTy
         hint = annotations.get(param) if param else None
         if isinstance(hint, str):
             try:
+                # The text is the role's own source annotation, evaluated in its module as
+                # typing.get_type_hints would; nothing here comes from a peer.
                 hint = eval(hint, getattr(fn, "__globals__", {}))
             except Exception as exc:
                 raise PluginError(
