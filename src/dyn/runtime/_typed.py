@@ -10,6 +10,7 @@ untyped receiver, which is what it would have got from the wire.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from functools import cache
 from typing import Any
 
@@ -40,51 +41,25 @@ def _convert(obj: Any, tp: Any) -> Any:
     return msgspec.convert(obj, tp)
 
 
-class RequestReader:
-    """The serving side of one endpoint: payload in, the handler's request out."""
+class _Reader(ABC):
+    """Turns what a transport delivers into the declared type (``None``: plain data).
 
-    __slots__ = ("_checked", "_decode", "_name", "_type")
-
-    def __init__(self, name: str, request_type: Any) -> None:
-        self._name = name
-        self._type = request_type
-        self._checked = is_checked(request_type)
-        self._decode = msgspec.msgpack.Decoder(request_type).decode if self._checked else None
-
-    def from_bytes(self, data: bytes) -> Any:
-        if self._decode is None:
-            return codec.decode(data)
-        try:
-            return self._decode(data)
-        except msgspec.ValidationError as exc:
-            raise BadRequestError(f"{self._name}: {exc}") from exc
-        except msgspec.DecodeError as exc:
-            raise BadRequestError(f"{self._name}: payload is not valid msgpack: {exc}") from exc
-
-    def from_object(self, obj: Any) -> Any:
-        tp = self._type
-        if not self._checked:
-            return plain(obj)
-        if type(obj) is tp:
-            return obj
-        try:
-            return _convert(obj, tp)
-        except msgspec.ValidationError as exc:
-            raise BadRequestError(f"{self._name}: {exc}") from exc
-
-
-class ItemReader:
-    """The calling side: what the transport delivers in, an item out. One per item type,
-    shared by every call (see :func:`item_reader`); a malformed item raises
-    :class:`MalformedItem`, which the caller turns into a ``ProtocolError`` naming the
-    endpoint (built only then, off the hot path)."""
+    Subclasses say which error a malformed message becomes on their side of the call.
+    """
 
     __slots__ = ("_decode", "_type")
 
-    def __init__(self, item_type: Any) -> None:
-        checked = item_type is not None and item_type is not Any
-        self._type = item_type if checked else None
-        self._decode = msgspec.msgpack.Decoder(item_type).decode if checked else None
+    def __init__(self, tp: Any) -> None:
+        self._type = tp
+        self._decode = msgspec.msgpack.Decoder(tp).decode if tp is not None else None
+
+    @abstractmethod
+    def _invalid(self, detail: str) -> Exception:
+        """The error for a message that does not match the declared type."""
+
+    @abstractmethod
+    def _not_msgpack(self, detail: str) -> Exception:
+        """The error for bytes that are not msgpack at all."""
 
     def from_bytes(self, data: bytes) -> Any:
         if self._decode is None:
@@ -92,9 +67,9 @@ class ItemReader:
         try:
             return self._decode(data)
         except msgspec.ValidationError as exc:
-            raise MalformedItem(f"sent a malformed output: {exc}") from exc
+            raise self._invalid(str(exc)) from exc
         except msgspec.DecodeError as exc:
-            raise MalformedItem(f"sent bytes that are not msgpack: {exc}") from exc
+            raise self._not_msgpack(str(exc)) from exc
 
     def from_object(self, obj: Any) -> Any:
         tp = self._type
@@ -105,7 +80,42 @@ class ItemReader:
         try:
             return _convert(obj, tp)
         except msgspec.ValidationError as exc:
-            raise MalformedItem(f"sent a malformed output: {exc}") from exc
+            raise self._invalid(str(exc)) from exc
+
+
+class RequestReader(_Reader):
+    """The serving side of one endpoint: payload in, the handler's request out. Only
+    Struct requests are checked; anything else is plain data."""
+
+    __slots__ = ("_name",)
+
+    def __init__(self, name: str, request_type: Any) -> None:
+        super().__init__(request_type if is_checked(request_type) else None)
+        self._name = name
+
+    def _invalid(self, detail: str) -> Exception:
+        return BadRequestError(f"{self._name}: {detail}")
+
+    def _not_msgpack(self, detail: str) -> Exception:
+        return BadRequestError(f"{self._name}: payload is not valid msgpack: {detail}")
+
+
+class ItemReader(_Reader):
+    """The calling side: what the transport delivers in, an item out. One per item type,
+    shared by every call (see :func:`item_reader`); a malformed item raises
+    :class:`MalformedItem`, which the caller turns into a ``ProtocolError`` naming the
+    endpoint (built only then, off the hot path)."""
+
+    __slots__ = ()
+
+    def __init__(self, item_type: Any) -> None:
+        super().__init__(item_type if item_type is not None and item_type is not Any else None)
+
+    def _invalid(self, detail: str) -> Exception:
+        return MalformedItem(f"sent a malformed output: {detail}")
+
+    def _not_msgpack(self, detail: str) -> Exception:
+        return MalformedItem(f"sent bytes that are not msgpack: {detail}")
 
 
 class MalformedItem(Exception):
