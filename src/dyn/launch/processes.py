@@ -404,6 +404,8 @@ class ProcessLauncher(Launcher):
             for role in group:
                 await self._stop(role)
                 observer.role_stopped(role.role)
+                for name, replica in reversed(role.companions):
+                    observer.role_stopped(role_name(graph.component(name), replica))
 
     async def _stop(self, role: RoleProcess) -> None:
         role.stopping = True
