@@ -61,6 +61,9 @@ class Runtime:
         self.host = host
         self.registry = registry if registry is not None else CollectorRegistry()
         self.address = ""
+        # Facts about this process that every instance it registers publishes (e.g.
+        # where its metrics are served); a component's own metadata wins over them.
+        self.metadata: dict[str, Any] = {}
         self._routes: dict[str, EndpointMethod] = {}
         # How each route's payloads become its handler's request (absent: plain data).
         self._readers: dict[str, RequestReader] = {}
@@ -134,7 +137,7 @@ class Runtime:
         """Route calls to ``component``'s endpoints and register them in discovery."""
         info = component.info
         # `dyn status` shows uptimes from this; one clock reading for all endpoints.
-        metadata = {"started_at": time.time(), **(metadata or {})}
+        metadata = {"started_at": time.time(), **self.metadata, **(metadata or {})}
         instances = []
         types = type(component).endpoint_types()
         for name, method_name in type(component).endpoints().items():
