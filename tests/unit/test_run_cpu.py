@@ -43,18 +43,20 @@ def test_parse_stat_counts_fields_after_the_last_parenthesis() -> None:
 
 @pytest.mark.parametrize("text", ["", "12 cat R 1", "12 (cat) R 1 2 3", "x (cat) " + "0 " * 30])
 def test_parse_stat_refuses_what_is_not_a_stat_line(text: str) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"stat line|invalid literal"):
         parse_stat(text)
 
 
 def test_this_process_uses_cpu() -> None:
     before = read_stat(os.getpid())
-    assert before is not None and before.pid == os.getpid()
+    assert before is not None
+    assert before.pid == os.getpid()
     deadline = time.process_time() + 0.1
     while time.process_time() < deadline:
         pass
     after = read_stat(os.getpid())
-    assert after is not None and after.starttime == before.starttime
+    assert after is not None
+    assert after.starttime == before.starttime
     spent = cpu_seconds(before, after, clock_ticks())
     assert 0.05 <= spent < 5
     assert any("pytest" in arg or "python" in arg for arg in read_cmdline(os.getpid()))
@@ -71,7 +73,9 @@ class FakeProc:
     def __init__(self, root: Path) -> None:
         self.root = root
 
-    def put(self, pid: int, ticks: int, cmdline: str = "python -m dyn _role", start: int = 5) -> None:
+    def put(
+        self, pid: int, ticks: int, cmdline: str = "python -m dyn _role", start: int = 5
+    ) -> None:
         folder = self.root / str(pid)
         folder.mkdir(exist_ok=True)
         fields = ["S"] + ["0"] * 10 + [str(ticks), "0"] + ["0"] * 6 + [str(start)] + ["0"] * 20
@@ -149,7 +153,8 @@ def test_meter_reports_each_process_and_the_total(tmp_path: Path) -> None:
     rows = {p["pid"]: p for p in report["processes"]}
     assert rows[200]["roles"] == ["frontend", "processor"]
     assert rows[200]["ms_per_request"] == pytest.approx(8.0)
-    assert rows[100]["roles"] == ["dyn up"] and rows[100]["cpu_s"] == pytest.approx(0.02)
+    assert rows[100]["roles"] == ["dyn up"]
+    assert rows[100]["cpu_s"] == pytest.approx(0.02)
     assert rows[150]["roles"] == ["etcd"]
     assert set(rows) == {100, 150, 200, 300}
     assert report["not_measured"] == [
@@ -157,7 +162,9 @@ def test_meter_reports_each_process_and_the_total(tmp_path: Path) -> None:
         {"roles": ["worker[1]"], "reason": "exited during the run"},
     ]
     text = "\n".join(cpu_table(report))
-    assert "frontend, processor" in text and "total" in text and "10.300" in text
+    assert "frontend, processor" in text
+    assert "total" in text
+    assert "10.300" in text
     assert "not measured: worker[2] (on node gpu2)" in text
 
 
@@ -171,7 +178,8 @@ def test_a_reused_pid_or_another_program_is_not_the_run(tmp_path: Path) -> None:
     proc.put(300, 20, start=9)  # died and another dyn process got its pid
     report = meter.report(before, meter.read(), requests=0, output_tokens=0)
     assert [p["pid"] for p in report["processes"]] == [100]
-    assert report["ms_per_request"] is None and report["us_per_output_token"] is None
+    assert report["ms_per_request"] is None
+    assert report["us_per_output_token"] is None
     reasons = {tuple(m["roles"]): m["reason"] for m in report["not_measured"]}
     assert reasons == {
         ("frontend", "processor"): "not running",
@@ -220,7 +228,8 @@ def test_the_run_is_found_by_its_frontend_url(runs: Path) -> None:
     _write_run("http://127.0.0.1:8000", 100)
     _write_run("http://127.0.0.1:9000", 101)  # its pid runs something else now
     found = find_local_run("http://localhost:8000/", runs)
-    assert found is not None and found.pid == 100
+    assert found is not None
+    assert found.pid == 100
     assert find_local_run("http://127.0.0.1:9000", runs) is None
     assert find_local_run("http://127.0.0.1:8001", runs) is None
     assert find_local_run("http://example.com:8000", runs) is None

@@ -23,7 +23,8 @@ async def test_a_role_process_serves_its_registry() -> None:
     counter.labels("a").inc(3)
     async with anyio.create_task_group() as tasks:
         url = await serve_metrics(registry, "127.0.0.1", tasks)
-        assert url.startswith("http://127.0.0.1:") and url.endswith("/metrics")
+        assert url.startswith("http://127.0.0.1:")
+        assert url.endswith("/metrics")
         async with httpx.AsyncClient(timeout=5) as client:
             page = await client.get(url)
             assert page.status_code == 200
@@ -35,7 +36,8 @@ async def test_a_role_process_serves_its_registry() -> None:
             assert (await client.get(f"{base}/nothing")).status_code == 404
             assert (await client.post(url)).status_code == 405
             head = await client.head(url)
-            assert head.status_code == 200 and head.content == b""
+            assert head.status_code == 200
+            assert head.content == b""
         # A client that connects and says nothing does not stop the server.
         async with await anyio.connect_tcp("127.0.0.1", int(base.rsplit(":", 1)[1])) as idle:
             async with httpx.AsyncClient(timeout=5) as client:
