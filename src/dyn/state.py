@@ -117,6 +117,7 @@ class RunRecord(msgspec.Struct, kw_only=True):
     discovery_dir: str
     frontend_url: str | None = None
     admin_token: str | None = None
+    layout: str = ""  # how the roles share processes (launch.layout.Layout.describe)
     etcd_pid: int | None = None  # an etcd this run started (discovery option `start`)
     # Where `dyn scale` reaches the running `dyn up` (loopback port and its token).
     control_port: int | None = None

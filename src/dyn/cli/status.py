@@ -113,6 +113,8 @@ def fetch_status(base: str, record: RunRecord | None = None) -> dict[str, Any]:
     data: dict[str, Any] = response.json()
     if record is not None:
         _add_unregistered(data, record)
+        if record.layout:
+            data["layout"] = record.layout
     return data
 
 
@@ -171,6 +173,8 @@ def render(data: dict[str, Any]) -> Table:
     from rich.table import Table
 
     table = Table(title=f"namespace {data.get('namespace', '?')}")
+    if data.get("layout"):
+        table.caption = f"layout: {data['layout']}"
     for column in COLUMNS:
         right = column in {"replica", "pid", "uptime", "in-flight", "kv usage"}
         table.add_column(column, justify="right" if right else "left")

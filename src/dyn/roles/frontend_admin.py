@@ -57,11 +57,14 @@ STATUS_CALL_TIMEOUT_S = 2.0
 def admin_routes(processor: Client) -> list[Route]:
     from starlette.routing import Route
 
-    async def call(endpoint: str, payload: Any) -> Response:
+    async def call(endpoint: str, payload: Any, instance_id: str | None = None) -> Response:
         from starlette.responses import JSONResponse
 
+        route = None
+        if instance_id is not None:
+            route = RouteRequest(request_id=f"{endpoint}-{instance_id}", instance_id=instance_id)
         try:
-            async with processor.stream(endpoint, payload) as items:
+            async with processor.stream(endpoint, payload, route=route) as items:
                 async for item in items:
                     return JSONResponse(item)
         except DynError as exc:
@@ -79,7 +82,17 @@ def admin_routes(processor: Client) -> list[Route]:
         return await call("route_info", {})
 
     async def switch(request: Request) -> Response:
-        return await call("set_strategy", await body(request))
+        payload = await body(request)
+        replicas = processor.instances("set_strategy")
+        if len(replicas) < 2:
+            return await call("set_strategy", payload)
+        # Every processor replica routes this frontend's share (or another's) of the
+        # traffic: each must switch, or the graph would route with two strategies.
+        replies = [
+            await call("set_strategy", payload, instance.instance_id) for instance in replicas
+        ]
+        failed = [reply for reply in replies if reply.status_code != 200]
+        return (failed or replies)[0]
 
     async def explain(request: Request) -> Response:
         return await call("explain", await body(request))
