@@ -8,6 +8,7 @@ attributed to the right processes and within generous bounds, never a target.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -78,7 +79,8 @@ def check_metrics(result: dict[str, Any]) -> None:
 
 
 def test_one_process_per_role_over_tcp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with start(GRAPH, tmp_path, monkeypatch, "--transport", "tcp") as up:
+    args = ("--transport", "tcp", "--layout", "process-per-role")
+    with start(GRAPH, tmp_path, monkeypatch, *args) as up:
         pids = up.role_pids()
         output, arms = bench(up.url, tmp_path / "r.json", "--compare", "round_robin,kv")
     assert list(arms) == ["round_robin", "kv"]
@@ -98,8 +100,27 @@ def test_one_process_per_role_over_tcp(tmp_path: Path, monkeypatch: pytest.Monke
     assert output.count("Server CPU (this machine)") == 2  # one table per arm
 
 
+def test_auto_layout_front_processes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Several frontend + processor processes share the HTTP port: each one's metrics
+    count once, whichever of them answers, and each is named with both of its roles."""
+    with start(GRAPH, tmp_path, monkeypatch, "--layout", "auto") as up:
+        roles_by_pid: dict[int, list[str]] = {}
+        for role, pid in up.role_pids().items():
+            roles_by_pid.setdefault(pid, []).append(role)
+        _, arms = bench(up.url, tmp_path / "r.json", "--compare", "round_robin,kv")
+    for result in arms.values():
+        check_metrics(result)
+        processes = check_cpu(result, up.pid)
+        for pid, roles in roles_by_pid.items():
+            assert sorted(processes[pid]) == sorted(roles)
+        fronts = [roles for roles in processes.values() if any("frontend" in r for r in roles)]
+        # The auto rule: one front process per CPU dyn up may use, at most 8.
+        assert len(fronts) == min(len(os.sched_getaffinity(0)), 8)
+        assert all(any("processor" in r for r in roles) for roles in fronts)
+
+
 def test_one_process_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with start(GRAPH, tmp_path, monkeypatch) as up:
+    with start(GRAPH, tmp_path, monkeypatch, "--layout", "one-process") as up:
         output, result = bench(up.url, tmp_path / "r.json")
     check_metrics(result)
     processes = check_cpu(result, up.pid)
@@ -128,7 +149,7 @@ def test_an_etcd_the_run_started_is_counted(
 def test_a_server_that_is_no_run_here_has_no_cpu_figures(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with start(GRAPH, tmp_path, monkeypatch) as up:
+    with start(GRAPH, tmp_path, monkeypatch, "--layout", "one-process") as up:
         # Another state folder: the bench knows no run behind this URL.
         monkeypatch.setenv("DYN_STATE_DIR", str(tmp_path / "elsewhere"))
         output, result = bench(up.url, tmp_path / "r.json")

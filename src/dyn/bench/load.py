@@ -22,7 +22,7 @@ import httpx
 
 from dyn.bench.run_cpu import CpuMeter
 from dyn.bench.run_metrics import metrics_urls, scrape_all, summed_delta
-from dyn.bench.scrape import Samples, by_label, parse_metrics, server_delta
+from dyn.bench.scrape import Samples, by_label, server_delta
 from dyn.bench.stats import DEFAULT_PERCENTILES, RequestResult, shares, summarize
 from dyn.bench.workloads import WorkItem
 from dyn.errors import DynError
@@ -128,12 +128,13 @@ class Server:
         return dict(data)
 
     async def scrape(self) -> Samples:
-        """``/metrics`` parsed; empty for a server without one."""
-        try:
-            response = await self.client.get("/metrics")
-        except httpx.HTTPError:
-            return {}
-        return parse_metrics(response.text) if response.status_code == 200 else {}
+        """Every ``/metrics`` page of the server (one per process of a dyn run), parsed
+        and added up; empty for a server without one."""
+        target = self.target
+        urls = await metrics_urls(
+            self.client, target.base_url, target.admin_token, target.metrics_urls
+        )
+        return summed_delta({}, await scrape_all(self.client, urls))
 
     # -- one request -------------------------------------------------------------------
 

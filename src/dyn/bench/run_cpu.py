@@ -20,8 +20,8 @@ from dyn.bench.proc_cpu import PROC, ProcStat, clock_ticks, read_cmdline, read_s
 
 __all__ = ["CpuMeter", "RunProcess", "find_local_run", "run_processes"]
 
-DYN_UP = "dyn up"
-ETCD = "etcd"
+UP_ROLE = "dyn up"
+ETCD_ROLE = "etcd"
 # Host names that all mean "this machine" in a frontend URL.
 _LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "0.0.0.0", "::", ""})
 
@@ -77,7 +77,7 @@ def find_local_run(url: str | None, proc: Path = PROC) -> state.RunRecord | None
 
 def run_processes(record: state.RunRecord) -> RunProcesses:
     """The run's processes on this machine, each with the roles it hosts."""
-    roles_of: dict[int, list[str]] = {record.pid: [DYN_UP]}
+    roles_of: dict[int, list[str]] = {record.pid: [UP_ROLE]}
     not_measured: list[tuple[str, str]] = []
     for role in record.roles:
         if role.pidfile or role.pid <= 0:  # a pidfile: the role runs on another node
@@ -86,7 +86,7 @@ def run_processes(record: state.RunRecord) -> RunProcesses:
         roles_of.setdefault(role.pid, []).append(role.role)
     processes = [RunProcess(pid, tuple(roles)) for pid, roles in roles_of.items()]
     if record.etcd_pid:
-        processes.append(RunProcess(record.etcd_pid, (ETCD,), program=ETCD))
+        processes.append(RunProcess(record.etcd_pid, (ETCD_ROLE,), program=ETCD_ROLE))
     return RunProcesses(record.run_id, tuple(processes), tuple(not_measured))
 
 
