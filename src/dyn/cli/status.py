@@ -133,6 +133,7 @@ def _add_unregistered(data: dict[str, Any], record: RunRecord) -> None:
                 "host": role.host,
                 "pid": role.pid,
                 "address": role.address,
+                "metrics_url": role.metrics_url,
                 # Up but not (or no longer) in discovery: starting, or stuck.
                 "state": "starting" if _alive_here(role) else "unhealthy",
                 "ejected_s": None,

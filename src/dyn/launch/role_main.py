@@ -28,6 +28,7 @@ from dyn.graph import GraphSpec, load_graph
 from dyn.launch._roles import make_discovery, make_transport, start_role, stop_role
 from dyn.launch.base import cancel_when_set
 from dyn.launch.role_classes import role_class
+from dyn.observability.metrics_server import METRICS_URL_KEY, serve_metrics
 from dyn.runtime.component import Component
 from dyn.runtime.runtime import Runtime
 from dyn.settings import ADMIN_TOKEN_ENV, API_KEY_ENV, ROLE_SECRET_ENV, Settings
@@ -139,6 +140,9 @@ async def _serve(
             local_calls=bool(companions),
         ) as runtime,
     ):
+        runtime.metadata[METRICS_URL_KEY] = await serve_metrics(
+            runtime.registry, host, runtime.tasks
+        )
         runtime.tasks.start_soon(_watch_signals, stop)
         if watch_stdin:
             runtime.tasks.start_soon(_watch_stdin, stop)
@@ -162,6 +166,7 @@ async def _serve(
             "instance_id": component.info.instance_id,
             "url": getattr(component, "url", None),
             "pidfile": str(pidfile) if pidfile else None,
+            METRICS_URL_KEY: runtime.metadata[METRICS_URL_KEY],
             "hosted": [
                 {
                     "component": c.info.component,

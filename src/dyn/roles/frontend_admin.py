@@ -8,7 +8,9 @@ calls it between arms). ``GET /admin/status`` lists every role instance of the n
 (from discovery) with what is cheap to know of its health; it is mounted on every
 frontend, with or without a processor. An instance that the frontend's clients or any
 processor's client has ejected for failing calls shows as ``ejected``, with the seconds
-of back-off left in ``ejected_s``.
+of back-off left in ``ejected_s``, and each row's ``metrics_url`` is where its process
+serves Prometheus metrics (None for roles that share the frontend's process and
+``/metrics``, as in one-process mode).
 They call the processor's ``route_info``, ``set_strategy``, ``explain`` and ``clear_kv``
 endpoints.
 
@@ -31,6 +33,7 @@ import msgspec
 
 from dyn.discovery.base import Instance
 from dyn.errors import DynError, TransportError
+from dyn.observability.metrics_server import METRICS_URL_KEY
 from dyn.openai.errors import call_error_body, client_error, error_body
 from dyn.routing.base import RouteRequest
 from dyn.runtime.client import Client
@@ -135,6 +138,8 @@ async def collect_status(frontend: Frontend) -> dict[str, Any]:
             "host": frontend.runtime.host,
             "pid": os.getpid(),
             "address": frontend.url,
+            # None in one-process mode: this frontend's own /metrics shows every role.
+            "metrics_url": frontend.runtime.metadata.get(METRICS_URL_KEY),
             "state": "draining" if admission.draining else "healthy",
             "ejected_s": None,
             "reason": None,
@@ -165,6 +170,7 @@ async def collect_status(frontend: Frontend) -> dict[str, Any]:
                 "host": instance.host,
                 "pid": instance.pid,
                 "address": instance.address,
+                "metrics_url": instance.metadata.get(METRICS_URL_KEY),
                 # What the instance answers itself (healthy, starting, draining), or
                 # unhealthy when it does not; callers may still skip it (ejected).
                 "state": _state(health.get(instance.instance_id, {}), left),

@@ -62,6 +62,9 @@ class Runtime:
         self.host = host
         self.registry = registry if registry is not None else CollectorRegistry()
         self.address = ""
+        # Facts about this process that every instance it registers publishes (e.g.
+        # where its metrics are served); a component's own metadata wins over them.
+        self.metadata: dict[str, Any] = {}
         # With local_calls, calls to this runtime's own instances skip the transport: a
         # second, in-process server hands them the caller's objects (see Client). For a
         # process that hosts several roles (the auto layout's frontend + processor).
@@ -156,7 +159,7 @@ class Runtime:
         """Route calls to ``component``'s endpoints and register them in discovery."""
         info = component.info
         # `dyn status` shows uptimes from this; one clock reading for all endpoints.
-        metadata = {"started_at": time.time(), **(metadata or {})}
+        metadata = {"started_at": time.time(), **self.metadata, **(metadata or {})}
         instances = []
         types = type(component).endpoint_types()
         for name, method_name in type(component).endpoints().items():
