@@ -242,3 +242,19 @@ def dyn_up(
         yield up
     finally:
         up.stop(timeout=30)
+
+
+def metrics_pages(base_url: str) -> list[str]:
+    """The text of every ``/metrics`` page of the dyn run behind ``base_url``: in a
+    multi-process layout each process serves its own (found through /admin/status), so a
+    counter of the whole graph is the sum over these pages."""
+    import anyio
+    import httpx
+
+    from dyn.bench.run_metrics import metrics_urls
+
+    async def urls() -> list[str]:
+        async with httpx.AsyncClient(timeout=10) as client:
+            return await metrics_urls(client, base_url)
+
+    return [httpx.get(url, timeout=10).text for url in anyio.run(urls)]

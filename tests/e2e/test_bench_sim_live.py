@@ -54,7 +54,9 @@ def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "processor.strategy=kv",
         f"processor.seed={SEED}",
     )
-    with dyn_up(GRAPH, port, log_path, *sets):
+    # The simulator models one router; the live graph must have one too (one process:
+    # the auto layout would run a seeded router per front process, each drawing apart).
+    with dyn_up(GRAPH, port, log_path, *sets, options=("--layout", "one-process")):
         yield f"http://127.0.0.1:{port}"
 
 

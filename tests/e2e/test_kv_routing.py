@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from _dyn_graph import dyn_up, free_port
+from _dyn_graph import dyn_up, free_port, metrics_pages
 from _prompts import WORDS
 
 pytestmark = pytest.mark.e2e
@@ -167,9 +167,13 @@ def test_kv_beats_round_robin_on_shared_prefixes(base_url: str) -> None:
 
 
 def _decisions(base_url: str) -> dict[str, float]:
-    text = httpx.get(f"{base_url}/metrics", timeout=10).text
-    found = re.findall(r'^dyn_router_decisions_total\{worker="([^"]+)"\} (\S+)$', text, re.M)
-    return {worker: float(value) for worker, value in found}
+    """Routing decisions per worker, summed over every processor of the graph."""
+    decisions: dict[str, float] = {}
+    for text in metrics_pages(base_url):
+        found = re.findall(r'^dyn_router_decisions_total\{worker="([^"]+)"\} (\S+)$', text, re.M)
+        for worker, value in found:
+            decisions[worker] = decisions.get(worker, 0.0) + float(value)
+    return decisions
 
 
 def test_kv_spreads_load_when_every_request_shares_its_first_block(base_url: str) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from _dyn_graph import dyn_up, free_port
+from _dyn_graph import dyn_up, free_port, metrics_pages
 from _prompts import WORDS as ALL_WORDS
 from typer.testing import CliRunner
 
@@ -55,9 +55,10 @@ def proxy_sets(*upstreams: str) -> list[str]:
 
 
 def metric(url: str, name: str, **labels: str) -> float:
-    """The sum of every sample of ``name`` whose labels include ``labels``."""
+    """The sum of every sample of ``name`` whose labels include ``labels``, over every
+    metrics page of the run (one per process in a multi-process layout)."""
     total = 0.0
-    for line in httpx.get(f"{url}/metrics").text.splitlines():
+    for line in "\n".join(metrics_pages(url)).splitlines():
         match = re.match(rf"^{name}(?:\{{(.*)\}})? (\S+)$", line)
         if match and all(f'{k}="{v}"' in (match.group(1) or "") for k, v in labels.items()):
             total += float(match.group(2))

@@ -157,20 +157,15 @@ def up(
     chosen.reserved_run_id = os.environ.get(RUN_ID_ENV) or None
     graph = chosen.resolve(graph)
     from dyn.cli._observer import ConsoleObserver
+    from dyn.launch.base import loop_options
 
     anyio.run(
         _serve,
         graph,
         chosen,
         ConsoleObserver(console, graph, chosen.layout_summary),
-        backend_options={"use_uvloop": _has_uvloop()},
+        backend_options=loop_options(),
     )
-
-
-def _has_uvloop() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("uvloop") is not None
 
 
 def _admin_token_for(graph: GraphSpec, settings: Settings) -> Settings:

@@ -12,7 +12,16 @@ from dyn import state
 from dyn.graph import GraphSpec
 from dyn.settings import Settings
 
-__all__ = ["LaunchObserver", "Launcher", "cancel_when_set", "new_record"]
+__all__ = ["LaunchObserver", "Launcher", "cancel_when_set", "loop_options", "new_record"]
+
+
+def loop_options() -> dict[str, bool]:
+    """anyio.run's backend options for a process that serves: uvloop where it is
+    installed (a dependency on every platform but Windows), asyncio's own loop elsewhere.
+    Every serving process wants it: `dyn up` and each role process it starts."""
+    import importlib.util
+
+    return {"use_uvloop": importlib.util.find_spec("uvloop") is not None}
 
 
 def new_record(

@@ -337,6 +337,7 @@ class ProcessLauncher(Launcher):
             pid=role.process.pid,
             address=(role.ready or {}).get("address"),
             instance_id=(role.ready or {}).get("instance_id"),
+            metrics_url=(role.ready or {}).get("metrics_url"),
         )
 
     async def terminate(self, role: RoleProcess, sig: signal.Signals) -> None:

@@ -26,7 +26,7 @@ import anyio
 
 from dyn.graph import GraphSpec, load_graph
 from dyn.launch._roles import make_discovery, make_transport, start_role, stop_role
-from dyn.launch.base import cancel_when_set
+from dyn.launch.base import cancel_when_set, loop_options
 from dyn.launch.role_classes import role_class
 from dyn.observability.metrics_server import METRICS_URL_KEY, serve_metrics
 from dyn.runtime.component import Component
@@ -69,7 +69,16 @@ def run_role(
     pidfile = _write_pidfile(pidfile_run, component, replica, graph) if pidfile_run else None
     try:
         anyio.run(
-            _serve, graph, component, replica, watch_stdin, pidfile, node, settings, companions
+            _serve,
+            graph,
+            component,
+            replica,
+            watch_stdin,
+            pidfile,
+            node,
+            settings,
+            companions,
+            backend_options=loop_options(),
         )
     finally:
         if pidfile is not None:
