@@ -221,3 +221,18 @@ async def test_killed_process_entry_expires(tmp_path: Path) -> None:
     print(f"killed child's entry gone after {took:.2f} s (ttl {ttl_s} s)")
     assert took <= ttl_s + 1.0
     assert files(tmp_path) == []  # the reader deleted the dead file
+
+
+async def test_a_lapsed_lease_is_seen_while_the_directory_stands_still(tmp_path: Path) -> None:
+    # A reader may keep its last scan while the directory is unchanged; a lease running
+    # out changes no directory entry, and must still end the instance within the TTL.
+    with anyio.fail_after(5):
+        reader = FileDiscovery(path=str(tmp_path), ttl_s=1)  # the writer touches every 20 s
+        async with FileDiscovery(path=str(tmp_path), ttl_s=60) as writer:
+            await writer.register(inst(instance_id="a"))
+            settled = time.time() - 30
+            os.utime(tmp_path, (settled, settled))  # not changed in the last second
+            assert ids(await reader.snapshot("ns/")) == ["a"]
+            await anyio.sleep(1.2)
+            os.utime(tmp_path, (settled, settled))  # the directory looks exactly as before
+            assert ids(await reader.snapshot("ns/")) == []

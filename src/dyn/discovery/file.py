@@ -9,6 +9,7 @@ poll the directory; there is no daemon to run.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import secrets
 import threading
@@ -35,6 +36,9 @@ __all__ = ["DISCOVERY_DIR_ENV", "FileDiscovery"]
 KEEPALIVE_FLOOR_S = 0.1
 # Readers notice a change within this long even when the writer is another process.
 MAX_POLL_S = 0.25
+
+# A directory whose mtime is this recent is scanned in full whether or not it moved.
+_RECENT_S = 1.0
 
 _SUFFIX = ".json"
 _TMP_SUFFIX = ".tmp"
@@ -235,15 +239,40 @@ class _Scanner:
         self.ttl_s = ttl_s
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[int, int, Instance | None]] = {}
+        # The last full scan: its result, the directory's (inode, mtime), and when the
+        # oldest lease it saw runs out.
+        self._live: dict[str, Instance] = {}
+        self._stamp: tuple[int, int] | None = None
+        self._next_expiry = -math.inf
 
     def scan(self) -> dict[str, Instance]:
         with self._lock:
-            return self._scan()
+            now = time.time()
+            try:
+                st = os.stat(self.path)
+                stamp: tuple[int, int] | None = (st.st_ino, st.st_mtime_ns)
+            except OSError:
+                stamp = None
+            # An unchanged directory holds the same files: the last result stands until
+            # the oldest lease it saw could run out (touching a file leaves the directory
+            # as it is; the full scan then reads the touched mtimes).
+            # A directory changed in the last second is scanned anyway: its mtime comes
+            # from a coarse clock, and a second change in the same tick would not move it.
+            if (
+                stamp is None
+                or stamp != self._stamp
+                or now - st.st_mtime < _RECENT_S
+                or now >= self._next_expiry
+            ):
+                self._live = self._scan()
+                self._stamp = stamp
+            return dict(self._live)
 
     def _scan(self) -> dict[str, Instance]:
         now = time.time()
         live: dict[str, Instance] = {}
         seen: set[str] = set()
+        oldest = math.inf
         try:
             entries = list(os.scandir(self.path))
         except FileNotFoundError:
@@ -262,6 +291,7 @@ class _Scanner:
             if now - st.st_mtime > self.ttl_s:
                 self._expire(Path(entry.path), now)
                 continue
+            oldest = min(oldest, st.st_mtime)
             if is_tmp:
                 continue  # a write in progress
             seen.add(name)
@@ -275,6 +305,7 @@ class _Scanner:
                 live[instance.key] = instance
         for name in self._cache.keys() - seen:
             del self._cache[name]
+        self._next_expiry = oldest + self.ttl_s
         return live
 
     def _expire(self, path: Path, now: float) -> None:

@@ -222,28 +222,54 @@ class Runtime:
         return {"state": "unhealthy", "reason": f"no answer within {timeout_s:g} s"}
 
     def _dispatch(self, path: str, payload: Any, ctx: Context) -> AsyncIterator[Any]:
-        return self._handle(path, payload, ctx, self._objects)
+        if self._objects:
+            return self._handle_objects(path, payload, ctx)
+        return self._handle_bytes(path, payload, ctx)
 
     def _dispatch_objects(self, path: str, payload: Any, ctx: Context) -> AsyncIterator[Any]:
-        return self._handle(path, payload, ctx, True)
+        return self._handle_objects(path, payload, ctx)
 
-    async def _handle(
-        self, path: str, payload: Any, ctx: Context, objects: bool
-    ) -> AsyncIterator[Any]:
+    def _route(self, path: str) -> EndpointMethod:
         method = self._routes.get(path)
         if method is None:
             if path in self._withdrawn:
                 # A caller whose discovery is behind: a TransportError lets it pick another.
                 raise TransportError(f"{path!r} is shutting down")
             raise NotFoundError(f"no endpoint {path!r} here")
-        # Decoded and checked once, here; a bad request never reaches the handler.
-        reader = self._readers.get(path, _PLAIN_REQUESTS)
-        request = reader.from_object(payload) if objects else reader.from_bytes(payload)
+        return method
+
+    async def _handle_bytes(self, path: str, payload: bytes, ctx: Context) -> AsyncIterator[bytes]:
+        """A call over a byte transport, which runs each call in a task of its own (see
+        ``Handler``): the handler's context is bound once, for the whole call."""
+        token = ctx.bind()
+        try:
+            method = self._route(path)
+            # Decoded and checked once, here; a bad request never reaches the handler.
+            request = self._readers.get(path, _PLAIN_REQUESTS).from_bytes(payload)
+            items = method(request, ctx)
+            encode = codec.encode
+            try:
+                async for item in items:
+                    yield encode(item)
+            except DynError:
+                raise
+            except Exception as exc:
+                raise _handler_failed(path, exc) from exc
+            finally:
+                await items.aclose()  # type: ignore[attr-defined]
+        finally:
+            ctx.unbind(token)
+
+    async def _handle_objects(self, path: str, payload: Any, ctx: Context) -> AsyncIterator[Any]:
+        """A call over an object-carrying transport, which may run it in the caller's task."""
+        method = self._route(path)
+        # Converted and checked once, here; a bad request never reaches the handler.
+        request = self._readers.get(path, _PLAIN_REQUESTS).from_object(payload)
         items = method(request, ctx)
         step = items.__anext__
         try:
             while True:
-                # The handler's code sees its own context. A transport may run this
+                # The handler's code sees its own context. The transport may run this
                 # generator in the caller's task, so the binding is undone before every
                 # item goes back and the caller's own context is current again.
                 token = ctx.bind()
@@ -253,20 +279,23 @@ class Runtime:
                     return
                 finally:
                     ctx.unbind(token)
-                yield item if objects else codec.encode(item)
+                yield item
         except DynError:
             raise
         except Exception as exc:
-            # A bug in the handler: the caller gets its type and message, the log its
-            # traceback.
-            _log.exception("handler %s failed", path)
-            raise RemoteError(f"{type(exc).__name__}: {exc}") from exc
+            raise _handler_failed(path, exc) from exc
         finally:
             token = ctx.bind()
             try:
                 await items.aclose()  # type: ignore[attr-defined]
             finally:
                 ctx.unbind(token)
+
+
+def _handler_failed(path: str, exc: Exception) -> RemoteError:
+    """A bug in the handler: the caller gets its type and message, the log its traceback."""
+    _log.exception("handler %s failed", path)
+    return RemoteError(f"{type(exc).__name__}: {exc}")
 
 
 # Paths without a declared request type (health probes, untyped user endpoints).

@@ -98,6 +98,8 @@ class Wire:
         self._wake = Wakeup()
         self._writer_waiting = False
         self._drain_lock = anyio.Lock()
+        # Whether the last read waited for the socket (so it yielded to other tasks).
+        self._waited = False
         # TLS only: the session, its buffers, and encrypted bytes not yet in the kernel.
         self._tls: ssl.SSLObject | None = None
         self._tls_in = ssl.MemoryBIO()
@@ -200,9 +202,13 @@ class Wire:
         return data
 
     async def _recv(self, size: int) -> bytes:
-        # Yield first, so a reader with data always waiting cannot starve other tasks;
-        # after recv() returns there is no await, so no bytes are lost to a cancellation.
-        await anyio.lowlevel.checkpoint()
+        # A reader that found data waiting last time yields first, so one with data always
+        # waiting cannot starve other tasks; one that waited for data has just yielded, and
+        # tries the socket at once. After recv() returns there is no await, so no bytes are
+        # lost to a cancellation.
+        if not self._waited:
+            await anyio.lowlevel.checkpoint()
+        self._waited = False
         if self._tls is None:
             return await self._recv_raw(size)
         while not (data := self._decrypt(size)):
@@ -215,6 +221,7 @@ class Wire:
             try:
                 data = self.sock.recv(size)
             except BlockingIOError:
+                self._waited = True
                 try:
                     await anyio.wait_readable(self.sock)
                 except anyio.ClosedResourceError:

@@ -29,6 +29,9 @@ Handler = Callable[[str, Any, Context], AsyncIterator[Any]]
 Payload and frames are bytes, or any object on a transport that ``carries_objects``.
 
 An exception it raises becomes an error frame (see ``dyn.transports._serving``).
+A byte transport runs each call's iterator in a task of its own, from start to close, so
+the handler may leave its context bound for the whole call; an object-carrying one may
+run it in the caller's task.
 """
 
 
