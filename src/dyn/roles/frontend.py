@@ -113,7 +113,8 @@ class Frontend(Component[FrontendConfig]):
                 f"{self.config.host}:{self.config.port}: {exc.strerror}; "
                 "choose another port with --port"
             ) from exc
-        sock.listen(2048)
+        # Not listening yet: run() listens once the roles it calls have instances, so a
+        # replica sharing the port takes no connection it could only answer with a 503.
         sock.setblocking(False)
         return sock
 
@@ -139,8 +140,11 @@ class Frontend(Component[FrontendConfig]):
             timeout_graceful_shutdown=30,
         )
         self._server = server = _Server(config)
-        self.log.info("listening on %s", self.url)
         try:
+            for client in self.clients.values():
+                await client.wait_for_instances(endpoint=None)
+            self._socket.listen(2048)
+            self.log.info("listening on %s", self.url)
             await server.serve(sockets=[self._socket])
         finally:
             # Cancelled before uvicorn shut down: close its listeners first, so the event
