@@ -113,8 +113,7 @@ class Frontend(Component[FrontendConfig]):
                 f"{self.config.host}:{self.config.port}: {exc.strerror}; "
                 "choose another port with --port"
             ) from exc
-        # Not listening yet: run() listens once the roles it calls have instances, so a
-        # replica sharing the port takes no connection it could only answer with a 503.
+        # Not listening yet: run() listens (see there).
         sock.setblocking(False)
         return sock
 
@@ -141,8 +140,13 @@ class Frontend(Component[FrontendConfig]):
         )
         self._server = server = _Server(config)
         try:
-            for client in self.clients.values():
-                await client.wait_for_instances(endpoint=None)
+            if self.config.reuse_port:
+                # A replica that shares the port joins it only once the roles it calls
+                # have instances: until then the others take the connections, which it
+                # could only answer with a 503. A lone frontend serves at once and says
+                # on /health what it waits for.
+                for client in self.clients.values():
+                    await client.wait_for_instances(endpoint=None)
             self._socket.listen(2048)
             self.log.info("listening on %s", self.url)
             await server.serve(sockets=[self._socket])
