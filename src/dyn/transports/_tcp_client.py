@@ -9,6 +9,7 @@ which leaves backpressure to TCP and the per-stream windows.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import hmac
 import ssl
@@ -84,6 +85,7 @@ class ClientConnection:
         self._next_id = 1
         self._reading = False
         self._waiters: dict[int, anyio.Event] = {}
+        self._flush_pending = False
 
     # -- opening --------------------------------------------------------------------------
 
@@ -209,6 +211,24 @@ class ClientConnection:
 
     # -- calls ----------------------------------------------------------------------------
 
+    def _flush_soon(self) -> None:
+        """Hand the queued frames to the kernel once the current loop turn is over: the
+        REQUESTs, WINDOWs and CANCELs of one turn (a burst of calls) go in one send."""
+        if self._flush_pending:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop running (a teardown): now, as it is
+            self._flush_now()
+            return
+        self._flush_pending = True
+        loop.call_soon(self._flush_now)
+
+    def _flush_now(self) -> None:
+        self._flush_pending = False
+        if self.wire is not None:
+            self.wire.flush_nowait()
+
     def start(self, call: TcpCall, path: str, payload: bytes, headers: Mapping[str, str]) -> int:
         """Send a call's REQUEST and its first window grant; returns its stream id."""
         assert self.wire is not None
@@ -222,19 +242,19 @@ class ClientConnection:
         self._next_id += 2
         self.calls[stream_id] = call
         self.wire.write(request + encode_window(stream_id, call.window))
-        self.wire.flush_nowait()
+        self._flush_soon()
         return stream_id
 
     def grant(self, stream_id: int, increment: int) -> None:
         assert self.wire is not None
         self.wire.write(encode_window(stream_id, increment))
-        self.wire.flush_nowait()
+        self._flush_soon()
 
     def cancel(self, stream_id: int) -> None:
         """Forget a call and tell the server, without waiting (usable from sync code)."""
         if self.calls.pop(stream_id, None) is not None and self.wire is not None:
             self.wire.write(encode_cancel(stream_id))
-            self.wire.flush_nowait()
+            self._flush_soon()
         waiter = self._waiters.pop(stream_id, None)
         if waiter is not None:
             waiter.set()
