@@ -97,6 +97,13 @@ class WindowDecoder(IncrementalDecoder):
         self._prefix, self._read = self._read, len(self._ids)
         return text[len(done) :]
 
+    def restore(self, window: list[int], read: int) -> None:
+        """Continue a stream whose window holds ``window``, of which ``read`` ids were
+        emitted (how another decoder of the same scheme hands its state over)."""
+        self._ids = list(window)
+        self._prefix = 0
+        self._read = read
+
     def flush(self) -> str:
         decode = self._tokenizer.decode
         done = decode(self._ids[self._prefix : self._read])
