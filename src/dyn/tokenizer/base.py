@@ -22,6 +22,8 @@ class IncrementalDecoder(ABC):
 
     def feed(self, token_ids: Sequence[int]) -> str:
         """Add several ids; return the text they complete."""
+        if len(token_ids) == 1:  # the usual case: one id per engine step
+            return self.step(token_ids[0])
         return "".join([self.step(t) for t in token_ids])
 
     @abstractmethod

@@ -70,7 +70,8 @@ class HfTokenizer(Tokenizer):
         return self._eos
 
     def encode(self, text: str) -> list[int]:
-        return list(self._tok.encode(text, add_special_tokens=False).ids)
+        ids: list[int] = self._tok.encode(text, add_special_tokens=False).ids  # a new list
+        return ids
 
     def decode(self, token_ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
         if any(not 0 <= t < self._size for t in token_ids):
@@ -92,12 +93,13 @@ class _NativeStreamDecoder(IncrementalDecoder):
     (its text stopped extending the previous text) goes on in a window decoder.
     """
 
-    __slots__ = ("_fallback", "_ids", "_native", "_read", "_tok", "_tokenizer")
+    __slots__ = ("_fallback", "_ids", "_native", "_read", "_size", "_tok", "_tokenizer")
 
     def __init__(self, tokenizer: HfTokenizer, tok: Any, native: Any) -> None:
         self._tokenizer = tokenizer
         self._tok = tok
         self._native = native
+        self._size = tokenizer.vocab_size
         self._ids: list[int] = []  # from the window's start
         self._read = 0  # ids before this are emitted
         self._fallback: WindowDecoder | None = None
@@ -105,8 +107,8 @@ class _NativeStreamDecoder(IncrementalDecoder):
     def step(self, token_id: int) -> str:
         if self._fallback is not None:
             return self._fallback.step(token_id)
-        if not 0 <= token_id < self._tokenizer.vocab_size:
-            raise ValueError(f"token ids must be ints in [0, {self._tokenizer.vocab_size})")
+        if not 0 <= token_id < self._size:
+            raise ValueError(f"token ids must be ints in [0, {self._size})")
         ids = self._ids
         ids.append(token_id)
         try:
