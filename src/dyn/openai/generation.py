@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import anyio
@@ -40,7 +40,7 @@ class Generation:
         self.stream = False
         self.include_usage = False
         self.first = GenerateOutput(text="", token_count=0)
-        self._stack = AsyncExitStack()
+        self._opened: AbstractAsyncContextManager[AsyncIterator[GenerateOutput]] | None = None
         self._items: AsyncIterator[GenerateOutput] | None = None
         self._finished = False
         # Gives back the admission slot; set once the request was admitted.
@@ -57,7 +57,9 @@ class Generation:
         # the processor's and the worker's handlers are stopped once it passes.
         token = Context(request_id=request_id, deadline=deadline).bind()
         try:
-            self._items = await self._stack.enter_async_context(backend.generate(generate))
+            opening = backend.generate(generate)
+            self._items = await opening.__aenter__()
+            self._opened = opening  # entered: close() leaves it
         finally:
             Context.unbind(token)
         first = await anext(self._items, None)
@@ -129,8 +131,12 @@ class Generation:
         self.finish(status)
 
     async def close(self) -> None:
+        """Leave the backend's stream (once; a no-op if it was never entered)."""
+        opened, self._opened = self._opened, None
+        if opened is None:
+            return
         with anyio.CancelScope(shield=True):
-            await self._stack.aclose()
+            await opened.__aexit__(None, None, None)
 
     def finish(self, status: int) -> None:
         if self._finished:
