@@ -126,6 +126,8 @@ class _NativeStreamDecoder(IncrementalDecoder):
         return text
 
     def flush(self) -> str:
+        if self._fallback is None and self._read == len(self._ids):
+            return ""  # nothing held back: what a window decoder's flush would find
         if self._fallback is None:
             self._fallback = WindowDecoder(self._tokenizer)
             self._fallback.restore(self._ids, self._read)
