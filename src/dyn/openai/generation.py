@@ -27,6 +27,8 @@ from dyn.openai.sse import DONE, ChunkFormatter, Kind, error_event, full_respons
 __all__ = ["Generation", "internal_error"]
 
 _log = logging.getLogger("dyn.openai")
+# What a stream that ends without saying why means: it ran out of tokens.
+_RAN_OUT = GenerateOutput(text="", token_count=0, finish_reason="length")
 
 
 class Generation:
@@ -85,9 +87,7 @@ class Generation:
                 return
             nxt = await anext(self._items, None)
             self._last_at = time.perf_counter()
-            if nxt is None:  # ended without saying why: it ran out of tokens
-                nxt = GenerateOutput(text="", token_count=0, finish_reason="length")
-            output = nxt
+            output = _RAN_OUT if nxt is None else nxt
 
     def usage(self) -> Any:
         prompt = self.first.prompt_tokens or 0
@@ -105,22 +105,39 @@ class Generation:
         )
 
     async def write_events(self, send: Send, model: str, created: int) -> None:
-        """Send the stream's events after its ``http.response.start``, ending the body."""
+        """Send the stream's events after its ``http.response.start``, ending the body.
+
+        The same walk as :meth:`outputs`, written out: this runs once per token, and an
+        async generator in between costs a resumption per token.
+        """
         fmt = ChunkFormatter(self.kind, self.response_id, created, model, self.include_usage)
         status = 200
         # Written with the end of the body: the chunk that carries the finish reason
         # and whatever follows it.
         tail = b""
+        items = self._items
         try:
+            output = self.first
             first = True
-            async for output in self.outputs():
-                # Empty middle outputs (a character split across tokens) carry nothing.
+            while True:
+                self._tokens += output.token_count
+                if output.cached_tokens is not None:
+                    self._cached = output.cached_tokens
                 if output.finish_reason is not None:
                     tail = fmt.chunk(output.text, output.finish_reason)
-                elif output.text or first:
+                    if items is not None:
+                        await anext(items, None)  # the backend ends by itself (see outputs)
+                    break
+                # Empty middle outputs (a character split across tokens) carry nothing.
+                if output.text or first:
                     body = fmt.chunk(output.text)
                     await send({"type": "http.response.body", "body": body, "more_body": True})
                 first = False
+                if items is None:
+                    break
+                nxt = await anext(items, None)
+                self._last_at = time.perf_counter()
+                output = _RAN_OUT if nxt is None else nxt
             if self.include_usage:
                 tail += fmt.usage(self.usage())
         except Exception as exc:
