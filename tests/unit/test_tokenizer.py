@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -13,7 +15,7 @@ from hypothesis import strategies as st
 
 from dyn.errors import PluginError, SpecError
 from dyn.tokenizer import Tokenizer, WordTokenizer, load_tokenizer
-from dyn.tokenizer.base import WindowDecoder
+from dyn.tokenizer.base import IncrementalDecoder, WindowDecoder
 from dyn.tokenizer.words import EOS_TOKEN
 
 TOK = WordTokenizer.builtin()
@@ -162,3 +164,81 @@ def test_vocab_txt_is_what_make_vocab_writes() -> None:
         [sys.executable, str(script), "--check"], capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def _trained_byte_level(tmp_path: Path) -> Tokenizer:
+    tokenizers = pytest.importorskip("tokenizers")
+    hf = tokenizers.Tokenizer(tokenizers.models.BPE())
+    hf.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.decoder = tokenizers.decoders.ByteLevel()
+    trainer = tokenizers.trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["</s>"],
+        initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet(),
+    )
+    hf.train_from_iterator([*PARAGRAPHS, "naïve 𝄞 café"], trainer)
+    hf.save(str(tmp_path / "tokenizer.json"))
+    return load_tokenizer(str(tmp_path))
+
+
+def _metaspace_words(tmp_path: Path) -> Tokenizer:
+    tokenizers = pytest.importorskip("tokenizers")
+    words = sorted({w for p in PARAGRAPHS for w in p.split()})
+    vocab = {"<unk>": 0, "</s>": 1, **{f"▁{w}": i + 2 for i, w in enumerate(words)}}
+    hf = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
+    hf.pre_tokenizer = tokenizers.pre_tokenizers.Metaspace()
+    hf.decoder = tokenizers.decoders.Metaspace()
+    hf.save(str(tmp_path / "tokenizer.json"))
+    return load_tokenizer(str(tmp_path))
+
+
+def _steps(stream: IncrementalDecoder, ids: list[int]) -> list[str]:
+    return [stream.step(i) for i in ids] + [stream.flush()]
+
+
+@pytest.mark.parametrize("build", [_trained_byte_level, _metaspace_words])
+def test_hf_stream_decoder_emits_what_the_window_decoder_does(
+    build: Callable[[Path], Tokenizer], tmp_path: Path
+) -> None:
+    """Delta by delta, held-back partial characters and the flush included."""
+    tok = build(tmp_path)
+    assert type(tok.decode_stream()) is not WindowDecoder  # the native one is in use
+
+    @given(st.lists(st.integers(0, tok.vocab_size - 1), max_size=24))
+    def check(ids: list[int]) -> None:
+        assert _steps(tok.decode_stream(), ids) == _steps(WindowDecoder(tok), ids)
+
+    check()
+    text = "naïve 𝄞 café, the garden"
+    ids = tok.encode(text)
+    assert "".join(_steps(tok.decode_stream(), ids)) == tok.decode(ids)
+
+
+class _Refusing:
+    """A native stream decoder that refuses every id after the first ``accepted``."""
+
+    def __init__(self, native: Any, accepted: int) -> None:
+        self._native = native
+        self._left = accepted
+
+    def step(self, hf: object, token_id: int) -> str | None:
+        if self._left == 0:
+            raise Exception("invalid prefix")
+        self._left -= 1
+        return self._native.step(hf, token_id)  # type: ignore[no-any-return]
+
+
+def test_hf_stream_decoder_hands_over_when_the_native_one_refuses(tmp_path: Path) -> None:
+    tok = _trained_byte_level(tmp_path)
+    ids = tok.encode("naïve 𝄞 café, the garden at night")
+    expected = _steps(WindowDecoder(tok), ids)
+    for refuse_at in range(len(ids)):
+        stream = tok.decode_stream()
+        stream._native = _Refusing(stream._native, refuse_at)  # type: ignore[attr-defined]
+        assert _steps(stream, ids) == expected
+
+
+def test_hf_stream_decoder_rejects_ids_out_of_range(tmp_path: Path) -> None:
+    tok = _metaspace_words(tmp_path)
+    with pytest.raises(ValueError, match="token ids must be ints"):
+        tok.decode_stream().step(tok.vocab_size)

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 from dyn.context import HEADER_REQUEST_ID
 from dyn.contracts.processor import PROCESSOR_GENERATE, GenerateOutput, GenerateRequest
 
 if TYPE_CHECKING:
-    from dyn.runtime.client import Client
+    from dyn.runtime.client import Client, ResponseStream
 
 __all__ = ["ClientBackend"]
 
@@ -23,10 +21,7 @@ class ClientBackend:
     def __init__(self, client: Client) -> None:
         self._client = client
 
-    @asynccontextmanager
-    async def generate(
-        self, request: GenerateRequest
-    ) -> AsyncIterator[AsyncIterator[GenerateOutput]]:
+    def generate(self, request: GenerateRequest) -> ResponseStream[GenerateOutput]:
+        # The stream is its own context manager: no generator-based wrapper per request.
         headers = {HEADER_REQUEST_ID: request.request_id}
-        async with self._client.stream(PROCESSOR_GENERATE, request, headers=headers) as items:
-            yield items
+        return self._client.stream(PROCESSOR_GENERATE, request, headers=headers)

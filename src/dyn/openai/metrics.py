@@ -68,12 +68,16 @@ class OpenAIMetrics:
 
 
 class RouteMetrics:
+    """The children of one route and model, and the one update each request makes."""
+
     def __init__(self, metrics: OpenAIMetrics, route: str, model: str) -> None:
         frontend = metrics.frontend
         self.inflight = frontend.inflight.labels(route)
         self.duration = frontend.duration.labels(route)
         self._requests = frontend.requests
         self._route = route
+        # One child per status seen; labels() takes a lock and builds a key every call.
+        self._by_status: dict[int, Counter] = {}
         self.ttft = metrics.ttft.labels(route, model)
         self.itl = metrics.itl.labels(route, model)
         self.input_tokens = metrics.input_tokens.labels(route, model)
@@ -81,6 +85,22 @@ class RouteMetrics:
         self.cached_tokens = metrics.cached_tokens.labels(route, model)
 
     def finished(self, status: int, seconds: float) -> None:
-        self._requests.labels(self._route, str(status)).inc()
+        requests = self._by_status.get(status)
+        if requests is None:
+            requests = self._by_status[status] = self._requests.labels(self._route, str(status))
+        requests.inc()
         self.duration.observe(seconds)
         self.inflight.dec()
+
+    def tokens(
+        self, *, ttft: float, itl: float | None, prompt: int, output: int, cached: int
+    ) -> None:
+        """A completed generation's token timings and counts (``itl`` is None for one
+        output)."""
+        self.ttft.observe(ttft)
+        if itl is not None:
+            self.itl.observe(itl)
+        self.input_tokens.observe(prompt)
+        self.output_tokens.observe(output)
+        if cached:  # adding zero changes nothing a scrape shows
+            self.cached_tokens.inc(cached)

@@ -27,9 +27,9 @@ from dyn.runtime.component import Component, non_default_fields
 
 if TYPE_CHECKING:
     import uvicorn
-    from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import Response
+    from starlette.types import ASGIApp
 
     from dyn.graph.roles import ConfigProblem, Wiring
 
@@ -175,20 +175,24 @@ class Frontend(Component[FrontendConfig]):
 
     # -- the ASGI app --------------------------------------------------------------------
 
-    def build_app(self) -> Starlette:
+    def build_app(self) -> ASGIApp:
         from starlette.applications import Starlette
         from starlette.routing import Route
+
+        from dyn.roles.frontend_admin import AuthMiddleware, status_route
+        from dyn.roles.frontend_fastpath import FastPath
 
         routes = [
             Route("/health", self._health, methods=["GET"]),
             Route("/metrics", self._metrics_route, methods=["GET"]),
         ]
         routes += [Route(path, self._stream_route, methods=["POST"]) for path in self._targets]
+        fast: dict[str, ASGIApp] = {}
         if self.processor is not None:
             from dyn.openai.backend import ClientBackend
             from dyn.openai.metrics import OpenAIMetrics
             from dyn.openai.protocol import ModelInfo
-            from dyn.openai.routes import build_openai_routes
+            from dyn.openai.routes import GenerationRoute, build_openai_routes
             from dyn.roles.frontend_admin import admin_routes
 
             model = self.model
@@ -197,7 +201,7 @@ class Frontend(Component[FrontendConfig]):
                 max_model_len=model.max_model_len if model else 8192,
                 created=int(time.time()),
             )
-            routes += build_openai_routes(
+            openai = build_openai_routes(
                 ClientBackend(self.processor),
                 info,
                 OpenAIMetrics(self.runtime.registry, self.metrics),
@@ -205,22 +209,28 @@ class Frontend(Component[FrontendConfig]):
                 admission=self.admission,
                 request_timeout_s=self.config.request_timeout_s,
             )
+            # A graph route of the same path comes first in starlette's order: it wins.
+            fast = {
+                r.path: r.endpoint
+                for r in openai
+                if isinstance(r.endpoint, GenerationRoute) and r.path not in self._targets
+            }
+            routes += openai
             routes += admin_routes(self.processor)
-        from dyn.roles.frontend_admin import status_route
-
         routes.append(status_route(self))
         from starlette.middleware import Middleware
 
-        from dyn.roles.frontend_admin import AuthMiddleware
-
+        # The launch's settings fill in what the graph leaves unset.
+        api_key = self.config.api_key or self.run_settings.api_key or None
+        admin_token = self.config.admin_token or self.run_settings.admin_token or None
+        loopback = is_loopback(self.config.host)
         auth = Middleware(
-            AuthMiddleware,
-            # The launch's settings fill in what the graph leaves unset.
-            api_key=self.config.api_key or self.run_settings.api_key or None,
-            admin_token=self.config.admin_token or self.run_settings.admin_token or None,
-            loopback=is_loopback(self.config.host),
+            AuthMiddleware, api_key=api_key, admin_token=admin_token, loopback=loopback
         )
-        return Starlette(routes=routes, middleware=[auth])
+        app = Starlette(routes=routes, middleware=[auth])
+        # The fast path checks requests with the same rules, before anything else runs.
+        check = AuthMiddleware(app, api_key=api_key, admin_token=admin_token, loopback=loopback)
+        return FastPath(app, fast, check)
 
     def health(self) -> tuple[bool, dict[str, list[str]]]:
         """Whether every route's target has an instance, and the instances by target."""

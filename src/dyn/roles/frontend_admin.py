@@ -272,10 +272,14 @@ class AuthMiddleware:
         if scope["type"] != "http" or scope["path"] in _OPEN_PATHS:
             await self.app(scope, receive, send)
             return
+        if not await self.refused(scope, send):
+            await self.app(scope, receive, send)
+
+    async def refused(self, scope: Scope, send: Send) -> bool:
+        """Answer an HTTP request whose token does not pass; whether it was refused."""
         refusal = self._refusal(scope)
         if refusal is None:
-            await self.app(scope, receive, send)
-            return
+            return False
         status, message = refusal
         body = msgspec.json.encode(error_body(status, message, code="invalid_api_key"))
         headers = [(b"content-type", b"application/json")]
@@ -283,6 +287,7 @@ class AuthMiddleware:
             headers.append((b"www-authenticate", b"Bearer"))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+        return True
 
     def _refusal(self, scope: Scope) -> tuple[int, str] | None:
         given = _bearer(scope)

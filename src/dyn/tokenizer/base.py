@@ -22,6 +22,8 @@ class IncrementalDecoder(ABC):
 
     def feed(self, token_ids: Sequence[int]) -> str:
         """Add several ids; return the text they complete."""
+        if len(token_ids) == 1:  # the usual case: one id per engine step
+            return self.step(token_ids[0])
         return "".join([self.step(t) for t in token_ids])
 
     @abstractmethod
@@ -96,6 +98,13 @@ class WindowDecoder(IncrementalDecoder):
             return ""
         self._prefix, self._read = self._read, len(self._ids)
         return text[len(done) :]
+
+    def restore(self, window: list[int], read: int) -> None:
+        """Continue a stream whose window holds ``window``, of which ``read`` ids were
+        emitted (how another decoder of the same scheme hands its state over)."""
+        self._ids = list(window)
+        self._prefix = 0
+        self._read = read
 
     def flush(self) -> str:
         decode = self._tokenizer.decode
