@@ -29,6 +29,10 @@ class ConsoleObserver(LaunchObserver):
         self.console.print(f"[green]✓[/] [bold]{role}[/] up on {node} ({seconds * 1000:.0f} ms)")
 
     def graph_ready(self, url: str | None, seconds: float) -> None:
+        from dyn.launch.base import settle_heap
+
+        # This is `dyn up`'s own process (the roles' too, in the one-process layout).
+        settle_heap()
         self.console.print(
             f"[green]✓[/] graph [bold]{self.graph.name}[/] ready in {seconds:.2f} s "
             f"({self.graph.transport} transport, {self.graph.discovery.backend} discovery)"

@@ -12,7 +12,24 @@ from dyn import state
 from dyn.graph import GraphSpec
 from dyn.settings import Settings
 
-__all__ = ["LaunchObserver", "Launcher", "cancel_when_set", "loop_options", "new_record"]
+__all__ = [
+    "LaunchObserver",
+    "Launcher",
+    "cancel_when_set",
+    "loop_options",
+    "new_record",
+    "settle_heap",
+]
+
+
+def settle_heap() -> None:
+    """Once a process serves: collect what start-up left, then freeze the rest (modules,
+    roles, tables) out of the collector's way, so the collections that serving causes
+    scan only what requests allocate."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
 
 
 def loop_options() -> dict[str, bool]:

@@ -26,7 +26,7 @@ import anyio
 
 from dyn.graph import GraphSpec, load_graph
 from dyn.launch._roles import make_discovery, make_transport, start_role, stop_role
-from dyn.launch.base import cancel_when_set, loop_options
+from dyn.launch.base import cancel_when_set, loop_options, settle_heap
 from dyn.launch.role_classes import role_class
 from dyn.observability.metrics_server import METRICS_URL_KEY, serve_metrics
 from dyn.runtime.component import Component
@@ -185,6 +185,7 @@ async def _serve(
                 for c in hosted
             ],
         }
+        settle_heap()
         sys.stdout.write(READY_MARK + json.dumps(ready) + "\n")
         sys.stdout.flush()
         await stop.wait()
