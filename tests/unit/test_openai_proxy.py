@@ -92,7 +92,7 @@ async def collect(proxy: OpenAIProxyEngine, req: EngineRequest) -> list[EngineOu
         await proxy.aclose()
 
 
-async def test_forwards_text_and_re_encodes_the_answer() -> None:
+async def test_forwards_text_and_relays_the_answer_as_text() -> None:
     seen: list[httpx.Request] = []
     body = sse(chunk(" big"), chunk(" world"), chunk("!", "length"), usage(None))
     proxy = engine(answering(body, seen), api_key="sk-1")
@@ -109,7 +109,9 @@ async def test_forwards_text_and_re_encodes_the_answer() -> None:
         "stream_options": {"include_usage": True},
         "ignore_eos": True,
     }
-    assert TOKENIZER.decode([t for o in outputs for t in o.tokens]) == " big world!"
+    # The upstream's text as it is: no token ids, so nothing for the processor to decode.
+    assert "".join(o.text or "" for o in outputs) == " big world!"
+    assert [o.tokens for o in outputs] == [[], [], []]
     assert [o.finish_reason for o in outputs] == [None, None, "length"]
 
 
@@ -190,7 +192,7 @@ async def test_closing_the_generator_closes_the_upstream_response() -> None:
     proxy = engine(handler, model="m")
     outputs = proxy.generate(request())
     first = await anext(outputs)
-    assert first.tokens
+    assert first.text == "a"  # relayed as text, not re-encoded to token ids
     assert proxy.requests_inflight == 1
     await outputs.aclose()  # type: ignore[attr-defined]
     assert stream.closed

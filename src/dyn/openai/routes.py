@@ -36,9 +36,16 @@ from dyn.openai.models import (
     CompletionRequest,
     context_overflow,
     decode_body,
+    passthrough_fields,
     to_generate,
 )
-from dyn.openai.protocol import GenerateOutput, GenerateRequest, ModelInfo, OpenAIBackend
+from dyn.openai.protocol import (
+    GenerateOutput,
+    GenerateRequest,
+    ModelInfo,
+    OpenAIBackend,
+    TokenUsage,
+)
 from dyn.openai.sse import DONE, ChunkFormatter, Kind, error_event, full_response, usage
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "build_openai_routes"]
@@ -133,7 +140,8 @@ class _OpenAI:
                 if kind == "chat"
                 else decode_body(body, CompletionRequest)
             )
-            generate, blame = to_generate(req, request_id, self._model)
+            extra = passthrough_fields(body)
+            generate, blame = to_generate(req, request_id, self._model, extra)
             call.stream = bool(req.stream)
             call.include_usage = bool(req.stream_options and req.stream_options.include_usage)
             starting = call.start(self._backend, generate, request_id, deadline)
@@ -236,6 +244,8 @@ class _Call:
         self._tokens = 0
         # Usually on the first output; an upstream proxy learns it only at the end.
         self._cached: int | None = None
+        # An upstream server's own counts, on the last output: reported as they are.
+        self._usage: TokenUsage | None = None
 
     async def start(
         self, backend: OpenAIBackend, generate: GenerateRequest, request_id: str, deadline: float
@@ -259,6 +269,10 @@ class _Call:
             self._tokens += output.token_count
             if output.cached_tokens is not None:
                 self._cached = output.cached_tokens
+            if output.usage is not None:
+                self._usage = output.usage
+                self._tokens = output.usage.completion_tokens
+                self._cached = output.usage.cached_tokens
             yield output
             if self._items is None:
                 return
@@ -275,6 +289,9 @@ class _Call:
             output = nxt
 
     def usage(self) -> Any:
+        if self._usage is not None:
+            counts = self._usage
+            return usage(counts.prompt_tokens, counts.completion_tokens, counts.cached_tokens)
         prompt = self.first.prompt_tokens or 0
         return usage(prompt, self._tokens, self._cached or 0)
 
@@ -327,7 +344,8 @@ class _Call:
         later = self._tokens - self.first.token_count
         if later > 0:
             m.itl.observe((self._last_at - self._first_at) / later)
-        m.input_tokens.observe(self.first.prompt_tokens or 0)
+        prompt = self._usage.prompt_tokens if self._usage else self.first.prompt_tokens
+        m.input_tokens.observe(prompt or 0)
         m.output_tokens.observe(self._tokens)
         m.cached_tokens.inc(self._cached or 0)
 

@@ -51,7 +51,8 @@ class ProxyWorker(Component[OpenAIProxyConfig]):
         }
 
     async def start(self) -> None:
-        # Prompts are decoded and answers re-encoded with the processor's tokenizer.
+        # The processor's tokenizer: for prompts without text, and for counting an answer
+        # whose upstream reports no usage.
         tokenizer = load_tokenizer(self.model.tokenizer if self.model else None)
         self.engine = OpenAIProxyEngine(self.config, tokenizer, replica=self.info.replica)
         self.relay = KvEventRelay(
@@ -59,6 +60,9 @@ class ProxyWorker(Component[OpenAIProxyConfig]):
         )
         self.metrics = WorkerMetrics.of(self.runtime.registry)
         self.label = self.info.instance_id
+        # Updated per output: the labelled children are looked up once, not per token.
+        self._itl = self.metrics.itl.labels(self.label)
+        self._cached_tokens = self.metrics.cached_prompt_tokens.labels(self.label)
         self.healthy = False
         self._probed = False
         self._closing = False
@@ -128,6 +132,7 @@ class ProxyWorker(Component[OpenAIProxyConfig]):
     @endpoint
     async def generate(self, req: EngineRequest, ctx: Context) -> AsyncIterator[EngineOutput]:
         metrics, label = self.metrics, self.label
+        itl, cached_tokens = self._itl, self._cached_tokens
         blocks = math.ceil(len(req.tokens) / self.config.block_size)
         self._active_blocks += blocks
         started = last = time.perf_counter()
@@ -142,9 +147,10 @@ class ProxyWorker(Component[OpenAIProxyConfig]):
                     metrics.prompt_tokens.labels(label).inc(len(req.tokens))
                     first = False
                 else:
-                    metrics.itl.labels(label).observe(now - last)
+                    itl.observe(now - last)
                 # The upstream reports cached tokens once, on the first or the last output.
-                metrics.cached_prompt_tokens.labels(label).inc(output.cached_tokens)
+                if output.cached_tokens:
+                    cached_tokens.inc(output.cached_tokens)
                 last = now
                 yield output
             status = "ok"
