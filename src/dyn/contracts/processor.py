@@ -69,7 +69,8 @@ class GenerateOutput(msgspec.Struct, frozen=True, kw_only=True):
     ``prompt_tokens`` and ``cached_tokens`` (prompt tokens found in the prefix cache); the
     last one carries ``finish_reason`` (``"length"`` or ``"stop"``), and ``usage`` when
     the engine counted the request itself (an upstream server): the counts to report in
-    place of ``prompt_tokens`` and the sum of ``token_count``.
+    place of ``prompt_tokens`` and the sum of ``token_count``. ``more_ready``: the next
+    output follows at once, so the frontend may write the two to the client together.
     """
 
     text: str
@@ -78,6 +79,7 @@ class GenerateOutput(msgspec.Struct, frozen=True, kw_only=True):
     prompt_tokens: int | None = None
     cached_tokens: int | None = None
     usage: TokenUsage | None = None
+    more_ready: bool = False
 
 
 class RouteInfo(msgspec.Struct, frozen=True):

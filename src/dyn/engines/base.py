@@ -47,6 +47,8 @@ class EngineOutput(msgspec.Struct, frozen=True, kw_only=True):
     output of a request and 0 afterwards. An engine whose server answers in text (the
     ``openai_proxy``) sets ``text`` instead of ``tokens``: the processor passes it on
     as it is, without detokenizing, and the last output carries the server's ``usage``.
+    ``more_ready`` says the next output is already here (it came in the same read from
+    the server): a relay may hold this one back and write both at once.
     """
 
     tokens: list[int] = msgspec.field(default_factory=list)
@@ -54,6 +56,7 @@ class EngineOutput(msgspec.Struct, frozen=True, kw_only=True):
     cached_tokens: int = 0
     text: str | None = None
     usage: TokenUsage | None = None
+    more_ready: bool = False
 
 
 class Engine(ABC):

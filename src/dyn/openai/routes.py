@@ -309,19 +309,25 @@ class _Call:
     async def events(self, model: str, created: int) -> AsyncIterator[bytes]:
         fmt = ChunkFormatter(self.kind, self.response_id, created, model, self.include_usage)
         status = 200
+        held: list[bytes] = []  # chunks of outputs whose next one is ready: one write
         try:
             first = True
             async for output in self.outputs():
                 # Empty middle outputs (a character split across tokens) carry nothing.
                 if output.text or first or output.finish_reason is not None:
-                    yield fmt.chunk(output.text, output.finish_reason)
+                    held.append(fmt.chunk(output.text, output.finish_reason))
+                if held and not output.more_ready:
+                    yield held[0] if len(held) == 1 else b"".join(held)
+                    held.clear()
                 first = False
             if self.include_usage:
-                yield fmt.usage(self.usage())
+                yield b"".join(held) + fmt.usage(self.usage())
+                held.clear()
         except Exception as exc:
             status, message, code = _stream_error(exc)
-            yield error_event(status, message, code)
-        yield DONE
+            yield b"".join(held) + error_event(status, message, code)
+            held.clear()
+        yield b"".join(held) + DONE
         self.finish(status)
 
     async def close(self) -> None:

@@ -213,6 +213,7 @@ class Processor(Component[ProcessorConfig]):
                             prompt_tokens=len(tokens) if first else None,
                             cached_tokens=_cached(out, first, resent=received == 1 and not first),
                             usage=_usage(out, len(tokens), done),
+                            more_ready=out.more_ready,
                         )
                     return
             except CallError as exc:

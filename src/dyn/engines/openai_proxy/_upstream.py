@@ -32,7 +32,7 @@ __all__ = [
     "error_from_status",
     "in_band_error",
     "parse_chunk",
-    "sse_data",
+    "sse_batches",
 ]
 
 _DONE = b"[DONE]"
@@ -142,28 +142,32 @@ def parse_chunk(data: bytes) -> UpstreamChunk:
         ) from exc
 
 
-async def sse_data(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """The payloads of an SSE body's ``data:`` lines, up to ``[DONE]``.
+async def sse_batches(chunks: AsyncIterator[bytes]) -> AsyncIterator[list[bytes]]:
+    """The payloads of an SSE body's ``data:`` lines up to ``[DONE]``, as one list per
+    read of the body (several events usually arrive together).
 
-    Lines are split from the body's bytes as they arrive (several events usually come
-    in one read). Comments, ``event:`` lines and blank lines carry nothing an OpenAI
-    stream needs.
+    Comments, ``event:`` lines and blank lines carry nothing an OpenAI stream needs.
     """
     rest = b""
     async for chunk in chunks:
         lines = (rest + chunk if rest else chunk).split(b"\n")
         rest = lines.pop()
+        batch: list[bytes] = []
         for line in lines:
             if not line.startswith(b"data:"):
                 continue
             data = line[5:].strip()
             if data == _DONE:
+                if batch:
+                    yield batch
                 # Read to the end of the body so the connection can be reused.
                 async for _ in chunks:
                     pass
                 return
             if data:
-                yield data
+                batch.append(data)
+        if batch:
+            yield batch
     data = rest[5:].strip() if rest.startswith(b"data:") else b""
     if data and data != _DONE:
-        yield data
+        yield [data]

@@ -38,7 +38,7 @@ from dyn.engines.openai_proxy._upstream import (
     error_from_body,
     in_band_error,
     parse_chunk,
-    sse_data,
+    sse_batches,
 )
 from dyn.engines.openai_proxy.config import OpenAIProxyConfig
 from dyn.errors import TransportError
@@ -187,35 +187,45 @@ class OpenAIProxyEngine(Engine):
         finish: EngineOutput | None = None
         texts: list[str] = []  # for dyn's own count, should the upstream report no usage
         produced = 0  # output token ids (token_ids mode)
-        async for data in sse_data(response.aiter_bytes()):
-            chunk = parse_chunk(data)
-            if chunk.error is not None:
-                raise in_band_error(chunk.error, self.upstream)
-            if chunk.usage is not None:
-                usage = chunk.usage
-                if usage.cached_tokens is not None:
-                    cached = usage.cached_tokens
-            for choice in chunk.choices:
-                text = choice.text or ""
-                ids = choice.token_ids if token_ids else None
-                if ids is not None:
-                    out = EngineOutput(tokens=ids)
-                    produced += len(ids)
-                else:
-                    out = EngineOutput(text=text)
-                    texts.append(text)
-                reason = choice.finish_reason
-                if reason is not None:
-                    # Held back until the stream ends: the usage with cached_tokens follows.
-                    reason = reason if reason in _FINISH_REASONS else "stop"
-                    finish = msgspec.structs.replace(out, finish_reason=reason)
-                elif text or out.tokens:
-                    if first:
-                        reported = cached is not None
-                        if reported:
-                            out = msgspec.structs.replace(out, cached_tokens=cached or 0)
-                    yield out
-                    first = False
+        async for batch in sse_batches(response.aiter_bytes()):
+            # Every output of one network read is ready at once: all but the last say
+            # so (more_ready), and the frontend writes them to the client together.
+            ready: list[EngineOutput] = []
+            error: Any = None
+            for data in batch:
+                chunk = parse_chunk(data)
+                if chunk.error is not None:
+                    error = chunk.error
+                    break
+                if chunk.usage is not None:
+                    usage = chunk.usage
+                    if usage.cached_tokens is not None:
+                        cached = usage.cached_tokens
+                for choice in chunk.choices:
+                    text = choice.text or ""
+                    ids = choice.token_ids if token_ids else None
+                    if ids is not None:
+                        produced += len(ids)
+                    else:
+                        texts.append(text)
+                    reason = choice.finish_reason
+                    if reason is not None:
+                        # Held back until the stream ends: the usage with cached_tokens
+                        # follows.
+                        reason = reason if reason in _FINISH_REASONS else "stop"
+                        finish = _output(ids, text, finish_reason=reason)
+                    elif text or ids:
+                        out_cached = 0
+                        if first:
+                            reported = cached is not None
+                            out_cached = cached or 0
+                            first = False
+                        ready.append(_output(ids, text, cached_tokens=out_cached))
+            last = len(ready) - 1
+            for i, out in enumerate(ready):
+                yield msgspec.structs.replace(out, more_ready=True) if i < last else out
+            if error is not None:
+                raise in_band_error(error, self.upstream)
         if finish is None:
             raise TransportError(
                 f"upstream {self.upstream} ended the stream before the answer finished"
@@ -234,3 +244,12 @@ class OpenAIProxyEngine(Engine):
         yield msgspec.structs.replace(
             finish, cached_tokens=0 if reported else (cached or 0), usage=counts
         )
+
+
+def _output(
+    ids: list[int] | None, text: str, *, finish_reason: str | None = None, cached_tokens: int = 0
+) -> EngineOutput:
+    """Token ids when the upstream returned them (``token_ids``), else the text as it is."""
+    if ids is not None:
+        return EngineOutput(tokens=ids, finish_reason=finish_reason, cached_tokens=cached_tokens)
+    return EngineOutput(text=text, finish_reason=finish_reason, cached_tokens=cached_tokens)
