@@ -226,12 +226,14 @@ def dyn_up(
     state: Path | None = None,
     timeout: float = 30,
     python: str = sys.executable,
+    options: Sequence[str] = (),
 ) -> Iterator[DynUp]:
-    """`dyn up GRAPH --port PORT --set ...`, healthy within ``timeout``; stopped after.
+    """`dyn up GRAPH --port PORT --set ... OPTIONS`, healthy within ``timeout``; stopped
+    after.
 
     ``python`` is the interpreter whose dyn runs (another virtual environment's, say).
     """
-    args = [str(graph)]
+    args = [str(graph), *options]
     for item in sets:
         args += ["--set", item]
     up = DynUp(*args, log_path=log_path, port=port, state=state, command=(python, "-m", "dyn"))

@@ -98,6 +98,9 @@ class RoleRecord(msgspec.Struct, kw_only=True):
     # On another node: the role's pidfile there (its process group id is the pid in it).
     pidfile: str | None = None
     instance_id: str | None = None  # its discovery registrations end with this id
+    # Its process's own Prometheus page (role processes only; in one-process mode the
+    # frontend's /metrics shows every role).
+    metrics_url: str | None = None
 
 
 class RunRecord(msgspec.Struct, kw_only=True):
@@ -114,6 +117,7 @@ class RunRecord(msgspec.Struct, kw_only=True):
     discovery_dir: str
     frontend_url: str | None = None
     admin_token: str | None = None
+    layout: str = ""  # how the roles share processes (launch.layout.Layout.describe)
     etcd_pid: int | None = None  # an etcd this run started (discovery option `start`)
     # Where `dyn scale` reaches the running `dyn up` (loopback port and its token).
     control_port: int | None = None

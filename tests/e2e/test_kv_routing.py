@@ -73,7 +73,20 @@ def test_openai_client_lists_completes_chats_and_streams(base_url: str) -> None:
 
 
 def test_streamed_sse_bytes_are_exact(base_url: str) -> None:
-    """The bytes of a streamed completion, against tokens computed by the engine core."""
+    """The bytes of a streamed completion, against tokens computed by the engine core
+    (the module's graph runs in the default layout)."""
+    check_sse_bytes(base_url)
+
+
+@pytest.mark.parametrize("layout", ["one-process", "process-per-role"])
+def test_streamed_sse_bytes_are_exact_in_every_layout(layout: str, tmp_path: Path) -> None:
+    port = free_port()
+    with dyn_up(GRAPH, port, tmp_path / "up.log", "worker.speedup_ratio=20",
+                options=("--layout", layout)):  # fmt: skip
+        check_sse_bytes(f"http://127.0.0.1:{port}")
+
+
+def check_sse_bytes(base_url: str) -> None:
     from dyn.engines.base import EngineRequest
     from dyn.engines.mocker import MockerConfig, MockerCore
     from dyn.tokenizer import load_tokenizer
@@ -182,6 +195,28 @@ def test_kv_spreads_load_when_every_request_shares_its_first_block(base_url: str
     print(f"\nrequests per worker: {sorted(shares)}")
     assert len(shares) == 4
     assert max(shares) <= 1.5 * mean
+
+
+def test_a_strategy_switch_reaches_every_front_process(base_url: str) -> None:
+    """The default layout runs several processors behind one port (on a machine with
+    two cores or more): POST /admin/route must switch each, not the one it reached."""
+    from dyn.launch.layout import core_count
+
+    if core_count() < 2:
+        pytest.skip("one core: the auto layout runs one process, there is nothing to reach")
+    switched = httpx.post(f"{base_url}/admin/route", json={"strategy": "least_loaded"}, timeout=10)
+    assert switched.status_code == 200, switched.text
+    seen: dict[str, str] = {}
+    try:
+        for _ in range(60):  # a fresh connection each time lands on any front process
+            info = httpx.get(f"{base_url}/admin/route", timeout=10).json()
+            seen[info["replica_sync"]["router_id"]] = info["strategy"]
+            if len(seen) >= 2:
+                break
+        assert len(seen) >= 2, "every connection reached one front process"
+        assert set(seen.values()) == {"least_loaded"}
+    finally:
+        httpx.post(f"{base_url}/admin/route", json={"strategy": "kv"}, timeout=10)
 
 
 def test_route_shows_and_explains(base_url: str) -> None:

@@ -19,6 +19,7 @@ pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
 HELLO = ROOT / "graphs" / "hello_world.yaml"
+KV_ROUTING = ROOT / "graphs" / "kv_routing.yaml"
 
 
 def pid_alive(pid: int) -> bool:
@@ -38,7 +39,15 @@ def state(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("transport", ["tcp", "grpc"])
 def test_hello_world_as_separate_processes(state: Path, transport: str) -> None:
-    up = DynUp(str(HELLO), "--transport", transport, state=state, log_path=state.parent / "up.log")
+    up = DynUp(
+        str(HELLO),
+        "--transport",
+        transport,
+        "--layout",
+        "process-per-role",
+        state=state,
+        log_path=state.parent / "up.log",
+    )
     url = up.url
     try:
         up.wait_healthy(timeout=30)
@@ -60,6 +69,53 @@ def test_hello_world_as_separate_processes(state: Path, transport: str) -> None:
     assert up.returncode == 0, err
     assert "backend stopped" in err
     assert all(not pid_alive(pid) for pid in roles.values()), "a role process is left"
+    for address in [url, *addresses]:
+        host, role_port = address.split("://")[1].rsplit(":", 1)
+        assert not port_is_listening(int(role_port), host), f"{address} still listens"
+
+
+def test_auto_layout_hosts_each_processor_beside_a_frontend_and_leaves_nothing(
+    state: Path,
+) -> None:
+    from dyn.launch.layout import core_count
+
+    if core_count() < 2:
+        pytest.skip("one core: the auto layout runs the graph in one process")
+    up = DynUp(
+        str(KV_ROUTING),
+        "--set",
+        "worker.replicas=2",
+        "--set",
+        "worker.speedup_ratio=20",
+        state=state,
+        log_path=state.parent / "up.log",
+    )
+    url = up.url
+    try:
+        up.wait_healthy(timeout=60)
+        body = {"model": "dyn-mock", "prompt": "Hello there", "max_tokens": 3}
+        for _ in range(4):  # fresh connections: any front process may answer
+            answer = httpx.post(f"{url}/v1/completions", json=body, timeout=30)
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["usage"]["completion_tokens"] == 3
+        record = up.record()
+        assert record["transport"] == "tcp"
+        assert "front processes (processor + frontend)" in record["layout"]
+        pids = {r["role"]: r["pid"] for r in record["roles"]}
+        fronts = min(core_count(), 8)
+        expected = {f"frontend[{i}]" for i in range(fronts)} | {
+            f"processor[{i}]" for i in range(fronts)
+        }
+        assert set(pids) == expected | {"worker[0]", "worker[1]"}
+        for i in range(fronts):
+            assert pids[f"frontend[{i}]"] == pids[f"processor[{i}]"]
+        assert len(set(pids.values())) == fronts + 2
+        addresses = [r["address"] for r in record["roles"] if r["address"]]
+        up.stop()
+    finally:
+        up.kill()
+    assert up.returncode == 0, up.log()
+    assert all(not pid_alive(pid) for pid in pids.values()), "a role process is left"
     for address in [url, *addresses]:
         host, role_port = address.split("://")[1].rsplit(":", 1)
         assert not port_is_listening(int(role_port), host), f"{address} still listens"
@@ -108,6 +164,8 @@ def test_role_crash_during_startup_fails_up_with_its_log(state: Path) -> None:
             str(HELLO),
             "--transport",
             "tcp",
+            "--layout",
+            "process-per-role",
             port=port,
             state=state,
             log_path=state.parent / "up.log",
@@ -120,4 +178,27 @@ def test_role_crash_during_startup_fails_up_with_its_log(state: Path) -> None:
     assert up.returncode == 1
     assert "role 'frontend' exited with code 1 during start-up" in err
     assert f"cannot listen on 127.0.0.1:{port}" in err
+    assert "Traceback" not in err
+
+
+def test_a_taken_port_fails_the_auto_layout_before_any_role_starts(state: Path) -> None:
+    """Front processes share their port (SO_REUSEPORT): dyn up must still refuse a port
+    someone else holds, with one clear line."""
+    from dyn.launch.layout import core_count
+
+    if core_count() < 2:
+        pytest.skip("one core: the auto layout runs the graph in one process")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        up = DynUp(str(KV_ROUTING), port=port, state=state, log_path=state.parent / "up.log")
+        try:
+            up.wait(60)
+        finally:
+            up.kill()
+    err = up.log()
+    assert up.returncode == 1
+    assert f"error: 'frontend' cannot listen on 127.0.0.1:{port}: Address already in use" in err
+    assert "starting" not in err
     assert "Traceback" not in err

@@ -35,6 +35,7 @@ PROXY_GRAPH = ROOT / "graphs" / "proxy.yaml"
 MODEL = "dyn-proxy"
 UPSTREAM_CONTEXT = 1024
 WORDS = ALL_WORDS[:13]
+ONE_PROCESS = ("--layout", "one-process")
 
 
 def upstream_graph(tmp: Path, decode_ms: int) -> Path:
@@ -67,7 +68,8 @@ def metric(url: str, name: str, **labels: str) -> float:
 def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("proxy_upstream")
     port = free_port()
-    with dyn_up(upstream_graph(tmp, 2), port, tmp / "upstream.log"):
+    # The upstream is a neighbour: one process, so killing it kills every role at once.
+    with dyn_up(upstream_graph(tmp, 2), port, tmp / "upstream.log", options=ONE_PROCESS):
         yield f"http://127.0.0.1:{port}"
 
 
@@ -234,7 +236,7 @@ def test_upstream_dying_mid_stream_then_coming_back(tmp_path: Path) -> None:
     upstream_url, proxy_url = f"http://127.0.0.1:{up_port}", f"http://127.0.0.1:{proxy_port}"
     body: dict[str, Any] = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 500}
     with (
-        dyn_up(graph, up_port, tmp_path / "victim.log") as victim,
+        dyn_up(graph, up_port, tmp_path / "victim.log", options=ONE_PROCESS) as victim,
         dyn_up(PROXY_GRAPH, proxy_port, tmp_path / "proxy.log", *proxy_sets(upstream_url)),
     ):
         started = time.monotonic()
@@ -263,7 +265,7 @@ def test_upstream_dying_mid_stream_then_coming_back(tmp_path: Path) -> None:
             time.sleep(0.1)
 
         # Back in routing once it answers again.
-        with dyn_up(graph, up_port, tmp_path / "victim2.log"):
+        with dyn_up(graph, up_port, tmp_path / "victim2.log", options=ONE_PROCESS):
             deadline = time.monotonic() + 10
             while True:
                 reply = httpx.post(f"{proxy_url}/v1/completions", json={**body, "max_tokens": 2})

@@ -117,7 +117,7 @@ def test_unknown_top_level_key_suggests() -> None:
     line = only(GOOD.replace("name: g\n", "name: g\nnamspace: x\n"))
     assert line.startswith("g.yaml:2: namspace: unknown key 'namspace' (did you mean 'namespace'?)")
     assert (
-        "valid keys: name, namespace, description, transport, discovery, nodes, model, components"
+        "valid keys: name, namespace, description, transport, layout, discovery, nodes, model, components"
         in line
     )
 
@@ -177,7 +177,7 @@ def test_unknown_config_field_suggests_and_lists_fields() -> None:
         "g.yaml:7: components.front.config.prot: unknown field 'prot' (did you mean 'port'?)"
     )
     assert line.endswith(
-        "valid fields: host, port, routes, openai, prefix, max_body_bytes, max_inflight, "
+        "valid fields: host, port, reuse_port, routes, openai, prefix, max_body_bytes, max_inflight, "
         "max_queued, queue_timeout_s, request_timeout_s, api_key, admin_token"
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from contextlib import aclosing
 
 import anyio
@@ -136,3 +137,30 @@ async def test_an_error_in_the_body_propagates_unwrapped() -> None:
     with anyio.fail_after(5), pytest.raises(KeyError, match="boom"):
         async with MockerEngine(config(**FAST)):
             raise KeyError("boom")
+
+
+async def test_steps_that_change_neither_cache_nor_load_send_no_update() -> None:
+    seen: list[WorkerUpdate] = []
+
+    async def read(updates: AsyncIterator[WorkerUpdate]) -> None:
+        async for update in updates:  # read as they come: nothing is coalesced
+            seen.append(update)
+
+    with anyio.fail_after(10):
+        async with (
+            MockerEngine(config(block_size=64, **FAST)) as engine,
+            aclosing(engine.subscribe()) as updates,
+            anyio.create_task_group() as tg,
+        ):
+            tg.start_soon(read, updates)
+            await anyio.sleep(0.05)
+            # 40 tokens in one 64-token block: admission and the end change the load,
+            # the 39 decode steps between them change nothing a router sees.
+            await collect(engine, "r", list(range(8)), 40)
+            await anyio.sleep(0.05)
+            tg.cancel_scope.cancel()
+    assert seen[0].snapshot
+    loads = [u.load for u in seen[1:] if u.load is not None]
+    assert loads, "the load changed, so at least one update was sent"
+    assert len(seen) <= 5
+    assert loads[-1].running == 0

@@ -3,7 +3,8 @@
 :class:`Server` wraps one HTTP client: the OpenAI routes any server has, and on dyn the
 admin routes (switch the strategy, clear the workers' caches) and ``/metrics``.
 :func:`run_requests` sends items at their arrival times under a concurrency cap;
-:func:`run_arm` adds the warm-up and the ``/metrics`` scrapes around the measured part;
+:func:`run_arm` adds the warm-up, and around the measured part the scrapes of every
+``/metrics`` page of the run and, for a `dyn up` run on this machine, its CPU readings;
 :func:`compare` runs one arm per routing strategy against the same graph.
 """
 
@@ -19,7 +20,9 @@ from typing import Any, Literal, Protocol, Self
 import anyio
 import httpx
 
-from dyn.bench.scrape import Samples, by_label, delta, parse_metrics, server_delta
+from dyn.bench.run_cpu import CpuMeter
+from dyn.bench.run_metrics import metrics_urls, scrape_all, summed_delta
+from dyn.bench.scrape import Samples, by_label, server_delta
 from dyn.bench.stats import DEFAULT_PERCENTILES, RequestResult, shares, summarize
 from dyn.bench.workloads import WorkItem
 from dyn.errors import DynError
@@ -39,6 +42,8 @@ class Target:
     api_key: str | None = None
     ignore_eos: bool = True
     timeout_s: float = 600.0
+    admin_token: str | None = None  # for GET /admin/status, where the metrics pages are
+    metrics_urls: tuple[str, ...] = ()  # pages known beside those /admin/status lists
 
 
 @dataclass(frozen=True)
@@ -123,12 +128,13 @@ class Server:
         return dict(data)
 
     async def scrape(self) -> Samples:
-        """``/metrics`` parsed; empty for a server without one."""
-        try:
-            response = await self.client.get("/metrics")
-        except httpx.HTTPError:
-            return {}
-        return parse_metrics(response.text) if response.status_code == 200 else {}
+        """Every ``/metrics`` page of the server (one per process of a dyn run), parsed
+        and added up; empty for a server without one."""
+        target = self.target
+        urls = await metrics_urls(
+            self.client, target.base_url, target.admin_token, target.metrics_urls
+        )
+        return summed_delta({}, await scrape_all(self.client, urls))
 
     # -- one request -------------------------------------------------------------------
 
@@ -238,18 +244,33 @@ async def run_requests(
     return [results[item.index] for item in items], duration
 
 
-async def run_arm(server: Server, plan: Plan, progress: Progress, label: str) -> dict[str, Any]:
-    """Warm up, then measure ``plan.items`` between two scrapes of ``/metrics``."""
+async def run_arm(
+    server: Server, plan: Plan, progress: Progress, label: str, cpu: CpuMeter | None = None
+) -> dict[str, Any]:
+    """Warm up, then measure ``plan.items`` between two scrapes of every ``/metrics`` page
+    of the server (and two readings of ``cpu``: ``server_cpu`` is None without one)."""
     if plan.warmup:
         progress.start(f"{label}: warm-up", len(plan.warmup))
         # Warm-up keeps no schedule: it only has to get connections and caches going.
         warm = [replace(item, arrival_s=None) for item in plan.warmup]
         await run_requests(server, warm, plan.max_concurrency, progress.done)
-    before = await server.scrape()
+    target = server.target
+    urls = await metrics_urls(
+        server.client, target.base_url, target.admin_token, target.metrics_urls
+    )
+    before = await scrape_all(server.client, urls)
+    cpu_before = cpu.read() if cpu is not None else {}
     progress.start(label, len(plan.items))
     results, duration = await run_requests(server, plan.items, plan.max_concurrency, progress.done)
-    changes = delta(before, await server.scrape())
+    cpu_after = cpu.read() if cpu is not None else {}
+    changes = summed_delta(before, await scrape_all(server.client, urls))
     decisions = by_label(changes, "dyn_router_decisions_total", "worker")
+    done = [r for r in results if r.ok]
+    server_cpu = (
+        cpu.report(cpu_before, cpu_after, len(done), sum(r.output_len for r in done))
+        if cpu is not None
+        else None
+    )
     return summarize(
         results,
         duration,
@@ -257,12 +278,17 @@ async def run_arm(server: Server, plan: Plan, progress: Progress, label: str) ->
         extra={
             "worker_request_share": shares(decisions),
             "server_metrics_delta": server_delta(changes),
+            "server_cpu": server_cpu,
         },
     )
 
 
 async def compare(
-    server: Server, plan: Plan, strategies: Sequence[str], progress: Progress
+    server: Server,
+    plan: Plan,
+    strategies: Sequence[str],
+    progress: Progress,
+    cpu: CpuMeter | None = None,
 ) -> dict[str, dict[str, Any]]:
     """One arm per strategy: switch live, clear the workers' caches, warm up, measure.
     The original strategy is restored at the end, whatever happened."""
@@ -280,7 +306,7 @@ async def compare(
             await anyio.sleep(SETTLE_S)
             arms[strategy] = {
                 "strategy": strategy,
-                **await run_arm(server, plan, progress, strategy),
+                **await run_arm(server, plan, progress, strategy, cpu),
             }
     finally:
         with anyio.CancelScope(shield=True):

@@ -19,6 +19,7 @@ from dyn.errors import DynError
 __all__ = [
     "check_plotting",
     "compare_table",
+    "cpu_table",
     "plot_cdfs",
     "result_table",
     "write_csv",
@@ -85,9 +86,65 @@ def result_table(
         _row("Errors by status:", _errors(result.get("errors_by_status", {}))),
         _row("Prefix cache hit rate:", f"{result['prefix_hit_rate']:.1%}"),
         _row("Worker request share:", _share(result.get("worker_request_share", {}))),
-        "=" * _WIDTH,
     ]
+    if isinstance(result.get("server_cpu"), Mapping):
+        lines += [_rule("Server CPU (this machine)", "-"), *cpu_table(result["server_cpu"])]
+    lines.append("=" * _WIDTH)
     return "\n".join(lines)
+
+
+def _compact(roles: Sequence[str]) -> str:
+    """``worker[0], worker[1], worker[2]`` as ``worker[0-2]``; other names as they are."""
+    out: list[str] = []
+    runs: list[tuple[str, int, int]] = []  # (name, first, last) of a run of replicas
+    for role in roles:
+        name, _, rest = role.partition("[")
+        index = rest[:-1]
+        if rest.endswith("]") and index.isdigit():
+            if runs and runs[-1][0] == name and runs[-1][2] + 1 == int(index):
+                runs[-1] = (name, runs[-1][1], int(index))
+                continue
+            runs.append((name, int(index), int(index)))
+            out.append("")  # filled in below, keeping the order
+        else:
+            out.append(role)
+    it = iter(runs)
+    for i, text in enumerate(out):
+        if text == "":
+            name, first, last = next(it)
+            out[i] = f"{name}[{first}]" if first == last else f"{name}[{first}-{last}]"
+    return ", ".join(out)
+
+
+def _figure(value: Any, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def cpu_table(cpu: Mapping[str, Any]) -> list[str]:
+    """One line per process of the run (pid, its roles, CPU seconds, per request and per
+    output token), the total, and the roles that could not be measured."""
+    header = ("pid", "roles", "CPU s", "ms/req", "µs/tok")
+    rows = [(str(p["pid"]), _compact(p["roles"]), *_figures(p)) for p in cpu.get("processes", [])]
+    rows.append(("total", "", *_figures(cpu)))
+    table = [header, *rows]
+    widths = [max(len(row[c]) for row in table) for c in range(len(header))]
+    lines = [
+        "  ".join(
+            cell.ljust(widths[c]) if c < 2 else cell.rjust(widths[c]) for c, cell in enumerate(row)
+        ).rstrip()
+        for row in table
+    ]
+    for missing in cpu.get("not_measured", []):
+        lines.append(f"not measured: {_compact(missing['roles'])} ({missing['reason']})")
+    return lines
+
+
+def _figures(entry: Mapping[str, Any]) -> tuple[str, str, str]:
+    return (
+        _figure(entry.get("cpu_s"), ".2f"),
+        _figure(entry.get("ms_per_request"), ".3f"),
+        _figure(entry.get("us_per_output_token"), ".1f"),
+    )
 
 
 def _compare_rows(
@@ -114,6 +171,11 @@ def _compare_rows(
     return rows
 
 
+def _cpu_per_request(result: Mapping[str, Any]) -> Any:
+    cpu = result.get("server_cpu")
+    return cpu.get("ms_per_request") if isinstance(cpu, Mapping) else None
+
+
 def compare_table(
     arms: Mapping[str, Mapping[str, Any]],
     percentiles: Sequence[float] = DEFAULT_PERCENTILES,
@@ -138,6 +200,11 @@ def compare_table(
         f"{max(arms[n].get('worker_request_share', {}).values(), default=0):.0%}" for n in names
     ]
     table.append(share)
+    if any(_cpu_per_request(arms[n]) is not None for n in names):
+        table.append(
+            ["Server CPU per request (ms)"]
+            + [_figure(_cpu_per_request(arms[n]), ".3f") for n in names]
+        )
     widths = [max(len(row[c]) for row in table) for c in range(len(header))]
     lines = []
     for r, row in enumerate(table):

@@ -17,9 +17,10 @@ __all__ = ["ConsoleObserver"]
 class ConsoleObserver(LaunchObserver):
     """Shows progress on stderr; the URL and a curl line to try go to stdout."""
 
-    def __init__(self, console: Console, graph: GraphSpec) -> None:
+    def __init__(self, console: Console, graph: GraphSpec, layout: str = "") -> None:
         self.console = console
         self.graph = graph
+        self.layout = layout
 
     def role_starting(self, role: str, node: str) -> None:
         self.console.print(f"[dim]…[/] starting [bold]{role}[/] on {node}")
@@ -32,6 +33,8 @@ class ConsoleObserver(LaunchObserver):
             f"[green]✓[/] graph [bold]{self.graph.name}[/] ready in {seconds:.2f} s "
             f"({self.graph.transport} transport, {self.graph.discovery.backend} discovery)"
         )
+        if self.layout:
+            self.console.print(f"[dim]  layout: {self.layout}[/]")
         if url:
             typer.echo(f"Serving on {url}")
             for route, body in self._examples()[:1]:

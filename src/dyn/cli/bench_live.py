@@ -1,5 +1,9 @@
 """``dyn bench`` against a live server: build the requests, drive the server with them
-(once per strategy with ``--compare``) behind a progress bar, hand back the arms."""
+(once per strategy with ``--compare``) behind a progress bar, hand back the arms.
+
+When the server is the frontend of a `dyn up` run on this machine, the run record names
+its processes (their CPU is read around each arm) and its admin token (for the list of
+every process's metrics page)."""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from dyn.bench.load import Plan, Target
+    from dyn.bench.run_cpu import CpuMeter
     from dyn.bench.stats import RequestResult
     from dyn.cli.bench_run import BenchOptions, Checked
 
@@ -48,10 +53,35 @@ def run_live_bench(
     plan = Plan(items, warm, o.max_concurrency, checked.percentiles)
     api_kind: Literal["completions", "chat"] = "chat" if o.api == "chat" else "completions"
     target = Target(base, o.model, api_kind, o.api_key, o.ignore_eos)
-    return base, _run(target, plan, checked.strategies), len(items)
+    target, cpu = _local_run(target, o.url)
+    return base, _run(target, plan, checked.strategies, cpu), len(items)
 
 
-def _run(target: Target, plan: Plan, strategies: list[str]) -> dict[str, dict[str, Any]]:
+def _local_run(target: Target, url: str | None) -> tuple[Target, CpuMeter | None]:
+    """The target with what the run record adds, and a meter of the run's processes;
+    said once, and no meter, when the server is no `dyn up` run on this machine."""
+    from dataclasses import replace
+
+    import typer
+
+    from dyn.bench.run_cpu import CpuMeter, find_local_run, run_processes
+    from dyn.settings import Settings
+
+    record = find_local_run(url)
+    if record is None:
+        typer.echo(
+            f"{target.base_url} is not a `dyn up` run on this machine: no server CPU figures",
+            err=True,
+        )
+        return replace(target, admin_token=Settings.from_env().admin_token or None), None
+    pages = tuple(role.metrics_url for role in record.roles if role.metrics_url)
+    token = record.admin_token or Settings.from_env().admin_token or None
+    return replace(target, admin_token=token, metrics_urls=pages), CpuMeter(run_processes(record))
+
+
+def _run(
+    target: Target, plan: Plan, strategies: list[str], cpu: CpuMeter | None
+) -> dict[str, dict[str, Any]]:
     import anyio
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
@@ -81,9 +111,9 @@ def _run(target: Target, plan: Plan, strategies: list[str]) -> dict[str, dict[st
     async def main() -> dict[str, dict[str, Any]]:
         async with Server(target, plan.max_concurrency) as server:
             if strategies:
-                return await compare(server, plan, strategies, Sink())
+                return await compare(server, plan, strategies, Sink(), cpu)
             strategy = await server.strategy()
-            result = await run_arm(server, plan, Sink(), strategy or "benchmark")
+            result = await run_arm(server, plan, Sink(), strategy or "benchmark", cpu)
             return {
                 strategy or "benchmark": {"strategy": strategy, "model_id": server.model, **result}
             }

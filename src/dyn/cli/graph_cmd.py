@@ -86,6 +86,7 @@ def _tree(spec: GraphSpec) -> Tree:
     )
     if spec.description:
         root.add(Text(spec.description, style="italic"))
+    root.add(Text(f"layout {_layout_line(spec)}", style="dim"))
     for component in spec.components:
         nodes = ", ".join(component.placement)
         branch = root.add(
@@ -97,6 +98,16 @@ def _tree(spec: GraphSpec) -> Tree:
         for line in _details(component):
             branch.add(Text(line))
     return root
+
+
+def _layout_line(spec: GraphSpec) -> str:
+    """How `dyn up` would lay the roles out on this machine."""
+    from dyn.launch.layout import apply_layout, core_count, plan_layout
+
+    if spec.has_nodes():
+        return f"{spec.layout}: one process per role replica, on its node"
+    layout = plan_layout(spec, core_count())
+    return layout.describe(apply_layout(spec, layout))
 
 
 def _details(component: ComponentSpec) -> list[str]:

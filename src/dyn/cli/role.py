@@ -33,6 +33,14 @@ def role(
         str | None,
         typer.Option(help="Become a process group and write a pidfile under this run id."),
     ] = None,
+    with_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--with",
+            metavar="COMPONENT:REPLICA",
+            help="Also serve this role instance in this process, started first. Repeatable.",
+        ),
+    ] = None,
 ) -> None:
     """Serve one role instance until SIGTERM."""
     from dyn.launch.role_main import run_role
@@ -42,6 +50,14 @@ def role(
     setup_logging(log_level, json_logs=json_logs)
     # This process's edge: the launcher put the run's settings in its environment.
     settings = dataclasses.replace(Settings.from_env(), log_level=log_level, json_logs=json_logs)
+    companions = []
+    for item in with_ or ():
+        name, _, index = item.rpartition(":")
+        if not name or not index.isdigit():
+            raise typer.BadParameter(
+                f"expected COMPONENT:REPLICA, got {item!r}", param_hint="--with"
+            )
+        companions.append((name, int(index)))
     run_role(
         graph_file,
         component,
@@ -49,4 +65,5 @@ def role(
         watch_stdin=watch_stdin,
         pidfile_run=pidfile_run,
         settings=settings,
+        companions=tuple(companions),
     )

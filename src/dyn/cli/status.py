@@ -113,6 +113,8 @@ def fetch_status(base: str, record: RunRecord | None = None) -> dict[str, Any]:
     data: dict[str, Any] = response.json()
     if record is not None:
         _add_unregistered(data, record)
+        if record.layout:
+            data["layout"] = record.layout
     return data
 
 
@@ -131,6 +133,7 @@ def _add_unregistered(data: dict[str, Any], record: RunRecord) -> None:
                 "host": role.host,
                 "pid": role.pid,
                 "address": role.address,
+                "metrics_url": role.metrics_url,
                 # Up but not (or no longer) in discovery: starting, or stuck.
                 "state": "starting" if _alive_here(role) else "unhealthy",
                 "ejected_s": None,
@@ -170,6 +173,8 @@ def render(data: dict[str, Any]) -> Table:
     from rich.table import Table
 
     table = Table(title=f"namespace {data.get('namespace', '?')}")
+    if data.get("layout"):
+        table.caption = f"layout: {data['layout']}"
     for column in COLUMNS:
         right = column in {"replica", "pid", "uptime", "in-flight", "kv usage"}
         table.add_column(column, justify="right" if right else "left")

@@ -66,12 +66,23 @@ def up(
             help="inproc, tcp or grpc (overrides the graph's transport).", rich_help_panel=_GRAPH
         ),
     ] = None,
+    layout: Annotated[
+        str | None,
+        typer.Option(
+            help="How the roles share processes: auto (a rule of the core count: several "
+            "front processes sharing the port, the other roles in processes of their own; "
+            "one process on one core or for the inproc transport), one-process or "
+            "process-per-role. Overrides the graph's layout.",
+            rich_help_panel=_RUN,
+        ),
+    ] = None,
     launcher: Annotated[
         str | None,
         typer.Option(
-            help="inprocess (every role in this process), local (one process per role) or "
-            "ssh (each role on the node the graph places it on). Default: ssh for a graph "
-            "that places roles on nodes, else inprocess for the inproc transport, else local.",
+            help="inprocess (every role in this process, over the graph's transport), local "
+            "(processes on this machine, as the layout says) or ssh (each role on the node "
+            "the graph places it on). Default: ssh for a graph that places roles on nodes, "
+            "else what the layout needs.",
             rich_help_panel=_RUN,
         ),
     ] = None,
@@ -123,7 +134,7 @@ def up(
         # The same command line without --detach; the key goes by environment, not argv.
         argv = rerun_args(ctx, drop=("detach", "api_key"))
         # The graph is loaded here too, so a bad one fails before anything starts.
-        graph = resolve_graph(graph_file, list(set_ or ()), port, transport, discovery)
+        graph = resolve_graph(graph_file, list(set_ or ()), port, transport, discovery, layout)
         typer.echo(detach_up(graph.name, argv, api_key))
         return
     setup_logging(log_level.value, json_logs=json_logs)
@@ -135,9 +146,11 @@ def up(
     settings = dataclasses.replace(
         Settings.from_env(), log_level=log_level.value, json_logs=json_logs, api_key=api_key
     )
-    graph = resolve_graph(graph_file, list(set_ or ()), port, transport, discovery)
+    graph = resolve_graph(graph_file, list(set_ or ()), port, transport, discovery, layout)
     settings = _admin_token_for(graph, settings)
     console = Console(stderr=True, highlight=False)
+    if launcher is None:
+        launcher, graph = default_launcher(graph)
     chosen = choose_launcher(graph, launcher, str(graph_file))
     chosen.settings = settings
     # Under --detach, the parent made this run's directory (it logs there) and named it.
@@ -149,7 +162,7 @@ def up(
         _serve,
         graph,
         chosen,
-        ConsoleObserver(console, graph),
+        ConsoleObserver(console, graph, chosen.layout_summary),
         backend_options={"use_uvloop": _has_uvloop()},
     )
 
@@ -184,6 +197,7 @@ def resolve_graph(
     port: int | None,
     transport: str | None = None,
     discovery: str | None = None,
+    layout: str | None = None,
 ) -> GraphSpec:
     """Load the graph once with every override applied, so every launcher sees one graph."""
     import dataclasses
@@ -211,22 +225,40 @@ def resolve_graph(
         graph = dataclasses.replace(
             graph, discovery=dataclasses.replace(graph.discovery, backend=backend)
         )
+    if layout is not None:
+        from dyn.graph.model import LAYOUTS
+
+        if layout not in LAYOUTS:
+            raise SpecError([f"--layout: unknown layout {layout!r}; choose one of "
+                             f"{', '.join(LAYOUTS)}"])  # fmt: skip
+        graph = dataclasses.replace(graph, layout=layout)
     return graph
+
+
+def default_launcher(graph: GraphSpec) -> tuple[str, GraphSpec]:
+    """The launcher a graph runs with when none is named, and the graph it runs: ssh for
+    a graph that places roles on nodes, else what its layout needs on this machine (in
+    one process, roles call each other in-process whatever the graph's transport)."""
+    import dataclasses
+
+    from dyn.launch.layout import core_count, plan_layout
+
+    if graph.has_nodes():
+        return "ssh", graph
+    if plan_layout(graph, core_count()).mode == "one-process":
+        return "inprocess", dataclasses.replace(graph, transport="inproc")
+    return "local", graph
 
 
 def choose_launcher(graph: GraphSpec, name: str | None, graph_file: str) -> Launcher:
     """The launcher asked for (a name in the ``dyn.launchers`` entry points), or the
-    natural one for the graph: ssh for a graph that places roles on nodes, else
-    inprocess for the inproc transport, else local."""
+    natural one for the graph (:func:`default_launcher`)."""
     from dyn import plugins
     from dyn.errors import LaunchError
     from dyn.launch.base import Launcher
 
     if name is None:
-        if graph.has_nodes():
-            name = "ssh"
-        else:
-            name = "inprocess" if graph.transport == "inproc" else "local"
+        name, _ = default_launcher(graph)
     if ":" not in name and not plugins.is_known("dyn.launchers", name):
         # "in-process" and "in_process" name the built-in "inprocess" too.
         name = name.replace("-", "").replace("_", "")

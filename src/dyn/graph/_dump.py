@@ -23,6 +23,7 @@ def dump_graph(spec: GraphSpec) -> dict[str, Any]:
     if spec.description is not None:
         out["description"] = spec.description
     out["transport"] = spec.transport
+    out["layout"] = spec.layout
     out["discovery"] = {
         "backend": spec.discovery.backend,
         "ttl_s": spec.discovery.ttl_s,

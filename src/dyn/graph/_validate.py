@@ -15,6 +15,7 @@ from dyn.graph._fields import (
     GRAPH_NAME,
     check_keys,
     describe,
+    did_you_mean,
     expect_float,
     expect_int,
     expect_mapping,
@@ -26,7 +27,9 @@ from dyn.graph._fields import (
 from dyn.graph._yaml import FieldPath, Problems
 from dyn.graph.model import (
     DEFAULT_DISCOVERY_TTL_S,
+    DEFAULT_LAYOUT,
     DEFAULT_TRANSPORT,
+    LAYOUTS,
     LOCAL_NODE,
     DiscoverySpec,
     GraphSpec,
@@ -42,6 +45,7 @@ TOP_KEYS = (
     "namespace",
     "description",
     "transport",
+    "layout",
     "discovery",
     "nodes",
     "model",
@@ -72,17 +76,19 @@ def build_graph(problems: Problems, doc: Any, resolve_role: RoleResolver) -> Gra
     transport = plugin_name(
         problems, ("transport",), doc.get("transport", DEFAULT_TRANSPORT), "dyn.transports"
     )
+    layout = _layout(problems, doc.get("layout", DEFAULT_LAYOUT))
     discovery = _discovery(problems, doc.get("discovery", DiscoverySpec().backend))
     nodes = _nodes(problems, doc.get("nodes"))
     # With the nodes section broken, placements cannot be checked against it.
     node_names = [n.name for n in nodes] if nodes is not None else None
     components = read_components(problems, doc, node_names, resolve_role)
     model = _model(problems, doc.get("model"))
-    if problems or None in (name, namespace, transport, discovery, nodes, components):
+    if problems or None in (name, namespace, transport, layout, discovery, nodes, components):
         return None
     assert name
     assert namespace
     assert transport
+    assert layout
     assert discovery
     assert nodes
     assert components
@@ -95,8 +101,21 @@ def build_graph(problems: Problems, doc: Any, resolve_role: RoleResolver) -> Gra
         nodes=nodes,
         components=components,
         model=model,
+        layout=layout,
         source=problems.locator.source,
     )
+
+
+def _layout(problems: Problems, raw: Any) -> str | None:
+    layout = expect_str(problems, ("layout",), raw)
+    if layout is None or layout in LAYOUTS:
+        return layout
+    choices = ", ".join(LAYOUTS)
+    problems.add(
+        ("layout",),
+        f"unknown layout {layout!r}{did_you_mean(layout, LAYOUTS)}; choose one of {choices}",
+    )
+    return None
 
 
 def _discovery(problems: Problems, raw: Any) -> DiscoverySpec | None:

@@ -11,7 +11,9 @@ import msgspec
 
 __all__ = [
     "DEFAULT_DISCOVERY_TTL_S",
+    "DEFAULT_LAYOUT",
     "DEFAULT_TRANSPORT",
+    "LAYOUTS",
     "LOCAL_NODE",
     "ComponentSpec",
     "DependencySpec",
@@ -23,6 +25,10 @@ __all__ = [
 ]
 
 DEFAULT_TRANSPORT = "inproc"
+# How the roles of a graph run on this machine (docs/process-layout.md): every role in
+# one process, one process per role replica, or a fixed rule of the core count.
+LAYOUTS = ("auto", "one-process", "process-per-role")
+DEFAULT_LAYOUT = "auto"
 DEFAULT_DISCOVERY = "memory"
 # How long a registration outlives its last heartbeat: long enough to ride out a slow
 # heartbeat, short enough that a dead instance soon stops receiving traffic.
@@ -118,6 +124,7 @@ class GraphSpec:
     nodes: tuple[NodeSpec, ...]
     components: tuple[ComponentSpec, ...]
     model: ModelSpec | None = None
+    layout: str = DEFAULT_LAYOUT
     source: str = field(default="<string>", compare=False)
 
     def component(self, name: str) -> ComponentSpec:

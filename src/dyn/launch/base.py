@@ -21,6 +21,7 @@ def new_record(
     launcher: str,
     graph_file: str | None,
     admin_token: str | None = None,
+    layout: str = "",
 ) -> state.RunRecord:
     """The run record of a launch that is starting (roles and URL are filled in later)."""
     return state.RunRecord(
@@ -35,6 +36,7 @@ def new_record(
         discovery_dir=str(run.discovery_dir) if graph.discovery.backend == "file" else "",
         # The record is private to the user (0600), like the token `dyn up` may have made.
         admin_token=admin_token,
+        layout=layout,
     )
 
 
@@ -73,6 +75,8 @@ class Launcher(ABC):
     # The id of a run directory made for this launch already, to use rather than make
     # one (`dyn up --detach` makes it for the process it starts; see state.create_run).
     reserved_run_id: str | None = None
+    # How the graph's roles share processes, in one line (set by resolve()).
+    layout_summary: str = "every role in one process"
 
     def __init__(self, graph_file: str | None = None) -> None:
         self.graph_file = graph_file

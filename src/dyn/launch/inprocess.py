@@ -42,7 +42,9 @@ class InProcessLauncher(Launcher):
         began = time.perf_counter()
         run = state.create_run(graph.name, reserved=self.reserved_run_id)
         graph = discovery_in_run(graph, run)
-        record = new_record(run, graph, self.name, self.graph_file, self.settings.admin_token)
+        record = new_record(
+            run, graph, self.name, self.graph_file, self.settings.admin_token, self.layout_summary
+        )
         etcd = await start_local_etcd(graph, run, record)
         try:
             await self._serve(graph, run, record, observer, stop, began)

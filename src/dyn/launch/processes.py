@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import anyio
+import msgspec
 from anyio.abc import Process
 
 from dyn import state
@@ -33,6 +34,7 @@ from dyn.graph import ComponentSpec, GraphSpec, dump_graph_yaml
 from dyn.launch._roles import READY_TIMEOUT_S, discovery_in_run, node_of, role_name
 from dyn.launch.base import Launcher, LaunchObserver, cancel_when_set, new_record
 from dyn.launch.control import ControlServer
+from dyn.launch.layout import ProcessPlan
 from dyn.launch.role_classes import http_components, role_of
 from dyn.launch.role_main import READY_MARK
 from dyn.settings import RUN_ID_ENV
@@ -55,6 +57,9 @@ class RoleProcess:
     component: str
     replica: int
     node: str
+    # Role instances the process hosts besides this one, started before it (the auto
+    # layout's front process: a processor replica beside the frontend's).
+    companions: tuple[tuple[str, int], ...] = ()
     process: Process = field(init=False)
     log: TextIO = field(init=False)
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL_LINES))
@@ -116,6 +121,7 @@ class ProcessLauncher(Launcher):
     """
 
     name = "process"
+    layout_summary = "one process per role replica"
 
     def __init__(self, graph_file: str | None = None) -> None:
         super().__init__(graph_file)
@@ -132,7 +138,14 @@ class ProcessLauncher(Launcher):
         self._hurry = anyio.Event()
         run, resolved, graph_path = prepare_run(graph, self.reserved_run_id)
         self.run_dir = run
-        record = new_record(run, resolved, self.name, self.graph_file, self.settings.admin_token)
+        record = new_record(
+            run,
+            resolved,
+            self.name,
+            self.graph_file,
+            self.settings.admin_token,
+            self.layout_summary,
+        )
         state.write_record(run, record)
         async with anyio.create_task_group() as tasks:
             try:
@@ -168,16 +181,23 @@ class ProcessLauncher(Launcher):
         tasks: anyio.abc.TaskGroup,
         began: float,
     ) -> None:
-        for spec in graph.topological_order():
-            # Replicas of one component start together; components in order.
+        # The processes of one component start together; components in order.
+        plans = self.process_plans(graph)
+        for component in dict.fromkeys(plan.component for plan in plans):
             batch = []
-            for replica in range(spec.replicas):
-                role = _role_process(spec, replica)
+            for plan in (p for p in plans if p.component == component):
+                role = _role_process(graph.component(plan.component), plan.replica)
+                role.companions = plan.companions
+                for name, replica in plan.companions:
+                    observer.role_starting(role_name(graph.component(name), replica), role.node)
                 observer.role_starting(role.role, role.node)
                 await self._spawn(tasks, run, graph_path, role)
                 batch.append(role)
             for started in batch:
                 await self._wait_ready(started)
+                for name, replica in started.companions:
+                    hosted = role_name(graph.component(name), replica)
+                    observer.role_up(hosted, started.node, time.perf_counter() - began)
                 observer.role_up(started.role, started.node, time.perf_counter() - began)
 
     async def _spawn(
@@ -208,7 +228,24 @@ class ProcessLauncher(Launcher):
     def _write_roles(self) -> None:
         scaling = self._scaling
         assert scaling is not None
-        scaling.record.roles = [self.role_record(scaling.graph, r) for r in self.roles]
+        records: list[state.RoleRecord] = []
+        for role in self.roles:
+            record = self.role_record(scaling.graph, role)
+            hosted = {
+                (h["component"], h["replica"]): h for h in (role.ready or {}).get("hosted", [])
+            }
+            for name, replica in role.companions:
+                records.append(
+                    msgspec.structs.replace(
+                        record,
+                        role=role_name(scaling.graph.component(name), replica),
+                        component=name,
+                        replica=replica,
+                        instance_id=hosted.get((name, replica), {}).get("instance_id"),
+                    )
+                )
+            records.append(record)
+        scaling.record.roles = records
         state.write_record(scaling.run, scaling.record)
 
     async def scale(self, component: str, replicas: int) -> list[str]:
@@ -225,6 +262,11 @@ class ProcessLauncher(Launcher):
             ) from None
         if role_of(spec).port_field is not None:
             raise LaunchError("frontends cannot be scaled: their replicas would share one port")
+        if any(name == component for r in self.roles for name, _ in r.companions):
+            raise LaunchError(
+                f"{component!r} runs inside the frontend's processes in this layout, one "
+                "replica each; to scale it, run the graph with --layout process-per-role"
+            )
         if replicas < 0:
             raise LaunchError(f"replicas must be >= 0, got {replicas}")
         running = [r for r in self.roles if r.component == component and not r.exited.is_set()]
@@ -256,6 +298,15 @@ class ProcessLauncher(Launcher):
         return lines
 
     # -- the hooks a subclass implements ------------------------------------------------
+
+    def process_plans(self, graph: GraphSpec) -> list[ProcessPlan]:
+        """The processes to start, in order, and the role instances each hosts: by
+        default one process per role replica, dependencies first."""
+        return [
+            ProcessPlan(((spec.name, replica),))
+            for spec in graph.topological_order()
+            for replica in range(spec.replicas)
+        ]
 
     @abstractmethod
     def role_command(self, run: state.RunDir, graph_path: Path, role: RoleProcess) -> list[str]:
@@ -353,6 +404,8 @@ class ProcessLauncher(Launcher):
             for role in group:
                 await self._stop(role)
                 observer.role_stopped(role.role)
+                for name, replica in reversed(role.companions):
+                    observer.role_stopped(role_name(graph.component(name), replica))
 
     async def _stop(self, role: RoleProcess) -> None:
         role.stopping = True

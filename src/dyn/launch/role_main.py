@@ -28,6 +28,8 @@ from dyn.graph import GraphSpec, load_graph
 from dyn.launch._roles import make_discovery, make_transport, start_role, stop_role
 from dyn.launch.base import cancel_when_set
 from dyn.launch.role_classes import role_class
+from dyn.observability.metrics_server import METRICS_URL_KEY, serve_metrics
+from dyn.runtime.component import Component
 from dyn.runtime.runtime import Runtime
 from dyn.settings import ADMIN_TOKEN_ENV, API_KEY_ENV, ROLE_SECRET_ENV, Settings
 
@@ -46,10 +48,13 @@ def run_role(
     pidfile_run: str | None = None,
     node: str | None = None,
     settings: Settings | None = None,
+    companions: tuple[tuple[str, int], ...] = (),
 ) -> None:
-    """Serve one role instance; ``settings`` are what the role process's CLI read from its
-    environment (a remote role's bootstrap line adds the keys and the transport security
-    it carries, which win over this node's own)."""
+    """Serve one role instance (and ``companions``, started before it in the same
+    process and runtime, which then calls between them in-process). ``settings`` are
+    what the role process's CLI read from its environment (a remote role's bootstrap
+    line adds the keys and the transport security it carries, which win over this
+    node's own)."""
     settings = settings or Settings()
     if graph_path == "-":
         graph, passed = _bootstrap()
@@ -63,7 +68,9 @@ def run_role(
         graph = load_graph(Path(graph_path), resolve_role=role_class)
     pidfile = _write_pidfile(pidfile_run, component, replica, graph) if pidfile_run else None
     try:
-        anyio.run(_serve, graph, component, replica, watch_stdin, pidfile, node, settings)
+        anyio.run(
+            _serve, graph, component, replica, watch_stdin, pidfile, node, settings, companions
+        )
     finally:
         if pidfile is not None:
             pidfile.unlink(missing_ok=True)
@@ -114,6 +121,7 @@ async def _serve(
     pidfile: Path | None,
     node_name: str | None = None,
     settings: Settings | None = None,
+    companions: tuple[tuple[str, int], ...] = (),
 ) -> None:
     spec = graph.component(component_name)
     if node_name is None and spec.placement:
@@ -129,15 +137,28 @@ async def _serve(
             discovery=discovery,
             node=node.name if node is not None else "local",
             host=host,
+            local_calls=bool(companions),
         ) as runtime,
     ):
+        runtime.metadata[METRICS_URL_KEY] = await serve_metrics(
+            runtime.registry, host, runtime.tasks
+        )
         runtime.tasks.start_soon(_watch_signals, stop)
         if watch_stdin:
             runtime.tasks.start_soon(_watch_stdin, stop)
+        hosted: list[Component[Any]] = []
         with anyio.CancelScope() as startup:  # SIGTERM during start-up: just leave
             runtime.tasks.start_soon(cancel_when_set, stop, startup)
+            for name, index in companions:
+                companion = graph.component(name)
+                hosted.append(
+                    await start_role(runtime, graph, companion, index, node_name, settings)
+                )
             component = await start_role(runtime, graph, spec, replica, node_name, settings)
         if startup.cancelled_caught:
+            with anyio.CancelScope(shield=True):
+                for started in reversed(hosted):
+                    await stop_role(runtime, started)
             return
         ready: dict[str, Any] = {
             "pid": os.getpid(),
@@ -145,12 +166,23 @@ async def _serve(
             "instance_id": component.info.instance_id,
             "url": getattr(component, "url", None),
             "pidfile": str(pidfile) if pidfile else None,
+            METRICS_URL_KEY: runtime.metadata[METRICS_URL_KEY],
+            "hosted": [
+                {
+                    "component": c.info.component,
+                    "replica": c.info.replica,
+                    "instance_id": c.info.instance_id,
+                }
+                for c in hosted
+            ],
         }
         sys.stdout.write(READY_MARK + json.dumps(ready) + "\n")
         sys.stdout.flush()
         await stop.wait()
         with anyio.CancelScope(shield=True):
-            await stop_role(runtime, component)
+            # The one named first (a frontend stops taking requests), then its companions.
+            for started in [component, *reversed(hosted)]:
+                await stop_role(runtime, started)
 
 
 async def _watch_signals(stop: anyio.Event) -> None:

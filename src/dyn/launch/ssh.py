@@ -75,6 +75,7 @@ def remote_command(node: NodeSpec, argv: list[str]) -> str:
 
 class SshLauncher(LocalLauncher):
     name = "ssh"
+    layout_summary = "one process per role replica, on its node"
 
     def __init__(self, graph_file: str | None = None) -> None:
         super().__init__(graph_file)

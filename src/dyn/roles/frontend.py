@@ -15,6 +15,7 @@ from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import anyio
+import msgspec
 
 from dyn.errors import CallError, DynError, LaunchError, RemoteError
 from dyn.net import is_loopback
@@ -44,10 +45,15 @@ class Frontend(Component[FrontendConfig]):
     serves_http: ClassVar[bool] = True
     admin_routes: ClassVar[bool] = True
     port_field: ClassVar[str | None] = "port"
+    scales_with_cores: ClassVar[bool] = True
 
     @classmethod
     def route_targets(cls, config: FrontendConfig) -> dict[str, str]:
         return dict(config.routes)
+
+    @classmethod
+    def replicated_config(cls, config: FrontendConfig) -> FrontendConfig:
+        return msgspec.structs.replace(config, reuse_port=True)
 
     @classmethod
     def admin_token_required(cls, config: FrontendConfig) -> bool:
@@ -63,7 +69,7 @@ class Frontend(Component[FrontendConfig]):
         lines = [f"listen http://{config.host}:{config.port}"]
         lines.extend(f"route {path} → {target}" for path, target in config.routes.items())
         changed = non_default_fields(config)
-        for key in ("host", "port", "routes"):
+        for key in ("host", "port", "routes", "reuse_port"):
             changed.pop(key, None)
         return lines + [f"{key} = {value!r}" for key, value in changed.items()]
 
@@ -93,6 +99,10 @@ class Frontend(Component[FrontendConfig]):
         family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if self.config.reuse_port:
+            # The replicas of this frontend (one per process) accept on one port; the
+            # kernel spreads connections over them. The launcher checked the port was free.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             sock.bind((self.config.host, self.config.port))

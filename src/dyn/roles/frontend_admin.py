@@ -8,7 +8,9 @@ calls it between arms). ``GET /admin/status`` lists every role instance of the n
 (from discovery) with what is cheap to know of its health; it is mounted on every
 frontend, with or without a processor. An instance that the frontend's clients or any
 processor's client has ejected for failing calls shows as ``ejected``, with the seconds
-of back-off left in ``ejected_s``.
+of back-off left in ``ejected_s``, and each row's ``metrics_url`` is where its process
+serves Prometheus metrics (None for roles that share the frontend's process and
+``/metrics``, as in one-process mode).
 They call the processor's ``route_info``, ``set_strategy``, ``explain`` and ``clear_kv``
 endpoints.
 
@@ -31,6 +33,7 @@ import msgspec
 
 from dyn.discovery.base import Instance
 from dyn.errors import DynError, TransportError
+from dyn.observability.metrics_server import METRICS_URL_KEY
 from dyn.openai.errors import call_error_body, client_error, error_body
 from dyn.routing.base import RouteRequest
 from dyn.runtime.client import Client
@@ -54,11 +57,14 @@ STATUS_CALL_TIMEOUT_S = 2.0
 def admin_routes(processor: Client) -> list[Route]:
     from starlette.routing import Route
 
-    async def call(endpoint: str, payload: Any) -> Response:
+    async def call(endpoint: str, payload: Any, instance_id: str | None = None) -> Response:
         from starlette.responses import JSONResponse
 
+        route = None
+        if instance_id is not None:
+            route = RouteRequest(request_id=f"{endpoint}-{instance_id}", instance_id=instance_id)
         try:
-            async with processor.stream(endpoint, payload) as items:
+            async with processor.stream(endpoint, payload, route=route) as items:
                 async for item in items:
                     return JSONResponse(item)
         except DynError as exc:
@@ -76,7 +82,17 @@ def admin_routes(processor: Client) -> list[Route]:
         return await call("route_info", {})
 
     async def switch(request: Request) -> Response:
-        return await call("set_strategy", await body(request))
+        payload = await body(request)
+        replicas = processor.instances("set_strategy")
+        if len(replicas) < 2:
+            return await call("set_strategy", payload)
+        # Every processor replica routes this frontend's share (or another's) of the
+        # traffic: each must switch, or the graph would route with two strategies.
+        replies = [
+            await call("set_strategy", payload, instance.instance_id) for instance in replicas
+        ]
+        failed = [reply for reply in replies if reply.status_code != 200]
+        return (failed or replies)[0]
 
     async def explain(request: Request) -> Response:
         return await call("explain", await body(request))
@@ -122,6 +138,8 @@ async def collect_status(frontend: Frontend) -> dict[str, Any]:
             "host": frontend.runtime.host,
             "pid": os.getpid(),
             "address": frontend.url,
+            # None in one-process mode: this frontend's own /metrics shows every role.
+            "metrics_url": frontend.runtime.metadata.get(METRICS_URL_KEY),
             "state": "draining" if admission.draining else "healthy",
             "ejected_s": None,
             "reason": None,
@@ -152,6 +170,7 @@ async def collect_status(frontend: Frontend) -> dict[str, Any]:
                 "host": instance.host,
                 "pid": instance.pid,
                 "address": instance.address,
+                "metrics_url": instance.metadata.get(METRICS_URL_KEY),
                 # What the instance answers itself (healthy, starting, draining), or
                 # unhealthy when it does not; callers may still skip it (ejected).
                 "state": _state(health.get(instance.instance_id, {}), left),

@@ -25,6 +25,9 @@ class FrontendConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
     host: str = "127.0.0.1"
     port: Port = 8000
+    # Share the port with this frontend's replicas in other processes (SO_REUSEPORT); the
+    # auto process layout sets it (docs/process-layout.md).
+    reuse_port: bool = False
     routes: dict[str, str] = msgspec.field(default_factory=dict)
     # The component (in depends_on) behind the OpenAI routes and the /admin/route routes:
     # a processor. Unset, the frontend serves only `routes`.

@@ -13,7 +13,7 @@ unless ``replica_sync`` is off.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import anyio
 import msgspec
@@ -67,6 +67,9 @@ class ProcessorConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 class Processor(Component[ProcessorConfig]):
     """Tokenizes, routes with the configured strategy, and detokenizes the stream."""
 
+    # Replicas keep their routers in step (replica_sync), so the auto layout may run one
+    # beside each frontend replica.
+    scales_with_cores: ClassVar[bool] = True
     # kv_events is followed, and clear_kv called, only on the instances that serve them.
     worker = depends(calls=(ENGINE_GENERATE,), may_call=(ENGINE_KV_EVENTS, ENGINE_CLEAR_KV))
 

@@ -27,6 +27,7 @@ from dyn.engines.base import EngineOutput, EngineRequest
 from dyn.engines.mocker import MockerConfig, MockerEngine
 from dyn.errors import OverloadedError
 from dyn.kv.events import WorkerUpdate
+from dyn.observability.batched import ObservationBatch
 from dyn.observability.worker_metrics import WorkerMetrics
 from dyn.runtime.component import Component, endpoint
 from dyn.tokenizer import load_tokenizer
@@ -74,7 +75,9 @@ class Worker(Component[WorkerConfig]):
     async def generate(self, req: EngineRequest, ctx: Context) -> AsyncIterator[EngineOutput]:
         self.refuse_if_full()
         own = self._own
-        itl = own.itl
+        # Inter-token latencies are added to the histogram once, when the request ends.
+        itl = ObservationBatch(own.itl)
+        gaps = itl.values
         clock = time.perf_counter
         started = last = clock()
         status = "cancelled"
@@ -92,7 +95,7 @@ class Worker(Component[WorkerConfig]):
                     own.cached_prompt_tokens.inc(output.cached_tokens)
                     first = False
                 else:
-                    itl.observe(now - last)
+                    gaps.append(now - last)
                 last = now
                 yield output
             status = "ok"
@@ -104,6 +107,7 @@ class Worker(Component[WorkerConfig]):
             if self._active == 0:
                 self._idle.set()
             own.inflight.dec()
+            itl.flush()
             own.finished(status)
             own.duration.observe(clock() - started)
             own.kv_active_blocks.set(self.engine.load().active_blocks)

@@ -323,6 +323,12 @@ class ResponseStream(Generic[ItemT]):
             instance = Direct.pick(candidates, self._route.instance_id)
             self._tracked = False
         else:
+            runtime = client.runtime
+            if runtime.local_address is not None:
+                # A process that hosts the callee too (the auto layout's front process):
+                # the in-process path is the cheapest, and each front process serving its
+                # share of the HTTP connections is the balance the layout wants.
+                candidates = [i for i in candidates if runtime.is_local(i)] or candidates
             instance = client.router.select(client._routable(candidates), self._route)
             client.router.on_routed(instance, self._route)
         self.instance = instance
@@ -333,8 +339,17 @@ class ResponseStream(Generic[ItemT]):
         path = instance.key
         if not math.isinf(self.deadline):
             self.headers[HEADER_DEADLINE] = f"{max(0.0, self.deadline - anyio.current_time()):.6f}"
+        runtime = client.runtime
+        if runtime.is_local(instance):
+            assert runtime.local_transport is not None
+            assert runtime.local_address is not None
+            self._objects = True
+            self._call = runtime.local_transport.call(
+                runtime.local_address, path, self._payload, self.headers
+            )
+            return self._call
         payload = self._payload if self._objects else codec.encode(self._payload)
-        self._call = client.runtime.transport.call(instance.address, path, payload, self.headers)
+        self._call = runtime.transport.call(instance.address, path, payload, self.headers)
         return self._call
 
     def __aiter__(self) -> Self:

@@ -235,6 +235,10 @@ class Component(Generic[ConfigT]):
     # The config field `dyn up --port` sets, if the role takes one; its replicas would
     # share that port, so `dyn scale` refuses to add any.
     port_field: ClassVar[str | None] = None
+    # The auto process layout may run one replica in each of several processes that
+    # share the HTTP port (docs/process-layout.md): true of roles that keep no state
+    # another replica needs, or that share it (a frontend, a processor's synced router).
+    scales_with_cores: ClassVar[bool] = False
     # A request body to show users (`dyn up` prints a curl line with it).
     example_request: ClassVar[dict[str, Any] | None] = None
     config: ConfigT
@@ -328,6 +332,13 @@ class Component(Generic[ConfigT]):
         """The lines `dyn graph show` prints for ``config``: the fields not at their
         defaults, ``name = value``."""
         return [f"{key} = {value!r}" for key, value in non_default_fields(config).items()]
+
+    @classmethod
+    def replicated_config(cls, config: Any) -> Any:
+        """``config`` for one of several replicas the auto layout runs side by side, one
+        per process (only asked of roles that scale with cores): e.g. a frontend's
+        replicas share its port."""
+        return config
 
     def metadata(self) -> dict[str, Any]:
         """Facts published with this instance's discovery entries (e.g. a block size)."""

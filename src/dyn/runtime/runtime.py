@@ -53,6 +53,7 @@ class Runtime:
         node: str = "local",
         host: str = "127.0.0.1",
         registry: CollectorRegistry | None = None,
+        local_calls: bool = False,
     ) -> None:
         self.namespace = namespace
         self.transport = transport
@@ -61,6 +62,15 @@ class Runtime:
         self.host = host
         self.registry = registry if registry is not None else CollectorRegistry()
         self.address = ""
+        # Facts about this process that every instance it registers publishes (e.g.
+        # where its metrics are served); a component's own metadata wins over them.
+        self.metadata: dict[str, Any] = {}
+        # With local_calls, calls to this runtime's own instances skip the transport: a
+        # second, in-process server hands them the caller's objects (see Client). For a
+        # process that hosts several roles (the auto layout's frontend + processor).
+        self.local_calls = local_calls
+        self.local_transport: Transport | None = None
+        self.local_address: str | None = None
         self._routes: dict[str, EndpointMethod] = {}
         # How each route's payloads become its handler's request (absent: plain data).
         self._readers: dict[str, RequestReader] = {}
@@ -76,10 +86,25 @@ class Runtime:
         self._tasks = anyio.create_task_group()
         await self._tasks.__aenter__()
         self.address = await self._tasks.start(self._serve)
+        if self.local_calls and not self.transport.carries_objects:
+            from dyn.transports.inproc import InprocTransport
+
+            self.local_transport = InprocTransport()
+            self.local_address = await self._tasks.start(self._serve_local)
         return self
 
     async def _serve(self, *, task_status: anyio.abc.TaskStatus[str]) -> None:
         await self.transport.serve(self._dispatch, host=self.host, task_status=task_status)
+
+    async def _serve_local(self, *, task_status: anyio.abc.TaskStatus[str]) -> None:
+        assert self.local_transport is not None
+        await self.local_transport.serve(
+            self._dispatch_objects, host=self.host, task_status=task_status
+        )
+
+    def is_local(self, instance: Instance) -> bool:
+        """Whether calls to ``instance`` take the in-process path (it is served here)."""
+        return self.local_address is not None and instance.address == self.address
 
     async def __aexit__(
         self,
@@ -134,7 +159,7 @@ class Runtime:
         """Route calls to ``component``'s endpoints and register them in discovery."""
         info = component.info
         # `dyn status` shows uptimes from this; one clock reading for all endpoints.
-        metadata = {"started_at": time.time(), **(metadata or {})}
+        metadata = {"started_at": time.time(), **self.metadata, **(metadata or {})}
         instances = []
         types = type(component).endpoint_types()
         for name, method_name in type(component).endpoints().items():
@@ -196,7 +221,15 @@ class Runtime:
             return {"state": "unhealthy", "reason": "no answer"}
         return {"state": "unhealthy", "reason": f"no answer within {timeout_s:g} s"}
 
-    async def _dispatch(self, path: str, payload: Any, ctx: Context) -> AsyncIterator[Any]:
+    def _dispatch(self, path: str, payload: Any, ctx: Context) -> AsyncIterator[Any]:
+        return self._handle(path, payload, ctx, self._objects)
+
+    def _dispatch_objects(self, path: str, payload: Any, ctx: Context) -> AsyncIterator[Any]:
+        return self._handle(path, payload, ctx, True)
+
+    async def _handle(
+        self, path: str, payload: Any, ctx: Context, objects: bool
+    ) -> AsyncIterator[Any]:
         method = self._routes.get(path)
         if method is None:
             if path in self._withdrawn:
@@ -204,7 +237,6 @@ class Runtime:
                 raise TransportError(f"{path!r} is shutting down")
             raise NotFoundError(f"no endpoint {path!r} here")
         # Decoded and checked once, here; a bad request never reaches the handler.
-        objects = self._objects
         reader = self._readers.get(path, _PLAIN_REQUESTS)
         request = reader.from_object(payload) if objects else reader.from_bytes(payload)
         items = method(request, ctx)

@@ -21,6 +21,7 @@ import ssl
 import anyio
 import anyio.lowlevel
 
+from dyn._streams import Wakeup
 from dyn.transports._tcp_frames import PREFACE_SIZE, Frame, FrameDecoder
 from dyn.transports._tls import describe_tls_error
 
@@ -93,7 +94,9 @@ class Wire:
         self._out: list[bytes | memoryview] = []
         self._out_bytes = 0
         self._room: anyio.Event | None = None
-        self._wake: anyio.Event | None = None
+        # Wakes run_writer; a bare future, as it is set after nearly every loop turn.
+        self._wake = Wakeup()
+        self._writer_waiting = False
         self._drain_lock = anyio.Lock()
         # TLS only: the session, its buffers, and encrypted bytes not yet in the kernel.
         self._tls: ssl.SSLObject | None = None
@@ -236,9 +239,9 @@ class Wire:
             return  # the reader reports the loss; writers need not
         self._out.append(data)
         self._out_bytes += len(data)
-        if self._wake is not None:
+        if self._writer_waiting:
+            self._writer_waiting = False
             self._wake.set()
-            self._wake = None
 
     def write_frame(self, header: bytes, body: bytes) -> None:
         """Queue a frame given as header and body, without copying a large body."""
@@ -249,9 +252,9 @@ class Wire:
         else:
             self._out += (header, body)
         self._out_bytes += len(header) + len(body)
-        if self._wake is not None:
+        if self._writer_waiting:
+            self._writer_waiting = False
             self._wake.set()
-            self._wake = None
 
     def flush_nowait(self) -> None:
         """Hand the kernel as much of the queue as it takes now, without waiting."""
@@ -337,9 +340,14 @@ class Wire:
         try:
             while self.closed is None:
                 if not (self._out or self._sealed):
-                    self._wake = anyio.Event()
+                    self._writer_waiting = True
                     await self._wake.wait()
-                await self.drain()
+                    continue
+                # The kernel nearly always takes a loop turn's frames at once: only what
+                # it left over needs the drain lock and a wait for writability.
+                self.flush_nowait()
+                if self._out or self._sealed:
+                    await self.drain()
         except WireClosed:
             return
 
@@ -355,9 +363,9 @@ class Wire:
             self._out.clear()
             self._sealed.clear()
             self._out_bytes = 0
-            for event in (self._room, self._wake):
-                if event is not None:
-                    event.set()
+            if self._room is not None:
+                self._room.set()
+            self._wake.set()
             anyio.notify_closing(self.sock)
             self.sock.close()
         return self.closed

@@ -69,7 +69,8 @@ class _Subscriber:
 
     def push(self, events: list[KvEvent], load: WorkerLoad) -> None:
         if not self.stale:
-            self.events.extend(e for e in events if e.event_id > self.since)
+            if events:
+                self.events.extend(e for e in events if e.event_id > self.since)
             if len(self.events) > MAX_PENDING_EVENTS:
                 self.events.clear()
                 self.stale = True
@@ -90,6 +91,7 @@ class MockerEngine(Engine):
         self.core = MockerCore(self.config)
         self._streams: dict[str, _Outputs] = {}
         self._subscribers: set[_Subscriber] = set()
+        self._published_load: WorkerLoad | None = None  # the load subscribers last got
         self._wake = Wakeup()
         self._running = False
         self._task_group: TaskGroup | None = None
@@ -202,6 +204,9 @@ class MockerEngine(Engine):
                 if subscriber.stale:
                     snapshot = self.core.snapshot()
                     subscriber.stale, subscriber.load = False, None
+                    # Its load is read now, maybe between steps: the next step's load
+                    # goes out even if equal to the last published one.
+                    self._published_load = None
                     subscriber.since = snapshot[0].event_id
                     yield WorkerUpdate(events=snapshot, load=self.core.load(), snapshot=True)
                 elif subscriber.events or subscriber.load is not None:
@@ -234,6 +239,12 @@ class MockerEngine(Engine):
         if not self._subscribers:
             return
         load = self.core.load()
+        # A step that changed neither the cache nor the load (most decode steps) tells
+        # subscribers nothing: sending it anyway would cost the router one update per
+        # step, which grows with the number of workers, not with the work done.
+        if not events and load == self._published_load:
+            return
+        self._published_load = load
         for subscriber in self._subscribers:
             subscriber.push(events, load)
 

@@ -25,6 +25,7 @@ from dyn.routing.kv.cost import (
     DEFAULT_BLOCK_SIZE,
     DEFAULT_OVERLAP_SCORE_WEIGHT,
     DEFAULT_TEMPERATURE,
+    Cost,
     choose,
     worker_cost,
 )
@@ -161,21 +162,28 @@ class KvRouter(RoutingStrategy):
         cached = self.cached_overlaps(local, keys)
         overlaps: dict[str, int] = {}
         scores: list[WorkerScore] = []
+        tracker = self.tracker
+        # Candidates in the same state (idle ones, above all) have the same cost: computed
+        # once per state, so a request's cost grows little with the number of workers.
+        costs: dict[tuple[int, int, int, int], Cost] = {}
         for candidate in candidates:
             worker = candidate.instance_id
-            flight = self.tracker.flight(worker)
-            inflight = self.tracker.inflight_overlap(worker, keys)
+            flight = tracker.flight(worker)
+            inflight = tracker.inflight_overlap(worker, keys) if flight.refs else 0
             overlap = max(cached.get(worker, 0), inflight)
             overlaps[worker] = overlap
-            cost = worker_cost(
-                isl_tokens=len(tokens),
-                block_size=block_size,
-                overlap_blocks=overlap,
-                active_prefill_tokens=flight.prefill_tokens,
-                active_blocks=flight.active_blocks,
-                new_blocks=len(keys) + extra - inflight,
-                overlap_score_weight=settings.overlap_score_weight,
-            )
+            state = (overlap, inflight, flight.prefill_tokens, flight.active_blocks)
+            cost = costs.get(state)
+            if cost is None:
+                cost = costs[state] = worker_cost(
+                    isl_tokens=len(tokens),
+                    block_size=block_size,
+                    overlap_blocks=overlap,
+                    active_prefill_tokens=flight.prefill_tokens,
+                    active_blocks=flight.active_blocks,
+                    new_blocks=len(keys) + extra - inflight,
+                    overlap_score_weight=settings.overlap_score_weight,
+                )
             scores.append(
                 WorkerScore(
                     worker,
