@@ -31,6 +31,7 @@ from dyn.engines.openai_proxy import OpenAIProxyConfig, OpenAIProxyEngine
 from dyn.engines.openai_proxy.kv_relay import KvEventRelay
 from dyn.errors import CallError, TransportError
 from dyn.kv.events import WorkerLoad, WorkerUpdate
+from dyn.observability.batched import ObservationBatch
 from dyn.observability.worker_metrics import WorkerMetrics
 from dyn.runtime.component import Component, endpoint
 from dyn.tokenizer import load_tokenizer
@@ -132,7 +133,10 @@ class ProxyWorker(Component[OpenAIProxyConfig]):
     @endpoint
     async def generate(self, req: EngineRequest, ctx: Context) -> AsyncIterator[EngineOutput]:
         metrics, label = self.metrics, self.label
-        itl, cached_tokens = self._itl, self._cached_tokens
+        cached_tokens = self._cached_tokens
+        # Inter-token latencies are added to the histogram once, when the request ends.
+        itl = ObservationBatch(self._itl)
+        gaps = itl.values
         blocks = math.ceil(len(req.tokens) / self.config.block_size)
         self._active_blocks += blocks
         started = last = time.perf_counter()
@@ -147,7 +151,7 @@ class ProxyWorker(Component[OpenAIProxyConfig]):
                     metrics.prompt_tokens.labels(label).inc(len(req.tokens))
                     first = False
                 else:
-                    itl.observe(now - last)
+                    gaps.append(now - last)
                 # The upstream reports cached tokens once, on the first or the last output.
                 if output.cached_tokens:
                     cached_tokens.inc(output.cached_tokens)
@@ -164,6 +168,7 @@ class ProxyWorker(Component[OpenAIProxyConfig]):
             raise
         finally:
             self._active_blocks -= blocks
+            itl.flush()
             metrics.inflight.labels(label).dec()
             metrics.requests.labels(label, status).inc()
             metrics.duration.labels(label).observe(time.perf_counter() - started)
