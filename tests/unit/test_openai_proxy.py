@@ -92,7 +92,7 @@ async def collect(proxy: OpenAIProxyEngine, req: EngineRequest) -> list[EngineOu
         await proxy.aclose()
 
 
-async def test_forwards_text_and_re_encodes_the_answer() -> None:
+async def test_forwards_text_and_relays_the_answer_as_text() -> None:
     seen: list[httpx.Request] = []
     body = sse(chunk(" big"), chunk(" world"), chunk("!", "length"), usage(None))
     proxy = engine(answering(body, seen), api_key="sk-1")
@@ -109,7 +109,9 @@ async def test_forwards_text_and_re_encodes_the_answer() -> None:
         "stream_options": {"include_usage": True},
         "ignore_eos": True,
     }
-    assert TOKENIZER.decode([t for o in outputs for t in o.tokens]) == " big world!"
+    # The upstream's text as it is: no token ids, so nothing for the processor to decode.
+    assert "".join(o.text or "" for o in outputs) == " big world!"
+    assert [o.tokens for o in outputs] == [[], [], []]
     assert [o.finish_reason for o in outputs] == [None, None, "length"]
 
 
@@ -190,7 +192,7 @@ async def test_closing_the_generator_closes_the_upstream_response() -> None:
     proxy = engine(handler, model="m")
     outputs = proxy.generate(request())
     first = await anext(outputs)
-    assert first.tokens
+    assert first.text == "a"  # relayed as text, not re-encoded to token ids
     assert proxy.requests_inflight == 1
     await outputs.aclose()  # type: ignore[attr-defined]
     assert stream.closed
@@ -217,3 +219,46 @@ def test_config_takes_one_upstream_or_one_per_replica() -> None:
         msgspec.convert({"upstream": "http://a", "upstreams": ["http://b"]}, OpenAIProxyConfig)
     with pytest.raises(msgspec.ValidationError):
         msgspec.convert({"upstream": "ftp://a"}, OpenAIProxyConfig)
+
+
+async def test_outputs_of_one_read_say_the_next_is_ready() -> None:
+    # One body part holding three deltas, then a part with the finish and the usage.
+    parts = [sse(chunk("a"), chunk("b"), chunk("c"), done=False), sse(chunk("d", "stop"))]
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, stream=Stream(parts))
+
+    outputs = await collect(engine(handler, model="m"), request())
+    assert [(o.text, o.more_ready) for o in outputs] == [
+        ("a", True),
+        ("b", True),
+        ("c", False),
+        ("d", False),
+    ]
+
+
+async def test_unconsumed_fields_are_spliced_in_and_dyns_own_come_last() -> None:
+    seen: list[httpx.Request] = []
+    body = sse(chunk("x", "length"), usage(None))
+    extra = b'{"top_k":7,"logit_bias":{"1": -2.50},"vendor":null}'
+    req = request(max_tokens=3, text="Hi there")
+    req = msgspec.structs.replace(req, extra_fields=extra)
+    await collect(engine(answering(body, seen), model="m"), req)
+    sent = seen[0].content
+    assert sent.startswith(b'{"top_k":7,"logit_bias":{"1": -2.50},"vendor":null,"model":"m"')
+    decoded = json.loads(sent)
+    assert decoded["prompt"] == "Hi there"  # the text as given, not decoded from ids
+    assert decoded["max_tokens"] == 3
+
+
+async def test_usage_is_the_upstreams_or_dyns_count_without_one() -> None:
+    counted = sse(chunk("a"), chunk("b", "stop"), usage(4))
+    outputs = await collect(engine(answering(counted), model="m"), request())
+    assert outputs[-1].usage is not None
+    assert (outputs[-1].usage.prompt_tokens, outputs[-1].usage.completion_tokens) == (3, 2)
+    assert outputs[-1].usage.cached_tokens == 4
+    uncounted = sse(chunk(" big"), chunk(" world", "stop"))
+    outputs = await collect(engine(answering(uncounted), model="m"), request("Hello there"))
+    assert outputs[-1].usage is not None
+    assert outputs[-1].usage.prompt_tokens == len(TOKENIZER.encode("Hello there"))
+    assert outputs[-1].usage.completion_tokens == len(TOKENIZER.encode(" big world"))

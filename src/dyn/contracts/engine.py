@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgspec
 
 from dyn.contracts.base import Empty, EndpointRef
-from dyn.engines.base import EngineOutput, EngineRequest
+from dyn.engines.base import EngineOutput, EngineRequest, TokenUsage
 from dyn.kv.events import WorkerUpdate
 
 __all__ = [
@@ -15,6 +15,7 @@ __all__ = [
     "ClearKvReply",
     "EngineOutput",
     "EngineRequest",
+    "TokenUsage",
     "WorkerUpdate",
 ]
 

@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 
 from dyn.contracts.base import Empty, EndpointRef
+from dyn.engines.base import TokenUsage
 from dyn.routing.kv.sync import SyncBatch
 
 __all__ = [
@@ -35,13 +36,16 @@ __all__ = [
     "StrategyRequest",
     "SyncApplied",
     "SyncBatch",
+    "TokenUsage",
 ]
 
 
 class GenerateRequest(msgspec.Struct, frozen=True, kw_only=True):
     """One generation, text in (what the OpenAI frontend sends). The backend tokenizes
-    ``prompt``, applies ``stop`` (output ends before the first stop string, which is not
-    returned) and detokenizes.
+    ``prompt`` and detokenizes the answer (or passes on the text of an engine that
+    answers in text). ``extra_fields`` are the client's request fields dyn does not
+    consume, as one JSON object (empty: none): forwarded by the ``openai_proxy`` engine,
+    ignored by the others.
     """
 
     request_id: str
@@ -55,6 +59,7 @@ class GenerateRequest(msgspec.Struct, frozen=True, kw_only=True):
     seed: int | None = None
     temperature: float = 1.0
     top_p: float = 1.0
+    extra_fields: bytes = b""
 
 
 class GenerateOutput(msgspec.Struct, frozen=True, kw_only=True):
@@ -62,7 +67,10 @@ class GenerateOutput(msgspec.Struct, frozen=True, kw_only=True):
 
     ``token_count`` is the number of tokens behind ``text``. The first output carries
     ``prompt_tokens`` and ``cached_tokens`` (prompt tokens found in the prefix cache); the
-    last one carries ``finish_reason`` (``"length"`` or ``"stop"``).
+    last one carries ``finish_reason`` (``"length"`` or ``"stop"``), and ``usage`` when
+    the engine counted the request itself (an upstream server): the counts to report in
+    place of ``prompt_tokens`` and the sum of ``token_count``. ``more_ready``: the next
+    output follows at once, so the frontend may write the two to the client together.
     """
 
     text: str
@@ -70,6 +78,8 @@ class GenerateOutput(msgspec.Struct, frozen=True, kw_only=True):
     finish_reason: str | None = None
     prompt_tokens: int | None = None
     cached_tokens: int | None = None
+    usage: TokenUsage | None = None
+    more_ready: bool = False
 
 
 class RouteInfo(msgspec.Struct, frozen=True):

@@ -7,13 +7,15 @@ from collections.abc import AsyncIterator
 
 import msgspec
 
-__all__ = ["Engine", "EngineOutput", "EngineRequest"]
+__all__ = ["Engine", "EngineOutput", "EngineRequest", "TokenUsage"]
 
 
 class EngineRequest(msgspec.Struct, frozen=True, kw_only=True):
     """One generation: the prompt's token ids and how many tokens to produce.
 
-    This is also the payload of a worker's ``generate`` endpoint.
+    This is also the payload of a worker's ``generate`` endpoint. ``text`` and
+    ``extra_fields`` are for engines that forward the request to a server taking text
+    (the ``openai_proxy``); every other engine ignores them.
     """
 
     request_id: str
@@ -21,18 +23,40 @@ class EngineRequest(msgspec.Struct, frozen=True, kw_only=True):
     max_tokens: int
     ignore_eos: bool = False
     min_tokens: int = 0
+    # The prompt as text when the processor has it exactly (on a resend after text was
+    # passed through: the prompt followed by that text); None: decode ``tokens``.
+    text: str | None = None
+    # The client's request fields dyn does not consume, as one JSON object, each value
+    # as the client wrote it; empty when there are none.
+    extra_fields: bytes = b""
+
+
+class TokenUsage(msgspec.Struct, frozen=True, kw_only=True):
+    """A whole request's token counts as the engine itself reports them (an upstream
+    server's ``usage``)."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
 
 
 class EngineOutput(msgspec.Struct, frozen=True, kw_only=True):
     """One step's new tokens; the last output carries ``finish_reason``.
 
     ``cached_tokens`` (prompt tokens served from the prefix cache) is set on the first
-    output of a request and 0 afterwards.
+    output of a request and 0 afterwards. An engine whose server answers in text (the
+    ``openai_proxy``) sets ``text`` instead of ``tokens``: the processor passes it on
+    as it is, without detokenizing, and the last output carries the server's ``usage``.
+    ``more_ready`` says the next output is already here (it came in the same read from
+    the server): a relay may hold this one back and write both at once.
     """
 
-    tokens: list[int]
+    tokens: list[int] = msgspec.field(default_factory=list)
     finish_reason: str | None = None  # "length" (max_tokens) or "stop" (end of sequence)
     cached_tokens: int = 0
+    text: str | None = None
+    usage: TokenUsage | None = None
+    more_ready: bool = False
 
 
 class Engine(ABC):

@@ -21,7 +21,7 @@ from dyn.context import Context
 from dyn.errors import CallError, DynError, RemoteError
 from dyn.openai.errors import client_error
 from dyn.openai.metrics import RouteMetrics
-from dyn.openai.protocol import GenerateOutput, GenerateRequest, OpenAIBackend
+from dyn.openai.protocol import GenerateOutput, GenerateRequest, OpenAIBackend, TokenUsage
 from dyn.openai.sse import DONE, ChunkFormatter, Kind, error_event, full_response, usage
 
 __all__ = ["Generation", "internal_error"]
@@ -51,6 +51,8 @@ class Generation:
         self._tokens = 0
         # Usually on the first output; an upstream proxy learns it only at the end.
         self._cached: int | None = None
+        # An upstream server's own counts, on the last output: reported as they are.
+        self._usage: TokenUsage | None = None
 
     async def start(
         self, backend: OpenAIBackend, generate: GenerateRequest, request_id: str, deadline: float
@@ -73,9 +75,7 @@ class Generation:
         """The first output, then the rest; ends at the one carrying a finish reason."""
         output = self.first
         while True:
-            self._tokens += output.token_count
-            if output.cached_tokens is not None:
-                self._cached = output.cached_tokens
+            self._count(output)
             yield output
             if self._items is None:
                 return
@@ -89,7 +89,19 @@ class Generation:
             self._last_at = time.perf_counter()
             output = _RAN_OUT if nxt is None else nxt
 
+    def _count(self, output: GenerateOutput) -> None:
+        self._tokens += output.token_count
+        if output.cached_tokens is not None:
+            self._cached = output.cached_tokens
+        if output.usage is not None:
+            self._usage = output.usage
+            self._tokens = output.usage.completion_tokens
+            self._cached = output.usage.cached_tokens
+
     def usage(self) -> Any:
+        if self._usage is not None:
+            counts = self._usage
+            return usage(counts.prompt_tokens, counts.completion_tokens, counts.cached_tokens)
         prompt = self.first.prompt_tokens or 0
         return usage(prompt, self._tokens, self._cached or 0)
 
@@ -116,21 +128,24 @@ class Generation:
         # and whatever follows it.
         tail = b""
         items = self._items
+        # Chunks of outputs whose next one is here already (more_ready): one write.
+        held = b""
         try:
             output = self.first
             first = True
             while True:
-                self._tokens += output.token_count
-                if output.cached_tokens is not None:
-                    self._cached = output.cached_tokens
+                self._count(output)
                 if output.finish_reason is not None:
-                    tail = fmt.chunk(output.text, output.finish_reason)
+                    tail = held + fmt.chunk(output.text, output.finish_reason)
+                    held = b""
                     if items is not None:
                         await anext(items, None)  # the backend ends by itself (see outputs)
                     break
                 # Empty middle outputs (a character split across tokens) carry nothing.
                 if output.text or first:
-                    body = fmt.chunk(output.text)
+                    held += fmt.chunk(output.text)
+                if held and not output.more_ready:
+                    body, held = held, b""
                     await send({"type": "http.response.body", "body": body, "more_body": True})
                 first = False
                 if items is None:
@@ -138,12 +153,13 @@ class Generation:
                 nxt = await anext(items, None)
                 self._last_at = time.perf_counter()
                 output = _RAN_OUT if nxt is None else nxt
+            tail, held = held + tail, b""
             if self.include_usage:
                 tail += fmt.usage(self.usage())
         except Exception as exc:
             error = _client_error(exc, "stream")
             status = error.http_status
-            tail += error_event(status, error.message, error.code)
+            tail += held + error_event(status, error.message, error.code)
         await send({"type": "http.response.body", "body": tail + DONE, "more_body": False})
         self.finish(status)
 
@@ -171,7 +187,7 @@ class Generation:
         m.tokens(
             ttft=self._first_at - self.started,
             itl=(self._last_at - self._first_at) / later if later > 0 else None,
-            prompt=self.first.prompt_tokens or 0,
+            prompt=(self._usage.prompt_tokens if self._usage else self.first.prompt_tokens) or 0,
             output=self._tokens,
             cached=self._cached or 0,
         )

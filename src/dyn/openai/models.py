@@ -2,7 +2,9 @@
 
 Bodies are decoded straight into msgspec structs (unknown fields are ignored, as OpenAI
 clients send many we do not use); a type error becomes a 400 naming the field. The
-checks that follow are the ones OpenAI's API makes too.
+checks that follow are the ones OpenAI's API makes too. Every field dyn does not consume
+(:data:`CONSUMED_FIELDS`), unknown ones included, is kept as the client wrote it
+(:func:`passthrough_fields`) for an engine that forwards requests to another server.
 
 Chat messages become one prompt with this template, one line per message and a final
 cue for the answer::
@@ -26,6 +28,7 @@ from dyn.openai.errors import ApiError
 from dyn.openai.protocol import GenerateRequest, ModelInfo
 
 __all__ = [
+    "CONSUMED_FIELDS",
     "DEFAULT_COMPLETION_MAX_TOKENS",
     "ChatMessage",
     "ChatRequest",
@@ -34,6 +37,7 @@ __all__ = [
     "StreamOptions",
     "context_overflow",
     "decode_body",
+    "passthrough_fields",
     "render_chat",
     "to_generate",
 ]
@@ -41,6 +45,25 @@ __all__ = [
 # OpenAI's documented default for /v1/completions. Chat has none: it runs to the end of
 # the context, so the backend gets the whole context length as the cap.
 DEFAULT_COMPLETION_MAX_TOKENS = 16
+
+# The fields dyn acts on itself: the prompt (a chat is rendered into one), the model, the
+# length limits (lowered when a request is resent) and the stream's framing. Anything
+# else (sampling, logit_bias, response_format, vendor extensions) is passed through.
+CONSUMED_FIELDS = frozenset(
+    {
+        "model",
+        "prompt",
+        "messages",
+        "max_tokens",
+        "max_completion_tokens",
+        "min_tokens",
+        "ignore_eos",
+        "n",
+        "stream",
+        "stream_options",
+    }
+)
+_top_level = msgspec.json.Decoder(dict[str, msgspec.Raw])
 
 
 class StreamOptions(msgspec.Struct):
@@ -105,6 +128,21 @@ def decode_body(body: bytes, kind: type[_R]) -> _R:
         raise ApiError(400, f"request body is not valid JSON: {exc}") from exc
 
 
+def passthrough_fields(body: bytes) -> bytes:
+    """The fields of ``body`` (already decoded once, so valid) that dyn does not consume,
+    as one JSON object whose values are the client's bytes; ``b""`` when there are none.
+    """
+    kept = [
+        b"%s:%s" % (_encode_key(key), value)
+        for key, value in _top_level.decode(body).items()
+        if key not in CONSUMED_FIELDS
+    ]
+    return b"{" + b",".join(kept) + b"}" if kept else b""
+
+
+_encode_key = msgspec.json.encode
+
+
 def render_chat(messages: list[ChatMessage]) -> str:
     """The prompt for ``messages`` (see the module docstring for the template)."""
     if not messages:
@@ -129,7 +167,10 @@ def render_chat(messages: list[ChatMessage]) -> str:
 
 
 def to_generate(
-    req: CompletionRequest | ChatRequest, request_id: str, model: ModelInfo
+    req: CompletionRequest | ChatRequest,
+    request_id: str,
+    model: ModelInfo,
+    extra_fields: bytes = b"",
 ) -> tuple[GenerateRequest, str | None]:
     """Check what types alone cannot and build the backend's request.
 
@@ -184,6 +225,7 @@ def to_generate(
         seed=req.seed,
         temperature=temperature,
         top_p=top_p,
+        extra_fields=extra_fields,
     )
     return generate, param if given else None
 

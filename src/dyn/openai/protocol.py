@@ -14,9 +14,9 @@ from typing import Protocol
 
 import msgspec
 
-from dyn.contracts.processor import GenerateOutput, GenerateRequest
+from dyn.contracts.processor import GenerateOutput, GenerateRequest, TokenUsage
 
-__all__ = ["GenerateOutput", "GenerateRequest", "ModelInfo", "OpenAIBackend"]
+__all__ = ["GenerateOutput", "GenerateRequest", "ModelInfo", "OpenAIBackend", "TokenUsage"]
 
 
 class ModelInfo(msgspec.Struct, frozen=True):

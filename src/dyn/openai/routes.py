@@ -38,6 +38,7 @@ from dyn.openai.models import (
     CompletionRequest,
     context_overflow,
     decode_body,
+    passthrough_fields,
     to_generate,
 )
 from dyn.openai.protocol import GenerateOutput, GenerateRequest, ModelInfo, OpenAIBackend
@@ -170,7 +171,8 @@ class _OpenAI:
                 if kind == "chat"
                 else decode_body(body, CompletionRequest)
             )
-            generate, blame = to_generate(req, request_id, self._model)
+            extra = passthrough_fields(body)
+            generate, blame = to_generate(req, request_id, self._model, extra)
             call.stream = bool(req.stream)
             call.include_usage = bool(req.stream_options and req.stream_options.include_usage)
             # Until the first output nothing is sent, so nothing else would notice a

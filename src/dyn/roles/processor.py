@@ -1,4 +1,5 @@
-"""The processor role: tokenize, route to a worker, call it, detokenize.
+"""The processor role: tokenize, route to a worker, call it, detokenize (or pass on the
+text of an engine that answers in text, such as the ``openai_proxy``).
 
 It speaks the OpenAI layer's ``GenerateRequest`` / ``GenerateOutput`` on ``generate``
 and the worker's ``EngineRequest`` / ``EngineOutput`` downstream. It follows every
@@ -32,7 +33,7 @@ from dyn.contracts.processor import (
     StrategyRequest,
     SyncApplied,
 )
-from dyn.engines.base import EngineOutput, EngineRequest
+from dyn.engines.base import EngineOutput, EngineRequest, TokenUsage
 from dyn.errors import BadRequestError, CallError, DynError, OverloadedError, TransportError
 from dyn.kv.events import KvRemoved, KvStored, WorkerUpdate
 from dyn.observability.worker_metrics import RouterMetrics
@@ -168,17 +169,24 @@ class Processor(Component[ProcessorConfig]):
             max_tokens = min(max_tokens, room)
         decoder = self.tokenizer.incremental_decoder()
         generated: list[int] = []  # every token sent on, so a resend can continue after it
+        passed: list[str] = []  # every text delta passed on, from an engine answering text
+        sent_tokens: list[int] = tokens
+        sent_text: str | None = req.prompt
+        done = 0  # tokens generated before this attempt (a resend asks for the rest)
+        answered = False  # whether the client got an output yet
         migrations = 0
         failed: set[str] = set()
         while True:
             engine_request = EngineRequest(
                 request_id=req.request_id,
-                tokens=tokens + generated,
-                max_tokens=max_tokens - len(generated),
+                tokens=sent_tokens,
+                max_tokens=max_tokens - done,
                 ignore_eos=req.ignore_eos,
-                min_tokens=max(0, req.min_tokens - len(generated)),
+                min_tokens=max(0, req.min_tokens - done),
+                text=sent_text,
+                extra_fields=req.extra_fields,
             )
-            route = RouteRequest(request_id=req.request_id, tokens=engine_request.tokens)
+            route = RouteRequest(request_id=req.request_id, tokens=sent_tokens)
             received = 0
             stream = self.worker.stream(
                 ENGINE_GENERATE, engine_request, route=route, exclude=failed
@@ -188,18 +196,27 @@ class Processor(Component[ProcessorConfig]):
                     async for out in outputs:
                         if received == 0 and outputs.instance is not None:
                             self.metrics.decision(outputs.instance.instance_id)
-                        first = not generated and received == 0
+                        first = not answered
+                        answered = True
                         received += 1
-                        generated += out.tokens
-                        text = decoder.feed(out.tokens)
-                        if out.finish_reason is not None:
-                            text += decoder.flush()
+                        text = out.text
+                        if text is None:
+                            generated += out.tokens
+                            text = decoder.feed(out.tokens)
+                            if out.finish_reason is not None:
+                                text += decoder.flush()
+                            count = len(out.tokens)
+                        else:  # passed on as the engine wrote it: no detokenizing
+                            passed.append(text)
+                            count = 1 if text else 0  # an upstream chunk: one decode step
                         yield GenerateOutput(
                             text=text,
-                            token_count=len(out.tokens),
+                            token_count=count,
                             finish_reason=out.finish_reason,
                             prompt_tokens=len(tokens) if first else None,
                             cached_tokens=_cached(out, first, resent=received == 1 and not first),
+                            usage=_usage(out, len(tokens), done),
+                            more_ready=out.more_ready,
                         )
                     return
             except CallError as exc:
@@ -218,7 +235,19 @@ class Processor(Component[ProcessorConfig]):
                 if received == 0 and len(failed) < MAX_REROUTES:
                     self.log.info("request %s: %s; rerouting", req.request_id, exc.message)
                     continue
-                if migrations >= self.config.migration_limit or len(generated) >= max_tokens:
+                if passed:
+                    # The resend continues after the text the client already has: the
+                    # prompt followed by that text, counted (and routed) with dyn's
+                    # tokenizer. Tokenized here, once, rather than per delta.
+                    so_far = "".join(passed)
+                    continued = self.tokenizer.encode(so_far)
+                    sent_tokens, sent_text = tokens + continued, req.prompt + so_far
+                    done = len(continued)
+                else:
+                    # Token ids continue exactly; an engine that needs text decodes them.
+                    sent_tokens, sent_text = tokens + generated, None
+                    done = len(generated)
+                if migrations >= self.config.migration_limit or done >= max_tokens:
                     raise
                 migrations += 1
                 self.metrics.migrations.inc()
@@ -226,7 +255,7 @@ class Processor(Component[ProcessorConfig]):
                     "request %s: %s; migrating after %d tokens (%d of %d)",
                     req.request_id,
                     exc.message,
-                    len(generated),
+                    done,
                     migrations,
                     self.config.migration_limit,
                 )
@@ -306,6 +335,18 @@ def _worker_lost(exc: CallError) -> bool:
     """Whether ``exc`` means the worker (or the way to it) is gone, so another may serve,
     as opposed to "the request is wrong"."""
     return isinstance(exc, TransportError)
+
+
+def _usage(out: EngineOutput, prompt_tokens: int, done: int) -> TokenUsage | None:
+    """The engine's own counts for the client, when it reports them (an upstream server).
+
+    A resent request's upstream counted the text before the resend as prompt: then the
+    prompt is dyn's count and that text dyn's count too, the rest the upstream's.
+    """
+    usage = out.usage
+    if usage is None or done == 0:
+        return usage
+    return TokenUsage(prompt_tokens=prompt_tokens, completion_tokens=done + usage.completion_tokens)
 
 
 def _cached(out: EngineOutput, first: bool, *, resent: bool) -> int | None:

@@ -31,6 +31,7 @@ from dyn.engines.openai_proxy import OpenAIProxyConfig, OpenAIProxyEngine
 from dyn.engines.openai_proxy.kv_relay import KvEventRelay
 from dyn.errors import CallError, TransportError
 from dyn.kv.events import WorkerLoad, WorkerUpdate
+from dyn.observability.batched import ObservationBatch
 from dyn.observability.worker_metrics import WorkerMetrics
 from dyn.runtime.component import Component, endpoint
 from dyn.tokenizer import load_tokenizer
@@ -51,7 +52,8 @@ class ProxyWorker(Component[OpenAIProxyConfig]):
         }
 
     async def start(self) -> None:
-        # Prompts are decoded and answers re-encoded with the processor's tokenizer.
+        # The processor's tokenizer: for prompts without text, and for counting an answer
+        # whose upstream reports no usage.
         tokenizer = load_tokenizer(self.model.tokenizer if self.model else None)
         self.engine = OpenAIProxyEngine(self.config, tokenizer, replica=self.info.replica)
         self.relay = KvEventRelay(
@@ -59,6 +61,9 @@ class ProxyWorker(Component[OpenAIProxyConfig]):
         )
         self.metrics = WorkerMetrics.of(self.runtime.registry)
         self.label = self.info.instance_id
+        # Updated per output: the labelled children are looked up once, not per token.
+        self._itl = self.metrics.itl.labels(self.label)
+        self._cached_tokens = self.metrics.cached_prompt_tokens.labels(self.label)
         self.healthy = False
         self._probed = False
         self._closing = False
@@ -128,6 +133,10 @@ class ProxyWorker(Component[OpenAIProxyConfig]):
     @endpoint
     async def generate(self, req: EngineRequest, ctx: Context) -> AsyncIterator[EngineOutput]:
         metrics, label = self.metrics, self.label
+        cached_tokens = self._cached_tokens
+        # Inter-token latencies are added to the histogram once, when the request ends.
+        itl = ObservationBatch(self._itl)
+        gaps = itl.values
         blocks = math.ceil(len(req.tokens) / self.config.block_size)
         self._active_blocks += blocks
         started = last = time.perf_counter()
@@ -142,9 +151,10 @@ class ProxyWorker(Component[OpenAIProxyConfig]):
                     metrics.prompt_tokens.labels(label).inc(len(req.tokens))
                     first = False
                 else:
-                    metrics.itl.labels(label).observe(now - last)
+                    gaps.append(now - last)
                 # The upstream reports cached tokens once, on the first or the last output.
-                metrics.cached_prompt_tokens.labels(label).inc(output.cached_tokens)
+                if output.cached_tokens:
+                    cached_tokens.inc(output.cached_tokens)
                 last = now
                 yield output
             status = "ok"
@@ -158,6 +168,7 @@ class ProxyWorker(Component[OpenAIProxyConfig]):
             raise
         finally:
             self._active_blocks -= blocks
+            itl.flush()
             metrics.inflight.labels(label).dec()
             metrics.requests.labels(label, status).inc()
             metrics.duration.labels(label).observe(time.perf_counter() - started)

@@ -1,4 +1,4 @@
-"""Reading an upstream's answers: SSE lines, usage, and its errors as dyn's errors.
+"""Reading an upstream's answers: SSE events, typed chunks, and its errors as dyn's errors.
 
 Status mapping (the client asked dyn, so only what the client can fix stays a 4xx)::
 
@@ -26,14 +26,16 @@ from dyn.errors import (
 )
 
 __all__ = [
-    "cached_tokens_of",
+    "UpstreamChunk",
+    "UpstreamUsage",
     "error_from_body",
     "error_from_status",
     "in_band_error",
-    "sse_data",
+    "parse_chunk",
+    "sse_batches",
 ]
 
-_DONE = "[DONE]"
+_DONE = b"[DONE]"
 
 
 def _message_of(body: bytes) -> str:
@@ -96,36 +98,76 @@ def in_band_error(error: Any, upstream: str) -> CallError:
     return TransportError(f"upstream {upstream} failed mid-stream: {message}")
 
 
-def cached_tokens_of(usage: Any) -> int | None:
-    """``usage.prompt_tokens_details.cached_tokens``, when the upstream reports it."""
-    if not isinstance(usage, dict):
-        return None
-    details = usage.get("prompt_tokens_details")
-    if not isinstance(details, dict):
-        return None
-    cached = details.get("cached_tokens")
-    return cached if isinstance(cached, int) and not isinstance(cached, bool) else None
+class CachedDetails(msgspec.Struct):
+    cached_tokens: int | None = None
 
 
-async def sse_data(lines: AsyncIterator[str]) -> AsyncIterator[dict[str, Any]]:
-    """The JSON objects of an SSE stream's ``data:`` lines, up to ``[DONE]``.
+class UpstreamUsage(msgspec.Struct):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    prompt_tokens_details: CachedDetails | None = None
+
+    @property
+    def cached_tokens(self) -> int | None:
+        """``prompt_tokens_details.cached_tokens``, when the upstream reports it."""
+        details = self.prompt_tokens_details
+        return details.cached_tokens if details is not None else None
+
+
+class UpstreamChoice(msgspec.Struct):
+    text: str | None = None
+    finish_reason: str | None = None
+    token_ids: list[int] | None = None  # vLLM's return_token_ids
+
+
+class UpstreamChunk(msgspec.Struct):
+    """The part of a ``/v1/completions`` stream chunk dyn reads; the rest is skipped
+    unparsed, so each chunk costs one pass of msgspec's decoder."""
+
+    choices: list[UpstreamChoice] = msgspec.field(default_factory=list)
+    usage: UpstreamUsage | None = None
+    error: Any = None
+
+
+_chunk_decoder = msgspec.json.Decoder(UpstreamChunk)
+
+
+def parse_chunk(data: bytes) -> UpstreamChunk:
+    """One ``data:`` payload; an event that is not such a chunk is the upstream's fault."""
+    try:
+        return _chunk_decoder.decode(data)
+    except msgspec.DecodeError as exc:  # ValidationError included
+        raise TransportError(
+            f"upstream sent an event dyn cannot read ({exc}): {data[:80]!r}"
+        ) from exc
+
+
+async def sse_batches(chunks: AsyncIterator[bytes]) -> AsyncIterator[list[bytes]]:
+    """The payloads of an SSE body's ``data:`` lines up to ``[DONE]``, as one list per
+    read of the body (several events usually arrive together).
 
     Comments, ``event:`` lines and blank lines carry nothing an OpenAI stream needs.
     """
-    async for line in lines:
-        if not line.startswith("data:"):
-            continue
-        data = line[5:].strip()
-        if data == _DONE:
-            # Read to the end of the body so the connection can be reused.
-            async for _ in lines:
-                pass
-            return
-        if not data:
-            continue
-        try:
-            item = msgspec.json.decode(data)
-        except msgspec.DecodeError as exc:
-            raise TransportError(f"upstream sent an event that is not JSON: {data[:80]!r}") from exc
-        if isinstance(item, dict):
-            yield item
+    rest = b""
+    async for chunk in chunks:
+        lines = (rest + chunk if rest else chunk).split(b"\n")
+        rest = lines.pop()
+        batch: list[bytes] = []
+        for line in lines:
+            if not line.startswith(b"data:"):
+                continue
+            data = line[5:].strip()
+            if data == _DONE:
+                if batch:
+                    yield batch
+                # Read to the end of the body so the connection can be reused.
+                async for _ in chunks:
+                    pass
+                return
+            if data:
+                batch.append(data)
+        if batch:
+            yield batch
+    data = rest[5:].strip() if rest.startswith(b"data:") else b""
+    if data and data != _DONE:
+        yield [data]

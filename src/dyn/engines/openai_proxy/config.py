@@ -47,7 +47,8 @@ class OpenAIProxyConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True)
     With ``token_ids`` the prompt goes upstream as token ids and the upstream's own output
     ids come back (vLLM's ``return_token_ids``): exact, but only for an upstream that
     accepts both and whose tokenizer is the graph's ``model.tokenizer``. Without it the
-    prompt is decoded to text and the output text re-encoded (see the engine's module).
+    prompt goes as the client's text and the output text is relayed as it is (see the
+    engine's module).
     """
 
     upstream: Url | None = None

@@ -1,17 +1,21 @@
 """The ``openai_proxy`` engine: each request forwarded to an upstream OpenAI server.
 
-dyn's processor tokenizes and its workers take token ids, while an upstream server takes
-and returns text. Every request goes to the upstream's ``/v1/completions`` (the
+dyn's processor tokenizes the prompt (routing needs its tokens), while an upstream server
+takes and returns text. Every request goes to the upstream's ``/v1/completions`` (the
 processor has already rendered a chat into one prompt), streamed, with
 ``stream_options.include_usage``:
 
-- The prompt is sent as text, the ids decoded with the graph's tokenizer: dyn's own
-  frontend and OpenAI's API do not all accept token-id prompts. With ``token_ids: true``
-  (vLLM) the ids themselves go, and the upstream's output ids come back.
-- Each text delta is re-encoded with the same tokenizer, so the processor's detokenizer
-  gives back exactly the upstream's text (the built-in tokenizer round-trips any text; a
-  Hugging Face one nearly always does). Token counts are then dyn's count of that text,
-  which may differ from the upstream's ``usage.completion_tokens``.
+- The prompt is sent as the text the client gave (the processor passes it on); only a
+  request without it (a resend after token ids) is decoded from its ids. With
+  ``token_ids: true`` (vLLM) the ids themselves go, and the upstream's output ids come
+  back for the processor to detokenize.
+- Otherwise each text delta is relayed as it is (:attr:`EngineOutput.text`): one parse
+  per upstream chunk, no tokenizer call per delta. The last output carries the
+  upstream's ``usage``; an upstream that reports none gets dyn's count of the whole
+  text, tokenized once at the end.
+- The client's request fields that dyn does not consume
+  (:attr:`EngineRequest.extra_fields`) are added to the body as the client wrote them;
+  dyn's own fields win over them.
 - The upstream reports ``cached_tokens`` in its final usage, after the last token. The
   output that carries the finish reason is held until that usage arrives (it follows at
   once) and carries it; a first output carries it only when already known.
@@ -26,13 +30,15 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import msgspec
 
-from dyn.engines.base import Engine, EngineOutput, EngineRequest
+from dyn.engines.base import Engine, EngineOutput, EngineRequest, TokenUsage
 from dyn.engines.openai_proxy._upstream import (
-    cached_tokens_of,
+    UpstreamUsage,
     error_from_body,
     in_band_error,
-    sse_data,
+    parse_chunk,
+    sse_batches,
 )
 from dyn.engines.openai_proxy.config import OpenAIProxyConfig
 from dyn.errors import TransportError
@@ -45,6 +51,9 @@ _REQUEST_ID_HEADER = "x-request-id"
 # Idle keep-alive connections kept per upstream; a busy worker holds one per request.
 _KEEPALIVE = 256
 _FINISH_REASONS = ("length", "stop")
+_INCLUDE_USAGE = {"include_usage": True}
+_JSON = "application/json"
+_encode = msgspec.json.encode
 
 
 class OpenAIProxyEngine(Engine):
@@ -117,18 +126,20 @@ class OpenAIProxyEngine(Engine):
         detail = str(exc) or type(exc).__name__
         return TransportError(f"upstream {self.upstream} is unreachable: {detail}")
 
-    def _body(self, request: EngineRequest, model: str) -> dict[str, Any]:
-        prompt: str | list[int] = (
-            list(request.tokens)
-            if self.config.token_ids
-            else self.tokenizer.decode(request.tokens, skip_special_tokens=False)
-        )
+    def _body(self, request: EngineRequest, model: str) -> bytes:
+        prompt: str | list[int]
+        if self.config.token_ids:
+            prompt = request.tokens
+        elif request.text is not None:
+            prompt = request.text
+        else:
+            prompt = self.tokenizer.decode(request.tokens, skip_special_tokens=False)
         body: dict[str, Any] = {
             "model": model,
             "prompt": prompt,
             "max_tokens": request.max_tokens,
             "stream": True,
-            "stream_options": {"include_usage": True},
+            "stream_options": _INCLUDE_USAGE,
         }
         # Extensions (vLLM, SGLang, dyn) that OpenAI itself refuses: sent only when set.
         if request.ignore_eos:
@@ -137,63 +148,108 @@ class OpenAIProxyEngine(Engine):
             body["min_tokens"] = request.min_tokens
         if self.config.token_ids:
             body["return_token_ids"] = True
-        return body
+        encoded = _encode(body)
+        extra = request.extra_fields
+        if not extra or extra == b"{}":
+            return encoded
+        # Both are JSON objects: the client's fields go first, so that where a key
+        # repeats, dyn's (parsed last by the upstream's JSON reader) is the one used.
+        return extra[:-1] + b"," + encoded[1:]
 
     async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
         model = self.model or await self.probe()
         body = self._body(request, model)
-        headers = {_REQUEST_ID_HEADER: request.request_id}
+        headers = {_REQUEST_ID_HEADER: request.request_id, "content-type": _JSON}
         self.requests_inflight += 1
         self.prompt_tokens_total += len(request.tokens)
         try:
             async with self._client.stream(
-                "POST", "/v1/completions", json=body, headers=headers
+                "POST", "/v1/completions", content=body, headers=headers
             ) as response:
                 if response.status_code != 200:
                     await response.aread()
                     raise error_from_body(response.status_code, response.content, self.upstream)
-                async for output in self._outputs(response):
+                async for output in self._outputs(response, request):
                     yield output
         except httpx.HTTPError as exc:
             raise self._unreachable(exc) from exc
         finally:
             self.requests_inflight -= 1
 
-    async def _outputs(self, response: httpx.Response) -> AsyncIterator[EngineOutput]:
-        encode = self.tokenizer.encode
+    async def _outputs(
+        self, response: httpx.Response, request: EngineRequest
+    ) -> AsyncIterator[EngineOutput]:
+        token_ids = self.config.token_ids
         first = True
         cached: int | None = None
         reported = False  # cached_tokens went out on the first output
+        usage: UpstreamUsage | None = None
         finish: EngineOutput | None = None
-        async for chunk in sse_data(response.aiter_lines()):
-            if "error" in chunk:
-                raise in_band_error(chunk["error"], self.upstream)
-            usage_cached = cached_tokens_of(chunk.get("usage"))
-            if usage_cached is not None:
-                cached = usage_cached
-            for choice in chunk.get("choices") or ():
-                if not isinstance(choice, dict):
-                    continue
-                ids = choice.get("token_ids") if self.config.token_ids else None
-                text = choice.get("text") or ""
-                tokens = list(ids) if isinstance(ids, list) else (encode(text) if text else [])
-                reason = choice.get("finish_reason")
-                if reason is not None:
-                    # Held back until the stream ends: the usage with cached_tokens follows.
-                    reason = reason if reason in _FINISH_REASONS else "stop"
-                    finish = EngineOutput(tokens=tokens, finish_reason=reason)
-                elif tokens:
-                    if first:
-                        reported = cached is not None
-                    yield EngineOutput(tokens=tokens, cached_tokens=(cached or 0) if first else 0)
-                    first = False
+        texts: list[str] = []  # for dyn's own count, should the upstream report no usage
+        produced = 0  # output token ids (token_ids mode)
+        async for batch in sse_batches(response.aiter_bytes()):
+            # Every output of one network read is ready at once: all but the last say
+            # so (more_ready), and the frontend writes them to the client together.
+            ready: list[EngineOutput] = []
+            error: Any = None
+            for data in batch:
+                chunk = parse_chunk(data)
+                if chunk.error is not None:
+                    error = chunk.error
+                    break
+                if chunk.usage is not None:
+                    usage = chunk.usage
+                    if usage.cached_tokens is not None:
+                        cached = usage.cached_tokens
+                for choice in chunk.choices:
+                    text = choice.text or ""
+                    ids = choice.token_ids if token_ids else None
+                    if ids is not None:
+                        produced += len(ids)
+                    else:
+                        texts.append(text)
+                    reason = choice.finish_reason
+                    if reason is not None:
+                        # Held back until the stream ends: the usage with cached_tokens
+                        # follows.
+                        reason = reason if reason in _FINISH_REASONS else "stop"
+                        finish = _output(ids, text, finish_reason=reason)
+                    elif text or ids:
+                        out_cached = 0
+                        if first:
+                            reported = cached is not None
+                            out_cached = cached or 0
+                            first = False
+                        ready.append(_output(ids, text, cached_tokens=out_cached))
+            last = len(ready) - 1
+            for i, out in enumerate(ready):
+                yield msgspec.structs.replace(out, more_ready=True) if i < last else out
+            if error is not None:
+                raise in_band_error(error, self.upstream)
         if finish is None:
             raise TransportError(
                 f"upstream {self.upstream} ended the stream before the answer finished"
             )
         self.cached_prompt_tokens_total += cached or 0
-        yield EngineOutput(
-            tokens=finish.tokens,
-            finish_reason=finish.finish_reason,
-            cached_tokens=0 if reported else (cached or 0),
+        if usage is not None:
+            counts = TokenUsage(
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                cached_tokens=cached or 0,
+            )
+        else:
+            answer = "".join(texts)
+            completion = produced + (len(self.tokenizer.encode(answer)) if answer else 0)
+            counts = TokenUsage(prompt_tokens=len(request.tokens), completion_tokens=completion)
+        yield msgspec.structs.replace(
+            finish, cached_tokens=0 if reported else (cached or 0), usage=counts
         )
+
+
+def _output(
+    ids: list[int] | None, text: str, *, finish_reason: str | None = None, cached_tokens: int = 0
+) -> EngineOutput:
+    """Token ids when the upstream returned them (``token_ids``), else the text as it is."""
+    if ids is not None:
+        return EngineOutput(tokens=ids, finish_reason=finish_reason, cached_tokens=cached_tokens)
+    return EngineOutput(text=text, finish_reason=finish_reason, cached_tokens=cached_tokens)
