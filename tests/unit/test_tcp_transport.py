@@ -134,6 +134,25 @@ async def test_unary_and_streaming(served: tuple[TcpTransport, str]) -> None:
     assert client.connections_opened == 1
 
 
+async def test_has_ready_says_whether_the_next_frame_is_here(
+    served: tuple[TcpTransport, str],
+) -> None:
+    """The batching hint: true while items that arrived are unread, false at the end."""
+    client, address = served
+    with anyio.fail_after(10):
+        async with client.call(address, "count", b"3", {}) as items:
+            assert not items.has_ready()  # not even sent yet
+            assert await anext(items) == b"0"
+            # The handler's three items and END leave in one write: wait for the rest.
+            while not items.has_ready():  # noqa: ASYNC110
+                await anyio.sleep(0.005)
+            assert await anext(items) == b"1"
+            assert items.has_ready()
+            assert await anext(items) == b"2"
+            assert not items.has_ready()
+            assert await anext(items, None) is None
+
+
 async def test_one_mebibyte_payload_both_ways(served: tuple[TcpTransport, str]) -> None:
     client, address = served
     payload = bytes(range(256)) * 4096

@@ -216,7 +216,9 @@ class Processor(Component[ProcessorConfig]):
                             prompt_tokens=len(tokens) if first else None,
                             cached_tokens=_cached(out, first, resent=received == 1 and not first),
                             usage=_usage(out, len(tokens), done),
-                            more_ready=out.more_ready,
+                            # Outputs that came in together (one read of the worker's
+                            # connection) leave the frontend in one write.
+                            more_ready=out.more_ready or outputs.has_ready(),
                         )
                     return
             except CallError as exc:

@@ -389,6 +389,11 @@ class ResponseStream(Generic[ItemT]):
             raise ProtocolError(f"{self._client.component}/{self._endpoint} {exc}") from exc
         return item
 
+    def has_ready(self) -> bool:
+        """Whether the next item is here already: a hint to batch what is written on
+        (see :meth:`~dyn.transports.base.CallStream.has_ready`)."""
+        return self._call is not None and not self._closed and self._call.has_ready()
+
     def _healthy(self) -> None:
         # Any answer from the instance (an item, or the end) shows it is reachable.
         if self.instance is not None and self._items == 0:

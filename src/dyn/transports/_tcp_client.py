@@ -378,6 +378,9 @@ class TcpCall(CallStream):
             raise final
         raise StopAsyncIteration
 
+    def has_ready(self) -> bool:
+        return bool(self.queue)
+
     async def _open(self) -> ClientConnection:
         assert self._request is not None
         path, payload, headers = self._request

@@ -49,6 +49,11 @@ class CallStream(ABC):
     @abstractmethod
     async def __anext__(self) -> bytes: ...
 
+    def has_ready(self) -> bool:
+        """Whether the next data frame is here already (its ``__anext__`` will not wait).
+        A hint for batching writes: a transport that cannot tell says False."""
+        return False
+
     @abstractmethod
     async def aclose(self) -> None:
         """Stop the call; the far side sees a cancellation if it was still running."""
