@@ -247,7 +247,8 @@ def dyn_up(
 def metrics_pages(base_url: str) -> list[str]:
     """The text of every ``/metrics`` page of the dyn run behind ``base_url``: in a
     multi-process layout each process serves its own (found through /admin/status), so a
-    counter of the whole graph is the sum over these pages."""
+    counter of the whole graph is the sum over these pages. A page that does not answer
+    (its process was killed) is left out."""
     import anyio
     import httpx
 
@@ -257,4 +258,10 @@ def metrics_pages(base_url: str) -> list[str]:
         async with httpx.AsyncClient(timeout=10) as client:
             return await metrics_urls(client, base_url)
 
-    return [httpx.get(url, timeout=10).text for url in anyio.run(urls)]
+    pages = []
+    for url in anyio.run(urls):
+        try:
+            pages.append(httpx.get(url, timeout=10).text)
+        except httpx.TransportError:
+            continue  # a process that is gone (a killed role): nothing to count there
+    return pages

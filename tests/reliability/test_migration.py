@@ -19,9 +19,8 @@ import time
 from pathlib import Path
 
 import anyio
-import httpx
 import pytest
-from _dyn_graph import DynUp
+from _dyn_graph import DynUp, metrics_pages
 from _streams import KV_GRAPH, Streamed, prompts, run_streams
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
@@ -94,12 +93,13 @@ async def _run_and_kill(up: DynUp, texts: list[str]) -> tuple[list[Streamed], se
 
 
 def _migrations(up: DynUp) -> tuple[list[str], float]:
-    """The request ids the processor logged as migrated, and its dyn_migrations_total
-    (from ``GET /admin/route``: the processor runs in a process of its own)."""
+    """The request ids the processors logged as migrated, and their dyn_migrations_total
+    summed over every metrics page of the run (processors run in processes of their own)."""
     logged = re.findall(r"request (\S+): .*; migrating after", up.log())
-    info = httpx.get(f"{up.url}/admin/route", timeout=10)
-    assert info.status_code == 200, info.text
-    return logged, float(info.json()["migrations"])
+    total = 0.0
+    for page in metrics_pages(up.url):
+        total += sum(map(float, re.findall(r"^dyn_migrations_total (\S+)$", page, re.M)))
+    return logged, total
 
 
 def _summary(label: str, results: list[Streamed], stalled: set[str], after_kill: float) -> None:
