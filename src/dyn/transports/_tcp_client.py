@@ -226,8 +226,15 @@ class ClientConnection:
 
     def _flush_now(self) -> None:
         self._flush_pending = False
-        if self.wire is not None:
-            self.wire.flush_nowait()
+        wire = self.wire
+        if wire is None:
+            return
+        wire.flush_nowait()
+        if wire.pending and wire.closed is None:
+            # The kernel's buffer is full (rare: calls that are large drain themselves,
+            # see TcpCall._open): try again shortly rather than wait for the next write.
+            self._flush_pending = True
+            asyncio.get_running_loop().call_later(_RETRY_FLUSH_S, self._flush_now)
 
     def start(self, call: TcpCall, path: str, payload: bytes, headers: Mapping[str, str]) -> int:
         """Send a call's REQUEST and its first window grant; returns its stream id."""
@@ -388,7 +395,9 @@ class TcpCall(CallStream):
         self.stream_id = conn.start(self, path, payload, headers)
         self._conn, self._request = conn, None
         assert conn.wire is not None
-        if conn.wire.pending:
+        if conn.wire.pending > _DRAIN_ABOVE:
+            # A large request waits until the kernel has it (backpressure); small ones
+            # go out with the loop turn's other frames (ClientConnection._flush_soon).
             await conn.drain()
         return conn
 
@@ -404,6 +413,12 @@ class TcpCall(CallStream):
 
     async def aclose(self) -> None:
         self.close_nowait()
+
+
+# Queued bytes past which opening a call waits for the kernel to take them.
+_DRAIN_ABOVE = 64 * 1024
+# How soon a flush the kernel could not take all of is tried again.
+_RETRY_FLUSH_S = 0.001
 
 
 def _tls_hint(tls: ssl.SSLContext | None) -> str:
