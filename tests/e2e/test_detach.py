@@ -38,7 +38,10 @@ def dyn(state: Path, *args: str, timeout: float = 90) -> subprocess.CompletedPro
 def test_detach_status_logs_down(tmp_path: Path) -> None:
     state = tmp_path / "state"
     port = free_port()
-    up = dyn(state, "up", str(HELLO), "--transport", "tcp", "--port", str(port), "--detach")
+    up = dyn(
+        state, "up", str(HELLO), "--transport", "tcp", "--layout", "process-per-role",
+        "--port", str(port), "--detach",
+    )  # fmt: skip
     pids: list[int] = []
     try:
         assert up.returncode == 0, up.stderr

@@ -176,9 +176,22 @@ def _decisions(base_url: str) -> dict[str, float]:
     return decisions
 
 
-def test_kv_spreads_load_when_every_request_shares_its_first_block(base_url: str) -> None:
+@pytest.fixture(scope="module")
+def one_router_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The graph in one process: one router, which sees every decision at once."""
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("kv_routing_one") / "up.log"
+    with dyn_up(GRAPH, port, log_path, "worker.speedup_ratio=20",
+                options=("--layout", "one-process")):  # fmt: skip
+        yield f"http://127.0.0.1:{port}"
+
+
+def test_kv_spreads_load_when_every_request_shares_its_first_block(one_router_url: str) -> None:
+    """The strategy's own spreading rule, so one router: in the auto layout each front
+    process routes too, and what one router sent learns the others only a sync later."""
     import concurrent.futures
 
+    base_url = one_router_url
     httpx.post(f"{base_url}/admin/route", json={"strategy": "kv"}, timeout=10)
     rng = random.Random(7)
     shared = prompt(rng, 24)  # at least one full block every request shares

@@ -109,10 +109,14 @@ def test_sigterm_a_worker_under_load_fails_no_request(tmp_path: Path) -> None:
 def test_sigterm_the_frontend_answers_503_while_in_flight_requests_finish(
     tmp_path: Path,
 ) -> None:
+    # One frontend, one process per role: a drained frontend has no replica that would
+    # take its connections (the auto layout runs one per core behind the port).
     up = DynUp(
         str(KV_GRAPH),
         "--transport",
         "tcp",
+        "--layout",
+        "process-per-role",
         "--set",
         "worker.replicas=1",
         "--set",
