@@ -1,4 +1,5 @@
-"""The openai_proxy engine against a scripted upstream (httpx's MockTransport)."""
+"""The openai_proxy engine against a scripted upstream: a real HTTP server on loopback
+that answers with handlers written in httpx's request/response types."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import anyio
 import httpx
 import msgspec
 import pytest
+from _upstream_double import UpstreamDouble
 
 from dyn.engines.base import EngineOutput, EngineRequest
 from dyn.engines.openai_proxy import OpenAIProxyConfig, OpenAIProxyEngine
@@ -60,9 +63,21 @@ class Stream(httpx.AsyncByteStream):
 Handler = Callable[[httpx.Request], httpx.Response]
 
 
-def engine(handler: Handler, **config: Any) -> OpenAIProxyEngine:
+class DoubledEngine(OpenAIProxyEngine):
+    """The engine, its connections opened to a local double whatever its URL says."""
+
+    def __init__(self, settings: OpenAIProxyConfig, double: UpstreamDouble) -> None:
+        super().__init__(settings, TOKENIZER, opener=double.open)
+        self.double = double
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        await self.double.aclose()
+
+
+def engine(handler: Handler, **config: Any) -> DoubledEngine:
     settings = msgspec.convert({"upstream": "http://up:8000/v1/", **config}, OpenAIProxyConfig)
-    return OpenAIProxyEngine(settings, TOKENIZER, transport=httpx.MockTransport(handler))
+    return DoubledEngine(settings, UpstreamDouble(handler))
 
 
 def request(text: str = "Hello there", **fields: Any) -> EngineRequest:
@@ -195,6 +210,9 @@ async def test_closing_the_generator_closes_the_upstream_response() -> None:
     assert first.text == "a"  # relayed as text, not re-encoded to token ids
     assert proxy.requests_inflight == 1
     await outputs.aclose()  # type: ignore[attr-defined]
+    with anyio.fail_after(5):  # the double sees the connection close across a socket
+        while not stream.closed:  # noqa: ASYNC110
+            await anyio.sleep(0.01)
     assert stream.closed
     assert proxy.requests_inflight == 0
     await proxy.aclose()

@@ -143,20 +143,23 @@ def parse_chunk(data: bytes) -> UpstreamChunk:
 
 
 async def sse_batches(chunks: AsyncIterator[bytes]) -> AsyncIterator[list[bytes]]:
-    """The payloads of an SSE body's ``data:`` lines up to ``[DONE]``, as one list per
+    """The ``data:`` payloads of an SSE body's events up to ``[DONE]``, as one list per
     read of the body (several events usually arrive together).
 
-    Comments, ``event:`` lines and blank lines carry nothing an OpenAI stream needs.
+    Events are cut at their blank lines with one ``split`` per read; an event's data is
+    its ``data:`` lines joined. Comments, ``event:`` lines and events without data carry
+    nothing an OpenAI stream needs.
     """
     rest = b""
     async for chunk in chunks:
-        lines = (rest + chunk if rest else chunk).split(b"\n")
-        rest = lines.pop()
+        buffer = rest + chunk if rest else chunk
+        if b"\r" in buffer:  # CRLF line ends, which SSE allows; rare
+            buffer = buffer.replace(b"\r\n", b"\n")
+        events = buffer.split(b"\n\n")
+        rest = events.pop()
         batch: list[bytes] = []
-        for line in lines:
-            if not line.startswith(b"data:"):
-                continue
-            data = line[5:].strip()
+        for event in events:
+            data = _data_of(event)
             if data == _DONE:
                 if batch:
                     yield batch
@@ -168,6 +171,13 @@ async def sse_batches(chunks: AsyncIterator[bytes]) -> AsyncIterator[list[bytes]
                 batch.append(data)
         if batch:
             yield batch
-    data = rest[5:].strip() if rest.startswith(b"data:") else b""
+    data = _data_of(rest.rstrip(b"\n"))
     if data and data != _DONE:
         yield [data]
+
+
+def _data_of(event: bytes) -> bytes:
+    if event.startswith(b"data:") and b"\n" not in event:  # an OpenAI event: one line
+        return event[5:].strip()
+    lines = [line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:")]
+    return b"\n".join(lines)

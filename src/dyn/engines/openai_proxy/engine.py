@@ -29,10 +29,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 import msgspec
 
 from dyn.engines.base import Engine, EngineOutput, EngineRequest, TokenUsage
+from dyn.engines.openai_proxy._http import (
+    Opener,
+    UpstreamHttpError,
+    UpstreamPool,
+    UpstreamResponse,
+)
 from dyn.engines.openai_proxy._upstream import (
     UpstreamUsage,
     error_from_body,
@@ -48,11 +53,9 @@ __all__ = ["OpenAIProxyEngine"]
 
 # The request id header dyn's frontend, vLLM and most gateways log and echo.
 _REQUEST_ID_HEADER = "x-request-id"
-# Idle keep-alive connections kept per upstream; a busy worker holds one per request.
-_KEEPALIVE = 256
 _FINISH_REASONS = ("length", "stop")
 _INCLUDE_USAGE = {"include_usage": True}
-_JSON = "application/json"
+_CONTENT_TYPE = "content-type: application/json\r\n"
 _encode = msgspec.json.encode
 
 
@@ -70,26 +73,28 @@ class OpenAIProxyEngine(Engine):
         tokenizer: Tokenizer | None = None,
         *,
         replica: int = 0,
-        transport: httpx.AsyncBaseTransport | None = None,
+        opener: Opener | None = None,
     ) -> None:
+        """``opener`` opens a connection in place of a socket to the upstream's address
+        (tests put a local server behind the upstream's URL)."""
         self.config = config
         self.upstream = config.upstream_for(replica)
         self.tokenizer = tokenizer or load_tokenizer(None)
         self.model: str | None = config.model
         headers = {"authorization": f"Bearer {config.api_key}"} if config.api_key else {}
-        self._client = httpx.AsyncClient(
-            base_url=self.upstream,
+        self._pool = UpstreamPool(
+            self.upstream,
             headers=headers,
-            timeout=httpx.Timeout(config.timeout_s, connect=config.connect_timeout_s),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=_KEEPALIVE),
-            transport=transport,
+            timeout=config.timeout_s,
+            connect_timeout=config.connect_timeout_s,
+            opener=opener,
         )
         self.requests_inflight = 0
         self.prompt_tokens_total = 0
         self.cached_prompt_tokens_total = 0
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._pool.aclose()
 
     async def probe(self) -> str:
         """Ask ``/v1/models``; return the model requests will name.
@@ -100,14 +105,18 @@ class OpenAIProxyEngine(Engine):
         """
         timeout = self.config.connect_timeout_s
         try:
-            response = await self._client.get("/v1/models", timeout=timeout)
-        except httpx.HTTPError as exc:
+            response = await self._pool.request("GET", "/v1/models", b"", "", wait_s=timeout)
+            try:
+                content = await response.read()
+            finally:
+                response.close()
+        except UpstreamHttpError as exc:
             raise self._unreachable(exc) from exc
-        if response.status_code != 200:
-            raise error_from_body(response.status_code, response.content, self.upstream)
+        if response.status != 200:
+            raise error_from_body(response.status, content, self.upstream)
         try:
-            ids = [str(card["id"]) for card in response.json()["data"]]
-        except (ValueError, KeyError, TypeError) as exc:
+            ids = [str(card["id"]) for card in msgspec.json.decode(content)["data"]]
+        except (msgspec.DecodeError, KeyError, TypeError) as exc:
             raise TransportError(
                 f"upstream {self.upstream}/v1/models is not an OpenAI model list"
             ) from exc
@@ -122,7 +131,7 @@ class OpenAIProxyEngine(Engine):
         self.model = wanted or ids[0]
         return self.model
 
-    def _unreachable(self, exc: httpx.HTTPError) -> TransportError:
+    def _unreachable(self, exc: UpstreamHttpError) -> TransportError:
         detail = str(exc) or type(exc).__name__
         return TransportError(f"upstream {self.upstream} is unreachable: {detail}")
 
@@ -159,25 +168,29 @@ class OpenAIProxyEngine(Engine):
     async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
         model = self.model or await self.probe()
         body = self._body(request, model)
-        headers = {_REQUEST_ID_HEADER: request.request_id, "content-type": _JSON}
+        request_id = request.request_id
+        if "\n" in request_id or "\r" in request_id:  # a header value cannot hold them
+            request_id = request_id.replace("\r", " ").replace("\n", " ")
+        headers = f"{_REQUEST_ID_HEADER}: {request_id}\r\n{_CONTENT_TYPE}"
         self.requests_inflight += 1
         self.prompt_tokens_total += len(request.tokens)
+        response: UpstreamResponse | None = None
         try:
-            async with self._client.stream(
-                "POST", "/v1/completions", content=body, headers=headers
-            ) as response:
-                if response.status_code != 200:
-                    await response.aread()
-                    raise error_from_body(response.status_code, response.content, self.upstream)
-                async for output in self._outputs(response, request):
-                    yield output
-        except httpx.HTTPError as exc:
+            response = await self._pool.request("POST", "/v1/completions", body, headers)
+            if response.status != 200:
+                content = await response.read()
+                raise error_from_body(response.status, content, self.upstream)
+            async for output in self._outputs(response, request):
+                yield output
+        except UpstreamHttpError as exc:
             raise self._unreachable(exc) from exc
         finally:
             self.requests_inflight -= 1
+            if response is not None:
+                response.close()  # mid-answer: closes the connection, the upstream stops
 
     async def _outputs(
-        self, response: httpx.Response, request: EngineRequest
+        self, response: UpstreamResponse, request: EngineRequest
     ) -> AsyncIterator[EngineOutput]:
         token_ids = self.config.token_ids
         first = True
@@ -187,7 +200,7 @@ class OpenAIProxyEngine(Engine):
         finish: EngineOutput | None = None
         texts: list[str] = []  # for dyn's own count, should the upstream report no usage
         produced = 0  # output token ids (token_ids mode)
-        async for batch in sse_batches(response.aiter_bytes()):
+        async for batch in sse_batches(response.iter_body()):
             # Every output of one network read is ready at once: all but the last say
             # so (more_ready), and the frontend writes them to the client together.
             ready: list[EngineOutput] = []
