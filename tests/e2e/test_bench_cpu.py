@@ -103,7 +103,7 @@ def test_one_process_per_role_over_tcp(tmp_path: Path, monkeypatch: pytest.Monke
 def test_auto_layout_front_processes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Several frontend + processor processes share the HTTP port: each one's metrics
     count once, whichever of them answers, and each is named with both of its roles."""
-    with start(GRAPH, tmp_path, monkeypatch, "--layout", "auto") as up:
+    with start(GRAPH, tmp_path, monkeypatch, "--layout", "auto", "--front-processes", "2") as up:
         roles_by_pid: dict[int, list[str]] = {}
         for role, pid in up.role_pids().items():
             roles_by_pid.setdefault(pid, []).append(role)
@@ -114,8 +114,11 @@ def test_auto_layout_front_processes(tmp_path: Path, monkeypatch: pytest.MonkeyP
         for pid, roles in roles_by_pid.items():
             assert sorted(processes[pid]) == sorted(roles)
         fronts = [roles for roles in processes.values() if any("frontend" in r for r in roles)]
-        # The auto rule: one front process per CPU dyn up may use, at most 8.
-        assert len(fronts) == min(len(os.sched_getaffinity(0)), 8)
+        assert len(fronts) == 2  # as pinned
+        # Every other role process hosts workers: the auto rule spreads them over at most
+        # one process per CPU dyn up may use.
+        engines = [roles for roles in processes.values() if roles and roles[0].startswith("worker")]
+        assert len(engines) == min(len(os.sched_getaffinity(0)), len(WORKERS))
         assert all(any("processor" in r for r in roles) for roles in fronts)
 
 

@@ -28,8 +28,11 @@ MODEL = "dyn-mock"
 def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     log_path = tmp_path_factory.mktemp("kv_routing") / "up.log"
-    # speedup 20: the polynomial timing model, twenty times faster than real time
-    with dyn_up(GRAPH, port, log_path, "worker.speedup_ratio=20"):
+    # speedup 20: the polynomial timing model, twenty times faster than real time; two
+    # front processes (on any machine of two cores or more), so that every test here
+    # runs against synced routers behind one port
+    with dyn_up(GRAPH, port, log_path, "worker.speedup_ratio=20",
+                options=("--front-processes", "2")):  # fmt: skip
         yield f"http://127.0.0.1:{port}"
 
 
@@ -78,7 +81,7 @@ def test_streamed_sse_bytes_are_exact(base_url: str) -> None:
     check_sse_bytes(base_url)
 
 
-@pytest.mark.parametrize("layout", ["one-process", "process-per-role"])
+@pytest.mark.parametrize("layout", ["auto", "one-process", "process-per-role"])
 def test_streamed_sse_bytes_are_exact_in_every_layout(layout: str, tmp_path: Path) -> None:
     port = free_port()
     with dyn_up(GRAPH, port, tmp_path / "up.log", "worker.speedup_ratio=20",
@@ -215,8 +218,8 @@ def test_kv_spreads_load_when_every_request_shares_its_first_block(one_router_ur
 
 
 def test_a_strategy_switch_reaches_every_front_process(base_url: str) -> None:
-    """The default layout runs several processors behind one port (on a machine with
-    two cores or more): POST /admin/route must switch each, not the one it reached."""
+    """The module's graph runs two processors behind one port (on a machine with two
+    cores or more): POST /admin/route must switch each, not the one it reached."""
     from dyn.launch.layout import core_count
 
     if core_count() < 2:

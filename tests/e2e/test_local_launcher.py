@@ -87,6 +87,8 @@ def test_auto_layout_hosts_each_processor_beside_a_frontend_and_leaves_nothing(
         "worker.replicas=2",
         "--set",
         "worker.speedup_ratio=20",
+        "--front-processes",
+        "2",
         state=state,
         log_path=state.parent / "up.log",
     )
@@ -102,13 +104,16 @@ def test_auto_layout_hosts_each_processor_beside_a_frontend_and_leaves_nothing(
         assert record["transport"] == "tcp"
         assert "front processes (processor + frontend)" in record["layout"]
         pids = {r["role"]: r["pid"] for r in record["roles"]}
-        fronts = min(core_count(), 8)
+        fronts = 2  # as pinned
         expected = {f"frontend[{i}]" for i in range(fronts)} | {
             f"processor[{i}]" for i in range(fronts)
         }
         assert set(pids) == expected | {"worker[0]", "worker[1]"}
         for i in range(fronts):
             assert pids[f"frontend[{i}]"] == pids[f"processor[{i}]"]
+        # Two workers: one process each on a machine of two cores or more (the auto rule
+        # spreads a component's replicas over at most one process per core).
+        assert pids["worker[0]"] != pids["worker[1]"]
         assert len(set(pids.values())) == fronts + 2
         addresses = [r["address"] for r in record["roles"] if r["address"]]
         up.stop()

@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PROXY_GRAPH = ROOT / "graphs" / "proxy.yaml"
 MODEL = "dyn-proxy"
 # What the scripted upstream reports: numbers dyn's own counting would never give.
-UPSTREAM_USAGE = {
+UPSTREAM_USAGE: dict[str, Any] = {
     "prompt_tokens": 111,
     "completion_tokens": 7,
     "total_tokens": 118,
@@ -65,8 +65,8 @@ class Script:
             chunk = {"id": "cmpl-up", "object": "text_completion", "choices": [choice]}
             yield b"data: " + json.dumps(chunk).encode() + b"\n\n"
         if asked_usage and self.usage is not None:
-            chunk = {"id": "cmpl-up", "choices": [], "usage": self.usage}
-            yield b"data: " + json.dumps(chunk).encode() + b"\n\n"
+            last: dict[str, Any] = {"id": "cmpl-up", "choices": [], "usage": self.usage}
+            yield b"data: " + json.dumps(last).encode() + b"\n\n"
         yield b"data: [DONE]\n\n"
 
 

@@ -59,7 +59,7 @@ class UpstreamDouble:
                     return
                 lines = head.decode("latin-1").split("\r\n")
                 method, target, _ = lines[0].split(" ")
-                headers = [tuple(x.split(": ", 1)) for x in lines[1:] if x]
+                headers = [_header(x) for x in lines[1:] if x]
                 fields = {k.lower(): v for k, v in headers}
                 body = await reader.readexactly(int(fields.get("content-length", "0")))
                 url = f"http://{fields['host']}{target}"
@@ -106,6 +106,11 @@ class UpstreamDouble:
             await stream.aclose()
 
 
+def _header(line: str) -> tuple[str, str]:
+    name, _, value = line.partition(": ")
+    return name, value
+
+
 class _ClientLeft(Exception):
     pass
 
@@ -123,7 +128,8 @@ async def _parts(
 
     while True:
         part = asyncio.ensure_future(following())
-        await asyncio.wait([part, left], return_when=asyncio.FIRST_COMPLETED)
+        waited: list[asyncio.Future[Any]] = [part, left]
+        await asyncio.wait(waited, return_when=asyncio.FIRST_COMPLETED)
         if not part.done():
             part.cancel()
             with contextlib.suppress(BaseException):

@@ -38,27 +38,43 @@ def test_one_core_means_one_process() -> None:
     assert apply_layout(graph("kv_routing.yaml"), layout).transport == "inproc"
 
 
-@given(cores=st.integers(min_value=2, max_value=64))
-def test_auto_front_is_frontend_and_processor_one_per_core_up_to_the_cap(cores: int) -> None:
-    spec = graph("kv_routing.yaml")
+@given(cores=st.integers(min_value=2, max_value=64), workers=st.integers(1, 70))
+def test_auto_gives_the_front_half_the_cores_and_spreads_workers_over_the_rest(
+    cores: int, workers: int
+) -> None:
+    spec = graph("kv_routing.yaml", f"worker.replicas={workers}")
     layout = plan_layout(spec, cores)
     assert layout.mode == "front"
     assert layout.front == ("processor", "frontend")  # start order: dependency first
-    assert layout.front_processes == min(cores, MAX_FRONT_PROCESSES)
+    fronts = min(cores // 2, MAX_FRONT_PROCESSES)
+    assert layout.front_processes == fronts
     applied = apply_layout(spec, layout)
-    assert applied.component("frontend").replicas == layout.front_processes
-    assert applied.component("processor").replicas == layout.front_processes
-    assert applied.component("worker").replicas == spec.component("worker").replicas
+    assert applied.component("frontend").replicas == fronts
+    assert applied.component("processor").replicas == fronts
+    assert applied.component("worker").replicas == workers
     config = applied.component("frontend").config
     assert isinstance(config, FrontendConfig)
-    assert config.reuse_port is True
+    assert config.reuse_port is (fronts > 1)  # one front process has no port to share
     plans = process_plans(applied, layout)
     # Every role instance is hosted exactly once; workers start before the front.
     hosted = [role for plan in plans for role in plan.roles]
     expected = [(c.name, r) for c in applied.components for r in range(c.replicas)]
     assert sorted(hosted) == sorted(expected)
-    assert [p.component for p in plans] == ["worker"] * 4 + ["frontend"] * min(cores, 8)
-    assert all(p.companions == (("processor", p.replica),) for p in plans[4:])
+    engines = min(workers, cores)
+    assert [p.component for p in plans] == ["worker"] * engines + ["frontend"] * fronts
+    # Worker r lives in process r mod engines: replicas spread evenly.
+    sizes = [len(p.roles) for p in plans[:engines]]
+    assert max(sizes) - min(sizes) <= 1
+    assert all(r % engines == plans.index(p) for p in plans[:engines] for _, r in p.roles)
+    assert all(p.companions == (("processor", p.replica),) for p in plans[engines:])
+
+
+def test_front_processes_can_be_pinned() -> None:
+    layout = plan_layout(graph("kv_routing.yaml"), 2, front_processes=3)
+    assert layout.front_processes == 3
+    assert "3 front processes (processor + frontend) sharing the HTTP port" in layout.describe(
+        apply_layout(graph("kv_routing.yaml"), layout)
+    )
 
 
 def test_disagg_front_leaves_the_queue_and_workers_alone() -> None:

@@ -21,7 +21,7 @@ def test_a_flushed_batch_equals_one_observe_per_value() -> None:
     one, batched = CollectorRegistry(), CollectorRegistry()
     for registry in (one, batched):
         Histogram("lat", "x", ["worker"], buckets=LATENCY_BUCKETS, registry=registry)
-    reference = one._names_to_collectors["lat"]  # type: ignore[attr-defined]
+    reference: Histogram = one._names_to_collectors["lat"]  # type: ignore[assignment]
     for value in values:
         reference.labels("w").observe(value)
     batch = ObservationBatch(batched._names_to_collectors["lat"].labels("w"))  # type: ignore[attr-defined]

@@ -44,9 +44,11 @@ async def test_an_event_cut_across_reads_is_put_back_together() -> None:
     cut = [BODY[i : i + 5] for i in range(0, len(BODY), 5)]
     blank = BODY.index(b"\n\n") + 1
     for parts in (cut, [BODY[:blank], BODY[blank:]]):
-        proxy = engine(
-            lambda req, parts=parts: httpx.Response(200, stream=Stream(parts)), model="m"
-        )
+
+        def answer(req: httpx.Request, parts: list[bytes] = parts) -> httpx.Response:
+            return httpx.Response(200, stream=Stream(parts))
+
+        proxy = engine(answer, model="m")
         outputs = await collect(proxy, request())
         assert texts(outputs) == [(" big", None), (" world", None), ("!", "length")]
 

@@ -76,6 +76,17 @@ def up(
             rich_help_panel=_RUN,
         ),
     ] = None,
+    front_processes: Annotated[
+        int | None,
+        typer.Option(
+            "--front-processes",
+            min=1,
+            max=64,
+            help="The auto layout's front processes (frontend + processor, sharing the "
+            "port). Default: half the cores.",
+            rich_help_panel=_RUN,
+        ),
+    ] = None,
     launcher: Annotated[
         str | None,
         typer.Option(
@@ -152,6 +163,16 @@ def up(
     if launcher is None:
         launcher, graph = default_launcher(graph)
     chosen = choose_launcher(graph, launcher, str(graph_file))
+    if front_processes is not None:
+        from dyn.errors import LaunchError
+        from dyn.launch.local import LocalLauncher
+
+        if not isinstance(chosen, LocalLauncher):
+            raise LaunchError(
+                "--front-processes applies to the auto layout on this machine (the local "
+                f"launcher), not to the {chosen.name} launcher"
+            )
+        chosen.front_processes = front_processes
     chosen.settings = settings
     # Under --detach, the parent made this run's directory (it logs there) and named it.
     chosen.reserved_run_id = os.environ.get(RUN_ID_ENV) or None

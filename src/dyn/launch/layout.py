@@ -7,11 +7,13 @@ A graph's ``layout:`` (or ``dyn up --layout``) is one of:
   them (tcp when the graph says inproc, which cannot cross processes).
 - ``auto`` (the default): a fixed rule of the machine's core count C, the CPUs this
   process may run on. A graph whose transport is ``inproc``, or a machine with one core,
-  runs in one process. Otherwise the *front* runs as F = min(C, MAX_FRONT_PROCESSES)
-  processes that share the HTTP port, each hosting one replica of every front component
-  (the HTTP component and those of its dependencies that scale with cores, such as the
-  processor, whose replicas keep their routers in step); every other role replica runs
-  in a process of its own. Calls inside a process skip the transport.
+  runs in one process. Otherwise the *front* runs as F = min(max(1, C // 2),
+  MAX_FRONT_PROCESSES) processes that share the HTTP port, each hosting one replica of
+  every front component (the HTTP component and those of its dependencies that scale
+  with cores, such as the processor, whose replicas keep their routers in step); every
+  other component spreads its replicas over min(replicas, C) processes, replica r in
+  process r mod that. Calls inside a process skip the transport. ``dyn up
+  --front-processes N`` pins F.
 
 Graphs that place roles on nodes run one process per role replica on its node,
 whatever the layout. docs/process-layout.md explains the choice and its figures.
@@ -35,6 +37,8 @@ __all__ = [
     "ProcessPlan",
     "apply_layout",
     "core_count",
+    "engine_processes_for",
+    "front_processes_for",
     "plan_layout",
     "process_plans",
 ]
@@ -42,6 +46,20 @@ __all__ = [
 # Past a few front processes, each router replica's share of the synced state (every
 # other replica's in-flight load, every worker's KV events) costs more than it serves.
 MAX_FRONT_PROCESSES = 8
+
+
+def front_processes_for(cores: int) -> int:
+    """Half the cores for the front (HTTP, tokenizing, routing, streaming: about half of
+    a request's CPU with simulated engines), the rest for the engines."""
+    return min(max(1, cores // 2), MAX_FRONT_PROCESSES)
+
+
+def engine_processes_for(replicas: int, cores: int) -> int:
+    """The processes a non-front component's replicas share: one engine's steps run one
+    at a time in its loop, and more processes than cores add only switches and copies."""
+    return max(1, min(replicas, cores))
+
+
 # Between processes, a graph that says inproc gets this transport.
 PROCESS_TRANSPORT = "tcp"
 
@@ -87,15 +105,18 @@ class Layout:
         if self.mode == "process-per-role" or graph is None:
             return f"{rule}one process per role replica"
         front = " + ".join(self.front)
-        others = [c for c in graph.components if c.name not in self.front]
-        rest = sum(c.replicas for c in others)
-        line = (
-            f"{rule}{self.front_processes} front process"
-            f"{'es' if self.front_processes != 1 else ''} ({front}) sharing the HTTP port"
-        )
-        if rest:
-            line += f", {rest} role process{'es' if rest != 1 else ''}"
-        return f"{line}; {graph.transport} between processes"
+        parts = [
+            f"{_count(self.front_processes, 'front process', 'es')} ({front}) sharing the HTTP port"
+        ]
+        for spec in graph.components:
+            if spec.name not in self.front:
+                groups = engine_processes_for(spec.replicas, self.cores)
+                parts.append(f"{spec.name} ×{spec.replicas} in {_count(groups, 'process', 'es')}")
+        return f"{rule}{', '.join(parts)}; {graph.transport} between processes"
+
+
+def _count(n: int, noun: str, plural: str) -> str:
+    return f"{n} {noun}{plural if n != 1 else ''}"
 
 
 def core_count() -> int:
@@ -111,8 +132,10 @@ def plan_layout(
     cores: int,
     role: Callable[[ComponentSpec], type[Component[Any]]] = role_of,
     requested: str | None = None,
+    front_processes: int | None = None,
 ) -> Layout:
-    """The layout ``graph`` gets on a machine with ``cores`` CPUs (see the module)."""
+    """The layout ``graph`` gets on a machine with ``cores`` CPUs (see the module);
+    ``front_processes`` pins F."""
     asked = requested or graph.layout
     if asked == "one-process":
         return Layout(asked, "one-process", cores)
@@ -123,7 +146,8 @@ def plan_layout(
     front = _front(graph, role) if asked == "auto" and not graph.has_nodes() else ()
     if not front:
         return Layout(asked, "process-per-role", cores)
-    return Layout(asked, "front", cores, front, min(cores, MAX_FRONT_PROCESSES))
+    fronts = front_processes if front_processes is not None else front_processes_for(cores)
+    return Layout(asked, "front", cores, front, fronts)
 
 
 def _front(
@@ -166,7 +190,9 @@ def apply_layout(
         dataclasses.replace(
             spec,
             replicas=layout.front_processes,
-            config=role(spec).replicated_config(spec.config),
+            config=role(spec).replicated_config(spec.config)
+            if layout.front_processes > 1
+            else spec.config,
         )
         if spec.name in layout.front
         else spec
@@ -185,7 +211,11 @@ def process_plans(graph: GraphSpec, layout: Layout) -> list[ProcessPlan]:
     )
     for index, spec in enumerate(graph.topological_order()):
         if spec.name not in layout.front:
-            plans.extend(ProcessPlan(((spec.name, r),)) for r in range(spec.replicas))
+            groups = engine_processes_for(spec.replicas, layout.cores)
+            plans.extend(
+                ProcessPlan(tuple((spec.name, r) for r in range(g, spec.replicas, groups)))
+                for g in range(groups)
+            )
         elif index == last_front:
             plans.extend(
                 ProcessPlan(tuple((name, r) for name in layout.front))

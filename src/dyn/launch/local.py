@@ -44,6 +44,8 @@ class LocalLauncher(ProcessLauncher):
         super().__init__(graph_file)
         self._etcd: LocalEtcd | None = None
         self.layout: Layout | None = None
+        # Pins the auto layout's front processes (dyn up --front-processes).
+        self.front_processes: int | None = None
 
     def resolve(self, graph: GraphSpec) -> GraphSpec:
         if graph.transport == "inproc":
@@ -51,7 +53,7 @@ class LocalLauncher(ProcessLauncher):
                 "the inproc transport cannot cross processes; "
                 "use --transport tcp or --transport grpc with the local launcher"
             )
-        layout = plan_layout(graph, core_count())
+        layout = plan_layout(graph, core_count(), front_processes=self.front_processes)
         if layout.mode == "one-process":  # not this launcher's to do: a process per role
             layout = Layout(layout.requested, "process-per-role", layout.cores)
         self.layout = layout

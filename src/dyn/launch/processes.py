@@ -264,8 +264,8 @@ class ProcessLauncher(Launcher):
             raise LaunchError("frontends cannot be scaled: their replicas would share one port")
         if any(name == component for r in self.roles for name, _ in r.companions):
             raise LaunchError(
-                f"{component!r} runs inside the frontend's processes in this layout, one "
-                "replica each; to scale it, run the graph with --layout process-per-role"
+                f"{component!r} shares processes with other role instances in this layout; "
+                "to scale it, run the graph with --layout process-per-role"
             )
         if replicas < 0:
             raise LaunchError(f"replicas must be >= 0, got {replicas}")
