@@ -197,7 +197,14 @@ def test_a_taken_port_fails_the_auto_layout_before_any_role_starts(state: Path) 
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        up = DynUp(str(KV_ROUTING), port=port, state=state, log_path=state.parent / "up.log")
+        up = DynUp(
+            str(KV_ROUTING),
+            "--front-processes",
+            "2",
+            port=port,
+            state=state,
+            log_path=state.parent / "up.log",
+        )
         try:
             up.wait(60)
         finally:
