@@ -109,7 +109,22 @@ class RoutePlan:
     local: list[int]
     extra_blocks: int  # the prompt's partial last block, if any
     overlaps: dict[str, int]
-    scores: list[WorkerScore]
+    workers: list[str]  # the candidates, in order
+    costs: list[Cost]  # each candidate's, in the same order
+
+    @property
+    def scores(self) -> list[WorkerScore]:
+        """Each candidate's score, built when asked (explaining): routing reads costs."""
+        return [
+            WorkerScore(
+                worker,
+                overlap_blocks=self.overlaps[worker],
+                prefill_blocks=cost.prefill_blocks,
+                decode_blocks=cost.decode_blocks,
+                cost=cost.cost,
+            )
+            for worker, cost in zip(self.workers, self.costs, strict=True)
+        ]
 
 
 class KvRouter(RoutingStrategy):
@@ -161,7 +176,8 @@ class KvRouter(RoutingStrategy):
         extra = 1 if len(tokens) % block_size else 0
         cached = self.cached_overlaps(local, keys)
         overlaps: dict[str, int] = {}
-        scores: list[WorkerScore] = []
+        workers: list[str] = []
+        plan_costs: list[Cost] = []
         tracker = self.tracker
         # Candidates in the same state (idle ones, above all) have the same cost: computed
         # once per state, so a request's cost grows little with the number of workers.
@@ -184,22 +200,15 @@ class KvRouter(RoutingStrategy):
                     new_blocks=len(keys) + extra - inflight,
                     overlap_score_weight=settings.overlap_score_weight,
                 )
-            scores.append(
-                WorkerScore(
-                    worker,
-                    overlap_blocks=overlap,
-                    prefill_blocks=cost.prefill_blocks,
-                    decode_blocks=cost.decode_blocks,
-                    cost=cost.cost,
-                )
-            )
-        return RoutePlan(block_size, keys, local, extra, overlaps, scores)
+            workers.append(worker)
+            plan_costs.append(cost)
+        return RoutePlan(block_size, keys, local, extra, overlaps, workers, plan_costs)
 
     def select(self, candidates: Sequence[Instance], request: RouteRequest) -> Instance:
         if request.instance_id is not None:
             return Direct.pick(candidates, request.instance_id)
         plan = self._plan(candidates, request)
-        index = choose([s.cost for s in plan.scores], self.settings.temperature, self._rng)
+        index = choose([c.cost for c in plan.costs], self.settings.temperature, self._rng)
         chosen = candidates[index]
         if len(self._pending) >= _PENDING_LIMIT:
             del self._pending[next(iter(self._pending))]
