@@ -14,6 +14,7 @@ queue is flushed, and the encrypted bytes go through the same non-blocking socke
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import ssl
@@ -97,6 +98,7 @@ class Wire:
         # Wakes run_writer; a bare future, as it is set after nearly every loop turn.
         self._wake = Wakeup()
         self._writer_waiting = False
+        self._flush_scheduled = False
         self._drain_lock = anyio.Lock()
         # Whether the last read waited for the socket (so it yielded to other tasks).
         self._waited = False
@@ -247,8 +249,7 @@ class Wire:
         self._out.append(data)
         self._out_bytes += len(data)
         if self._writer_waiting:
-            self._writer_waiting = False
-            self._wake.set()
+            self._flush_at_turn_end()
 
     def write_frame(self, header: bytes, body: bytes) -> None:
         """Queue a frame given as header and body, without copying a large body."""
@@ -260,6 +261,23 @@ class Wire:
             self._out += (header, body)
         self._out_bytes += len(header) + len(body)
         if self._writer_waiting:
+            self._flush_at_turn_end()
+
+    def _flush_at_turn_end(self) -> None:
+        """With the writer idle: send the loop turn's writes once the turn is over, from
+        a plain callback (cheaper than waking the writer's task for every turn); the
+        writer is woken only for what the kernel does not take."""
+        if self._flush_scheduled:
+            return
+        self._flush_scheduled = True
+        asyncio.get_running_loop().call_soon(self._turn_flush)
+
+    def _turn_flush(self) -> None:
+        self._flush_scheduled = False
+        if self.closed is not None:
+            return
+        self.flush_nowait()
+        if (self._out or self._sealed) and self._writer_waiting:
             self._writer_waiting = False
             self._wake.set()
 
