@@ -144,7 +144,9 @@ class Generation:
                 # Empty middle outputs (a character split across tokens) carry nothing.
                 if output.text or first:
                     held += fmt.chunk(output.text)
-                if held and not output.more_ready:
+                # The first chunk goes at once (time to first token); later ones wait
+                # while their next output is here already, and go with it.
+                if held and (first or not output.more_ready):
                     body, held = held, b""
                     await send({"type": "http.response.body", "body": body, "more_body": True})
                 first = False
