@@ -202,8 +202,11 @@ class OpenAIProxyEngine(Engine):
         produced = 0  # output token ids (token_ids mode)
         async for batch in sse_batches(response.iter_body()):
             # Every output of one network read is ready at once: all but the last say
-            # so (more_ready), and the frontend writes them to the client together.
-            ready: list[EngineOutput] = []
+            # so (more_ready), and the frontend writes them to the client together. Each
+            # goes as soon as the next is parsed (one held back to know whether another
+            # follows), not once the whole read is: a read may hold hundreds of events,
+            # and the first token should not wait for them.
+            held: EngineOutput | None = None
             error: Any = None
             for data in batch:
                 chunk = parse_chunk(data)
@@ -233,10 +236,11 @@ class OpenAIProxyEngine(Engine):
                             reported = cached is not None
                             out_cached = cached or 0
                             first = False
-                        ready.append(_output(ids, text, cached_tokens=out_cached))
-            last = len(ready) - 1
-            for i, out in enumerate(ready):
-                yield msgspec.structs.replace(out, more_ready=True) if i < last else out
+                        if held is not None:
+                            yield msgspec.structs.replace(held, more_ready=True)
+                        held = _output(ids, text, cached_tokens=out_cached)
+            if held is not None:
+                yield held
             if error is not None:
                 raise in_band_error(error, self.upstream)
         if finish is None:
