@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -181,10 +182,13 @@ def _decisions(base_url: str) -> dict[str, float]:
 
 @pytest.fixture(scope="module")
 def one_router_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The graph in one process: one router, which sees every decision at once."""
+    """The graph in one process: one router, which sees every decision at once. Steps
+    at a quarter of the module's speed, so that the client's 16 requests at a time are
+    in flight together even on a busy machine (a starved client that sends one at a
+    time would see the worker holding the shared block take everything, by design)."""
     port = free_port()
     log_path = tmp_path_factory.mktemp("kv_routing_one") / "up.log"
-    with dyn_up(GRAPH, port, log_path, "worker.speedup_ratio=20",
+    with dyn_up(GRAPH, port, log_path, "worker.speedup_ratio=5",
                 options=("--layout", "one-process")):  # fmt: skip
         yield f"http://127.0.0.1:{port}"
 
@@ -237,6 +241,33 @@ def test_a_strategy_switch_reaches_every_front_process(base_url: str) -> None:
         assert set(seen.values()) == {"least_loaded"}
     finally:
         httpx.post(f"{base_url}/admin/route", json={"strategy": "kv"}, timeout=10)
+
+
+def test_kv_clear_empties_the_cache_every_front_process_sees(base_url: str) -> None:
+    """POST /admin/kv/clear reaches one processor, which clears every worker; the
+    workers' events then reach every processor, so each replica's view is empty."""
+    from dyn.launch.layout import core_count
+
+    if core_count() < 2:
+        pytest.skip("one core: the auto layout runs one process, there is nothing to reach")
+    rng = random.Random(11)
+    body = {"model": MODEL, "prompt": prompt(rng, 64), "max_tokens": 2}
+    for _ in range(4):
+        assert httpx.post(f"{base_url}/v1/completions", json=body, timeout=30).status_code == 200
+    cleared = httpx.post(f"{base_url}/admin/kv/clear", timeout=10)
+    assert cleared.status_code == 200, cleared.text
+    assert cleared.json()["workers"] == 4
+    views: dict[str, int] = {}
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:  # a fresh connection lands on any front process
+        info = httpx.get(f"{base_url}/admin/route", timeout=10).json()
+        cached = sum(w.get("cached_blocks") or 0 for w in info["workers"].values())
+        views[info["replica_sync"]["router_id"]] = cached
+        if len(views) >= 2 and not any(views.values()):
+            break
+        time.sleep(0.05)
+    assert len(views) >= 2, "every connection reached one front process"
+    assert views == dict.fromkeys(views, 0), views
 
 
 def test_route_shows_and_explains(base_url: str) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -79,12 +81,14 @@ def test_auto_layout_hosts_each_processor_beside_a_frontend_and_leaves_nothing(
 ) -> None:
     from dyn.launch.layout import core_count
 
-    if core_count() < 2:
+    cores = core_count()
+    if cores < 2:
         pytest.skip("one core: the auto layout runs the graph in one process")
+    workers = 4
     up = DynUp(
         str(KV_ROUTING),
         "--set",
-        "worker.replicas=2",
+        f"worker.replicas={workers}",
         "--set",
         "worker.speedup_ratio=20",
         "--front-processes",
@@ -96,7 +100,7 @@ def test_auto_layout_hosts_each_processor_beside_a_frontend_and_leaves_nothing(
     try:
         up.wait_healthy(timeout=60)
         body = {"model": "dyn-mock", "prompt": "Hello there", "max_tokens": 3}
-        for _ in range(4):  # fresh connections: any front process may answer
+        for _ in range(8):  # fresh connections: any front process may answer
             answer = httpx.post(f"{url}/v1/completions", json=body, timeout=30)
             assert answer.status_code == 200, answer.text
             assert answer.json()["usage"]["completion_tokens"] == 3
@@ -108,21 +112,35 @@ def test_auto_layout_hosts_each_processor_beside_a_frontend_and_leaves_nothing(
         expected = {f"frontend[{i}]" for i in range(fronts)} | {
             f"processor[{i}]" for i in range(fronts)
         }
-        assert set(pids) == expected | {"worker[0]", "worker[1]"}
+        assert set(pids) == expected | {f"worker[{i}]" for i in range(workers)}
         for i in range(fronts):
             assert pids[f"frontend[{i}]"] == pids[f"processor[{i}]"]
-        # Two workers: one process each on a machine of two cores or more (the auto rule
-        # spreads a component's replicas over at most one process per core).
-        assert pids["worker[0]"] != pids["worker[1]"]
-        assert len(set(pids.values())) == fronts + 2
+        # The auto rule spreads a component's replicas over at most one process per
+        # core: worker r in process r mod that count.
+        engines = min(workers, cores)
+        for i in range(workers):
+            assert pids[f"worker[{i}]"] == pids[f"worker[{i % engines}]"]
+        assert len(set(pids.values())) == fronts + engines
+        # A role that shares a process has that process's log.
+        shown = subprocess.run(
+            [sys.executable, "-m", "dyn", "logs", "processor[0]"],
+            env={**os.environ, "DYN_STATE_DIR": str(state)},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert shown.returncode == 0, shown.stderr
+        assert "processor[0] shares its process with frontend[0]" in shown.stderr
         addresses = [r["address"] for r in record["roles"] if r["address"]]
+        pages = {r["metrics_url"] for r in record["roles"] if r.get("metrics_url")}
+        assert len(pages) == fronts + engines  # one metrics page per role process
         up.stop()
     finally:
         up.kill()
     assert up.returncode == 0, up.log()
     assert all(not pid_alive(pid) for pid in pids.values()), "a role process is left"
-    for address in [url, *addresses]:
-        host, role_port = address.split("://")[1].rsplit(":", 1)
+    for address in [url, *addresses, *pages]:
+        host, role_port = address.split("://")[1].split("/")[0].rsplit(":", 1)
         assert not port_is_listening(int(role_port), host), f"{address} still listens"
 
 

@@ -40,6 +40,8 @@ def logs(
     if role is not None:
         wanted = run_dir.log_path(role)
         if wanted not in files:
+            wanted = _host_log(run_dir, role, files) or wanted
+        if wanted not in files:
             names = ", ".join(f.stem for f in files) or "none yet"
             raise LaunchError(f"run {run_dir.run_id} has no log for {role!r}; roles: {names}")
         files = [wanted]
@@ -73,6 +75,27 @@ def _drain(f: BinaryIO, name: str, width: int, *, prefix: bool) -> None:
             return
         line = raw[:-1].decode(errors="replace")
         typer.echo(f"{name:<{width}} | {line}" if prefix else line)
+
+
+def _host_log(run_dir: RunDir, role: str, files: list[Path]) -> Path | None:
+    """The log of the process that hosts ``role`` beside others (the auto layout's front
+    processes and grouped workers log to a file named after the process's last role)."""
+    from dyn.errors import LaunchError
+    from dyn.state import read_record
+
+    try:
+        record = read_record(run_dir)
+    except LaunchError:  # no record (yet), or an unreadable one
+        return None
+    pid = next((r.pid for r in record.roles if r.role == role), None)
+    if not pid:
+        return None
+    for other in record.roles:
+        path = run_dir.log_path(other.role)
+        if other.pid == pid and path in files:
+            typer.echo(f"{role} shares its process with {other.role}: its log", err=True)
+            return path
+    return None
 
 
 def run_or_latest(run: str | None) -> RunDir:

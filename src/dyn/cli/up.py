@@ -69,10 +69,11 @@ def up(
     layout: Annotated[
         str | None,
         typer.Option(
-            help="How the roles share processes: auto (a rule of the core count: several "
-            "front processes sharing the port, the other roles in processes of their own; "
-            "one process on one core or for the inproc transport), one-process or "
-            "process-per-role. Overrides the graph's layout.",
+            help="How the roles share processes: auto (a rule of the core count: half the "
+            "cores' worth of front processes sharing the port, each other component's "
+            "replicas over at most one process per core; one process on one core or for "
+            "the inproc transport), one-process or process-per-role. Overrides the graph's "
+            "layout.",
             rich_help_panel=_RUN,
         ),
     ] = None,
@@ -83,7 +84,7 @@ def up(
             min=1,
             max=64,
             help="The auto layout's front processes (frontend + processor, sharing the "
-            "port). Default: half the cores.",
+            "port). Default: half the cores, at least 1, at most 8.",
             rich_help_panel=_RUN,
         ),
     ] = None,
@@ -160,17 +161,20 @@ def up(
     graph = resolve_graph(graph_file, list(set_ or ()), port, transport, discovery, layout)
     settings = _admin_token_for(graph, settings)
     console = Console(stderr=True, highlight=False)
+    summary = None
     if launcher is None:
-        launcher, graph = default_launcher(graph)
+        launcher, graph, summary = default_launcher(graph)
     chosen = choose_launcher(graph, launcher, str(graph_file))
+    if summary is not None:
+        chosen.layout_summary = summary
     if front_processes is not None:
         from dyn.errors import LaunchError
         from dyn.launch.local import LocalLauncher
 
         if not isinstance(chosen, LocalLauncher):
             raise LaunchError(
-                "--front-processes applies to the auto layout on this machine (the local "
-                f"launcher), not to the {chosen.name} launcher"
+                "--front-processes applies to the auto layout's front processes; this run "
+                f"is {chosen.layout_summary}"
             )
         chosen.front_processes = front_processes
     chosen.settings = settings
@@ -251,19 +255,21 @@ def resolve_graph(
     return graph
 
 
-def default_launcher(graph: GraphSpec) -> tuple[str, GraphSpec]:
-    """The launcher a graph runs with when none is named, and the graph it runs: ssh for
-    a graph that places roles on nodes, else what its layout needs on this machine (in
-    one process, roles call each other in-process whatever the graph's transport)."""
+def default_launcher(graph: GraphSpec) -> tuple[str, GraphSpec, str | None]:
+    """The launcher a graph runs with when none is named, the graph it runs, and (for
+    one process) what its layout says: ssh for a graph that places roles on nodes, else
+    what its layout needs on this machine (in one process, roles call each other
+    in-process whatever the graph's transport)."""
     import dataclasses
 
     from dyn.launch.layout import core_count, plan_layout
 
     if graph.has_nodes():
-        return "ssh", graph
-    if plan_layout(graph, core_count()).mode == "one-process":
-        return "inprocess", dataclasses.replace(graph, transport="inproc")
-    return "local", graph
+        return "ssh", graph, None
+    layout = plan_layout(graph, core_count())
+    if layout.mode == "one-process":
+        return "inprocess", dataclasses.replace(graph, transport="inproc"), layout.describe()
+    return "local", graph, None
 
 
 def choose_launcher(graph: GraphSpec, name: str | None, graph_file: str) -> Launcher:
@@ -274,7 +280,7 @@ def choose_launcher(graph: GraphSpec, name: str | None, graph_file: str) -> Laun
     from dyn.launch.base import Launcher
 
     if name is None:
-        name, _ = default_launcher(graph)
+        name, _, _ = default_launcher(graph)
     if ":" not in name and not plugins.is_known("dyn.launchers", name):
         # "in-process" and "in_process" name the built-in "inprocess" too.
         name = name.replace("-", "").replace("_", "")

@@ -105,9 +105,8 @@ class Layout:
         if self.mode == "process-per-role" or graph is None:
             return f"{rule}one process per role replica"
         front = " + ".join(self.front)
-        parts = [
-            f"{_count(self.front_processes, 'front process', 'es')} ({front}) sharing the HTTP port"
-        ]
+        shared = " sharing the HTTP port" if self.front_processes > 1 else ""
+        parts = [f"{_count(self.front_processes, 'front process', 'es')} ({front}){shared}"]
         for spec in graph.components:
             if spec.name not in self.front:
                 groups = engine_processes_for(spec.replicas, self.cores)
@@ -156,13 +155,13 @@ def _front(
     """The HTTP component and those of its direct dependencies that scale with cores and
     that nothing outside the front calls; () when the HTTP component cannot scale."""
     http = [c for c in graph.components if role(c).serves_http]
-    if len(http) != 1 or not role(http[0]).scales_with_cores:
+    if len(http) != 1 or not _scales(role(http[0]), http[0]):
         return ()
     (head,) = http
     members = {head.name}
     for dep in head.depends_on:
         spec = graph.component(dep.component)
-        if role(spec).scales_with_cores:
+        if _scales(role(spec), spec):
             members.add(spec.name)
     callers_outside = {
         dep.component
@@ -173,6 +172,10 @@ def _front(
     members -= callers_outside - {head.name}
     # Start order: dependencies first, as the graph orders them.
     return tuple(c.name for c in graph.topological_order() if c.name in members)
+
+
+def _scales(cls: type[Component[Any]], spec: ComponentSpec) -> bool:
+    return cls.scales_with_cores and cls.replicas_in_step(spec.config)
 
 
 def apply_layout(

@@ -9,6 +9,7 @@ order: frontends first, then dependents before their dependencies.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import socket
 import sys
 from pathlib import Path
@@ -34,6 +35,8 @@ from dyn.net import free_port
 
 __all__ = ["LocalLauncher"]
 
+_log = logging.getLogger("dyn.launch")
+
 
 class LocalLauncher(ProcessLauncher):
     """Role processes on this machine; an etcd of its own when the graph asks for one."""
@@ -48,14 +51,27 @@ class LocalLauncher(ProcessLauncher):
         self.front_processes: int | None = None
 
     def resolve(self, graph: GraphSpec) -> GraphSpec:
-        if graph.transport == "inproc":
-            raise LaunchError(
-                "the inproc transport cannot cross processes; "
-                "use --transport tcp or --transport grpc with the local launcher"
-            )
+        # A graph that says inproc gets tcp between its processes (apply_layout).
         layout = plan_layout(graph, core_count(), front_processes=self.front_processes)
-        if layout.mode == "one-process":  # not this launcher's to do: a process per role
+        if layout.requested == "one-process":
+            raise LaunchError(
+                "--layout one-process runs every role in this process; drop --launcher "
+                "local (or use --launcher inprocess)"
+            )
+        if layout.mode == "one-process":  # auto chose it; this launcher runs processes
             layout = Layout(layout.requested, "process-per-role", layout.cores)
+        if self.front_processes is not None and layout.mode != "front":
+            raise LaunchError(
+                "--front-processes applies to the auto layout's front processes; this "
+                f"graph runs {layout.describe(graph)}"
+            )
+        for spec in graph.components:
+            if spec.name in layout.front and spec.replicas not in (1, layout.front_processes):
+                _log.warning(
+                    "%s.replicas=%d is replaced by the layout's %d front process(es): one "
+                    "%s beside each frontend (--layout process-per-role keeps the count)",
+                    spec.name, spec.replicas, layout.front_processes, spec.name,
+                )  # fmt: skip
         self.layout = layout
         graph = apply_layout(_fixed_port(graph, layout), layout)
         self.layout_summary = layout.describe(graph)

@@ -70,6 +70,12 @@ class Processor(Component[ProcessorConfig]):
     # Replicas keep their routers in step (replica_sync), so the auto layout may run one
     # beside each frontend replica.
     scales_with_cores: ClassVar[bool] = True
+
+    @classmethod
+    def replicas_in_step(cls, config: ProcessorConfig) -> bool:
+        # Unsynced routers would each route blind to the others' load.
+        return config.replica_sync
+
     # kv_events is followed, and clear_kv called, only on the instances that serve them.
     worker = depends(calls=(ENGINE_GENERATE,), may_call=(ENGINE_KV_EVENTS, ENGINE_CLEAR_KV))
 

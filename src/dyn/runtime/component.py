@@ -334,6 +334,13 @@ class Component(Generic[ConfigT]):
         return [f"{key} = {value!r}" for key, value in non_default_fields(config).items()]
 
     @classmethod
+    def replicas_in_step(cls, config: Any) -> bool:
+        """Whether replicas with ``config`` keep what they need of each other in step, so
+        that the auto layout may run one per front process (asked only of roles that
+        scale with cores)."""
+        return True
+
+    @classmethod
     def replicated_config(cls, config: Any) -> Any:
         """``config`` for one of several replicas the auto layout runs side by side, one
         per process (only asked of roles that scale with cores): e.g. a frontend's
