@@ -114,7 +114,7 @@ class CpuMeter:
         requests: int,
         output_tokens: int,
     ) -> dict[str, Any]:
-        """The ``server_cpu`` section of a result (see the bench section of the project's README)."""
+        """The ``server_cpu`` section of a result (see the README's bench section)."""
         rows: list[dict[str, Any]] = []
         not_measured = [{"roles": [role], "reason": why} for role, why in self.run.not_measured]
         total = 0  # clock ticks, so that the sum has no rounding error
