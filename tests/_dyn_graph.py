@@ -265,3 +265,25 @@ def metrics_pages(base_url: str) -> list[str]:
         except httpx.TransportError:
             continue  # a process that is gone (a killed role): nothing to count there
     return pages
+
+
+@contextmanager
+def serve_in_thread(app: Any, log_level: str = "warning") -> Iterator[str]:
+    """Serve an ASGI ``app`` (a test's stand-in upstream) with uvicorn in a daemon thread
+    on a free loopback port; yields its base URL and stops it after."""
+    import threading
+    import time
+
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, port=port, log_level=log_level))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.01)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from _dyn_graph import dyn_up, free_port, metrics_pages
+from _dyn_graph import dyn_up, free_port, metrics_pages, serve_in_thread
 from _prompts import WORDS as ALL_WORDS
 from typer.testing import CliRunner
 
@@ -188,7 +187,6 @@ def test_bench_compare_runs_against_the_proxy(proxy: str, tmp_path: Path) -> Non
 @contextmanager
 def failing_upstream(status: int) -> Iterator[str]:
     """A server that lists a model and answers every completion with ``status``."""
-    import uvicorn
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import JSONResponse
@@ -202,18 +200,8 @@ def failing_upstream(status: int) -> Iterator[str]:
         return JSONResponse({"error": error}, status_code=status)
 
     routes = [Route("/v1/models", models), Route("/v1/completions", completions, methods=["POST"])]
-    port = free_port()
-    config = uvicorn.Config(Starlette(routes=routes), port=port, log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        while not server.started:
-            time.sleep(0.01)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with serve_in_thread(Starlette(routes=routes)) as url:
+        yield url
 
 
 def test_upstream_5xx_is_a_503(tmp_path: Path) -> None:

@@ -9,8 +9,6 @@ proxy and kills the first mid-stream, to see what a migrated request resends.
 from __future__ import annotations
 
 import json
-import threading
-import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -21,7 +19,7 @@ import anyio
 import httpx
 import msgspec
 import pytest
-from _dyn_graph import dyn_up, free_port
+from _dyn_graph import dyn_up, free_port, serve_in_thread
 
 from dyn.graph import load_graph_text
 from dyn.launch.base import LaunchObserver
@@ -72,7 +70,6 @@ class Script:
 
 @contextmanager
 def scripted_upstream(script: Script) -> Iterator[str]:
-    import uvicorn
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import JSONResponse, StreamingResponse
@@ -92,18 +89,8 @@ def scripted_upstream(script: Script) -> Iterator[str]:
         return StreamingResponse(stream(), media_type="text/event-stream")
 
     routes = [Route("/v1/models", models), Route("/v1/completions", completions, methods=["POST"])]
-    port = free_port()
-    config = uvicorn.Config(Starlette(routes=routes), port=port, log_level="critical")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        while not server.started:
-            time.sleep(0.01)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with serve_in_thread(Starlette(routes=routes), log_level="critical") as url:
+        yield url
 
 
 def proxy_sets(*upstreams: str) -> list[str]:
