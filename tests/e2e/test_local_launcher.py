@@ -16,6 +16,7 @@ import pytest
 from _dyn_graph import DynUp, port_is_listening
 
 from dyn.discovery.file import FileDiscovery
+from dyn.launch.layout import core_count
 
 pytestmark = pytest.mark.e2e
 
@@ -79,8 +80,6 @@ def test_hello_world_as_separate_processes(state: Path, transport: str) -> None:
 def test_auto_layout_hosts_each_processor_beside_a_frontend_and_leaves_nothing(
     state: Path,
 ) -> None:
-    from dyn.launch.layout import core_count
-
     cores = core_count()
     if cores < 2:
         pytest.skip("one core: the auto layout runs the graph in one process")
@@ -178,25 +177,24 @@ def test_sigkilled_role_leaves_discovery_within_ttl(state: Path, tmp_path: Path)
         up.kill()
 
 
-def test_role_crash_during_startup_fails_up_with_its_log(state: Path) -> None:
+def up_on_a_taken_port(state: Path, *args: str) -> tuple[DynUp, int]:
+    """`dyn up ARGS` on a port another socket listens on; returns once it has exited."""
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        up = DynUp(
-            str(HELLO),
-            "--transport",
-            "tcp",
-            "--layout",
-            "process-per-role",
-            port=port,
-            state=state,
-            log_path=state.parent / "up.log",
-        )
+        up = DynUp(*args, port=port, state=state, log_path=state.parent / "up.log")
         try:
             up.wait(60)
         finally:
             up.kill()
+    return up, port
+
+
+def test_role_crash_during_startup_fails_up_with_its_log(state: Path) -> None:
+    up, port = up_on_a_taken_port(
+        state, str(HELLO), "--transport", "tcp", "--layout", "process-per-role"
+    )
     err = up.log()
     assert up.returncode == 1
     assert "role 'frontend' exited with code 1 during start-up" in err
@@ -207,26 +205,9 @@ def test_role_crash_during_startup_fails_up_with_its_log(state: Path) -> None:
 def test_a_taken_port_fails_the_auto_layout_before_any_role_starts(state: Path) -> None:
     """Front processes share their port (SO_REUSEPORT): dyn up must still refuse a port
     someone else holds, with one clear line."""
-    from dyn.launch.layout import core_count
-
     if core_count() < 2:
         pytest.skip("one core: the auto layout runs the graph in one process")
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        port = busy.getsockname()[1]
-        up = DynUp(
-            str(KV_ROUTING),
-            "--front-processes",
-            "2",
-            port=port,
-            state=state,
-            log_path=state.parent / "up.log",
-        )
-        try:
-            up.wait(60)
-        finally:
-            up.kill()
+    up, port = up_on_a_taken_port(state, str(KV_ROUTING), "--front-processes", "2")
     err = up.log()
     assert up.returncode == 1
     assert f"error: 'frontend' cannot listen on 127.0.0.1:{port}: Address already in use" in err
