@@ -3,9 +3,9 @@ and through the same graph with every role on node1, with one load command for b
 
     sudo .venv/bin/python tests/multinode/bench_multinode.py [--seconds 10] [--connections 1,16]
 
-Needs root, iproute2, sshd, etcd, wrk and the test extra (pytest: pip install -e '.[test]'). The load comes from wrk in the host namespace,
-over the bridge the cluster helper creates; each run prints wrk's requests/s and its
-p50 and p99 latency.
+Needs root, iproute2, sshd, etcd, wrk and the test extra (pytest: pip install -e
+'.[test]'). The load comes from wrk in the host namespace, over the bridge the cluster
+helper creates; each run prints wrk's requests/s and its p50 and p99 latency.
 """
 
 from __future__ import annotations
