@@ -95,47 +95,48 @@ def frontend() -> Iterator[str]:
         yield url
 
 
-def _show(command: str, url: str, *flags: str) -> tuple[str, list[str]]:
-    """The command's output at 80 columns, and its table's header line."""
+def _show(command: str, url: str, *flags: str) -> str:
+    """The command's output at 80 columns."""
     result = runner.invoke(app, [command, "--url", url, *flags], env={"COLUMNS": "80"})
     assert result.exit_code == 0, result.output
-    lines = result.output.splitlines()
+    return result.output
+
+
+def _headers(output: str) -> set[str]:
+    """The headers of the table's columns (two spaces or more apart, no rules)."""
+    lines = output.splitlines()
     header = next(line for line in lines if line.split()[:1] in (["worker"], ["role"]))
-    return result.output, header.split("  ")
-
-
-def _headers(header: list[str]) -> set[str]:
-    return {cell.strip() for cell in header if cell.strip()}
+    return {cell.strip() for cell in header.split("  ") if cell.strip()}
 
 
 def test_route_fits_80_columns_with_the_load_and_cache_columns(frontend: str) -> None:
-    output, header = _show("route", frontend)
+    output = _show("route", frontend)
     assert max(len(line) for line in output.splitlines()) <= 80, output
-    assert {"worker (replica)", "active", "cached", "running", "waiting", "hit rate"} <= (
-        _headers(header)
-    ), output
     assert "…" not in output, output  # no cell or header cut short
+    assert {"worker (replica)", "active", "cached", "running", "waiting", "hit rate"} <= (
+        _headers(output)
+    ), output
     for i, instance_id in enumerate(IDS):
         assert f"{instance_id[:8]} ({i})" in output
     assert "--wide" in output  # says how to see what was left out
-    assert "waiting (rep.)" not in _headers(header)
+    assert "waiting (rep.)" not in _headers(output)
 
 
 def test_route_wide_shows_every_column(frontend: str) -> None:
-    output, header = _show("route", frontend, "--wide")
+    output = _show("route", frontend, "--wide")
     every = {"worker (replica)", "active", "total", "cached", "waiting", "running", "hit rate"}
     every |= {"prefill tok", "requests", "active (rep.)", "hit rate (rep.)", "running (rep.)"}
     every |= {"total (rep.)", "waiting (rep.)"}
-    assert _headers(header) == every, output
+    assert _headers(output) == every, output
     assert "…" not in output, output
     assert "not shown" not in output, output
 
 
 def test_status_fits_80_columns_with_the_essential_columns(frontend: str) -> None:
-    output, header = _show("status", frontend)
+    output = _show("status", frontend)
     assert max(len(line) for line in output.splitlines()) <= 80, output
-    assert {"role", "node", "pid", "address", "state"} <= _headers(header), output
     assert "…" not in output, output
+    assert {"role", "node", "pid", "address", "state"} <= _headers(output), output
     assert "tcp://127.0.0.1:35403" in output
     assert "http://127.0.0.1:8000" in output
     line = next(line for line in output.splitlines() if line.startswith("worker[3]"))
@@ -146,8 +147,8 @@ def test_status_fits_80_columns_with_the_essential_columns(frontend: str) -> Non
 def test_status_wide_shows_every_column(frontend: str) -> None:
     from dyn.cli.status import COLUMNS
 
-    output, header = _show("status", frontend, "--wide")
-    assert _headers(header) == set(COLUMNS), output
+    output = _show("status", frontend, "--wide")
+    assert _headers(output) == set(COLUMNS), output
     assert "…" not in output, output
     assert "not shown" not in output, output
     line = next(line for line in output.splitlines() if line.startswith("worker[0]"))
