@@ -73,7 +73,8 @@ def route(
         typer.Option(help="The frontend's base URL. Default: the latest `dyn up` on this machine."),
     ] = None,
     strategy: Annotated[
-        str | None, typer.Option(help="Switch the routing strategy live, e.g. kv or round_robin.")
+        str | None,
+        typer.Option(help="Switch every processor to this strategy now, e.g. kv or round_robin."),
     ] = None,
     explain: Annotated[
         str | None,
@@ -90,7 +91,17 @@ def route(
         ),
     ] = False,
 ) -> None:
-    """Show the routing strategy and each worker's load and cached blocks."""
+    """Show or switch how a running graph routes requests.
+
+    With no option: the strategy and each worker's load and cached KV blocks (the
+    columns that fit the terminal; --wide for all). Talks to the frontend's admin routes.
+
+    \b
+    Examples:
+      dyn route
+      dyn route --strategy round_robin   # a wrong name lists the valid ones
+      dyn route --explain "Hello there"  # each worker's score for it
+    """
     import json
 
     from rich.console import Console

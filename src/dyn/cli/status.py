@@ -69,7 +69,17 @@ def status(
         ),
     ] = False,
 ) -> None:
-    """One row per role instance: where it runs, whether it is healthy, and its load."""
+    """Show every role instance of a running graph: where, health, load.
+
+    One row per instance: its node, pid and address, its state (starting, healthy,
+    draining, unhealthy or ejected) and its load; the process layout under the table.
+
+    \b
+    Examples:
+      dyn status
+      dyn status --watch --interval 2
+      dyn status --json | jq '.instances[] | {role, state}'
+    """
     import json
     import time
 
