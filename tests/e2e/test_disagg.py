@@ -7,6 +7,7 @@ metrics when the graph runs in one process.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -15,6 +16,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import msgspec
@@ -61,9 +63,18 @@ class Up(DynUp):
             self.metric('dyn_prefills_total{location="local"}'),
         )
 
-    def set_disagg(self, **settings: int) -> None:
+    def set_disagg(self, **settings: int) -> dict[str, Any]:
         reply = httpx.post(f"{self.url}/admin/disagg", json=settings, timeout=10)
         assert reply.status_code == 200, reply.text
+        state: dict[str, Any] = json.loads(reply.text)
+        return state
+
+    def queue_state(self) -> dict[str, Any]:
+        """What the README's `curl localhost:8000/admin/prefill_queue` shows."""
+        reply = httpx.get(f"{self.url}/admin/prefill_queue", timeout=10)
+        assert reply.status_code == 200, reply.text
+        state: dict[str, Any] = json.loads(reply.text)
+        return state
 
 
 RNG = random.Random(7)
@@ -105,6 +116,30 @@ def test_long_prompts_go_remote_and_short_ones_stay_local(up: Up) -> None:
     assert up.prefills() == (remote + 1, local + 1)
     assert up.metric("dyn_kv_transfer_seconds_count") >= 1
     assert up.metric("dyn_prefill_wait_seconds_count") >= 1
+
+
+def test_the_queue_route_shows_every_threshold_in_force(up: Up) -> None:
+    deadline = time.monotonic() + 10
+    while not up.queue_state()["decode_workers"]:  # each reports on its first poll
+        assert time.monotonic() < deadline, up.queue_state()
+        time.sleep(0.1)
+    state = up.queue_state()
+    configured = {"max_local_prefill_length": 1000, "max_prefill_queue_size": 2}
+    assert state["thresholds"] == configured
+    assert list(state["decode_workers"].values()) == [configured]
+    assert (state["depth"], state["max_size"], state["visibility_timeout_s"]) == (0, 1, 10)
+    try:
+        # The answer to a change is the whole state, not only the value set.
+        after = up.set_disagg(max_local_prefill_length=500)
+        changed = {**configured, "max_local_prefill_length": 500}
+        assert after["thresholds"] == changed
+        assert after["overrides"]["max_local_prefill_length"] == 500
+        assert (after["depth"], after["max_size"]) == (0, 1)
+        now = up.queue_state()
+        assert now["thresholds"] == changed
+        assert list(now["decode_workers"].values()) == [changed]
+    finally:
+        up.set_disagg(max_local_prefill_length=1000)
 
 
 def test_the_decode_workers_cache_receives_the_prompts_blocks(up: Up) -> None:

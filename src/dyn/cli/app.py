@@ -11,9 +11,23 @@ from dyn.cli._common import PanelledCommand
 
 __all__ = ["app", "main"]
 
+_HELP = """Run and study distributed LLM-serving pipelines.
+
+A graph file (graphs/*.yaml) names the roles (frontend, processor, router, workers) and
+how they connect; `dyn up` runs it on this machine, or over ssh on the nodes it names.
+Every command has its own --help.
+
+\b
+Try:
+  dyn up graphs/hello_world.yaml          # then, in another terminal:
+  curl -N localhost:8000/generate -d '{"text": "test"}'
+  dyn up graphs/kv_routing.yaml --detach  # OpenAI-compatible, on :8000
+  dyn route; dyn status; dyn bench; dyn down
+"""
+
 app = typer.Typer(
     name="dyn",
-    help="Run and study distributed LLM-serving pipelines.",
+    help=_HELP,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

@@ -18,7 +18,15 @@ from dyn.cli._common import PanelledGroup, expected_errors
 __all__ = ["app"]
 
 app = typer.Typer(
-    help="Load-test an OpenAI-compatible server (no subcommand), or measure dyn's parts.",
+    help="Load-test a server, or measure dyn's own parts.\n\n"
+    "With no subcommand: send a workload to an OpenAI-compatible server (by default the "
+    "latest `dyn up`'s frontend) and report TTFT, TPOT, ITL and end-to-end latency; with "
+    "--sim, replay it in virtual time with no server.\n\n"
+    "\b\nExamples:\n"
+    "  dyn bench --num-prompts 200\n"
+    "  dyn bench --compare round_robin,kv\n"
+    "  dyn bench --sim --graph graphs/kv_routing.yaml\n"
+    "  dyn bench router",
     invoke_without_command=True,
     cls=PanelledGroup,
 )

@@ -36,7 +36,11 @@ def down(
         float, typer.Option(min=0, help="Seconds to wait for a clean stop before SIGKILL.")
     ] = DEFAULT_GRACE_S,
 ) -> None:
-    """Stop a run: its `dyn up`, then any role process left behind."""
+    """Stop a run: its `dyn up`, then any role process left behind.
+
+    `dyn up` gets SIGTERM and drains its roles; what is still running after --timeout
+    seconds is killed.
+    """
     from dyn import state
     from dyn.cli.logs import run_or_latest
 

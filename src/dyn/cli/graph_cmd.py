@@ -51,7 +51,10 @@ def _load(file: Path, overrides: list[str] | None) -> GraphSpec:
 
 @app.command()
 def validate(file: FileArg, overrides: SetOption = None) -> None:
-    """Check a graph file and report every problem with its file, line and field."""
+    """Check a graph file; report every problem at once.
+
+    Each problem names its file, line and field; the exit status is 2 if there is any.
+    """
     spec = _load(file, overrides)
     count = len(spec.components)
     instances = len(spec.instances())
@@ -63,7 +66,10 @@ def validate(file: FileArg, overrides: SetOption = None) -> None:
 
 @app.command()
 def show(file: FileArg, overrides: SetOption = None) -> None:
-    """Draw a graph as a tree: its components, where they run and what they call."""
+    """Draw a graph: its components, where they run, what they call.
+
+    Also says how `dyn up` would lay the roles out in processes on this machine.
+    """
     from rich.console import Console
 
     spec = _load(file, overrides)

@@ -30,7 +30,15 @@ def logs(
         bool, typer.Option("--follow", "-f", help="Keep printing new lines until Ctrl-C.")
     ] = False,
 ) -> None:
-    """Show the log lines a run's roles wrote, prefixed with the role when there are several."""
+    """Show a run's logs: every role's, or one role's.
+
+    Lines are prefixed with their role when there are several.
+
+    \b
+    Examples:
+      dyn logs                # every role of the latest run
+      dyn logs frontend -f    # one role, following new lines
+    """
     import time
 
     from dyn.errors import LaunchError

@@ -73,7 +73,8 @@ def route(
         typer.Option(help="The frontend's base URL. Default: the latest `dyn up` on this machine."),
     ] = None,
     strategy: Annotated[
-        str | None, typer.Option(help="Switch the routing strategy live, e.g. kv or round_robin.")
+        str | None,
+        typer.Option(help="Switch every processor to this strategy now, e.g. kv or round_robin."),
     ] = None,
     explain: Annotated[
         str | None,
@@ -82,8 +83,25 @@ def route(
     json_out: Annotated[
         bool, typer.Option("--json", help="Print JSON instead of a table.")
     ] = False,
+    wide: Annotated[
+        bool,
+        typer.Option(
+            "--wide",
+            help="Show every column, however wide; by default the table fits the terminal.",
+        ),
+    ] = False,
 ) -> None:
-    """Show the routing strategy and each worker's load and cached blocks."""
+    """Show or switch how a running graph routes requests.
+
+    With no option: the strategy and each worker's load and cached KV blocks (the
+    columns that fit the terminal; --wide for all). Talks to the frontend's admin routes.
+
+    \b
+    Examples:
+      dyn route
+      dyn route --strategy round_robin   # a wrong name lists the valid ones
+      dyn route --explain "Hello there"  # each worker's score for it
+    """
     import json
 
     from rich.console import Console
@@ -109,32 +127,73 @@ def route(
     if json_out:
         typer.echo(json.dumps(data, indent=2))
     else:
-        console.print(_info_table(data))
+        from dyn.cli._table import print_table
+
+        print_table(console, _info_table(data, console, None if wide else console.width))
 
 
-def _info_table(data: dict[str, Any]) -> Any:
-    from rich.table import Table
+# The columns every strategy's stats may have, in display order, with their priority
+# (what is shown first on a narrow terminal: the load and cache the routing decides on).
+_KNOWN = (
+    ("active_blocks", "active", 1),
+    ("total_blocks", "total", 6),
+    ("cached_blocks", "cached", 2),
+    ("waiting", "waiting", 4),
+    ("running", "running", 3),
+    ("prefix_hit_rate", "hit rate", 5),
+)
+# Headers of the columns some strategies add, where the raw name is long.
+_SHORT = {"prefill_tokens": "prefill tok", "requests": "requests"}
+
+
+def _info_table(data: dict[str, Any], console: Any, width: int | None) -> Any:
+    from dyn.cli._table import Column, fit_table
 
     workers: dict[str, dict[str, Any]] = data.get("workers") or {}
-    table = Table(title=f"routing strategy: {data['strategy']}")
-    table.add_column("worker (replica)")
-    fixed = ["active_blocks", "total_blocks", "cached_blocks", "waiting", "running"]
-    for column in ("active", "total", "cached", "waiting", "running", "hit rate"):
-        table.add_column(column, justify="right")
-    # Whatever else the strategy tracks (in-flight requests, prefill tokens, ...).
-    extra = sorted({k for s in workers.values() for k in s} - {*fixed, "prefix_hit_rate"})
-    for column in extra:
-        table.add_column(column.replace("_", " "), justify="right")
+    known = [key for key, _, _ in _KNOWN]
+    # Whatever else the strategy tracks (in-flight requests, prefill tokens, the workers'
+    # own reports, ...): after the known ones, the workers' own reports last.
+    extra = sorted(
+        {k for s in workers.values() for k in s} - set(known),
+        key=lambda k: (k.startswith("reported_"), k),
+    )
+    columns = [Column("worker (replica)", 0)]
+    columns += [Column(header, rank, "right") for _, header, rank in _KNOWN]
+    columns += [Column(_header(key), 10 + index, "right") for index, key in enumerate(extra)]
+    rows = []
     for instance in data.get("instances", []):
         stats = workers.get(instance["instance_id"], {})
-        rate = stats.get("prefix_hit_rate")
-        table.add_row(
-            f"{instance['instance_id'][:8]} ({instance['replica']})",
-            *[_fmt(stats.get(column, "")) for column in fixed],
-            f"{rate:.0%}" if isinstance(rate, float) else "",
-            *[_fmt(stats.get(column, "")) for column in extra],
+        rows.append(
+            [
+                f"{instance['instance_id'][:8]} ({instance['replica']})",
+                *[_cell(key, stats.get(key, "")) for key in (*known, *extra)],
+            ]
         )
-    return table
+    return fit_table(
+        console,
+        columns,
+        rows,
+        width=width,
+        title=f"routing strategy: {data['strategy']}",
+        caption="active, total, cached: KV blocks of each worker",
+        wide_hint="`dyn route --wide` (or --json)",
+    )
+
+
+def _header(key: str) -> str:
+    if key in _SHORT:
+        return _SHORT[key]
+    if key.startswith("reported_"):
+        # What the worker itself last reported, beside the router's own estimate.
+        key = key.removeprefix("reported_").removesuffix("_blocks").removeprefix("prefix_")
+        key += " (rep.)"
+    return key.replace("_", " ")
+
+
+def _cell(key: str, value: Any) -> str:
+    if key.endswith("hit_rate") and isinstance(value, float):
+        return f"{value:.0%}"
+    return _fmt(value)
 
 
 def _explain_table(data: dict[str, Any]) -> Any:

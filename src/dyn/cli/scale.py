@@ -20,10 +20,15 @@ def scale(
         str | None, typer.Option(help="A run id (or its prefix). Default: the latest run.")
     ] = None,
 ) -> None:
-    """Start or drain replicas of a running graph's component (local and ssh launchers).
+    """Change how many replicas of a running graph's component serve.
 
-    New replicas go on the component's placement nodes in turn; the newest replicas are
-    drained first (deregistered, in-flight requests finished, then stopped).
+    Works for runs of the local and ssh launchers. New replicas go on the component's
+    placement nodes in turn; the newest replicas are drained first (deregistered,
+    in-flight requests finished, then stopped).
+
+    \b
+    Example:
+      dyn scale worker 4
     """
     from dyn import state
     from dyn.cli.logs import run_or_latest
@@ -52,13 +57,16 @@ def join(
     replica: Annotated[
         int, typer.Option(min=0, help="The replica number it shows as (names its logs).")
     ] = 100,
-    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    log_level: Annotated[
+        str, typer.Option(help="How much it logs: debug, info, warning or error.")
+    ] = "info",
 ) -> None:
-    """Serve one more instance of a component here, by hand, until Ctrl-C.
+    """Serve one more replica of a component from this machine.
 
-    It registers with the graph's discovery (etcd, or a shared file folder), so the
-    running graph routes to it like to any other replica. The cluster secret and the TLS
-    files come from this machine's environment (see the README's environment variables).
+    Runs until Ctrl-C. It registers with the graph's discovery (etcd, or a shared file
+    folder), so the running graph routes to it like to any other replica. The cluster
+    secret and the TLS files come from this machine's environment (see the README's
+    environment variables).
     """
     from dyn.errors import LaunchError
     from dyn.graph import load_graph

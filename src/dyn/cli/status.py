@@ -15,24 +15,35 @@ import typer
 from dyn.cli._common import expected_errors
 
 if TYPE_CHECKING:
+    from rich.console import Console
     from rich.table import Table
 
+    from dyn.cli._table import Column
     from dyn.state import RoleRecord, RunRecord
 
 __all__ = ["fetch_status", "status"]
 
-COLUMNS = (
-    "role",
-    "replica",
-    "node",
-    "host",
-    "pid",
-    "address",
-    "state",
-    "uptime",
-    "in-flight",
-    "kv usage",
-)
+
+def _columns() -> list[Column]:
+    from dyn.cli._table import Column
+
+    # In display order; the priority says what a narrow terminal keeps first: which role,
+    # is it well, where (node, pid, address), then its load.
+    return [
+        Column("role", 0),
+        Column("replica", 9, "right"),
+        Column("node", 2),
+        Column("host", 8),
+        Column("pid", 3, "right"),
+        Column("address", 4),
+        Column("state", 0),
+        Column("uptime", 7, "right"),
+        Column("in-flight", 5, "right"),
+        Column("kv usage", 6, "right"),
+    ]
+
+
+COLUMNS = tuple(column.header for column in _columns())
 
 
 @expected_errors
@@ -50,8 +61,25 @@ def status(
     interval: Annotated[
         float, typer.Option(min=0.1, help="Seconds between refreshes with --watch.")
     ] = 1.0,
+    wide: Annotated[
+        bool,
+        typer.Option(
+            "--wide",
+            help="Show every column, however wide; by default the table fits the terminal.",
+        ),
+    ] = False,
 ) -> None:
-    """One row per role instance: where it runs, whether it is healthy, and its load."""
+    """Show every role instance of a running graph: where, health, load.
+
+    One row per instance: its node, pid and address, its state (starting, healthy,
+    draining, unhealthy or ejected) and its load; the process layout under the table.
+
+    \b
+    Examples:
+      dyn status
+      dyn status --watch --interval 2
+      dyn status --json | jq '.instances[] | {role, state}'
+    """
     import json
     import time
 
@@ -63,15 +91,18 @@ def status(
     if json_out:
         typer.echo(json.dumps(fetch_status(base, record), indent=2))
         return
+    from dyn.cli._table import print_table
+
     console = Console()
+    width = None if wide else console.width
     if not watch:
-        console.print(render(fetch_status(base, record)))
+        print_table(console, render(fetch_status(base, record), console, width))
         return
     try:
-        with Live(render(fetch_status(base, record)), console=console) as live:
+        with Live(render(fetch_status(base, record), console, width), console=console) as live:
             while True:
                 time.sleep(interval)
-                live.update(render(fetch_status(base, record)))
+                live.update(render(fetch_status(base, record), console, width))
     except KeyboardInterrupt:
         pass
 
@@ -169,15 +200,14 @@ _STYLE = {
 }
 
 
-def render(data: dict[str, Any]) -> Table:
-    from rich.table import Table
+def render(data: dict[str, Any], console: Console | None = None, width: int | None = None) -> Table:
+    """The status table; within ``width`` columns (the most important first), or with
+    every column when ``width`` is None."""
+    from rich.console import Console
 
-    table = Table(title=f"namespace {data.get('namespace', '?')}")
-    if data.get("layout"):
-        table.caption = f"layout: {data['layout']}"
-    for column in COLUMNS:
-        right = column in {"replica", "pid", "uptime", "in-flight", "kv usage"}
-        table.add_column(column, justify="right" if right else "left")
+    from dyn.cli._table import fit_table
+
+    rows = []
     for row in data["instances"]:
         state = row["state"]
         usage = row.get("kv_usage")
@@ -187,19 +217,29 @@ def render(data: dict[str, Any]) -> Table:
             shown = f"{state} for {row['ejected_s']:.1f} s"
         elif row.get("reason") and state == "unhealthy":
             shown = f"{state}: {row['reason']}"
-        table.add_row(
-            row["role"],
-            str(row["replica"]),
-            row["node"],
-            row["host"],
-            str(row["pid"] or ""),
-            row["address"] or "",
-            f"[{_STYLE.get(state, 'white')}]{shown}[/]",
-            _duration(row.get("uptime_s")),
-            "" if row.get("in_flight") is None else str(row["in_flight"]),
-            f"{usage:.0%}" if isinstance(usage, (int, float)) else "",
+        rows.append(
+            [
+                row["role"],
+                str(row["replica"]),
+                row["node"],
+                row["host"],
+                str(row["pid"] or ""),
+                row["address"] or "",
+                f"[{_STYLE.get(state, 'white')}]{shown}[/]",
+                _duration(row.get("uptime_s")),
+                "" if row.get("in_flight") is None else str(row["in_flight"]),
+                f"{usage:.0%}" if isinstance(usage, (int, float)) else "",
+            ]
         )
-    return table
+    return fit_table(
+        console or Console(),
+        _columns(),
+        rows,
+        width=width,
+        title=f"namespace {data.get('namespace', '?')}",
+        caption=f"layout: {data['layout']}" if data.get("layout") else None,
+        wide_hint="`dyn status --wide` (or --json)",
+    )
 
 
 def _duration(seconds: float | None) -> str:

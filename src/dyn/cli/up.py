@@ -46,7 +46,7 @@ def up(
             "-p",
             min=1,
             max=65535,
-            help="The frontend's port (overrides the graph).",
+            help="The frontend's port. Default: the graph's (8000 in the examples).",
             rich_help_panel=_GRAPH,
         ),
     ] = None,
@@ -63,7 +63,9 @@ def up(
     transport: Annotated[
         str | None,
         typer.Option(
-            help="inproc, tcp or grpc (overrides the graph's transport).", rich_help_panel=_GRAPH
+            help="How roles call each other: inproc (one process), tcp or grpc. "
+            "Default: the graph's.",
+            rich_help_panel=_GRAPH,
         ),
     ] = None,
     layout: Annotated[
@@ -72,8 +74,8 @@ def up(
             help="How the roles share processes: auto (a rule of the core count: half the "
             "cores' worth of front processes sharing the port, each other component's "
             "replicas over at most one process per core; one process on one core or for "
-            "the inproc transport), one-process or process-per-role. Overrides the graph's "
-            "layout.",
+            "the inproc transport), one-process or process-per-role. Default: the graph's, "
+            "else auto.",
             rich_help_panel=_RUN,
         ),
     ] = None,
@@ -134,7 +136,19 @@ def up(
         ),
     ] = False,
 ) -> None:
-    """Start every role of a graph, show them coming up, and serve until Ctrl-C."""
+    """Run a graph: start its roles and serve until Ctrl-C.
+
+    Shows each role coming up, then the URL to call and a curl line to try. Ctrl-C (or
+    SIGTERM, or `dyn down`) drains the frontend, stops every role and exits 0. The graph's
+    own settings apply unless an option below overrides them.
+
+    \b
+    Examples:
+      dyn up graphs/hello_world.yaml
+      dyn up graphs/kv_routing.yaml --port 8080 --set worker.replicas=2
+      dyn up graphs/disagg.yaml --layout one-process
+      dyn up graphs/kv_routing.yaml --detach   # then: dyn status, dyn down
+    """
     import anyio
     from rich.console import Console
 

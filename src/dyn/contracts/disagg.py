@@ -11,7 +11,7 @@ from typing import Annotated
 
 import msgspec
 
-from dyn.contracts.base import Empty, EndpointRef
+from dyn.contracts.base import EndpointRef
 
 __all__ = [
     "DECODE_KV_TRANSFER",
@@ -24,6 +24,7 @@ __all__ = [
     "QUEUE_SET_DISAGG",
     "QUEUE_TOUCH",
     "Acked",
+    "DepthRequest",
     "DisaggSettings",
     "DisaggThresholds",
     "JobRef",
@@ -85,12 +86,39 @@ class Nacked(msgspec.Struct, frozen=True):
     nacked: bool
 
 
+class DisaggThresholds(msgspec.Struct, frozen=True):
+    max_local_prefill_length: int
+    max_prefill_queue_size: int
+
+
+class DepthRequest(msgspec.Struct, frozen=True):
+    """Asks for the queue's state. A decode worker names itself and the thresholds of its
+    own config, so the queue can show what each decode worker applies; an operator's
+    ``{}`` leaves both unset."""
+
+    instance_id: str | None = None
+    configured: DisaggThresholds | None = None
+
+
 class QueueDepth(msgspec.Struct, frozen=True):
+    """The queue's state: what a decode worker needs per request (``depth``,
+    ``overrides``) and what an operator wants to see (the rest)."""
+
     depth: int
     ready: int
     leased: int
-    # Thresholds set while serving; unset ones leave each decode worker's own config.
-    disagg: dict[str, int]
+    # Thresholds set while serving (set_disagg); each decode worker applies them over
+    # its own config.
+    overrides: dict[str, int]
+    # What the decode workers apply now: the overrides over each one's config. A
+    # threshold on which they differ is left out here; decode_workers shows each one's.
+    thresholds: dict[str, int] = msgspec.field(default_factory=dict)
+    decode_workers: dict[str, DisaggThresholds] = msgspec.field(default_factory=dict)
+    max_size: int = 0
+    visibility_timeout_s: float = 0.0
+    max_deliveries: int = 0
+    redelivered_total: int = 0
+    dropped_total: int = 0
 
 
 class DisaggSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
@@ -102,11 +130,6 @@ class DisaggSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, om
     def given(self) -> dict[str, int]:
         """The thresholds this request sets."""
         return {k: v for k, v in msgspec.structs.asdict(self).items() if v is not None}
-
-
-class DisaggThresholds(msgspec.Struct, frozen=True):
-    max_local_prefill_length: int
-    max_prefill_queue_size: int
 
 
 class KvTransfer(msgspec.Struct, frozen=True):
@@ -127,8 +150,8 @@ QUEUE_PULL = EndpointRef("pull", PullRequest, LeasedJob)
 QUEUE_ACK = EndpointRef("ack", JobRef, Acked)
 QUEUE_TOUCH = EndpointRef("touch", JobRef, LeaseState)
 QUEUE_NACK = EndpointRef("nack", JobRef, Nacked)
-QUEUE_DEPTH = EndpointRef("depth", Empty, QueueDepth)
-# The reply is every threshold set at the queue so far.
-QUEUE_SET_DISAGG = EndpointRef("set_disagg", DisaggSettings, DisaggSettings)
+QUEUE_DEPTH = EndpointRef("depth", DepthRequest, QueueDepth)
+# The reply is the queue's whole state, with the thresholds now in force.
+QUEUE_SET_DISAGG = EndpointRef("set_disagg", DisaggSettings, QueueDepth)
 DECODE_KV_TRANSFER = EndpointRef("kv_transfer", KvTransfer, KvTransferReply)
 DECODE_SET_DISAGG = EndpointRef("set_disagg", DisaggSettings, DisaggThresholds)

@@ -25,12 +25,13 @@ import anyio
 import msgspec
 
 from dyn.context import Context
-from dyn.contracts.base import Empty, EndpointRef
+from dyn.contracts.base import EndpointRef
 from dyn.contracts.disagg import (
     QUEUE_ACK,
     QUEUE_DEPTH,
     QUEUE_PUSH,
     QUEUE_SET_DISAGG,
+    DepthRequest,
     DisaggSettings,
     DisaggThresholds,
     JobRef,
@@ -91,6 +92,14 @@ class DecodeWorker(Worker, Component[DecodeWorkerConfig]):
         config = cast(DecodeWorkerConfig, self.config)
         self.settings = config
         self.rule = DisaggRule(config.max_local_prefill_length, config.max_prefill_queue_size)
+        # Sent with every depth call, so the queue can show the thresholds in force here.
+        self._depth_request = DepthRequest(
+            instance_id=self.info.instance_id,
+            configured=DisaggThresholds(
+                max_local_prefill_length=config.max_local_prefill_length,
+                max_prefill_queue_size=config.max_prefill_queue_size,
+            ),
+        )
         self.disagg_metrics = DisaggMetrics.of(self.runtime.registry)
         self._pending: dict[str, _Pending] = {}
 
@@ -130,16 +139,17 @@ class DecodeWorker(Worker, Component[DecodeWorkerConfig]):
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(super().run)
             while True:
-                # Short prompts never ask the queue, so follow its thresholds here too.
-                await anyio.sleep(SETTINGS_POLL_S)
+                # Short prompts never ask the queue, so follow its thresholds here too
+                # (and tell the queue, at once, which thresholds this worker applies).
                 with contextlib.suppress(DynError, TimeoutError):
                     await self._refresh()
+                await anyio.sleep(SETTINGS_POLL_S)
 
     async def _refresh(self) -> int:
         """The queue's depth; adopts the thresholds kept there on the way."""
         with anyio.fail_after(QUEUE_CALL_TIMEOUT_S):
-            reply = await self._queue_call(QUEUE_DEPTH, Empty())
-        self.rule.update(**reply.disagg)
+            reply = await self._queue_call(QUEUE_DEPTH, self._depth_request)
+        self.rule.update(**reply.overrides)
         return reply.depth
 
     async def _queue_call(self, ref: EndpointRef[ReqT, ItemT], payload: ReqT) -> ItemT:

@@ -1,7 +1,8 @@
 """The HTTP frontend role: starlette routes served by uvicorn inside the runtime.
 
 Routes from the graph (``routes: {/generate: middle/generate}``) take a JSON body, call
-the endpoint, and stream each item back as one line of text. ``/health`` is 503 until
+the endpoint, and stream each item back as one line of text; a GET sends ``{}`` (to read
+state, as ``/admin/prefill_queue`` does in graphs/disagg.yaml). ``/health`` is 503 until
 every route's target has a live instance; ``/metrics`` is Prometheus text.
 """
 
@@ -186,7 +187,9 @@ class Frontend(Component[FrontendConfig]):
             Route("/health", self._health, methods=["GET"]),
             Route("/metrics", self._metrics_route, methods=["GET"]),
         ]
-        routes += [Route(path, self._stream_route, methods=["POST"]) for path in self._targets]
+        routes += [
+            Route(path, self._stream_route, methods=["GET", "POST"]) for path in self._targets
+        ]
         fast: dict[str, ASGIApp] = {}
         if self.processor is not None:
             from dyn.openai.backend import ClientBackend
@@ -262,7 +265,8 @@ class Frontend(Component[FrontendConfig]):
         self.metrics.inflight.labels(route).inc()
         stream: ResponseStream[Any] | None = None
         try:
-            payload = await self._read_json(request)
+            # A GET has no body: it asks an endpoint that reads state with no arguments.
+            payload = {} if request.method == "GET" else await self._read_json(request)
             client, endpoint = self._targets[route]
             stream = client.stream(endpoint, payload)
             # Wait for the first item before answering, so that an error still gets its

@@ -20,7 +20,7 @@ class FrontendConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
     ``routes`` maps an HTTP path to ``component/endpoint``; a POST to that path sends the
     JSON body to the endpoint and streams each item back as one line of text, prefixed
-    with ``prefix``.
+    with ``prefix``; a GET sends ``{}``.
     """
 
     host: str = "127.0.0.1"

@@ -5,24 +5,27 @@ full), ``pull`` (waits up to ``wait_s`` for a job and yields it as a leased ``{"
 "payload", "delivery", "lease_s"}``, or yields nothing), ``ack`` and ``nack`` (by job
 id), ``touch`` (renew a lease while working), ``depth``, and ``set_disagg``: the one
 place the disaggregation thresholds are changed while serving, since every decode worker
-consults the queue (``depth`` carries them) and the queue has one instance. A job not
+consults the queue (``depth`` carries them) and the queue has one instance. Each decode
+worker's ``depth`` call names the thresholds of its own config, so ``depth`` and
+``set_disagg`` both answer with the thresholds in force, not only those set. A job not
 acked within ``visibility_timeout_s`` goes back to the front of the queue. The
 bookkeeping is :class:`dyn.disagg.queue.PrefillQueue`.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Annotated
 
 import anyio
 import msgspec
 
 from dyn.context import Context
-from dyn.contracts.base import Empty
 from dyn.contracts.disagg import (
     Acked,
+    DepthRequest,
     DisaggSettings,
+    DisaggThresholds,
     JobRef,
     LeasedJob,
     LeaseState,
@@ -41,6 +44,9 @@ __all__ = ["DISAGG_KEYS", "PrefillQueueConfig", "PrefillQueueRole"]
 
 # A puller's longest wait per call: it calls again, so a dead queue is noticed this soon.
 MAX_PULL_WAIT_S = 30.0
+# A decode worker asks for the depth every 0.5 s at least (decode_worker.SETTINGS_POLL_S);
+# one silent this long has stopped, and its thresholds no longer count.
+DECODE_WORKER_TTL_S = 5.0
 
 
 class PrefillQueueConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -64,6 +70,8 @@ class PrefillQueueRole(Component[PrefillQueueConfig]):
         self._changed = anyio.Event()
         # Thresholds set while serving; unset ones leave each decode worker's own config.
         self.disagg: dict[str, int] = {}
+        # Each decode worker's own config thresholds, and when it last said so.
+        self._configured: dict[str, tuple[DisaggThresholds, float]] = {}
         self._publish()
 
     def _publish(self) -> None:
@@ -132,21 +140,61 @@ class PrefillQueueRole(Component[PrefillQueueConfig]):
         yield Nacked(nacked=nacked)
 
     @endpoint
-    async def depth(self, request: Empty, ctx: Context) -> AsyncIterator[QueueDepth]:
+    async def depth(self, request: DepthRequest, ctx: Context) -> AsyncIterator[QueueDepth]:
+        """The queue's state (``{}`` from an operator); a decode worker also names itself."""
         self._expire()
-        queue = self.queue
-        yield QueueDepth(
-            depth=queue.depth, ready=queue.ready, leased=queue.leased, disagg=self.disagg
-        )
+        if request.instance_id is not None and request.configured is not None:
+            self._configured[request.instance_id] = (request.configured, anyio.current_time())
+        yield self._state()
 
     @endpoint
-    async def set_disagg(
-        self, request: DisaggSettings, ctx: Context
-    ) -> AsyncIterator[DisaggSettings]:
-        """``{"max_local_prefill_length"?: N, "max_prefill_queue_size"?: N}``."""
+    async def set_disagg(self, request: DisaggSettings, ctx: Context) -> AsyncIterator[QueueDepth]:
+        """``{"max_local_prefill_length"?: N, "max_prefill_queue_size"?: N}``; answers with
+        the queue's state, every threshold now in force included."""
         self.disagg = {**self.disagg, **request.given()}
-        self.log.info("disaggregation thresholds now %s", self.disagg)
-        yield DisaggSettings(**self.disagg)
+        state = self._state()
+        self.log.info("disaggregation thresholds now %s (set: %s)", state.thresholds, self.disagg)
+        yield state
+
+    def _state(self) -> QueueDepth:
+        queue = self.queue
+        in_force = self._thresholds_in_force()
+        return QueueDepth(
+            depth=queue.depth,
+            ready=queue.ready,
+            leased=queue.leased,
+            overrides=self.disagg,
+            thresholds=_common(in_force.values(), self.disagg),
+            decode_workers=in_force,
+            max_size=queue.max_size,
+            visibility_timeout_s=queue.visibility_timeout_s,
+            max_deliveries=queue.max_deliveries,
+            redelivered_total=queue.redelivered_total,
+            dropped_total=queue.dropped_total,
+        )
+
+    def _thresholds_in_force(self) -> dict[str, DisaggThresholds]:
+        """Each live decode worker's thresholds: the overrides over its own config."""
+        oldest = anyio.current_time() - DECODE_WORKER_TTL_S
+        for instance_id, (_, seen) in list(self._configured.items()):
+            if seen < oldest:
+                del self._configured[instance_id]
+        return {
+            instance_id: msgspec.structs.replace(configured, **self.disagg)
+            for instance_id, (configured, _) in sorted(self._configured.items())
+        }
+
+
+def _common(workers: Iterable[DisaggThresholds], overrides: dict[str, int]) -> dict[str, int]:
+    """The thresholds every decode worker shares (the overrides when none has reported)."""
+    common: dict[str, int] | None = None
+    for thresholds in workers:
+        values = msgspec.structs.asdict(thresholds)
+        if common is None:
+            common = values
+        else:
+            common = {k: v for k, v in common.items() if values.get(k) == v}
+    return dict(overrides) if common is None else common
 
 
 DISAGG_KEYS = tuple(DisaggSettings.__struct_fields__)
