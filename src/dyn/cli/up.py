@@ -241,10 +241,7 @@ def resolve_graph(
         graph = dataclasses.replace(graph, transport=plugins.canonical(transport))
     if discovery is not None:
         plugins.import_path("dyn.discovery", discovery)
-        backend = plugins.canonical(discovery)
-        graph = dataclasses.replace(
-            graph, discovery=dataclasses.replace(graph.discovery, backend=backend)
-        )
+        graph = switch_discovery(graph, plugins.canonical(discovery), str(path))
     if layout is not None:
         from dyn.graph.model import LAYOUTS
 
@@ -253,6 +250,40 @@ def resolve_graph(
                              f"{', '.join(LAYOUTS)}"])  # fmt: skip
         graph = dataclasses.replace(graph, layout=layout)
     return graph
+
+
+def switch_discovery(graph: GraphSpec, backend: str, source: str) -> GraphSpec:
+    """The graph with another discovery backend: the graph's options that the new
+    backend does not take (they were written for the old one) are dropped, in one note."""
+    import dataclasses
+    import sys
+    from types import MappingProxyType
+
+    current = graph.discovery
+    if backend == current.backend:
+        return graph
+    accepted = discovery_options(backend)
+    kept = {k: v for k, v in current.options.items() if k in accepted}
+    dropped = sorted(set(current.options) - set(kept))
+    if dropped:
+        sys.stderr.write(
+            f"note: --discovery {backend} drops the {current.backend} option(s) "
+            f"{', '.join(dropped)} of {source}\n"
+        )
+    changed = dataclasses.replace(current, backend=backend, options=MappingProxyType(kept))
+    return dataclasses.replace(graph, discovery=changed)
+
+
+def discovery_options(backend: str) -> set[str]:
+    """The options a discovery backend takes: its constructor's named keyword
+    parameters (``ttl_s`` is a field of its own; ``**options`` names none)."""
+    import inspect
+
+    from dyn import plugins
+
+    parameters = inspect.signature(plugins.load("dyn.discovery", backend)).parameters.values()
+    named = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return {p.name for p in parameters if p.kind in named and p.name != "ttl_s"}
 
 
 def default_launcher(graph: GraphSpec) -> tuple[str, GraphSpec, str | None]:

@@ -210,15 +210,22 @@ class ProcessLauncher(Launcher):
         graph_path: Path,
         role: RoleProcess,
     ) -> None:
-        process = await anyio.open_process(
-            self.role_command(run, graph_path, role),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # Ctrl-C reaches dyn up only; it stops roles in order
-            # The launch's settings reach the role's CLI edge through its environment.
-            env={**_inherited_env(), "PYTHONUNBUFFERED": "1", **self.settings.role_env()},
-        )
+        argv = self.role_command(run, graph_path, role)
+        try:
+            process = await anyio.open_process(
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C reaches dyn up only; it stops roles in order
+                # The launch's settings reach the role's CLI edge through its environment.
+                env={**_inherited_env(), "PYTHONUNBUFFERED": "1", **self.settings.role_env()},
+            )
+        except OSError as exc:  # the program is missing or cannot be run
+            who = f"role {role.role}" + (f" on {role.node}" if role.node != "local" else "")
+            raise LaunchError(
+                f"{who} could not start: cannot run {argv[0]!r}: {exc.strerror or exc}"
+            ) from exc
         role.process = process
         role.label = role.label or role.role
         role.log_path = run.log_path(role.role)
