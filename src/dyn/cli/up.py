@@ -98,6 +98,17 @@ def up(
             rich_help_panel=_RUN,
         ),
     ] = None,
+    local: Annotated[
+        bool,
+        typer.Option(
+            "--local",
+            help="Try a graph that places roles on nodes on this machine: each node's "
+            "roles run as processes bound to a loopback address of its own (127.0.0.1, "
+            "127.0.0.2, ...), with etcd on loopback if it is installed, else file "
+            "discovery.",
+            rich_help_panel=_RUN,
+        ),
+    ] = False,
     discovery: Annotated[
         str | None,
         typer.Option(
@@ -159,6 +170,8 @@ def up(
         Settings.from_env(), log_level=log_level.value, json_logs=json_logs, api_key=api_key
     )
     graph = resolve_graph(graph_file, list(set_ or ()), port, transport, discovery, layout)
+    if local:
+        graph, launcher = on_this_machine(graph, launcher)
     settings = _admin_token_for(graph, settings)
     console = Console(stderr=True, highlight=False)
     summary = None
@@ -191,6 +204,21 @@ def up(
         ConsoleObserver(console, graph, chosen.layout_summary),
         backend_options=loop_options(),
     )
+
+
+def on_this_machine(graph: GraphSpec, launcher: str | None) -> tuple[GraphSpec, str]:
+    """`--local`: the graph with its nodes on loopback addresses, run by the local
+    launcher; says in one line where each node runs and which discovery it uses."""
+    import sys
+
+    from dyn.errors import LaunchError
+    from dyn.launch import one_machine
+
+    if launcher not in (None, "local"):
+        raise LaunchError(f"--local runs every role here as a process; drop --launcher {launcher}")
+    graph, note = one_machine.on_this_machine(graph)
+    sys.stderr.write(note + "\n")
+    return graph, "local"
 
 
 def _admin_token_for(graph: GraphSpec, settings: Settings) -> Settings:

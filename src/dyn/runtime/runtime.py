@@ -181,7 +181,9 @@ class Runtime:
                 instance_id=info.instance_id,
                 address=self.address,
                 transport=self.transport.name,
-                node=self.node,
+                # The node the graph placed the role on: one process may host roles
+                # of several nodes (the in-process launcher runs them all).
+                node=info.node if info.node != "local" else self.node,
                 host=self.host,
                 pid=os.getpid(),
                 replica=info.replica,
