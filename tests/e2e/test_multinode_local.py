@@ -115,3 +115,20 @@ def test_unreachable_nodes_fail_fast_suggesting_local(tmp_path: Path, silent_por
     assert line.endswith(f"to try the graph on this machine: dyn up {graph} --local")
     # ssh alone would wait its ConnectTimeout (5 s) first.
     assert elapsed < 4.5, elapsed
+
+
+def test_in_process_status_shows_the_graphs_node_names(tmp_path: Path) -> None:
+    graph = multinode_copy(tmp_path / "multinode.yaml", discovery={"backend": "memory"})
+    up = DynUp(
+        str(graph),
+        "--launcher",
+        "inprocess",
+        state=tmp_path / "state",
+        log_path=tmp_path / "up.log",
+    )
+    try:
+        up.wait_healthy(timeout=60)
+        nodes = {row["role"]: row["node"] for row in status(up)["instances"]}
+        assert nodes == {role: node for role, (node, _) in NODES.items()}
+    finally:
+        up.stop()
