@@ -9,7 +9,7 @@ from typing import Any
 import anyio
 
 from dyn import state
-from dyn.errors import LaunchError
+from dyn.errors import DynError, LaunchError
 from dyn.graph import ComponentSpec, GraphSpec
 from dyn.launch._roles import (
     discovery_in_run,
@@ -139,7 +139,9 @@ class InProcessLauncher(Launcher):
         t0 = time.perf_counter()
         try:
             component = await start_role(runtime, graph, spec, replica, settings=self.settings)
-        except Exception as exc:
+        except DynError:
+            raise  # an expected error names its role and reason itself
+        except Exception as exc:  # the role's own bug: one line here, the traceback logged
             raise LaunchError(start_failed(run, role, node, exc)) from exc
         self.components.append((spec, component))
         observer.role_up(role, node, time.perf_counter() - t0)
