@@ -197,9 +197,10 @@ def test_role_crash_during_startup_fails_up_with_its_log(state: Path) -> None:
     )
     err = up.log()
     assert up.returncode == 1
-    assert "role 'frontend' exited with code 1 during start-up" in err
+    assert "error: role frontend could not start: " in err
     assert f"cannot listen on 127.0.0.1:{port}" in err
     assert "Traceback" not in err
+    assert len([line for line in err.splitlines() if line.startswith("error:")]) == 1
 
 
 def test_a_taken_port_fails_the_auto_layout_before_any_role_starts(state: Path) -> None:

@@ -66,4 +66,5 @@ def role(
         pidfile_run=pidfile_run,
         settings=settings,
         companions=tuple(companions),
+        report_failure=True,
     )

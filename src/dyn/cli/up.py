@@ -100,6 +100,17 @@ def up(
             rich_help_panel=_RUN,
         ),
     ] = None,
+    local: Annotated[
+        bool,
+        typer.Option(
+            "--local",
+            help="Try a graph that places roles on nodes on this machine: each node's "
+            "roles run as processes bound to a loopback address of its own (127.0.0.1, "
+            "127.0.0.2, ...), with etcd on loopback if it is installed, else file "
+            "discovery.",
+            rich_help_panel=_RUN,
+        ),
+    ] = False,
     discovery: Annotated[
         str | None,
         typer.Option(
@@ -173,6 +184,8 @@ def up(
         Settings.from_env(), log_level=log_level.value, json_logs=json_logs, api_key=api_key
     )
     graph = resolve_graph(graph_file, list(set_ or ()), port, transport, discovery, layout)
+    if local:
+        graph, launcher = on_this_machine(graph, launcher)
     settings = _admin_token_for(graph, settings)
     console = Console(stderr=True, highlight=False)
     summary = None
@@ -205,6 +218,21 @@ def up(
         ConsoleObserver(console, graph, chosen.layout_summary),
         backend_options=loop_options(),
     )
+
+
+def on_this_machine(graph: GraphSpec, launcher: str | None) -> tuple[GraphSpec, str]:
+    """`--local`: the graph with its nodes on loopback addresses, run by the local
+    launcher; says in one line where each node runs and which discovery it uses."""
+    import sys
+
+    from dyn.errors import LaunchError
+    from dyn.launch import one_machine
+
+    if launcher not in (None, "local"):
+        raise LaunchError(f"--local runs every role here as a process; drop --launcher {launcher}")
+    graph, note = one_machine.on_this_machine(graph)
+    sys.stderr.write(note + "\n")
+    return graph, "local"
 
 
 def _admin_token_for(graph: GraphSpec, settings: Settings) -> Settings:
@@ -255,10 +283,7 @@ def resolve_graph(
         graph = dataclasses.replace(graph, transport=plugins.canonical(transport))
     if discovery is not None:
         plugins.import_path("dyn.discovery", discovery)
-        backend = plugins.canonical(discovery)
-        graph = dataclasses.replace(
-            graph, discovery=dataclasses.replace(graph.discovery, backend=backend)
-        )
+        graph = switch_discovery(graph, plugins.canonical(discovery), str(path))
     if layout is not None:
         from dyn.graph.model import LAYOUTS
 
@@ -267,6 +292,40 @@ def resolve_graph(
                              f"{', '.join(LAYOUTS)}"])  # fmt: skip
         graph = dataclasses.replace(graph, layout=layout)
     return graph
+
+
+def switch_discovery(graph: GraphSpec, backend: str, source: str) -> GraphSpec:
+    """The graph with another discovery backend: the graph's options that the new
+    backend does not take (they were written for the old one) are dropped, in one note."""
+    import dataclasses
+    import sys
+    from types import MappingProxyType
+
+    current = graph.discovery
+    if backend == current.backend:
+        return graph
+    accepted = discovery_options(backend)
+    kept = {k: v for k, v in current.options.items() if k in accepted}
+    dropped = sorted(set(current.options) - set(kept))
+    if dropped:
+        sys.stderr.write(
+            f"note: --discovery {backend} drops the {current.backend} option(s) "
+            f"{', '.join(dropped)} of {source}\n"
+        )
+    changed = dataclasses.replace(current, backend=backend, options=MappingProxyType(kept))
+    return dataclasses.replace(graph, discovery=changed)
+
+
+def discovery_options(backend: str) -> set[str]:
+    """The options a discovery backend takes: its constructor's named keyword
+    parameters (``ttl_s`` is a field of its own; ``**options`` names none)."""
+    import inspect
+
+    from dyn import plugins
+
+    parameters = inspect.signature(plugins.load("dyn.discovery", backend)).parameters.values()
+    named = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return {p.name for p in parameters if p.kind in named and p.name != "ttl_s"}
 
 
 def default_launcher(graph: GraphSpec) -> tuple[str, GraphSpec, str | None]:

@@ -9,6 +9,7 @@ from typing import Any
 import anyio
 
 from dyn import state
+from dyn.errors import DynError, LaunchError
 from dyn.graph import ComponentSpec, GraphSpec
 from dyn.launch._roles import (
     discovery_in_run,
@@ -22,10 +23,23 @@ from dyn.launch._roles import (
 from dyn.launch.base import Launcher, LaunchObserver, cancel_when_set, new_record
 from dyn.launch.etcd_server import start_local_etcd
 from dyn.launch.role_classes import http_components
+from dyn.launch.role_main import failure_reason
 from dyn.runtime.component import Component
 from dyn.runtime.runtime import Runtime
 
-__all__ = ["InProcessLauncher"]
+__all__ = ["InProcessLauncher", "start_failed"]
+
+
+def start_failed(run: state.RunDir, role: str, node: str, exc: BaseException) -> str:
+    """One line on why ``role`` could not start; its traceback goes to the role's log
+    in the run's folder, as a role process's would."""
+    import traceback
+
+    path = run.log_path(role)
+    with path.open("a", encoding="utf-8") as log:
+        log.write("".join(traceback.format_exception(exc)))
+    who = f"role {role}" + (f" on {node}" if node != "local" else "")
+    return f"{who} could not start: {failure_reason(exc)} (log: {path})"
 
 
 class InProcessLauncher(Launcher):
@@ -77,7 +91,7 @@ class InProcessLauncher(Launcher):
                     runtime.tasks.start_soon(cancel_when_set, stop, startup)
                     for spec in graph.topological_order():
                         for replica in range(spec.replicas):
-                            await self._start(runtime, graph, spec, replica, observer)
+                            await self._start(runtime, graph, run, spec, replica, observer)
                 if startup.cancelled_caught:
                     return
                 frontends = {spec.name for spec in http_components(graph)}
@@ -115,6 +129,7 @@ class InProcessLauncher(Launcher):
         self,
         runtime: Runtime,
         graph: GraphSpec,
+        run: state.RunDir,
         spec: ComponentSpec,
         replica: int,
         observer: LaunchObserver,
@@ -122,6 +137,11 @@ class InProcessLauncher(Launcher):
         role, node = role_name(spec, replica), node_of(spec, replica)
         observer.role_starting(role, node)
         t0 = time.perf_counter()
-        component = await start_role(runtime, graph, spec, replica, settings=self.settings)
+        try:
+            component = await start_role(runtime, graph, spec, replica, settings=self.settings)
+        except DynError:
+            raise  # an expected error names its role and reason itself
+        except Exception as exc:  # the role's own bug: one line here, the traceback logged
+            raise LaunchError(start_failed(run, role, node, exc)) from exc
         self.components.append((spec, component))
         observer.role_up(role, node, time.perf_counter() - t0)

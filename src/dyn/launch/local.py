@@ -88,6 +88,12 @@ class LocalLauncher(ProcessLauncher):
             return super().process_plans(graph)
         return process_plans(graph, self.layout)
 
+    def role_record(self, graph: GraphSpec, role: RoleProcess) -> state.RoleRecord:
+        record = super().role_record(graph, role)
+        if role.node != "local" and graph.has_nodes():
+            record.host = graph.node(role.node).bind  # where its roles listen
+        return record
+
     def role_command(self, run: state.RunDir, graph_path: Path, role: RoleProcess) -> list[str]:
         hosted = [f"--with={name}:{replica}" for name, replica in role.companions]
         return [sys.executable, "-m", "dyn", "_role", str(graph_path), role.component,

@@ -36,7 +36,7 @@ from dyn.launch.base import Launcher, LaunchObserver, cancel_when_set, new_recor
 from dyn.launch.control import ControlServer
 from dyn.launch.layout import ProcessPlan
 from dyn.launch.role_classes import http_components, role_of
-from dyn.launch.role_main import READY_MARK
+from dyn.launch.role_main import FAILED_MARK, READY_MARK
 from dyn.settings import RUN_ID_ENV
 
 __all__ = ["ProcessLauncher", "RoleProcess", "prepare_run"]
@@ -64,6 +64,9 @@ class RoleProcess:
     log: TextIO = field(init=False)
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL_LINES))
     ready: dict[str, Any] | None = None
+    # Why it could not start, as its failure line said (the traceback is in its log).
+    failure: str | None = None
+    log_path: Path | None = None
     # How log lines are prefixed: the role, or ``node/role`` for roles on other machines.
     label: str = ""
     stopping: bool = False  # we asked it to stop (Ctrl-C, dyn scale)
@@ -207,18 +210,26 @@ class ProcessLauncher(Launcher):
         graph_path: Path,
         role: RoleProcess,
     ) -> None:
-        process = await anyio.open_process(
-            self.role_command(run, graph_path, role),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # Ctrl-C reaches dyn up only; it stops roles in order
-            # The launch's settings reach the role's CLI edge through its environment.
-            env={**_inherited_env(), "PYTHONUNBUFFERED": "1", **self.settings.role_env()},
-        )
+        argv = self.role_command(run, graph_path, role)
+        try:
+            process = await anyio.open_process(
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C reaches dyn up only; it stops roles in order
+                # The launch's settings reach the role's CLI edge through its environment.
+                env={**_inherited_env(), "PYTHONUNBUFFERED": "1", **self.settings.role_env()},
+            )
+        except OSError as exc:  # the program is missing or cannot be run
+            who = f"role {role.role}" + (f" on {role.node}" if role.node != "local" else "")
+            raise LaunchError(
+                f"{who} could not start: cannot run {argv[0]!r}: {exc.strerror or exc}"
+            ) from exc
         role.process = process
         role.label = role.label or role.role
-        role.log = run.log_path(role.role).open("a", encoding="utf-8")
+        role.log_path = run.log_path(role.role)
+        role.log = role.log_path.open("a", encoding="utf-8")
         self.roles.append(role)
         await self.role_spawned(role)
         tasks.start_soon(self._pump, role)
@@ -378,23 +389,33 @@ class ProcessLauncher(Launcher):
             role.ready = json.loads(line[len(READY_MARK) :])
             role.ready_event.set()
             return
+        if line.startswith(FAILED_MARK):
+            self._record_failure(role, line[len(FAILED_MARK) :])
+            return
         role.tail.append(line)
         if not role.log.closed:  # the launcher may speak of a role that has just exited
             role.log.write(line + "\n")
             role.log.flush()
         sys.stderr.write(f"{role.label:<14} | {line}\n")
 
+    def _record_failure(self, role: RoleProcess, payload: str) -> None:
+        """The role's failure line: its reason for our error, its traceback for its log
+        only (our stderr gets the one line at the end)."""
+        try:
+            record = json.loads(payload)
+            role.failure, detail = str(record["reason"]), str(record.get("detail", ""))
+        except (ValueError, KeyError, TypeError):
+            role.failure, detail = payload, ""
+        if not role.log.closed:
+            role.log.write(detail or role.failure + "\n")
+            role.log.flush()
+
     async def _wait_ready(self, role: RoleProcess) -> None:
         with anyio.move_on_after(READY_TIMEOUT_S + 5):
             await role.ready_event.wait()
         if role.ready is not None:
             return
-        if role.exited.is_set():
-            reason = f"exited with code {role.process.returncode} during start-up"
-        else:
-            reason = f"did not become ready within {READY_TIMEOUT_S + 5:.0f} s"
-        tail = "\n".join(f"  {line}" for line in role.tail) or "  (no output)"
-        raise LaunchError(f"role {role.role!r} {reason}; its last log lines:\n{tail}")
+        raise LaunchError(start_failure(role, READY_TIMEOUT_S + 5))
 
     async def _stop_all(self, graph: GraphSpec, observer: LaunchObserver) -> None:
         self._stopping = True
@@ -428,6 +449,21 @@ class ProcessLauncher(Launcher):
         """Stop waiting for drains: roles still running are killed at once."""
         if self._hurry is not None:
             self._hurry.set()
+
+
+def start_failure(role: RoleProcess, waited_s: float) -> str:
+    """One line on why ``role`` did not come up: its own reason when it gave one, else
+    how it ended and its last log line; and where its log is."""
+    who = f"role {role.role}" + (f" on {role.node}" if role.node != "local" else "")
+    where = f" (log: {role.log_path})" if role.log_path else ""
+    if role.failure is not None:
+        return f"{who} could not start: {role.failure}{where}"
+    last = next((line.strip() for line in reversed(role.tail) if line.strip()), "")
+    said = f": {last}" if last else " (no output)"
+    if role.exited.is_set():
+        code = role.process.returncode
+        return f"{who} exited with code {code} during start-up{said}{where}"
+    return f"{who} did not become ready within {waited_s:.0f} s{said}{where}"
 
 
 def _role_process(spec: ComponentSpec, replica: int) -> RoleProcess:

@@ -33,10 +33,35 @@ from dyn.runtime.component import Component
 from dyn.runtime.runtime import Runtime
 from dyn.settings import ADMIN_TOKEN_ENV, API_KEY_ENV, ROLE_SECRET_ENV, Settings
 
-__all__ = ["READY_MARK", "run_role"]
+__all__ = ["FAILED_MARK", "READY_MARK", "failure_reason", "run_role"]
 
 # The line a role prints on stdout once it serves; the launcher parses the JSON after it.
 READY_MARK = "dyn-role-ready "
+# The line a role prints instead when it cannot start: JSON with "reason" (one line for
+# the launcher's error) and "detail" (the traceback, for the role's log only).
+FAILED_MARK = "dyn-role-failed "
+
+
+def failure_reason(exc: BaseException) -> str:
+    """One line saying why start-up failed: an expected error's own message, else the
+    exception's type and message (a bug, whose traceback goes to the log)."""
+    from dyn.errors import DynError
+
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    if isinstance(exc, DynError):
+        text = str(exc)
+    else:
+        text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return " ".join(text.split())
+
+
+def _report_failure(exc: BaseException) -> None:
+    import traceback
+
+    record = {"reason": failure_reason(exc), "detail": "".join(traceback.format_exception(exc))}
+    sys.stdout.write(FAILED_MARK + json.dumps(record) + "\n")
+    sys.stdout.flush()
 
 
 def run_role(
@@ -49,12 +74,36 @@ def run_role(
     node: str | None = None,
     settings: Settings | None = None,
     companions: tuple[tuple[str, int], ...] = (),
+    report_failure: bool = False,
 ) -> None:
     """Serve one role instance (and ``companions``, started before it in the same
     process and runtime, which then calls between them in-process). ``settings`` are
     what the role process's CLI read from its environment (a remote role's bootstrap
     line adds the keys and the transport security it carries, which win over this
-    node's own)."""
+    node's own). With ``report_failure`` (a launcher started us), a failed start-up
+    ends in a :data:`FAILED_MARK` line and exit code 1 instead of a raised error."""
+    ready: list[bool] = []  # set once the role serves: a later error is no start-up failure
+    try:
+        _run_role(graph_path, component, replica, watch_stdin, pidfile_run, node, settings,
+                  companions, ready)  # fmt: skip
+    except Exception as exc:
+        if ready or not report_failure:
+            raise
+        _report_failure(exc)
+        raise SystemExit(1) from None
+
+
+def _run_role(
+    graph_path: str,
+    component: str,
+    replica: int,
+    watch_stdin: bool,
+    pidfile_run: str | None,
+    node: str | None,
+    settings: Settings | None,
+    companions: tuple[tuple[str, int], ...],
+    ready: list[bool],
+) -> None:
     settings = settings or Settings()
     if graph_path == "-":
         graph, passed = _bootstrap()
@@ -78,6 +127,7 @@ def run_role(
             node,
             settings,
             companions,
+            ready,
             backend_options=loop_options(),
         )
     finally:
@@ -131,6 +181,7 @@ async def _serve(
     node_name: str | None = None,
     settings: Settings | None = None,
     companions: tuple[tuple[str, int], ...] = (),
+    ready_flag: list[bool] | None = None,
 ) -> None:
     spec = graph.component(component_name)
     if node_name is None and spec.placement:
@@ -188,6 +239,8 @@ async def _serve(
         settle_heap()
         sys.stdout.write(READY_MARK + json.dumps(ready) + "\n")
         sys.stdout.flush()
+        if ready_flag is not None:
+            ready_flag.append(True)
         await stop.wait()
         with anyio.CancelScope(shield=True):
             # The one named first (a frontend stops taking requests), then its companions.

@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
 import signal
+import socket
 import subprocess
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import anyio
@@ -54,6 +57,10 @@ SSH_DEFAULTS = (
 CONNECT_RETRIES = 4
 RETRY_DELAY_S = 0.5
 PROBE_TIMEOUT_S = 30.0
+# A node whose ssh port does not answer a TCP connect within this long is taken as
+# unreachable before ssh is tried: a reachable sshd answers in milliseconds, and ssh's
+# own ConnectTimeout would make every mistyped or example address cost 5 s.
+REACH_TIMEOUT_S = 1.5
 # A kill sent over ssh must itself be bounded.
 KILL_TIMEOUT_S = 15.0
 _VERSION_MARK = "dyn-version "
@@ -119,7 +126,7 @@ class SshLauncher(LocalLauncher):
         self._graph = graph
         self._graph_text = dump_graph_yaml(graph)
         used = {instance.node for instance in graph.instances()}
-        await check_nodes([n for n in graph.nodes if n.name in used])
+        await check_nodes([n for n in graph.nodes if n.name in used], self.graph_file)
         await super().before_roles(graph, run, record, tasks)
 
     def role_command(self, run: state.RunDir, graph_path: Path, role: RoleProcess) -> list[str]:
@@ -245,21 +252,75 @@ async def stop_remote_roles(
     return sorted(done)
 
 
-async def check_nodes(nodes: list[NodeSpec]) -> None:
-    """Probe every node at once; raise one error naming each node that cannot run roles."""
+async def check_nodes(nodes: list[NodeSpec], graph_file: str | None = None) -> None:
+    """Probe every node at once; raise one error line naming each node that cannot run
+    roles. Nodes that do not answer at all fail the check before ssh is tried, and the
+    error suggests trying the graph on this machine (``--local``)."""
+    if shutil.which("ssh") is None:
+        raise LaunchError(
+            "the ssh launcher needs the OpenSSH client, but there is no 'ssh' on PATH; "
+            "install it (Debian: apt-get install openssh-client), or try the graph on "
+            f"this machine: dyn up {graph_file or 'GRAPH'} --local"
+        )
     problems: dict[str, str] = {}
 
-    async def probe(node: NodeSpec) -> None:
-        problem = await _probe(node)
+    async def check(probe: Callable[[NodeSpec], Awaitable[str | None]], node: NodeSpec) -> None:
+        problem = await probe(node)
         if problem:
             problems[node.name] = problem
 
-    async with anyio.create_task_group() as tasks:
-        for node in nodes:
-            tasks.start_soon(probe, node)
-    if problems:
-        lines = "\n".join(f"  node {name!r}: {problems[name]}" for name in sorted(problems))
-        raise LaunchError(f"{len(problems)} node(s) cannot run roles:\n{lines}")
+    for probe in (unreachable, _probe):
+        async with anyio.create_task_group() as tasks:
+            for node in nodes:
+                tasks.start_soon(check, probe, node)
+        if problems:
+            hint = ""
+            if probe is unreachable:
+                hint = f"; to try the graph on this machine: dyn up {graph_file or 'GRAPH'} --local"
+            found = "; ".join(f"node {name!r}: {problems[name]}" for name in sorted(problems))
+            raise LaunchError(f"{len(problems)} node(s) cannot run roles: {found}{hint}")
+
+
+async def unreachable(node: NodeSpec) -> str | None:
+    """Why ``node``'s ssh port does not answer a TCP connect at all, or None (it answers,
+    refuses, or ssh reaches it through a proxy: ssh itself then says what is wrong)."""
+    target = await _ssh_target(node)
+    if target is None:
+        return None
+    host, port = target
+
+    def connect() -> str | None:
+        try:
+            socket.create_connection((host, port), timeout=REACH_TIMEOUT_S).close()
+        except TimeoutError:
+            return f"{host}:{port} does not answer (no reply within {REACH_TIMEOUT_S} s)"
+        except (ConnectionRefusedError, socket.gaierror):
+            return None  # sshd restarting, or a name only ssh knows: ssh's probe says
+        except OSError as exc:
+            return f"cannot reach {host}:{port}: {exc.strerror or exc}"
+        return None
+
+    return await anyio.to_thread.run_sync(connect)
+
+
+async def _ssh_target(node: NodeSpec) -> tuple[str, int] | None:
+    """The address ssh would connect to for ``node`` (``ssh -G`` applies ~/.ssh/config),
+    or None when it goes through a proxy or ssh cannot say."""
+    user = ["-l", node.user] if node.user else []
+    argv = ["ssh", "-G", "-p", str(node.port), *user, *node.ssh_options, node.host]
+    result = await anyio.run_process(argv, stdin=subprocess.DEVNULL, check=False)
+    if result.returncode != 0:
+        return None
+    config: dict[str, str] = {}
+    for line in result.stdout.decode(errors="replace").splitlines():
+        key, _, value = line.partition(" ")
+        config.setdefault(key.lower(), value.strip())
+    if config.get("proxyjump", "none") != "none" or config.get("proxycommand", "none") != "none":
+        return None
+    try:
+        return config.get("hostname", node.host), int(config.get("port", node.port))
+    except ValueError:
+        return None
 
 
 async def _probe(node: NodeSpec) -> str | None:

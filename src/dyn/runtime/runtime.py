@@ -85,12 +85,23 @@ class Runtime:
     async def __aenter__(self) -> Self:
         self._tasks = anyio.create_task_group()
         await self._tasks.__aenter__()
-        self.address = await self._tasks.start(self._serve)
-        if self.local_calls and not self.transport.carries_objects:
-            from dyn.transports.inproc import InprocTransport
+        try:
+            self.address = await self._tasks.start(self._serve)
+            if self.local_calls and not self.transport.carries_objects:
+                from dyn.transports.inproc import InprocTransport
 
-            self.local_transport = InprocTransport()
-            self.local_address = await self._tasks.start(self._serve_local)
+                self.local_transport = InprocTransport()
+                self.local_address = await self._tasks.start(self._serve_local)
+        except BaseException:
+            # __aexit__ never runs for a failed __aenter__: leave the task group here,
+            # or the caller's next scope exit finds this group's scope still current.
+            self._tasks.cancel_scope.cancel()
+            try:
+                await self._tasks.__aexit__(None, None, None)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self.transport.aclose()
+            raise
         return self
 
     async def _serve(self, *, task_status: anyio.abc.TaskStatus[str]) -> None:
@@ -170,7 +181,9 @@ class Runtime:
                 instance_id=info.instance_id,
                 address=self.address,
                 transport=self.transport.name,
-                node=self.node,
+                # The node the graph placed the role on: one process may host roles
+                # of several nodes (the in-process launcher runs them all).
+                node=info.node if info.node != "local" else self.node,
                 host=self.host,
                 pid=os.getpid(),
                 replica=info.replica,

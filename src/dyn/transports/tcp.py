@@ -8,6 +8,7 @@ The wire format is specified in ``transports/tcp.md``; the frame codec is in
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -94,7 +95,10 @@ class TcpTransport(Transport):
         try:
             listener = await listen(host, port)
         except OSError as exc:
-            raise TransportError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+            # socket.create_server rewrites strerror ("... (while attempting to bind on
+            # address ...)"); the errno's own text says it once.
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise TransportError(f"cannot listen on {host}:{port}: {reason}") from exc
         options = ServerOptions(
             protocol_version=self.protocol_version,
             max_frame_bytes=self.max_frame_bytes,

@@ -6,6 +6,7 @@ is ``transports/dyn.proto``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -13,6 +14,7 @@ import anyio
 from anyio.abc import TaskStatus
 from grpclib.config import Configuration
 
+from dyn.errors import TransportError
 from dyn.transports._auth import resolve_secret
 from dyn.transports._tls import resolve_tls
 from dyn.transports.base import PROTOCOL_VERSION, CallStream, Handler, Transport
@@ -63,7 +65,11 @@ class GrpcTransport(Transport):
     async def serve(
         self, handler: Handler, *, host: str, port: int = 0, task_status: TaskStatus[str]
     ) -> None:
-        sock = await bind(host, port)
+        try:
+            sock = await bind(host, port)
+        except OSError as exc:
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise TransportError(f"cannot listen on {host}:{port}: {reason}") from exc
         address = format_address(host, sock.getsockname()[1])
         service = EndpointService(handler, self.protocol_version, address, self._secret)
         server = TrackingServer([service])
