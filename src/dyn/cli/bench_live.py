@@ -53,7 +53,15 @@ def run_live_bench(options: BenchOptions, checked: Checked) -> tuple[str, LiveOu
             "only apply with --sim"
         )
     shaped = shapes(o)
-    base = frontend_url(o.url).removesuffix("/v1")
+    try:
+        base = frontend_url(o.url).removesuffix("/v1")
+    except DynError as exc:
+        # `dyn route`'s wording, with what a first-time user of dyn bench would run.
+        what = str(exc).split(";")[0]
+        raise DynError(
+            f"{what}: nothing for dyn bench to load; "
+            "start a graph with `dyn up graphs/kv_routing.yaml`, or pass --url"
+        ) from None
     words = Words(load_tokenizer(None))
     items = make_workload(o.workload, words, o.seed, limit=o.num_prompts, **shaped)
     if not items:
