@@ -4,6 +4,7 @@ that says what a stopped run's results cover."""
 from __future__ import annotations
 
 import io
+from typing import Any
 
 from dyn.bench.progress import Tally, Throttle, clock_time, describe
 from dyn.bench.report import Interruption, stopped_line
@@ -65,12 +66,12 @@ SIGINT = Interruption("Ctrl-C (SIGINT)", 130, "arm 2/3 kv")
 
 
 def test_stopped_line_says_what_the_results_cover() -> None:
-    cut = {"stopped": {"requests_done": 312, "requests_planned": 1024}}
+    cut: dict[str, Any] = {"stopped": {"requests_done": 312, "requests_planned": 1024}}
     single = Interruption("Ctrl-C (SIGINT)", 130, "kv")
     assert stopped_line(single, {"kv": cut}) == (
         "stopped by Ctrl-C (SIGINT) after 312 of 1024 requests. Partial results:"
     )
-    arms = {"round_robin": {"stopped": None}, "kv": cut}
+    arms: dict[str, dict[str, Any]] = {"round_robin": {"stopped": None}, "kv": cut}
     assert stopped_line(SIGINT, arms, ["round_robin", "kv", "random"]) == (
         "stopped by Ctrl-C (SIGINT) during arm 2/3 kv: round_robin ran to the end; "
         "kv stopped after 312 of 1024 requests; not run: random. Partial results:"
