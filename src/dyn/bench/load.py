@@ -104,11 +104,15 @@ class Server:
         try:
             response = await self.client.request(method, path, json=body)
         except httpx.HTTPError as exc:
-            raise DynError(f"cannot reach {url}: {exc!r}; is the server up? (--url)") from exc
+            raise DynError(
+                f"cannot reach {url} ({_why(exc)}); is the server up? Start one with "
+                "`dyn up graphs/kv_routing.yaml`, or point --url at another"
+            ) from exc
         if response.status_code == 404 and missing_ok:
             return None
         if response.status_code >= 400:
-            raise DynError(f"{method} {url} answered {response.status_code}: {response.text[:200]}")
+            why = _message(response.text)
+            raise DynError(f"{method} {url} answered {response.status_code}: {why}")
         return response.json()
 
     # -- dyn's admin routes and metrics ------------------------------------------------
@@ -199,6 +203,15 @@ class Server:
         return result
 
 
+def _why(exc: httpx.HTTPError) -> str:
+    """An httpx failure in a few words (its own text can be a bare repr)."""
+    if isinstance(exc, httpx.ConnectError):
+        return "nothing accepts connections there"
+    if isinstance(exc, httpx.TimeoutException):
+        return "no answer in time"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
 def _message(text: str) -> str:
     try:
         error = json.loads(text)["error"]
@@ -212,10 +225,14 @@ async def run_requests(
     items: Sequence[WorkItem],
     max_concurrency: int | None = None,
     on_result: Callable[[RequestResult], None] | None = None,
+    stop: anyio.Event | None = None,
 ) -> tuple[list[RequestResult], float]:
     """Send ``items`` at their arrival offsets (``None``: at once), each after the item
     it follows, at most ``max_concurrency`` at a time; return the results in item order
-    and the run's duration in seconds."""
+    and the run's duration in seconds.
+
+    Once ``stop`` is set, nothing more is sent and requests in flight are abandoned: the
+    results are those of the requests that ended by then (fewer than ``items``)."""
     limiter = anyio.CapacityLimiter(max_concurrency) if max_concurrency else None
     finished = {item.index: anyio.Event() for item in items}
     results: dict[int, RequestResult] = {}
@@ -225,35 +242,61 @@ async def run_requests(
             if item.after is not None and item.after in finished:
                 await finished[item.after].wait()
             if limiter is None:
-                results[item.index] = await server.send(item, epoch)
+                result = await server.send(item, epoch)
             else:
                 async with limiter:
-                    results[item.index] = await server.send(item, epoch)
+                    result = await server.send(item, epoch)
+            results[item.index] = result
             if on_result is not None:
-                on_result(results[item.index])
+                on_result(result)
         finally:
             finished[item.index].set()
 
+    async def send_all() -> None:
+        async with anyio.create_task_group() as tasks:
+            for item in items:
+                if item.arrival_s is not None:
+                    await anyio.sleep(max(0.0, epoch + item.arrival_s - time.perf_counter()))
+                tasks.start_soon(one, item)
+
     epoch = time.perf_counter()
-    async with anyio.create_task_group() as tasks:
-        for item in items:
-            if item.arrival_s is not None:
-                await anyio.sleep(max(0.0, epoch + item.arrival_s - time.perf_counter()))
-            tasks.start_soon(one, item)
+    if stop is None:
+        await send_all()
+    else:
+        async with anyio.create_task_group() as watch:
+            watch.start_soon(_cancel_on, stop, watch.cancel_scope)
+            await send_all()
+            watch.cancel_scope.cancel()
     duration = time.perf_counter() - epoch
-    return [results[item.index] for item in items], duration
+    return [results[item.index] for item in items if item.index in results], duration
+
+
+async def _cancel_on(stop: anyio.Event, scope: anyio.CancelScope) -> None:
+    await stop.wait()
+    scope.cancel()
 
 
 async def run_arm(
-    server: Server, plan: Plan, progress: Progress, label: str, cpu: CpuMeter | None = None
-) -> dict[str, Any]:
+    server: Server,
+    plan: Plan,
+    progress: Progress,
+    label: str,
+    cpu: CpuMeter | None = None,
+    stop: anyio.Event | None = None,
+) -> dict[str, Any] | None:
     """Warm up, then measure ``plan.items`` between two scrapes of every ``/metrics`` page
-    of the server (and two readings of ``cpu``: ``server_cpu`` is None without one)."""
+    of the server (and two readings of ``cpu``: ``server_cpu`` is None without one).
+
+    Once ``stop`` is set the arm ends early: None if that was before its measured
+    requests began, else the figures of the requests that ended, with ``stopped`` saying
+    how many of how many (``stopped`` is None for an arm that ran to the end)."""
     if plan.warmup:
         progress.start(f"{label}: warm-up", len(plan.warmup))
         # Warm-up keeps no schedule: it only has to get connections and caches going.
         warm = [replace(item, arrival_s=None) for item in plan.warmup]
-        await run_requests(server, warm, plan.max_concurrency, progress.done)
+        await run_requests(server, warm, plan.max_concurrency, progress.done, stop)
+    if stop is not None and stop.is_set():
+        return None
     target = server.target
     urls = await metrics_urls(
         server.client, target.base_url, target.admin_token, target.metrics_urls
@@ -261,14 +304,23 @@ async def run_arm(
     before = await scrape_all(server.client, urls)
     cpu_before = cpu.read() if cpu is not None else {}
     progress.start(label, len(plan.items))
-    results, duration = await run_requests(server, plan.items, plan.max_concurrency, progress.done)
+    results, duration = await run_requests(
+        server, plan.items, plan.max_concurrency, progress.done, stop
+    )
     cpu_after = cpu.read() if cpu is not None else {}
+    # Every process's page: the router's decisions are counted where the router runs,
+    # which in a multi-process run is not the frontend's process.
     changes = summed_delta(before, await scrape_all(server.client, urls))
     decisions = by_label(changes, "dyn_router_decisions_total", "worker")
     done = [r for r in results if r.ok]
     server_cpu = (
         cpu.report(cpu_before, cpu_after, len(done), sum(r.output_len for r in done))
         if cpu is not None
+        else None
+    )
+    stopped = (
+        {"requests_done": len(results), "requests_planned": len(plan.items)}
+        if len(results) < len(plan.items)
         else None
     )
     return summarize(
@@ -279,6 +331,7 @@ async def run_arm(
             "worker_request_share": shares(decisions),
             "server_metrics_delta": server_delta(changes),
             "server_cpu": server_cpu,
+            "stopped": stopped,
         },
     )
 
@@ -289,9 +342,15 @@ async def compare(
     strategies: Sequence[str],
     progress: Progress,
     cpu: CpuMeter | None = None,
+    stop: anyio.Event | None = None,
+    on_restore_error: Callable[[str], None] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """One arm per strategy: switch live, clear the workers' caches, warm up, measure.
-    The original strategy is restored at the end, whatever happened."""
+    The original strategy is restored at the end, whatever happened.
+
+    Once ``stop`` is set no further arm begins; the arm running then is kept with the
+    requests that ended (see :func:`run_arm`). A failed restore goes to
+    ``on_restore_error`` when given (the arms are kept), else it is raised."""
     original = await server.strategy()
     if original is None:
         raise DynError(
@@ -301,14 +360,20 @@ async def compare(
     arms: dict[str, dict[str, Any]] = {}
     try:
         for name in strategies:
+            if stop is not None and stop.is_set():
+                break
             strategy = await server.set_strategy(name)
             await server.clear_kv()
             await anyio.sleep(SETTLE_S)
-            arms[strategy] = {
-                "strategy": strategy,
-                **await run_arm(server, plan, progress, strategy, cpu),
-            }
+            result = await run_arm(server, plan, progress, strategy, cpu, stop)
+            if result is not None:
+                arms[strategy] = {"strategy": strategy, **result}
     finally:
         with anyio.CancelScope(shield=True):
-            await server.set_strategy(original)
+            try:
+                await server.set_strategy(original)
+            except DynError as exc:
+                if on_restore_error is None:
+                    raise
+                on_restore_error(f"could not restore the strategy {original!r}: {exc}")
     return arms

@@ -10,6 +10,7 @@ import csv
 import importlib
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,13 @@ from dyn.bench.stats import DEFAULT_PERCENTILES, METRICS, percentile_key
 from dyn.errors import DynError
 
 __all__ = [
+    "Interruption",
     "check_plotting",
     "compare_table",
     "cpu_table",
     "plot_cdfs",
     "result_table",
+    "stopped_line",
     "write_csv",
     "write_json",
 ]
@@ -34,6 +37,48 @@ _TITLES = {
     "e2el": ("End-to-end Latency", "E2EL"),
 }
 _WIDTH = 50
+
+
+@dataclass(frozen=True)
+class Interruption:
+    """A live run stopped by a signal before it ended by itself."""
+
+    signal: str  # as the user knows it: "Ctrl-C (SIGINT)"
+    exit_code: int  # 128 + the signal's number, as a shell reports it
+    running: str | None  # the phase then running ("arm 2/2 kv"), None before the first
+    abandoned: bool = False  # a second signal: the arm running then was dropped
+
+
+def stopped_line(
+    stop: Interruption, arms: Mapping[str, Mapping[str, Any]], strategies: Sequence[str] = ()
+) -> str:
+    """What a stopped run's results cover, in a sentence: which arm was running, after
+    how many of its requests, which arms ran to the end and which never began."""
+    during = f" during {stop.running}" if stop.running else ""
+    if not arms:
+        return f"stopped by {stop.signal}{during}, before any measured request ended: no results"
+    cuts = {n: r["stopped"] for n, r in arms.items() if isinstance(r.get("stopped"), Mapping)}
+    not_run = [s for s in strategies if s not in arms]
+    if not (cuts or not_run or stop.abandoned):
+        return f"stopped by {stop.signal} after every request had ended: the results are complete"
+    tail = "; the rest was abandoned" if stop.abandoned else ""
+    if not strategies:
+        only = next(iter(cuts.values()), None)
+        count = (
+            f" after {only['requests_done']} of {only['requests_planned']} requests" if only else ""
+        )
+        return f"stopped by {stop.signal}{count}{tail}. Partial results:"
+    parts = []
+    for name in arms:
+        cut = cuts.get(name)
+        if cut is None:
+            parts.append(f"{name} ran to the end")
+        else:
+            done, planned = cut["requests_done"], cut["requests_planned"]
+            parts.append(f"{name} stopped after {done} of {planned} requests")
+    if not_run:
+        parts.append(f"not run: {', '.join(not_run)}")
+    return f"stopped by {stop.signal}{during}: {'; '.join(parts)}{tail}. Partial results:"
 
 
 def _row(name: str, value: Any) -> str:

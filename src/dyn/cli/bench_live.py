@@ -7,21 +7,35 @@ every process's metrics page)."""
 
 from __future__ import annotations
 
+import signal
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
+
+import anyio
+
+from dyn.bench.report import Interruption
 
 if TYPE_CHECKING:
     from dyn.bench.load import Plan, Target
     from dyn.bench.run_cpu import CpuMeter
-    from dyn.bench.stats import RequestResult
+    from dyn.cli.bench_progress import ProgressSink
     from dyn.cli.bench_run import BenchOptions, Checked
 
-__all__ = ["run_live_bench"]
+__all__ = ["LiveOutcome", "run_live_bench"]
+
+TICK_S = 1.0  # how often the progress display is refreshed when no request ends
 
 
-def run_live_bench(
-    options: BenchOptions, checked: Checked
-) -> tuple[str, dict[str, dict[str, Any]], int]:
-    """The server's base URL, one result per arm, and how many requests each measured."""
+@dataclass(frozen=True)
+class LiveOutcome:
+    """One result per arm that measured something, and why the run stopped early."""
+
+    arms: dict[str, dict[str, Any]]
+    interruption: Interruption | None = None
+
+
+def run_live_bench(options: BenchOptions, checked: Checked) -> tuple[str, LiveOutcome, int]:
+    """The server's base URL, the outcome, and how many requests each arm planned."""
     from dyn.bench.load import Plan, Target
     from dyn.bench.workloads import Words, make_workload, with_arrivals
     from dyn.cli.bench_run import shapes
@@ -39,7 +53,15 @@ def run_live_bench(
             "only apply with --sim"
         )
     shaped = shapes(o)
-    base = frontend_url(o.url).removesuffix("/v1")
+    try:
+        base = frontend_url(o.url).removesuffix("/v1")
+    except DynError as exc:
+        # `dyn route`'s wording, with what a first-time user of dyn bench would run.
+        what = str(exc).split(";")[0]
+        raise DynError(
+            f"{what}: nothing for dyn bench to load; "
+            "start a graph with `dyn up graphs/kv_routing.yaml`, or pass --url"
+        ) from None
     words = Words(load_tokenizer(None))
     items = make_workload(o.workload, words, o.seed, limit=o.num_prompts, **shaped)
     if not items:
@@ -53,70 +75,106 @@ def run_live_bench(
     plan = Plan(items, warm, o.max_concurrency, checked.percentiles)
     api_kind: Literal["completions", "chat"] = "chat" if o.api == "chat" else "completions"
     target = Target(base, o.model, api_kind, o.api_key, o.ignore_eos)
-    target, cpu = _local_run(target, o.url)
-    return base, _run(target, plan, checked.strategies, cpu), len(items)
+    target, cpu, not_local = _local_run(target, o.url)
+    return base, _run(target, plan, checked.strategies, cpu, not_local), len(items)
 
 
-def _local_run(target: Target, url: str | None) -> tuple[Target, CpuMeter | None]:
-    """The target with what the run record adds, and a meter of the run's processes;
-    said once, and no meter, when the server is no `dyn up` run on this machine."""
+def _local_run(target: Target, url: str | None) -> tuple[Target, CpuMeter | None, str | None]:
+    """The target with what the run record adds, a meter of the run's processes, and
+    (when the server is no `dyn up` run on this machine: no meter) a note saying so."""
     from dataclasses import replace
-
-    import typer
 
     from dyn.bench.run_cpu import CpuMeter, find_local_run, run_processes
     from dyn.settings import Settings
 
     record = find_local_run(url)
     if record is None:
-        typer.echo(
-            f"{target.base_url} is not a `dyn up` run on this machine: no server CPU figures",
-            err=True,
-        )
-        return replace(target, admin_token=Settings.from_env().admin_token or None), None
+        note = f"{target.base_url} is not a `dyn up` run on this machine: no server CPU figures"
+        return replace(target, admin_token=Settings.from_env().admin_token or None), None, note
     pages = tuple(role.metrics_url for role in record.roles if role.metrics_url)
     token = record.admin_token or Settings.from_env().admin_token or None
-    return replace(target, admin_token=token, metrics_urls=pages), CpuMeter(run_processes(record))
+    meter = CpuMeter(run_processes(record))
+    return replace(target, admin_token=token, metrics_urls=pages), meter, None
+
+
+@dataclass
+class Stopping:
+    """The first SIGINT or SIGTERM sets ``stop``, which asks the load to stop (the arm
+    running keeps what ended); a second one abandons the run at once."""
+
+    signal: signal.Signals | None = None
+    abandoned: bool = False
+
+    async def watch(
+        self, stop: anyio.Event, sink: ProgressSink, everything: anyio.CancelScope
+    ) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as received:
+            async for sig in received:
+                if self.signal is None:
+                    self.signal = signal.Signals(sig)
+                    stop.set()
+                    sink.note(f"{SIGNAL_NAMES[self.signal]}: stopping; again to abandon the run")
+                else:
+                    self.abandoned = True
+                    everything.cancel()
+
+
+SIGNAL_NAMES = {signal.SIGINT: "Ctrl-C (SIGINT)", signal.SIGTERM: "SIGTERM"}
+
+
+async def _tick(sink: ProgressSink) -> None:
+    while True:
+        await anyio.sleep(TICK_S)
+        sink.tick()
 
 
 def _run(
-    target: Target, plan: Plan, strategies: list[str], cpu: CpuMeter | None
-) -> dict[str, dict[str, Any]]:
-    import anyio
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
+    target: Target,
+    plan: Plan,
+    strategies: list[str],
+    cpu: CpuMeter | None,
+    not_local: str | None,
+) -> LiveOutcome:
     from dyn.bench.load import Server, compare, run_arm
+    from dyn.cli.bench_progress import make_sink
 
-    bar = Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    )
+    sink = make_sink(strategies)
+    stopping = Stopping()
+    arms: dict[str, dict[str, Any]] = {}
 
-    class Sink:
-        task: Any = None
-
-        def start(self, label: str, total: int) -> None:
-            if self.task is not None:
-                bar.remove_task(self.task)
-            self.task = bar.add_task(label, total=total)
-
-        def done(self, result: RequestResult) -> None:
-            bar.advance(self.task)
-
-    async def main() -> dict[str, dict[str, Any]]:
+    async def load(stop: anyio.Event) -> None:
         async with Server(target, plan.max_concurrency) as server:
+            if not_local:
+                sink.note(not_local)
             if strategies:
-                return await compare(server, plan, strategies, Sink(), cpu)
+                arms.update(await compare(server, plan, strategies, sink, cpu, stop, sink.note))
+                return
             strategy = await server.strategy()
-            result = await run_arm(server, plan, Sink(), strategy or "benchmark", cpu)
-            return {
-                strategy or "benchmark": {"strategy": strategy, "model_id": server.model, **result}
-            }
+            name = strategy or "benchmark"
+            result = await run_arm(server, plan, sink, name, cpu, stop)
+            if result is not None:
+                arms[name] = {"strategy": strategy, "model_id": server.model, **result}
 
-    with bar:
-        return anyio.run(main)
+    async def main() -> None:
+        stop = anyio.Event()
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(stopping.watch, stop, sink, tasks.cancel_scope)
+            tasks.start_soon(_tick, sink)
+            try:
+                await load(stop)
+            finally:
+                tasks.cancel_scope.cancel()
+
+    try:
+        anyio.run(main)
+    finally:
+        sink.close()
+    if stopping.signal is None:
+        return LiveOutcome(arms)
+    running = sink.tally.label if sink.tally is not None else None
+    return LiveOutcome(
+        arms,
+        Interruption(
+            SIGNAL_NAMES[stopping.signal], 128 + stopping.signal, running, stopping.abandoned
+        ),
+    )

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+if TYPE_CHECKING:
+    from dyn.bench.report import Interruption
 
 __all__ = ["BenchOptions", "Checked", "run_bench", "shapes", "split"]
 
@@ -74,9 +79,13 @@ def split(value: str) -> list[str]:
 
 def run_bench(options: BenchOptions) -> None:
     """Run the load test the options describe and print (and save) its figures."""
+    from dataclasses import replace
     from datetime import datetime
 
+    # --max-concurrency 0 lifts the cap; everything downstream knows "no cap" as None.
+    options = replace(options, max_concurrency=options.max_concurrency or None)
     checked = _check(options)
+    stop: Interruption | None = None
     if options.sim:
         from dyn.cli.bench_sim import run_sim_bench
 
@@ -85,7 +94,8 @@ def run_bench(options: BenchOptions) -> None:
     else:
         from dyn.cli.bench_live import run_live_bench
 
-        base, arms, count = run_live_bench(options, checked)
+        base, outcome, count = run_live_bench(options, checked)
+        arms, stop = outcome.arms, outcome.interruption
     meta = {
         "date": datetime.now().strftime("%Y%m%d-%H%M%S"),
         "base_url": base,
@@ -99,8 +109,43 @@ def run_bench(options: BenchOptions) -> None:
     }
     arms = {name: {**meta, **result} for name, result in arms.items()}
     compared = bool(checked.strategies)
-    _render(arms, compared=compared, percentiles=checked.percentiles, metrics=checked.metrics)
-    _save(arms, compared=compared, options=options)
+    if stop is not None:
+        _stopped(stop, arms, checked.strategies)
+    if arms:
+        _render(arms, compared=compared, percentiles=checked.percentiles, metrics=checked.metrics)
+        _save(arms, compared=compared, options=options)
+    if stop is not None:
+        raise typer.Exit(stop.exit_code)
+    _check_failures(arms)
+
+
+def _stopped(stop: Interruption, arms: dict[str, dict[str, Any]], strategies: list[str]) -> None:
+    from dyn.bench.report import stopped_line
+
+    # On stdout with the results it qualifies, and on stderr for whoever watched the run.
+    line = stopped_line(stop, arms, strategies)
+    typer.echo(line, err=True)
+    if arms:
+        typer.echo(line)
+
+
+def _check_failures(arms: dict[str, dict[str, Any]]) -> None:
+    """A run where every request failed is an error, said after its table (which shows
+    the errors by kind): the figures of no request mean nothing."""
+    from dyn.errors import DynError
+
+    for name, result in arms.items():
+        if result["completed"] == 0 and result["failed"] > 0:
+            first = next((e for e in result.get("errors", []) if e), "")
+            where = f" in arm {name}" if len(arms) > 1 else ""
+            hint = (
+                "; is the server still up?"
+                if "connection" in result.get("errors_by_status", {})
+                else ""
+            )
+            raise DynError(
+                f"all {result['failed']} requests failed{where}; the first: {first}{hint}"
+            )
 
 
 def _check(options: BenchOptions) -> Checked:
@@ -124,6 +169,10 @@ def _check(options: BenchOptions) -> Checked:
     strategies = split(options.compare) if options.compare is not None else []
     if options.compare is not None and (not strategies or len(set(strategies)) != len(strategies)):
         raise DynError("--compare takes distinct strategy names, e.g. round_robin,kv")
+    if options.url is not None and not options.url.startswith(("http://", "https://")):
+        raise DynError(f"--url takes http://HOST:PORT (or https://), got {options.url!r}")
+    if options.trace_speedup <= 0:
+        raise DynError(f"--trace-speedup must be positive, got {options.trace_speedup:g}")
     if options.workload.startswith("trace:") and options.request_rate is not None:
         raise DynError(
             "a trace keeps its own arrival times; use --trace-speedup, not --request-rate"
@@ -154,12 +203,12 @@ def shapes(options: BenchOptions) -> dict[str, Any]:
 def _render(
     arms: dict[str, dict[str, Any]], *, compared: bool, percentiles: list[float], metrics: list[str]
 ) -> None:
-    import typer
-
     from dyn.bench.report import compare_table, result_table
 
     for name, result in arms.items():
         title = f" {name} " if compared else " Serving Benchmark Result "
+        if result.get("stopped"):
+            title = f"{title}(partial) "
         typer.echo(result_table(result, percentiles, metrics, title=title))
     if compared:
         typer.echo("")
