@@ -46,13 +46,19 @@ def down(
         every = runs.run_statuses()
         if not every:
             typer.echo(f"nothing to stop: there are no runs in {state.state_dir()}")
-        else:
+            return
+        newest = every[0]
+        # A dyn up that was killed recorded no outcome: clean up after it (discovery
+        # entries, an etcd it started) rather than leave that to the entries' TTL.
+        if newest.record is None or newest.record.outcome is not None:
             typer.echo(
-                f"nothing to stop: no run is live; the newest, {every[0].run.run_id}, was not "
-                f"running ({every[0].state}); `dyn runs` lists every run"
+                f"nothing to stop: no run is live; the newest, {newest.run.run_id}, was not "
+                f"running ({newest.state}); `dyn runs` lists every run"
             )
-        return
-    run_dir = target_run(run, orphaned=True).run
+            return
+        run_dir = newest.run
+    else:
+        run_dir = target_run(run, orphaned=True).run
     for line in stop_run(run_dir, state.read_record(run_dir), timeout):
         typer.echo(line)
 
