@@ -169,7 +169,7 @@ def test_no_drain_line_after_a_failed_start(state: Path, tmp_path: Path) -> None
 
 def test_a_detached_run_says_how_to_stop_it(state: Path) -> None:
     detach(state, free_port())
-    (run,) = runs_json(state)
-    log = (Path(run["path"]) / "logs" / "up.log").read_text()
-    assert f"stop it with `dyn down {run['run_id']}`" in log
+    (run,) = (state / "runs").iterdir()
+    log = (run / "logs" / "up.log").read_text()
+    assert f"stop it with `dyn down {run.name}`" in log
     assert "Ctrl-C" not in log
