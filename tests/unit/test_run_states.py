@@ -33,6 +33,10 @@ def dyn_process() -> Iterator[int]:
     proc = subprocess.Popen(
         [sys.executable, "-c", "import time; time.sleep(60)", "dyn"], start_new_session=True
     )
+    deadline = time.monotonic() + 10
+    while not runs.is_dyn_process(proc.pid):  # until the kernel shows its new argv
+        assert time.monotonic() < deadline, "the stand-in process never showed its argv"
+        time.sleep(0.01)
     yield proc.pid
     proc.kill()
     proc.wait()
