@@ -118,7 +118,7 @@ def test_runs_lists_states_and_prune_removes_ended_runs(state: Path) -> None:
     for run in runs:
         (row,) = (line for line in lines if line.startswith(run["run_id"]))
         assert row.split()[1] == run["state"]
-    assert "`dyn down ID`" in table.stdout
+    assert "dyn down ID" in table.stdout
     assert "`dyn runs prune` removes the 2 stopped and failed run(s)" in table.stdout
 
     prune = dyn(state, "runs", "prune")

@@ -27,8 +27,8 @@ app = typer.Typer(
 # Columns dropped first when the terminal is narrow (--wide keeps them).
 _OPTIONAL = ("url", "graph")
 _ADDRESSING = (
-    "Address a run by its id or a unique start of it: "
-    "`dyn status --run ID`, `dyn logs --run ID`, `dyn scale C N --run ID`, `dyn down ID`."
+    "Address a run by its id (or a unique start of it):\n"
+    "  dyn status --run ID, dyn logs --run ID, dyn scale C N --run ID, dyn down ID"
 )
 
 
