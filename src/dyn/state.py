@@ -5,7 +5,8 @@
     <state>/runs/<run_id>/
         run.json      the run record (RunRecord), rewritten atomically as roles come up
         discovery/    the directory of the `file` discovery backend
-        logs/         one log file per role
+        logs/         one log file per role process, and ``up.log``: dyn up's own log
+                      (with every role's lines when they run inside dyn up)
 
 ``<state>`` is the folder :data:`~dyn.settings.STATE_DIR_ENV` names, else
 ``$XDG_STATE_HOME/dyn``, else ``~/.local/state/dyn``. Run ids start with the UTC start
@@ -27,11 +28,13 @@ from dyn.errors import LaunchError
 from dyn.settings import STATE_DIR_ENV, XDG_STATE_HOME_ENV
 
 __all__ = [
+    "UP_LOG",
     "RoleRecord",
     "RunDir",
     "RunRecord",
     "create_run",
     "find_run",
+    "finish_run",
     "latest_run",
     "list_runs",
     "new_run_id",
@@ -44,6 +47,8 @@ __all__ = [
 # How many run ids an error message lists before it stops.
 _MAX_LISTED = 10
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.\[\]-]+")
+# dyn up's own log in a run's logs/ (a detached dyn up's output, an attached one's records).
+UP_LOG = "up"
 
 
 def state_dir() -> Path:
@@ -123,6 +128,11 @@ class RunRecord(msgspec.Struct, kw_only=True):
     control_port: int | None = None
     control_token: str | None = None
     roles: list[RoleRecord] = msgspec.field(default_factory=list)
+    # Set by dyn up as it exits: "stopped" or "failed" (with the reason, one line). A
+    # record without it whose dyn up is gone was ended by a signal it could not catch.
+    outcome: str | None = None
+    ended_at: float | None = None
+    error: str | None = None
 
 
 def safe_name(name: str) -> str:
@@ -138,11 +148,13 @@ def create_run(graph_name: str, *, now: float | None = None, reserved: str | Non
     """Create a fresh run directory (with ``discovery/`` and ``logs/``), private to the user.
 
     ``reserved``: the id of a run directory made already, to take over if it has no
-    record yet. ``dyn up --detach`` makes one for its child, which logs there from its
-    first line, and names it to the child in :data:`~dyn.settings.RUN_ID_ENV`.
+    record yet, or only the one this process wrote. ``dyn up --detach`` makes one for its
+    child, which logs there from its first line, and names it to the child in
+    :data:`~dyn.settings.RUN_ID_ENV`; ``dyn up`` makes one and records itself in it
+    before its launcher starts, so a failed start is recorded too.
     """
     root = _runs_root()
-    if reserved and (root / reserved).is_dir() and not (root / reserved / "run.json").exists():
+    if reserved and (root / reserved).is_dir() and _reservable(RunDir(root / reserved, reserved)):
         return RunDir(path=root / reserved, run_id=reserved)
     try:
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -163,6 +175,15 @@ def create_run(graph_name: str, *, now: float | None = None, reserved: str | Non
     run.discovery_dir.mkdir(mode=0o700)
     run.logs_dir.mkdir(mode=0o700)
     return run
+
+
+def _reservable(run: RunDir) -> bool:
+    if not run.record_path.exists():
+        return True
+    try:
+        return read_record(run).pid == os.getpid()
+    except LaunchError:
+        return False
 
 
 _encode = msgspec.json.Encoder().encode
@@ -194,6 +215,17 @@ def read_record(run: RunDir) -> RunRecord:
         raise LaunchError(f"cannot read the record of run {run.run_id}: {exc}") from exc
 
 
+def finish_run(run: RunDir, outcome: str, error: str | None = None) -> None:
+    """Record how the run ended ("stopped" or "failed", and why), on the record as the
+    launcher left it. A run without a readable record is left as it is."""
+    try:
+        record = read_record(run)
+    except LaunchError:
+        return
+    record.outcome, record.ended_at, record.error = outcome, time.time(), error
+    write_record(run, record)
+
+
 def _started_at(run: RunDir) -> float:
     try:
         return read_record(run).started_at
@@ -218,7 +250,7 @@ def list_runs() -> list[RunDir]:
 
 
 def latest_run() -> RunDir | None:
-    """The newest run that has a record, or None."""
+    """The newest run that has a record, or None (live or not: see :mod:`dyn.runs`)."""
     return next((r for r in list_runs() if r.record_path.is_file()), None)
 
 

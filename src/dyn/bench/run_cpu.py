@@ -58,12 +58,8 @@ def _runs_here(pid: int, program: str, proc: Path) -> bool:
 
 def find_local_run(url: str | None, proc: Path = PROC) -> state.RunRecord | None:
     """The live `dyn up` run here whose frontend is ``url`` (newest first), or, with no
-    URL, the latest run as `dyn bench` targets it; None if there is none."""
-    runs = state.list_runs()
-    if url is None:
-        latest = state.latest_run()
-        runs = [latest] if latest is not None else []
-    for run in runs:
+    URL, the newest live run, as `dyn bench` targets it; None if there is none."""
+    for run in state.list_runs():
         try:
             record = state.read_record(run)
         except Exception:  # an unreadable record is just not the run we look for

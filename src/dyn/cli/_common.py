@@ -1,17 +1,20 @@
 """Shared CLI plumbing: expected errors become one line and a non-zero exit; long option
-lists are shown in help panels."""
+lists are shown in help panels; the run a command targets when it names none."""
 
 from __future__ import annotations
 
 import functools
 import sys
 from collections.abc import Callable
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import typer
 from typer.core import TyperCommand, TyperGroup
 
 from dyn.errors import DynError, SpecError
+
+if TYPE_CHECKING:
+    from dyn.runs import RunStatus
 
 __all__ = [
     "EXIT_ERROR",
@@ -20,6 +23,7 @@ __all__ = [
     "PanelledGroup",
     "expected_errors",
     "print_error",
+    "target_run",
 ]
 
 P = ParamSpec("P")
@@ -65,6 +69,41 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
     for exc in group.exceptions:
         leaves.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
     return leaves
+
+
+def target_run(
+    run: str | None, *, orphaned: bool = False, any_state: bool = False, extra: str = ""
+) -> RunStatus:
+    """The run named by ``run`` (an id or a unique prefix, in whatever state), else the
+    newest live one (or starting; with ``orphaned``, also one whose dyn up was killed
+    while its roles run).
+
+    With none of those: the newest run at all if ``any_state`` (its logs still tell
+    what happened), else one ``error:`` line saying so (``extra`` adds another way out).
+    When several runs are live, a note on stderr says which one was taken.
+    """
+    from dyn import runs, state
+    from dyn.errors import LaunchError
+
+    if run is not None:
+        return runs.run_status(state.find_run(run))
+    running = runs.running_runs(orphaned=orphaned)
+    if running:
+        if len(running) > 1:
+            sys.stderr.write(
+                f"note: {len(running)} runs are live; using the newest, "
+                f"{running[0].run.run_id} (--run ID picks another; `dyn runs` lists them)\n"
+            )
+        return running[0]
+    if any_state:
+        every = runs.run_statuses()
+        if every:
+            return every[0]
+        raise LaunchError(
+            f"no runs in {state.state_dir()}; start one with `dyn up GRAPH` "
+            "(e.g. dyn up graphs/hello_world.yaml)"
+        )
+    raise runs.no_live_run(extra)
 
 
 class PanelledCommand(TyperCommand):

@@ -17,15 +17,27 @@ __all__ = ["ConsoleObserver"]
 class ConsoleObserver(LaunchObserver):
     """Shows progress on stderr; the URL and a curl line to try go to stdout."""
 
-    def __init__(self, console: Console, graph: GraphSpec, layout: str = "") -> None:
+    def __init__(
+        self,
+        console: Console,
+        graph: GraphSpec,
+        layout: str = "",
+        *,
+        detached_run: str | None = None,
+    ) -> None:
         self.console = console
         self.graph = graph
         self.layout = layout
+        # A detached dyn up's output goes to its log, read with no terminal to press keys in.
+        self.detached_run = detached_run
+        self.roles_up = 0  # up and not yet stopped: what a stop has to drain
+        self.ready = False
 
     def role_starting(self, role: str, node: str) -> None:
         self.console.print(f"[dim]…[/] starting [bold]{role}[/] on {node}")
 
     def role_up(self, role: str, node: str, seconds: float) -> None:
+        self.roles_up += 1
         self.console.print(f"[green]✓[/] [bold]{role}[/] up on {node} ({seconds * 1000:.0f} ms)")
 
     def graph_ready(self, url: str | None, seconds: float) -> None:
@@ -33,6 +45,7 @@ class ConsoleObserver(LaunchObserver):
 
         # This is `dyn up`'s own process (the roles' too, in the one-process layout).
         settle_heap()
+        self.ready = True
         self.console.print(
             f"[green]✓[/] graph [bold]{self.graph.name}[/] ready in {seconds:.2f} s "
             f"({self.graph.transport} transport, {self.graph.discovery.backend} discovery)"
@@ -43,7 +56,14 @@ class ConsoleObserver(LaunchObserver):
             typer.echo(f"Serving on {url}")
             for route, body in self._examples()[:1]:
                 typer.echo(f"Try:  curl -N {url}{route} -d '{json.dumps(body)}'")
-        self.console.print("[dim]Press Ctrl-C to stop.[/]")
+        if self.detached_run:
+            self.console.print(
+                f"[dim]Running in the background as run {self.detached_run}; "
+                f"stop it with `dyn down {self.detached_run}`.[/]",
+                soft_wrap=True,  # the command stays whole, to copy
+            )
+        else:
+            self.console.print("[dim]Press Ctrl-C to stop.[/]")
 
     def _examples(self) -> list[tuple[str, dict[str, Any]]]:
         """(route, body) for the HTTP routes whose target shows an example request."""
@@ -63,7 +83,12 @@ class ConsoleObserver(LaunchObserver):
         return examples
 
     def stopping(self) -> None:
-        self.console.print("[yellow]stopping[/]: draining the frontend, then the other roles")
+        # Launchers call this on every way out, a failed start with nothing up included.
+        if self.ready:
+            self.console.print("[yellow]stopping[/]: draining the frontend, then the other roles")
+        elif self.roles_up:
+            self.console.print("[yellow]stopping[/] the roles that started")
 
     def role_stopped(self, role: str) -> None:
+        self.roles_up = max(0, self.roles_up - 1)
         self.console.print(f"[dim]■ {role} stopped[/]")

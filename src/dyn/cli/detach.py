@@ -28,7 +28,7 @@ def detach_up(graph_name: str, argv: list[str], api_key: str | None) -> str:
     """Run ``dyn up ARGV`` detached, logging to its run's ``logs/up.log``; return its URL."""
     # The run directory exists before the child does, so its first line has a home.
     run = state.create_run(graph_name)
-    log_path = run.logs_dir / "up.log"
+    log_path = run.log_path(state.UP_LOG)
     env = {**os.environ, settings.RUN_ID_ENV: run.run_id, "PYTHONUNBUFFERED": "1"}
     if api_key:
         env[settings.API_KEY_ENV] = api_key

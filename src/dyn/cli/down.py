@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from dyn.cli._common import expected_errors
+from dyn.cli._common import expected_errors, target_run
 
 if TYPE_CHECKING:
     from dyn.graph import GraphSpec
@@ -30,7 +30,10 @@ _POLL_S = 0.1
 @expected_errors
 def down(
     run: Annotated[
-        str | None, typer.Argument(help="A run id (or its prefix). Default: the latest run.")
+        str | None,
+        typer.Argument(
+            help="A run id (or its prefix; see `dyn runs`). Default: the newest live run."
+        ),
     ] = None,
     timeout: Annotated[
         float, typer.Option(min=0, help="Seconds to wait for a clean stop before SIGKILL.")
@@ -41,10 +44,25 @@ def down(
     `dyn up` gets SIGTERM and drains its roles; what is still running after --timeout
     seconds is killed.
     """
-    from dyn import state
-    from dyn.cli.logs import run_or_latest
+    from dyn import runs, state
 
-    run_dir = run_or_latest(run)
+    if run is None and not runs.running_runs(orphaned=True):
+        every = runs.run_statuses()
+        if not every:
+            typer.echo(f"nothing to stop: there are no runs in {state.state_dir()}")
+            return
+        newest = every[0]
+        # A dyn up that was killed recorded no outcome: clean up after it (discovery
+        # entries, an etcd it started) rather than leave that to the entries' TTL.
+        if newest.record is None or newest.record.outcome is not None:
+            typer.echo(
+                f"nothing to stop: no run is live; the newest, {newest.run.run_id}, was not "
+                f"running ({newest.state}); `dyn runs` lists every run"
+            )
+            return
+        run_dir = newest.run
+    else:
+        run_dir = target_run(run, orphaned=True).run
     for line in stop_run(run_dir, state.read_record(run_dir), timeout):
         typer.echo(line)
 
@@ -122,18 +140,9 @@ def _remove_etcd_entries(graph: GraphSpec, instance_ids: set[str]) -> int:
 
 
 def _is_dyn(pid: int) -> bool:
-    """Whether ``pid`` is alive and runs dyn (pids get reused once a run has ended)."""
-    if pid <= 0 or pid == os.getpid():
-        return False
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            argv = f.read().split(b"\0")
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            if f.read().rsplit(b") ", 1)[1][:1] == b"Z":
-                return False  # a zombie: dead, not yet reaped
-    except OSError:
-        return False
-    return any(arg == b"dyn" or arg.endswith(b"/dyn") for arg in argv)
+    from dyn.runs import is_dyn_process
+
+    return is_dyn_process(pid)
 
 
 def _wait_gone(pids: list[int], timeout: float) -> bool:

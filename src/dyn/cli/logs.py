@@ -1,4 +1,7 @@
-"""``dyn logs``: print (and follow) the log files of a run."""
+"""``dyn logs``: print (and follow) the log files of a run.
+
+Role processes log to a file each; dyn up logs to ``up.log``, which also holds the
+lines of the roles that run inside it (the in-process launcher)."""
 
 from __future__ import annotations
 
@@ -7,12 +10,12 @@ from typing import TYPE_CHECKING, Annotated, BinaryIO
 
 import typer
 
-from dyn.cli._common import expected_errors
+from dyn.cli._common import expected_errors, target_run
 
 if TYPE_CHECKING:
     from dyn.state import RunDir
 
-__all__ = ["logs", "run_or_latest"]
+__all__ = ["logs"]
 
 # How often -f looks for new lines.
 FOLLOW_POLL_S = 0.2
@@ -24,27 +27,35 @@ def logs(
         str | None, typer.Argument(help="One role, e.g. backend or worker[1]. Default: all.")
     ] = None,
     run: Annotated[
-        str | None, typer.Option(help="A run id (or its prefix). Default: the latest run.")
+        str | None,
+        typer.Option(
+            help="A run id (or its prefix; see `dyn runs`). Default: the newest live run, "
+            "else the newest run."
+        ),
     ] = None,
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Keep printing new lines until Ctrl-C.")
     ] = False,
 ) -> None:
-    """Show a run's logs: every role's, or one role's.
+    """Show a run's logs: every role's and its dyn up's, or one role's.
 
-    Lines are prefixed with their role when there are several.
+    Lines are prefixed with their file's name when there are several. Without --run: the
+    newest live run, else the newest run (so a failed start's log is one command away).
 
     \b
     Examples:
-      dyn logs                # every role of the latest run
+      dyn logs                # every role of the newest live run
       dyn logs frontend -f    # one role, following new lines
     """
     import time
 
     from dyn.errors import LaunchError
 
-    run_dir = run_or_latest(run)
+    target = target_run(run, any_state=True)
+    run_dir = target.run
     files = sorted(run_dir.logs_dir.glob("*.log"))
+    if not files and role is None:
+        typer.echo(f"run {run_dir.run_id} ({target.state}) has no log yet", err=True)
     if role is not None:
         wanted = run_dir.log_path(role)
         if wanted not in files:
@@ -87,9 +98,10 @@ def _drain(f: BinaryIO, name: str, width: int, *, prefix: bool) -> None:
 
 def _host_log(run_dir: RunDir, role: str, files: list[Path]) -> Path | None:
     """The log of the process that hosts ``role`` beside others (the auto layout's front
-    processes and grouped workers log to a file named after the process's last role)."""
+    processes and grouped workers log to a file named after the process's last role;
+    roles inside dyn up, to dyn up's log)."""
     from dyn.errors import LaunchError
-    from dyn.state import read_record
+    from dyn.state import UP_LOG, read_record
 
     try:
         record = read_record(run_dir)
@@ -98,21 +110,14 @@ def _host_log(run_dir: RunDir, role: str, files: list[Path]) -> Path | None:
     pid = next((r.pid for r in record.roles if r.role == role), None)
     if not pid:
         return None
+    up_log = run_dir.log_path(UP_LOG)
+    if pid == record.pid and up_log in files:
+        note = f"{role} runs inside dyn up (pid {pid}): dyn up's log, with every role's lines"
+        typer.echo(note, err=True)
+        return up_log
     for other in record.roles:
         path = run_dir.log_path(other.role)
         if other.pid == pid and path in files:
             typer.echo(f"{role} shares its process with {other.role}: its log", err=True)
             return path
     return None
-
-
-def run_or_latest(run: str | None) -> RunDir:
-    from dyn import state
-    from dyn.errors import LaunchError
-
-    if run is not None:
-        return state.find_run(run)
-    latest = state.latest_run()
-    if latest is None:
-        raise LaunchError(f"no runs in {state.state_dir()}; start one with `dyn up`")
-    return latest

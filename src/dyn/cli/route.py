@@ -12,36 +12,31 @@ __all__ = ["frontend_url", "route"]
 
 
 def frontend_url(url: str | None) -> str:
-    """``--url`` as given, else the frontend of the latest ``dyn up`` on this machine."""
-    from dyn import state
+    """``--url`` as given, else the frontend of the newest live ``dyn up`` on this machine."""
+    from dyn.cli._common import target_run
     from dyn.errors import LaunchError
 
     if url:
         return url.rstrip("/")
-    run = state.latest_run()
-    if run is None:
-        raise LaunchError("no graph is running here; start one with `dyn up` or pass --url")
-    record = state.read_record(run)
-    if not record.frontend_url:
+    record = target_run(None, extra=" or pass --url").record
+    if record is None or not record.frontend_url:
+        run_id = record.run_id if record else "the newest live run"
         raise LaunchError(
-            f"the latest run ({record.run_id}) has no frontend URL yet; "
-            "is it still starting? or pass --url"
+            f"run {run_id} has no frontend URL yet; is it still starting? or pass --url"
         )
     return record.frontend_url
 
 
 def admin_headers() -> dict[str, str]:
-    """The admin token: the environment's, else the one the latest `dyn up` recorded."""
-    from dyn import state
+    """The admin token: the environment's, else the one the newest live `dyn up` recorded."""
+    from dyn import runs
     from dyn.settings import Settings
 
     token = Settings.from_env().admin_token
     if not token:
-        run = state.latest_run()
-        try:
-            token = state.read_record(run).admin_token if run is not None else None
-        except Exception:  # an unreadable record just means no token
-            token = None
+        running = runs.running_runs()
+        record = running[0].record if running else None
+        token = record.admin_token if record is not None else None
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 

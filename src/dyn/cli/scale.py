@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from dyn.cli._common import expected_errors
+from dyn.cli._common import expected_errors, target_run
 
 __all__ = ["join", "scale"]
 
@@ -17,7 +17,10 @@ def scale(
     component: Annotated[str, typer.Argument(help="The component to scale, e.g. worker.")],
     replicas: Annotated[int, typer.Argument(min=0, help="How many replicas should run.")],
     run: Annotated[
-        str | None, typer.Option(help="A run id (or its prefix). Default: the latest run.")
+        str | None,
+        typer.Option(
+            help="A run id (or its prefix; see `dyn runs`). Default: the newest live run."
+        ),
     ] = None,
 ) -> None:
     """Change how many replicas of a running graph's component serve.
@@ -31,15 +34,23 @@ def scale(
       dyn scale worker 4
     """
     from dyn import state
-    from dyn.cli.logs import run_or_latest
     from dyn.errors import LaunchError
     from dyn.launch.control import send_control
 
-    record = state.read_record(run_or_latest(run))
+    target = target_run(run)
+    record = target.record or state.read_record(target.run)
+    if target.state == "starting":
+        raise LaunchError(f"run {record.run_id} is still starting; scale it once it serves")
+    if target.state != "live":
+        why = f": {target.reason}" if target.reason else ""
+        raise LaunchError(
+            f"run {record.run_id} is {target.state}{why}; only a live run can be scaled "
+            "(`dyn runs` lists them)"
+        )
     if record.control_port is None or record.control_token is None:
         raise LaunchError(
-            f"run {record.run_id} cannot be scaled: it is still starting, or its launcher "
-            f"({record.launcher}) has no control channel (use --launcher local or ssh)"
+            f"run {record.run_id} cannot be scaled: its launcher ({record.launcher}) has no "
+            "control channel; run the graph with --launcher local or ssh"
         )
     request = {"op": "scale", "component": component, "replicas": replicas}
     for line in send_control(record.control_port, record.control_token, request):

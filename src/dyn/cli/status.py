@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from dyn.cli._common import expected_errors
+from dyn.cli._common import expected_errors, target_run
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -50,7 +50,13 @@ COLUMNS = tuple(column.header for column in _columns())
 def status(
     url: Annotated[
         str | None,
-        typer.Option(help="The frontend's base URL. Default: the latest `dyn up` on this machine."),
+        typer.Option(help="The frontend's base URL. Default: the run's (see --run)."),
+    ] = None,
+    run: Annotated[
+        str | None,
+        typer.Option(
+            help="A run id (or its prefix; see `dyn runs`). Default: the newest live run here."
+        ),
     ] = None,
     json_out: Annotated[
         bool, typer.Option("--json", help="Print JSON instead of a table.")
@@ -86,7 +92,7 @@ def status(
     from rich.console import Console
     from rich.live import Live
 
-    record = None if url else _latest_record()
+    record = None if url else _run_record(run)
     base = _url(url, record)
     if json_out:
         typer.echo(json.dumps(fetch_status(base, record), indent=2))
@@ -107,11 +113,26 @@ def status(
         pass
 
 
-def _latest_record() -> RunRecord | None:
+def _run_record(run: str | None) -> RunRecord:
+    """The record of the run named, else of the newest live one; one clear error if it
+    has no frontend to ask."""
     from dyn import state
+    from dyn.errors import LaunchError
 
-    run = state.latest_run()
-    return state.read_record(run) if run is not None else None
+    target = target_run(run, extra=" or pass --url")
+    record = target.record or state.read_record(target.run)
+    if target.state not in ("live", "starting"):
+        why = f": {target.reason}" if target.reason else ""
+        raise LaunchError(
+            f"run {record.run_id} is {target.state}{why}; `dyn runs` lists the live runs"
+        )
+    if not record.frontend_url:
+        raise LaunchError(
+            f"run {record.run_id} has no frontend URL "
+            + ("yet: it is still starting" if target.state == "starting" else "(no HTTP role)")
+            + "; or pass --url"
+        )
+    return record
 
 
 def _url(url: str | None, record: RunRecord | None) -> str:

@@ -14,11 +14,17 @@ from dyn.cli._common import expected_errors
 from dyn.settings import API_KEY_ENV, RUN_ID_ENV, Settings
 
 if TYPE_CHECKING:
+    import logging
+
     from dyn.graph import GraphSpec
     from dyn.launch.base import Launcher, LaunchObserver
+    from dyn.state import RunDir
 
 __all__ = ["LogLevel", "up"]
 
+
+# How much of a failed start's reason its run record keeps.
+_REASON_CHARS = 500
 
 # Help panels of `dyn up --help`.
 _GRAPH = "Graph overrides"
@@ -206,18 +212,83 @@ def up(
         chosen.front_processes = front_processes
     chosen.settings = settings
     # Under --detach, the parent made this run's directory (it logs there) and named it.
-    chosen.reserved_run_id = os.environ.get(RUN_ID_ENV) or None
+    detached_run = os.environ.get(RUN_ID_ENV) or None
     graph = chosen.resolve(graph)
     from dyn.cli._observer import ConsoleObserver
     from dyn.launch.base import loop_options
+    from dyn.state import UP_LOG
 
-    anyio.run(
-        _serve,
-        graph,
-        chosen,
-        ConsoleObserver(console, graph, chosen.layout_summary),
-        backend_options=loop_options(),
-    )
+    run = _record_start(graph, chosen, str(graph_file), detached_run)
+    chosen.reserved_run_id = run.run_id
+    observer = ConsoleObserver(console, graph, chosen.layout_summary, detached_run=detached_run)
+    # A detached dyn up's output is its up.log already; an attached one copies its log
+    # records there, so `dyn logs` shows the roles that run inside this process.
+    log_file = None if detached_run else _log_to(run.log_path(UP_LOG))
+    try:
+        anyio.run(_serve, graph, chosen, observer, backend_options=loop_options())
+    except BaseException as exc:
+        _record_end(run, exc)
+        raise
+    else:
+        _record_end(run, None)
+    finally:
+        if log_file is not None:
+            import logging
+
+            logging.getLogger("dyn").removeHandler(log_file)
+            log_file.close()
+
+
+def _record_start(
+    graph: GraphSpec, launcher: Launcher, graph_file: str, reserved: str | None
+) -> RunDir:
+    """Make the run's directory and record this dyn up in it before the launcher starts,
+    so a start that fails is recorded too (the launcher takes the directory over)."""
+    from dyn import state
+    from dyn.launch.base import new_record
+
+    run = state.create_run(graph.name, reserved=reserved)
+    admin_token = launcher.settings.admin_token
+    record = new_record(run, graph, launcher.name, graph_file, admin_token, launcher.layout_summary)
+    state.write_record(run, record)
+    return run
+
+
+def _record_end(run: RunDir, exc: BaseException | None) -> None:
+    """Mark the run stopped, or failed with the reason in one line (`dyn runs` shows it)."""
+    from dyn import state
+    from dyn.errors import DynError
+
+    if exc is None or isinstance(exc, KeyboardInterrupt):
+        state.finish_run(run, "stopped")
+        return
+    reasons = [
+        str(leaf) if isinstance(leaf, DynError) else f"{type(leaf).__name__}: {leaf}"
+        for leaf in _leaves(exc)
+    ]
+    # One line: a launch error may quote the role's last log lines below its reason.
+    reason = " ".join(" ".join(dict.fromkeys(reasons)).split())
+    state.finish_run(run, "failed", reason[:_REASON_CHARS])
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+def _log_to(path: Path) -> logging.Handler:
+    """Copy dyn's log records to ``path`` too, formatted as on stderr."""
+    import logging
+
+    from dyn.observability.logs import ROOT
+
+    logger = logging.getLogger(ROOT)
+    handler = logging.FileHandler(path, encoding="utf-8", delay=True)  # no empty file
+    if logger.handlers:
+        handler.setFormatter(logger.handlers[0].formatter)
+    logger.addHandler(handler)
+    return handler
 
 
 def on_this_machine(graph: GraphSpec, launcher: str | None) -> tuple[GraphSpec, str]:
