@@ -36,6 +36,7 @@ class Streamed:
     errors: list[dict[str, Any]] = field(default_factory=list)
     done: bool = False
     events: int = 0
+    finish_reason: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -60,9 +61,10 @@ async def stream_completion(
     max_tokens: int,
     on_event: Any = None,
     headers: dict[str, str] | None = None,
+    **extra: Any,
 ) -> Streamed:
     got = Streamed(request_id=(headers or {}).get("x-request-id", ""))
-    body = completion_body(prompt, max_tokens)
+    body = completion_body(prompt, max_tokens, **extra)
     async with http.stream("POST", "/v1/completions", json=body, headers=headers) as resp:
         got.status = resp.status_code
         if resp.status_code != 200:
@@ -82,6 +84,7 @@ async def stream_completion(
                 got.errors.append(event)
             elif event["choices"]:
                 got.text += event["choices"][0]["text"]
+                got.finish_reason = event["choices"][0]["finish_reason"] or got.finish_reason
             elif event.get("usage"):
                 got.tokens = event["usage"]["completion_tokens"]
             if on_event is not None:
@@ -96,8 +99,10 @@ async def run_streams(
     concurrency: int,
     on_event: Any = None,
     request_ids: list[str] | None = None,
+    **extra: Any,
 ) -> list[Streamed]:
-    """Stream every text, ``concurrency`` at a time; ``request_ids`` go as x-request-id."""
+    """Stream every text, ``concurrency`` at a time; ``request_ids`` go as x-request-id;
+    ``extra`` fields go in every body."""
     results: list[Streamed | None] = [None] * len(texts)
     limit = anyio.Semaphore(concurrency)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -107,7 +112,7 @@ async def run_streams(
             async with limit:
                 headers = {"x-request-id": request_ids[i]} if request_ids else None
                 results[i] = await stream_completion(
-                    http, texts[i], max_tokens, on_event, headers=headers
+                    http, texts[i], max_tokens, on_event, headers=headers, **extra
                 )
 
         async with anyio.create_task_group() as tasks:

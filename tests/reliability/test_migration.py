@@ -16,7 +16,9 @@ import os
 import re
 import signal
 import time
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -50,7 +52,9 @@ def _up(tmp_path: Path, *extra: str) -> DynUp:
     )
 
 
-async def _run_and_kill(up: DynUp, texts: list[str]) -> tuple[list[Streamed], set[str], float]:
+async def _run_and_kill(
+    up: DynUp, texts: list[str], **extra: Any
+) -> tuple[list[Streamed], set[str], float]:
     """Stream every prompt; once enough requests have started, SIGSTOP worker[1], take
     the requests whose streams then stall (those it was serving), and SIGKILL it."""
     started: dict[str, Streamed] = {}
@@ -86,7 +90,7 @@ async def _run_and_kill(up: DynUp, texts: list[str]) -> tuple[list[Streamed], se
     ids = [f"mig-{i}" for i in range(len(texts))]
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(killer)
-        results = await run_streams(up.url, texts, MAX_TOKENS, CONCURRENCY, on_event, ids)
+        results = await run_streams(up.url, texts, MAX_TOKENS, CONCURRENCY, on_event, ids, **extra)
         tasks.cancel_scope.cancel()
     assert killed_at, "the worker was never killed"
     return results, stalled, time.monotonic() - killed_at
@@ -159,3 +163,41 @@ def test_without_migration_only_the_killed_workers_requests_fail(tmp_path: Path)
     assert all(r.tokens == MAX_TOKENS for r in results if r.ok)
     assert not logged
     assert metric == 0
+
+
+def test_migrated_requests_end_by_themselves_where_they_would_have(tmp_path: Path) -> None:
+    # Outputs of ~60 tokens (median), so that most end by themselves before MAX_TOKENS:
+    # the continuation decides where to end from the context and the output position,
+    # both of which the resend carries.
+    up = _up(tmp_path, "--set", "worker.output_length={median: 60, sigma: 0.6}")
+    try:
+        up.wait_healthy()
+        texts = prompts(REQUESTS, seed=10)
+        reference = anyio.run(
+            partial(run_streams, up.url, texts, MAX_TOKENS, CONCURRENCY, ignore_eos=False)
+        )
+        results, stalled, after_kill = anyio.run(
+            partial(_run_and_kill, up, texts, ignore_eos=False)
+        )
+        _summary("natural ends, migration_limit 3", results, stalled, after_kill)
+        logged, _ = _migrations(up)
+    finally:
+        up.stop()
+    assert all(r.ok for r in reference)
+    ended = [r for r in reference if r.finish_reason == "stop"]
+    assert len(ended) > REQUESTS / 2, "too few outputs ended by themselves"
+    assert all(r.ok for r in results), [r for r in results if not r.ok][:3]
+    assert stalled, "no request was on the killed worker mid-stream"
+    assert sorted(logged) == sorted(stalled)
+    by_id = {f"mig-{i}": ref for i, ref in enumerate(reference)}
+    for got in results:
+        ref = by_id[got.request_id]
+        assert (got.text, got.tokens, got.finish_reason) == (
+            ref.text,
+            ref.tokens,
+            ref.finish_reason,
+        )
+    migrated_and_ended = [
+        r for r in results if r.request_id in stalled and r.finish_reason == "stop"
+    ]
+    assert migrated_and_ended, "no migrated request ended by itself"

@@ -31,6 +31,7 @@ __all__ = [
     "Explanation",
     "GenerateOutput",
     "GenerateRequest",
+    "OutputLogprob",
     "RouteInfo",
     "StrategyReply",
     "StrategyRequest",
@@ -60,6 +61,18 @@ class GenerateRequest(msgspec.Struct, frozen=True, kw_only=True):
     temperature: float = 1.0
     top_p: float = 1.0
     extra_fields: bytes = b""
+    # Alternatives to report with each token's logprob (None: no logprobs); honoured by
+    # engines that produce tokens (a text-answering upstream reports its own).
+    logprobs: int | None = None
+
+
+class OutputLogprob(msgspec.Struct, frozen=True, array_like=True):
+    """One generated token's log-probability, as bytes (a token may hold part of a
+    character), and the most likely tokens at its position, best first."""
+
+    token: bytes
+    logprob: float
+    top: list[tuple[bytes, float]]
 
 
 class GenerateOutput(msgspec.Struct, frozen=True, kw_only=True):
@@ -71,6 +84,7 @@ class GenerateOutput(msgspec.Struct, frozen=True, kw_only=True):
     the engine counted the request itself (an upstream server): the counts to report in
     place of ``prompt_tokens`` and the sum of ``token_count``. ``more_ready``: the next
     output follows at once, so the frontend may write the two to the client together.
+    A stop string ends the answer before it, with ``finish_reason`` ``"stop"``.
     """
 
     text: str
@@ -80,6 +94,8 @@ class GenerateOutput(msgspec.Struct, frozen=True, kw_only=True):
     cached_tokens: int | None = None
     usage: TokenUsage | None = None
     more_ready: bool = False
+    # One per token behind ``text``, when the request asked for logprobs.
+    logprobs: list[OutputLogprob] | None = None
 
 
 class RouteInfo(msgspec.Struct, frozen=True):

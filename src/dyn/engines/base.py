@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import msgspec
 
-__all__ = ["Engine", "EngineOutput", "EngineRequest", "TokenUsage"]
+__all__ = ["Engine", "EngineOutput", "EngineRequest", "TokenLogprob", "TokenUsage"]
 
 
 class EngineRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -29,6 +29,13 @@ class EngineRequest(msgspec.Struct, frozen=True, kw_only=True):
     # The client's request fields dyn does not consume, as one JSON object, each value
     # as the client wrote it; empty when there are none.
     extra_fields: bytes = b""
+    # The client's sampling seed (None: the engine's own); a resend carries it too.
+    seed: int | None = None
+    # Alternatives to report with each token's log-probability (None: no logprobs).
+    logprobs: int | None = None
+    # Output tokens an earlier attempt generated, at the end of ``tokens`` (a resend
+    # after migration): where in its output the continuation starts.
+    prior_output_tokens: int = 0
 
 
 class TokenUsage(msgspec.Struct, frozen=True, kw_only=True):
@@ -40,6 +47,14 @@ class TokenUsage(msgspec.Struct, frozen=True, kw_only=True):
     cached_tokens: int = 0
 
 
+class TokenLogprob(msgspec.Struct, frozen=True, array_like=True):
+    """The log-probability of one generated token and the most likely tokens at that
+    position, ``(token id, logprob)`` best first (the generated one among them)."""
+
+    logprob: float
+    top: list[tuple[int, float]]
+
+
 class EngineOutput(msgspec.Struct, frozen=True, kw_only=True):
     """One step's new tokens; the last output carries ``finish_reason``.
 
@@ -48,7 +63,8 @@ class EngineOutput(msgspec.Struct, frozen=True, kw_only=True):
     ``openai_proxy``) sets ``text`` instead of ``tokens``: the processor passes it on
     as it is, without detokenizing, and the last output carries the server's ``usage``.
     ``more_ready`` says the next output is already here (it came in the same read from
-    the server): a relay may hold this one back and write both at once.
+    the server): a relay may hold this one back and write both at once. ``logprobs``
+    (only when the request asked) has one entry per token.
     """
 
     tokens: list[int] = msgspec.field(default_factory=list)
@@ -57,6 +73,8 @@ class EngineOutput(msgspec.Struct, frozen=True, kw_only=True):
     text: str | None = None
     usage: TokenUsage | None = None
     more_ready: bool = False
+    # One per token of ``tokens`` when the request asked for logprobs.
+    logprobs: list[TokenLogprob] | None = None
 
 
 class Engine(ABC):

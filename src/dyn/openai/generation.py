@@ -20,6 +20,7 @@ from starlette.types import Send
 from dyn.context import Context
 from dyn.errors import CallError, DynError, RemoteError
 from dyn.openai.errors import client_error
+from dyn.openai.logprobs import LogprobsRender
 from dyn.openai.metrics import RouteMetrics
 from dyn.openai.protocol import GenerateOutput, GenerateRequest, OpenAIBackend, TokenUsage
 from dyn.openai.sse import DONE, ChunkFormatter, Kind, error_event, full_response, usage
@@ -53,6 +54,9 @@ class Generation:
         self._cached: int | None = None
         # An upstream server's own counts, on the last output: reported as they are.
         self._usage: TokenUsage | None = None
+        # Made when the first logprobs arrive (the request asked for them).
+        self._logprobs: LogprobsRender | None = None
+        self._logprobs_sent = 0
 
     async def start(
         self, backend: OpenAIBackend, generate: GenerateRequest, request_id: str, deadline: float
@@ -91,6 +95,10 @@ class Generation:
 
     def _count(self, output: GenerateOutput) -> None:
         self._tokens += output.token_count
+        if output.logprobs is not None:
+            if self._logprobs is None:
+                self._logprobs = LogprobsRender(self.kind)
+            self._logprobs.add(output.logprobs)
         if output.cached_tokens is not None:
             self._cached = output.cached_tokens
         if output.usage is not None:
@@ -112,9 +120,18 @@ class Generation:
             parts.append(output.text)
             finish = output.finish_reason
         text = "".join(parts)
+        logprobs = self._logprobs.whole() if self._logprobs is not None else None
         return full_response(
-            self.kind, self.response_id, created, model, text, finish, self.usage()
+            self.kind, self.response_id, created, model, text, finish, self.usage(), logprobs
         )
+
+    def _unsent_logprobs(self) -> bytes | None:
+        """The logprobs not yet sent, for the chunk about to go; None if not asked."""
+        render = self._logprobs
+        if render is None:
+            return None
+        start, self._logprobs_sent = self._logprobs_sent, render.count
+        return render.chunk(start)
 
     async def write_events(self, send: Send, model: str, created: int) -> None:
         """Send the stream's events after its ``http.response.start``, ending the body.
@@ -136,14 +153,15 @@ class Generation:
             while True:
                 self._count(output)
                 if output.finish_reason is not None:
-                    tail = held + fmt.chunk(output.text, output.finish_reason)
+                    logprobs = self._unsent_logprobs()
+                    tail = held + fmt.chunk(output.text, output.finish_reason, logprobs)
                     held = b""
                     if items is not None:
                         await anext(items, None)  # the backend ends by itself (see outputs)
                     break
                 # Empty middle outputs (a character split across tokens) carry nothing.
                 if output.text or first:
-                    held += fmt.chunk(output.text)
+                    held += fmt.chunk(output.text, None, self._unsent_logprobs())
                 # The first chunk goes at once (time to first token); later ones wait
                 # while their next output is here already, and go with it.
                 if held and (first or not output.more_ready):

@@ -87,6 +87,7 @@ class _Sampling(msgspec.Struct, kw_only=True):
 
 class CompletionRequest(_Sampling, kw_only=True):
     prompt: str | list[str]
+    logprobs: int | None = None  # how many alternatives per token (0 .. 5)
 
 
 class ContentPart(msgspec.Struct):
@@ -102,6 +103,8 @@ class ChatMessage(msgspec.Struct):
 class ChatRequest(_Sampling, kw_only=True):
     messages: list[ChatMessage]
     max_completion_tokens: int | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None  # alternatives per token (0 .. 20), with logprobs
 
 
 _R = TypeVar("_R", CompletionRequest, ChatRequest)
@@ -215,6 +218,7 @@ def to_generate(
         message = f"min_tokens must be between 0 and max_tokens ({max_tokens}); got {min_tokens}"
         raise ApiError(400, message, param="min_tokens")
     stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or ())
+    logprobs = _logprobs(req)
     generate = GenerateRequest(
         request_id=request_id,
         prompt=prompt,
@@ -226,8 +230,35 @@ def to_generate(
         temperature=temperature,
         top_p=top_p,
         extra_fields=extra_fields,
+        logprobs=logprobs,
     )
     return generate, param if given else None
+
+
+# OpenAI's limits: 20 alternatives per token for chat, 5 for the legacy completions.
+MAX_TOP_LOGPROBS = 20
+MAX_COMPLETION_LOGPROBS = 5
+
+
+def _logprobs(req: CompletionRequest | ChatRequest) -> int | None:
+    """How many alternatives to report per token; None when logprobs were not asked."""
+    if isinstance(req, CompletionRequest):
+        if req.logprobs is not None and not 0 <= req.logprobs <= MAX_COMPLETION_LOGPROBS:
+            message = (
+                f"logprobs must be between 0 and {MAX_COMPLETION_LOGPROBS}; got {req.logprobs}"
+            )
+            raise ApiError(400, message, param="logprobs")
+        return req.logprobs
+    top = req.top_logprobs
+    if top is not None and not 0 <= top <= MAX_TOP_LOGPROBS:
+        message = f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}; got {top}"
+        raise ApiError(400, message, param="top_logprobs")
+    if not req.logprobs:
+        if top:
+            message = "top_logprobs needs logprobs set to true"
+            raise ApiError(400, message, param="top_logprobs")
+        return None
+    return top or 0
 
 
 def _one_prompt(prompt: str | list[str]) -> str:

@@ -60,18 +60,33 @@ class ChunkFormatter:
                 self._envelope + b'[{"index":0,"delta":{"role":"assistant","content":'
             )
             self._mid = b'},"logprobs":null,"finish_reason":'
+            self._mid_logprobs = b'},"logprobs":'
         else:
             self._head = self._first_head = self._envelope + b'[{"index":0,"text":'
             self._mid = b',"logprobs":null,"finish_reason":'
+            self._mid_logprobs = b',"logprobs":'
         # OpenAI marks every chunk with "usage":null when a usage chunk will follow.
         self._end = b'}],"usage":null}\n\n' if include_usage else b"}]}\n\n"
         self._tail = self._mid + b"null" + self._end
         self._first = True
 
-    def chunk(self, text: str, finish_reason: str | None = None) -> bytes:
+    def chunk(
+        self, text: str, finish_reason: str | None = None, logprobs: bytes | None = None
+    ) -> bytes:
+        """One event; ``logprobs`` is the JSON of the chunk's logprobs, if asked for."""
         head = self._head
         if self._first:
             head, self._first = self._first_head, False
+        if logprobs is not None:
+            return (
+                head
+                + _encode(text)
+                + self._mid_logprobs
+                + logprobs
+                + b',"finish_reason":'
+                + _encode(finish_reason)
+                + self._end
+            )
         if finish_reason is None:
             return head + _encode(text) + self._tail
         return head + _encode(text) + self._mid + _encode(finish_reason) + self._end
@@ -93,14 +108,15 @@ def full_response(
     text: str,
     finish_reason: str | None,
     counts: Usage,
+    logprobs: Any = None,
 ) -> bytes:
-    """The body of a non-streamed response."""
+    """The body of a non-streamed response; ``logprobs`` the choice's, if asked for."""
     choice: dict[str, Any] = {"index": 0}
     if kind == "chat":
         choice["message"] = {"role": "assistant", "content": text}
     else:
         choice["text"] = text
-    choice["logprobs"] = None
+    choice["logprobs"] = logprobs
     choice["finish_reason"] = finish_reason
     body = {
         "id": response_id,

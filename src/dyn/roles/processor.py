@@ -1,6 +1,11 @@
 """The processor role: tokenize, route to a worker, call it, detokenize (or pass on the
 text of an engine that answers in text, such as the ``openai_proxy``).
 
+Stop strings are matched here, on the detokenized text, as vLLM's detokenizer does: the
+answer ends before the first one with ``finish_reason`` ``"stop"`` and the worker's
+request is cancelled. Text an upstream server wrote is passed on as it is: the upstream
+got the client's ``stop`` and applied it already.
+
 It speaks the OpenAI layer's ``GenerateRequest`` / ``GenerateOutput`` on ``generate``
 and the worker's ``EngineRequest`` / ``EngineOutput`` downstream. It follows every
 worker's ``kv_events`` stream and feeds the routing strategy, which can be switched while
@@ -28,6 +33,7 @@ from dyn.contracts.processor import (
     Explanation,
     GenerateOutput,
     GenerateRequest,
+    OutputLogprob,
     RouteInfo,
     StrategyReply,
     StrategyRequest,
@@ -42,6 +48,7 @@ from dyn.routing.base import RouteRequest, RoutingStrategy
 from dyn.routing.kv.sync import SyncBatch
 from dyn.runtime.component import Component, depends, endpoint
 from dyn.tokenizer import Tokenizer, load_tokenizer
+from dyn.tokenizer.stop import StopMatcher
 
 __all__ = ["Processor", "ProcessorConfig"]
 
@@ -174,6 +181,7 @@ class Processor(Component[ProcessorConfig]):
                 )
             max_tokens = min(max_tokens, room)
         decoder = self.tokenizer.incremental_decoder()
+        stopper = StopMatcher(req.stop) if req.stop else None
         generated: list[int] = []  # every token sent on, so a resend can continue after it
         passed: list[str] = []  # every text delta passed on, from an engine answering text
         sent_tokens: list[int] = tokens
@@ -191,6 +199,9 @@ class Processor(Component[ProcessorConfig]):
                 min_tokens=max(0, req.min_tokens - done),
                 text=sent_text,
                 extra_fields=req.extra_fields,
+                seed=req.seed,
+                logprobs=req.logprobs,
+                prior_output_tokens=done,
             )
             route = RouteRequest(request_id=req.request_id, tokens=sent_tokens)
             received = 0
@@ -206,26 +217,41 @@ class Processor(Component[ProcessorConfig]):
                         answered = True
                         received += 1
                         text = out.text
+                        finish = out.finish_reason
+                        logprobs = None
                         if text is None:
                             generated += out.tokens
                             text = decoder.feed(out.tokens)
-                            if out.finish_reason is not None:
+                            if finish is not None:
                                 text += decoder.flush()
                             count = len(out.tokens)
+                            if out.logprobs is not None:
+                                logprobs = self._logprobs(out)
+                            # Like vLLM, stop strings count from min_tokens on.
+                            if stopper is not None and len(generated) >= req.min_tokens:
+                                text, hit = stopper.feed(text)
+                                if hit:
+                                    finish = "stop"
+                                elif finish is not None:
+                                    text += stopper.flush()
                         else:  # passed on as the engine wrote it: no detokenizing
                             passed.append(text)
                             count = 1 if text else 0  # an upstream chunk: one decode step
                         yield GenerateOutput(
                             text=text,
                             token_count=count,
-                            finish_reason=out.finish_reason,
+                            finish_reason=finish,
                             prompt_tokens=len(tokens) if first else None,
                             cached_tokens=_cached(out, first, resent=received == 1 and not first),
                             usage=_usage(out, len(tokens), done),
                             # Outputs that came in together (one read of the worker's
                             # connection) leave the frontend in one write.
                             more_ready=out.more_ready or outputs.has_ready(),
+                            logprobs=logprobs,
                         )
+                        if finish is not None and out.finish_reason is None:
+                            # A stop string: leaving the stream cancels the worker's request.
+                            return
                     return
             except CallError as exc:
                 # A worker at its queue bound refuses before doing anything: another
@@ -267,6 +293,18 @@ class Processor(Component[ProcessorConfig]):
                     migrations,
                     self.config.migration_limit,
                 )
+
+    def _logprobs(self, out: EngineOutput) -> list[OutputLogprob]:
+        """The engine's logprobs with token ids spelled as the tokenizer's bytes."""
+        spell = self.tokenizer.token_bytes
+        return [
+            OutputLogprob(
+                token=spell(token),
+                logprob=entry.logprob,
+                top=[(spell(other), logprob) for other, logprob in entry.top],
+            )
+            for token, entry in zip(out.tokens, out.logprobs or (), strict=True)
+        ]
 
     @endpoint
     async def router_sync(self, batch: SyncBatch, ctx: Context) -> AsyncIterator[SyncApplied]:

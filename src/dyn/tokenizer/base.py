@@ -62,6 +62,11 @@ class Tokenizer(ABC):
     def decode(self, token_ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
         """The text of ``token_ids``."""
 
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes one id stands for (a special token's name for a special id); may
+        be part of a character. What OpenAI's logprobs report as a token's ``bytes``."""
+        return self.decode([token_id], skip_special_tokens=False).encode()
+
     def count(self, text: str) -> int:
         """How many tokens ``text`` encodes to."""
         return len(self.encode(text))

@@ -176,6 +176,9 @@ class WordTokenizer(Tokenizer):
     def decode_stream(self) -> IncrementalDecoder:
         return _ByteStreamDecoder(self._bytes_plain)
 
+    def token_bytes(self, token_id: int) -> bytes:
+        return self._bytes_all[token_id]
+
     def piece(self, token_id: int) -> str:
         """The ``vocab.txt`` spelling of one id (for display and debugging)."""
         if token_id < 256:

@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-__all__ = ["FixedMs", "FixedTiming", "MockerConfig"]
+__all__ = ["FixedMs", "FixedTiming", "MockerConfig", "OutputLength"]
 
 Positive = Annotated[int, msgspec.Meta(gt=0)]
 Millis = Annotated[float, msgspec.Meta(ge=0, description="milliseconds, >= 0")]
@@ -30,11 +30,24 @@ class FixedTiming(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     fixed: FixedMs
 
 
+class OutputLength(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """When a sequence ends by itself: its output length (end-of-sequence token
+    included) is log-normal with this ``median`` (tokens) and ``sigma`` (the standard
+    deviation of its logarithm). The defaults fit the output lengths of real chat
+    traffic (docs/mocker-timing.md, "Output lengths")."""
+
+    median: Annotated[float, msgspec.Meta(ge=1)] = 350.0
+    sigma: Annotated[float, msgspec.Meta(gt=0, le=4)] = 0.6
+
+
 class MockerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """A simulated engine's cache, scheduler and timing model.
 
     ``timing`` is ``"polynomial"`` (Dynamo's fitted model, see ``timing.py``) or a
     :class:`FixedTiming`. Step durations are divided by ``speedup_ratio``.
+    ``output_length`` is how long outputs run when a request does not set
+    ``ignore_eos`` (:class:`OutputLength`); ``null`` ends a sequence only when the
+    sampled token happens to be ``eos_token_id``.
     """
 
     block_size: Positive = 64
@@ -51,6 +64,7 @@ class MockerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     vocab_size: Annotated[int, msgspec.Meta(ge=2)] = 32000
     eos_token_id: Annotated[int, msgspec.Meta(ge=0)] = 2
     timing: Literal["polynomial"] | FixedTiming = "polynomial"
+    output_length: OutputLength | None = msgspec.field(default_factory=OutputLength)
 
     def __post_init__(self) -> None:
         if self.eos_token_id >= self.vocab_size:

@@ -13,6 +13,11 @@ time in the simulator). One :meth:`MockerCore.step` is one forward pass of the e
 3. each decoding sequence, and each whose prefill completed, emits one token; finished
    sequences release their blocks.
 
+A sequence ends at ``max_tokens`` ("length") or, unless the request sets ``ignore_eos``,
+at an end-of-sequence token ("stop"): the sampled token may be ``eos_token_id``, and at
+each position the sampler's digest decides whether the output ends there, so that
+lengths follow ``output_length`` (see ``lengths.py``); never before ``min_tokens``.
+
 A preempted sequence goes back to the front of the queue and later recomputes its prompt
 plus the tokens it generated (often mostly from the prefix cache); its output continues
 where it stopped. Step cost is O(batch), plus O(tokens) for what is admitted or hashed.
@@ -26,7 +31,9 @@ from dataclasses import dataclass, field
 from dyn.engines.base import EngineOutput, EngineRequest
 from dyn.engines.mocker.blocks import BlockManager, EventData
 from dyn.engines.mocker.config import MockerConfig
-from dyn.engines.mocker.sampling import TokenSampler
+from dyn.engines.mocker.lengths import STOP_BITS, stop_thresholds
+from dyn.engines.mocker.logprobs import simulated_logprobs
+from dyn.engines.mocker.sampling import TokenSampler, sampling_seed
 from dyn.engines.mocker.sequence import ScheduledSequence
 from dyn.engines.mocker.timing import StepTiming
 from dyn.errors import BadRequestError
@@ -80,6 +87,8 @@ class MockerCore:
         self._running: dict[str, ScheduledSequence] = {}  # in admission order: LIFO preemption
         self._decode_context = 0  # sum of len(context) over decoding sequences
         self._next_event_id = 1
+        lengths = config.output_length
+        self._stop_at = stop_thresholds(lengths.median, lengths.sigma) if lengths else ()
 
     # -- requests ------------------------------------------------------------------------
 
@@ -101,7 +110,8 @@ class MockerCore:
             )
         try:
             # Packing the prompt as u32 checks every id in one pass (min/max took two).
-            sampler = TokenSampler(config.seed, config.vocab_size, tokens)
+            seed = sampling_seed(config.seed, request.seed)
+            sampler = TokenSampler(seed, config.vocab_size, tokens)
         except OverflowError:
             raise BadRequestError("token ids must be between 0 and 2**32 - 1") from None
         self.now = now
@@ -261,22 +271,39 @@ class MockerCore:
     def _emit(self, sequence: ScheduledSequence, outputs: list[tuple[str, EngineOutput]]) -> None:
         token, finish = self._advance(sequence)
         cached = sequence.cached_tokens if sequence.generated == 1 else 0
-        outputs.append(
-            (
-                sequence.request_id,
-                EngineOutput(tokens=[token], finish_reason=finish, cached_tokens=cached),
-            )
+        logprob = sequence.logprob
+        output = EngineOutput(
+            tokens=[token],
+            finish_reason=finish,
+            cached_tokens=cached,
+            logprobs=None if logprob is None else [logprob],
         )
+        outputs.append((sequence.request_id, output))
 
     def _advance(self, sequence: ScheduledSequence) -> tuple[int, str | None]:
         """Generate the sequence's next token; its finish reason if that ended it (its
         blocks are then released)."""
         request, config = sequence.request, self.config
-        token = sequence.sampler.peek()
-        stops = token == config.eos_token_id and not request.ignore_eos
-        if stops and sequence.generated < request.min_tokens:
-            # Like vLLM, end-of-sequence is suppressed until min_tokens: take another token.
-            token, stops = (token + 1) % config.vocab_size, False
+        digest = sequence.sampler.digest()
+        token = digest % config.vocab_size
+        stops = False
+        if not request.ignore_eos:
+            if sequence.generated < request.min_tokens:
+                if token == config.eos_token_id:
+                    # Like vLLM, end-of-sequence is suppressed until min_tokens.
+                    token = (token + 1) % config.vocab_size
+            elif token == config.eos_token_id:
+                stops = True
+            elif self._stop_at:
+                # The output position, counting what an earlier attempt generated.
+                n = request.prior_output_tokens + sequence.generated + 1
+                stop_at = self._stop_at
+                if digest >> (64 - STOP_BITS) < stop_at[min(n, len(stop_at) - 1)]:
+                    token, stops = config.eos_token_id, True
+        if request.logprobs is not None:
+            sequence.logprob = simulated_logprobs(
+                digest, token, request.logprobs, config.vocab_size
+            )
         self._decode_context += 1
         if sequence.append(token):
             self._commit_computed(sequence)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from dyn.engines.base import EngineRequest
+from dyn.engines.base import EngineRequest, TokenLogprob
 from dyn.engines.mocker.sampling import TokenSampler
 from dyn.kv.hashing import local_block_hashes, sequence_hashes
 
@@ -44,6 +44,7 @@ class ScheduledSequence:
     cached_tokens: int = 0  # at the latest admission; reported with the first token
     decoding: bool = False
     running: bool = False
+    logprob: TokenLogprob | None = None  # of the latest token, when the request asks
 
     def __post_init__(self) -> None:
         self.context = list(self.request.tokens)
