@@ -260,7 +260,8 @@ def test_the_multinode_graph_on_one_machine(shell: Shell, tmp_path: Path) -> Non
         assert nodes["frontend"] == nodes["processor"] == "node1", status.stdout
         assert {nodes["worker[0]"], nodes["worker[1]"]} == {"node2", "node3"}, status.stdout
         table = shell.run(["dyn", "status"])
-        assert "node2" in table.stdout and "node3" in table.stdout, table.stdout
+        assert "node2" in table.stdout, table.stdout
+        assert "node3" in table.stdout, table.stdout
         assert all(len(line) <= 80 for line in table.stdout.splitlines()), table.stdout
     finally:
         assert interrupt(up) == 0, (tmp_path / "up.log").read_text()
