@@ -197,7 +197,8 @@ def to_generate(
     if given and (max_tokens is None or max_tokens < 1):
         raise ApiError(400, f"{param} must be at least 1; got {max_tokens}", param=param)
     if max_tokens is not None and max_tokens > model.max_model_len:
-        raise ApiError(400, context_overflow(max_tokens, None, model.max_model_len), param=param)
+        message = context_overflow(max_tokens, None, model.max_model_len, param)
+        raise ApiError(400, message, param=param)
     if max_tokens is None:
         chat = isinstance(req, ChatRequest)
         max_tokens = model.max_model_len if chat else DEFAULT_COMPLETION_MAX_TOKENS
@@ -219,6 +220,7 @@ def to_generate(
         request_id=request_id,
         prompt=prompt,
         max_tokens=max_tokens,
+        max_tokens_param=param if given else None,
         ignore_eos=bool(req.ignore_eos),
         min_tokens=min_tokens,
         stop=[s for s in stop if s],
@@ -239,10 +241,13 @@ def _one_prompt(prompt: str | list[str]) -> str:
     return prompt[0]
 
 
-def context_overflow(max_tokens: int, prompt_tokens: int | None, max_model_len: int) -> str:
-    """The message for a request that does not fit the context."""
+def context_overflow(
+    max_tokens: int, prompt_tokens: int | None, max_model_len: int, param: str = "max_tokens"
+) -> str:
+    """The message for a request that does not fit the context, quoting the client's
+    ``param`` (``max_tokens`` or ``max_completion_tokens``) as it was sent."""
     prompt = f"{prompt_tokens} prompt tokens + " if prompt_tokens is not None else ""
     return (
-        f"this model's context is {max_model_len} tokens, but {prompt}max_tokens "
-        f"{max_tokens} asks for more; lower max_tokens or shorten the prompt"
+        f"this model's context is {max_model_len} tokens, but {prompt}{param} "
+        f"{max_tokens} asks for more; lower {param} or shorten the prompt"
     )

@@ -281,7 +281,8 @@ class _OpenAI:
             message = f"the prompt is {prompt} tokens; this model's context is {room} tokens"
             raise ApiError(400, message, param="messages" if kind == "chat" else "prompt")
         if blame is not None and prompt + generate.max_tokens > room:
-            raise ApiError(400, context_overflow(generate.max_tokens, prompt, room), param=blame)
+            message = context_overflow(generate.max_tokens, prompt, room, blame)
+            raise ApiError(400, message, param=blame)
 
     def _error(self, exc: Exception, route: str) -> tuple[int, bytes]:
         param = None

@@ -32,7 +32,7 @@ from dyn.observability.worker_metrics import WorkerMetrics
 from dyn.runtime.component import Component, endpoint
 from dyn.tokenizer import load_tokenizer
 
-__all__ = ["Worker", "WorkerConfig"]
+__all__ = ["Worker", "WorkerConfig", "mocker_token_limit"]
 
 
 class WorkerConfig(MockerConfig, forbid_unknown_fields=True, frozen=True):
@@ -43,8 +43,23 @@ class WorkerConfig(MockerConfig, forbid_unknown_fields=True, frozen=True):
     max_queued: Annotated[int, msgspec.Meta(ge=0)] | None = None
 
 
+def mocker_token_limit(config: MockerConfig) -> tuple[int, str]:
+    """The most tokens one request may hold in a mocker with ``config``: the blocks it
+    admits a request into (all but the watermark) times the block size."""
+    tokens = config.admit_limit * config.block_size
+    how = (
+        f"num_gpu_blocks {config.num_gpu_blocks} × block_size {config.block_size}, "
+        f"less the {config.watermark:.0%} watermark, = {tokens} tokens"
+    )
+    return tokens, how
+
+
 class Worker(Component[WorkerConfig]):
     """One engine instance; its config is the mocker's plus ``max_queued``."""
+
+    @classmethod
+    def request_token_limit(cls, config: WorkerConfig) -> tuple[int, str] | None:
+        return mocker_token_limit(config)
 
     def metadata(self) -> dict[str, Any]:
         return {"block_size": self.config.block_size, "total_blocks": self.config.num_gpu_blocks}
