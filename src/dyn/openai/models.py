@@ -28,6 +28,7 @@ from dyn.openai.errors import ApiError
 from dyn.openai.protocol import GenerateRequest, ModelInfo
 
 __all__ = [
+    "CHAT_ROLES",
     "CONSUMED_FIELDS",
     "DEFAULT_COMPLETION_MAX_TOKENS",
     "ChatMessage",
@@ -47,7 +48,8 @@ __all__ = [
 DEFAULT_COMPLETION_MAX_TOKENS = 16
 
 # The fields dyn acts on itself: the prompt (a chat is rendered into one), the model, the
-# length limits (lowered when a request is resent) and the stream's framing. Anything
+# length limits (lowered when a request is resent), the stream's framing and the
+# response's shape (``echo``: dyn writes the prompt, an upstream must not too). Anything
 # else (sampling, logit_bias, response_format, vendor extensions) is passed through.
 CONSUMED_FIELDS = frozenset(
     {
@@ -61,13 +63,19 @@ CONSUMED_FIELDS = frozenset(
         "n",
         "stream",
         "stream_options",
+        "echo",
     }
 )
+# The chat roles OpenAI's API accepts.
+CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
+_CHAT_ROLES = frozenset(CHAT_ROLES)
 _top_level = msgspec.json.Decoder(dict[str, msgspec.Raw])
 
 
 class StreamOptions(msgspec.Struct):
-    include_usage: bool = False
+    include_usage: bool | None = False
+    # Usage so far on every chunk (a vLLM extension benchmark clients use).
+    continuous_usage_stats: bool | None = False
 
 
 class _Sampling(msgspec.Struct, kw_only=True):
@@ -87,6 +95,8 @@ class _Sampling(msgspec.Struct, kw_only=True):
 
 class CompletionRequest(_Sampling, kw_only=True):
     prompt: str | list[str]
+    # The answer starts with the prompt.
+    echo: bool | None = False
 
 
 class ContentPart(msgspec.Struct):
@@ -149,6 +159,13 @@ def render_chat(messages: list[ChatMessage]) -> str:
         raise ApiError(400, "messages must hold at least one message", param="messages")
     lines = []
     for i, message in enumerate(messages):
+        if message.role not in _CHAT_ROLES:
+            raise ApiError(
+                400,
+                f"messages[{i}].role {message.role!r} is not a chat role; "
+                f"use one of {', '.join(CHAT_ROLES)}",
+                param=f"messages[{i}].role",
+            )
         content = message.content
         if isinstance(content, list):
             texts = []

@@ -25,6 +25,7 @@ from dyn.contracts.base import Empty
 from dyn.contracts.engine import ClearKvReply
 from dyn.engines.base import EngineOutput, EngineRequest
 from dyn.engines.mocker import MockerConfig, MockerEngine
+from dyn.engines.unsupported import refuse_unsupported_fields
 from dyn.errors import OverloadedError
 from dyn.kv.events import WorkerUpdate
 from dyn.observability.batched import ObservationBatch
@@ -89,6 +90,8 @@ class Worker(Component[WorkerConfig]):
     @endpoint
     async def generate(self, req: EngineRequest, ctx: Context) -> AsyncIterator[EngineOutput]:
         self.refuse_if_full()
+        if req.extra_fields:
+            refuse_unsupported_fields(req.extra_fields)
         own = self._own
         # Inter-token latencies are added to the histogram once, when the request ends.
         itl = ObservationBatch(own.itl)
