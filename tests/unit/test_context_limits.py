@@ -3,10 +3,14 @@ never cut short: it fits the context or the request is refused, quoting it as se
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import anyio
+import msgspec
 import pytest
+from _dyn_graph import DYN, free_port
 from typer.testing import CliRunner
 
 from dyn.cli.app import app
@@ -33,20 +37,32 @@ def _too_long_kv_routing(tmp_path: Path) -> tuple[Path, int]:
     return path, line
 
 
-@pytest.mark.parametrize("command", [["graph", "validate"], ["up"]])
-def test_a_context_beyond_the_workers_cache_is_a_graph_error(
-    tmp_path: Path, command: list[str]
-) -> None:
-    path, line = _too_long_kv_routing(tmp_path)
-    result = runner.invoke(app, [*command, str(path)])
-    assert result.exit_code == 2
-    (problem,) = result.stderr.splitlines()
+def _check_problem(problem: str, path: Path, line: int) -> None:
     assert problem.startswith(f"{path}:{line}: model.max_model_len: max_model_len 16384 ")
     # Both numbers, and where the smaller one comes from.
     assert "component 'worker'" in problem
     assert "num_gpu_blocks 512 × block_size 16" in problem
     assert "8096 tokens" in problem
+
+
+def test_a_context_beyond_the_workers_cache_is_a_validate_error(tmp_path: Path) -> None:
+    path, line = _too_long_kv_routing(tmp_path)
+    result = runner.invoke(app, ["graph", "validate", str(path)])
+    assert result.exit_code == 2
+    (problem,) = result.stderr.splitlines()
+    _check_problem(problem, path, line)
     assert "Traceback" not in result.output
+
+
+def test_a_context_beyond_the_workers_cache_stops_dyn_up(tmp_path: Path) -> None:
+    # A process of its own, bounded: a graph that passes would start serving.
+    path, line = _too_long_kv_routing(tmp_path)
+    args = [*DYN, "up", str(path), "--layout", "one-process", "--port", str(free_port())]
+    env = {**os.environ, "DYN_STATE_DIR": str(tmp_path / "state")}
+    done = subprocess.run(args, capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 2, done.stderr
+    (problem,) = done.stderr.splitlines()
+    _check_problem(problem, path, line)
 
 
 def test_the_default_context_is_checked_too() -> None:
@@ -119,12 +135,15 @@ async def test_the_processor_refuses_a_clients_max_tokens_as_sent() -> None:
             assert runtime is not None
             client = runtime.client("processor")
             await client.wait_for_instances("generate")
-            sent = GenerateRequest(
-                request_id="r1",
-                prompt=prompt,
-                max_tokens=60,
-                max_tokens_param="max_completion_tokens",
-            )
+            # Converted rather than constructed: a field the struct lacks is then ignored,
+            # and what is checked is what the processor does.
+            fields = {
+                "request_id": "r1",
+                "prompt": prompt,
+                "max_tokens": 60,
+                "max_tokens_param": "max_completion_tokens",
+            }
+            sent = msgspec.convert(fields, GenerateRequest)
             with pytest.raises(BadRequestError) as info:
                 await _generate(client, sent)
             # A default (no cap of the client's) runs to the end of the context instead.
