@@ -232,7 +232,7 @@ def test_settings_come_from_the_graph_then_the_flags() -> None:
     setup, tokenizer = sim_setup(ROOT / "graphs" / "kv_routing.yaml", mocker={"block_size": 32})
     assert setup.workers == 4
     assert setup.strategy == "kv"
-    assert setup.max_model_len == 16384
+    assert setup.max_model_len == 8096
     assert setup.mocker.block_size == 32
     assert setup.mocker.num_gpu_blocks == 512
     assert setup.mocker.vocab_size == tokenizer.vocab_size

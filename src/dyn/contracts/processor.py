@@ -51,9 +51,11 @@ class GenerateRequest(msgspec.Struct, frozen=True, kw_only=True):
 
     request_id: str
     prompt: str
-    # Tokens to generate at most; the backend also stops at the end of the context
-    # (``max_model_len``), which is what a chat request without max_tokens relies on.
+    # Tokens to generate at most. A client's own value (``max_tokens_param`` names the
+    # field that set it) must fit the context with the prompt, or the request is
+    # refused; a default (``None``: chat without a cap) is cut to what the prompt leaves.
     max_tokens: int
+    max_tokens_param: str | None = None
     ignore_eos: bool = False
     min_tokens: int = 0
     stop: list[str] = msgspec.field(default_factory=list)

@@ -31,6 +31,7 @@ from dyn.graph.model import (
     DEFAULT_TRANSPORT,
     LAYOUTS,
     LOCAL_NODE,
+    ComponentSpec,
     DiscoverySpec,
     GraphSpec,
     ModelSpec,
@@ -83,6 +84,8 @@ def build_graph(problems: Problems, doc: Any, resolve_role: RoleResolver) -> Gra
     node_names = [n.name for n in nodes] if nodes is not None else None
     components = read_components(problems, doc, node_names, resolve_role)
     model = _model(problems, doc.get("model"))
+    if model is not None and components is not None:
+        _check_context(problems, doc["model"], model, components, resolve_role)
     if problems or None in (name, namespace, transport, layout, discovery, nodes, components):
         return None
     assert name
@@ -199,3 +202,30 @@ def _model(problems: Problems, raw: Any) -> ModelSpec | None:
     model, _ = convert_config(problems, ("model",), mapping, ModelSpec)
     assert model is None or isinstance(model, ModelSpec)
     return model
+
+
+def _check_context(
+    problems: Problems,
+    raw: dict[Any, Any],
+    model: ModelSpec,
+    components: tuple[ComponentSpec, ...],
+    resolve_role: RoleResolver,
+) -> None:
+    """The context a frontend advertises must fit every engine's cache: otherwise a
+    request within ``max_model_len`` is refused (or cut short) by the worker it reaches."""
+    smallest: tuple[int, str, str] | None = None
+    for component in components:
+        limit = resolve_role(component.uses).request_token_limit(component.config)
+        if limit is not None and (smallest is None or limit[0] < smallest[0]):
+            smallest = (limit[0], limit[1], component.name)
+    if smallest is None or model.max_model_len <= smallest[0]:
+        return
+    tokens, how, name = smallest
+    given = "max_model_len" in raw
+    path: FieldPath = ("model", "max_model_len") if given else ("model",)
+    value = f"max_model_len {model.max_model_len}" + ("" if given else " (the default)")
+    problems.add(
+        path,
+        f"{value} is more than one request can hold on component {name!r} ({how}); "
+        f"lower max_model_len to at most {tokens}, or give {name!r} a larger cache",
+    )

@@ -1,7 +1,8 @@
 """The OpenAI-compatible HTTP surface: routes a frontend mounts, and the backend seam.
 
 ``build_openai_routes(backend, model, metrics)`` returns the starlette routes for
-``/v1/completions``, ``/v1/chat/completions`` and ``/v1/models``. The backend speaks
+``/v1/completions``, ``/v1/chat/completions``, ``/v1/models`` and ``/v1/models/{id}``;
+:func:`openai_http_error` answers the requests no route takes. The backend speaks
 :class:`GenerateRequest` / :class:`GenerateOutput` (see :mod:`dyn.openai.protocol`);
 :class:`ClientBackend` is that backend over dyn's runtime.
 
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from dyn.openai.backend import ClientBackend
     from dyn.openai.metrics import OpenAIMetrics
     from dyn.openai.routes import DEFAULT_MAX_BODY_BYTES, build_openai_routes
+    from dyn.openai.unrouted import openai_http_error
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
@@ -30,6 +32,7 @@ __all__ = [
     "OpenAIBackend",
     "OpenAIMetrics",
     "build_openai_routes",
+    "openai_http_error",
 ]
 
 _LAZY = {
@@ -37,6 +40,7 @@ _LAZY = {
     "OpenAIMetrics": "dyn.openai.metrics",
     "DEFAULT_MAX_BODY_BYTES": "dyn.openai.routes",
     "build_openai_routes": "dyn.openai.routes",
+    "openai_http_error": "dyn.openai.unrouted",
 }
 
 

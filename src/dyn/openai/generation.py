@@ -12,7 +12,6 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any
 
 import anyio
 from starlette.types import Send
@@ -23,7 +22,16 @@ from dyn.openai.errors import client_error
 from dyn.openai.logprobs import LogprobsRender
 from dyn.openai.metrics import RouteMetrics
 from dyn.openai.protocol import GenerateOutput, GenerateRequest, OpenAIBackend, TokenUsage
-from dyn.openai.sse import DONE, ChunkFormatter, Kind, error_event, full_response, usage
+from dyn.openai.sse import (
+    DONE,
+    ChunkFormatter,
+    Kind,
+    Usage,
+    UsageChunkFormatter,
+    error_event,
+    full_response,
+    usage,
+)
 
 __all__ = ["Generation", "internal_error"]
 
@@ -42,6 +50,8 @@ class Generation:
         self.started = t0
         self.stream = False
         self.include_usage = False
+        # Usage so far on every chunk (stream_options.continuous_usage_stats).
+        self.continuous_usage = False
         self.first = GenerateOutput(text="", token_count=0)
         self._opened: AbstractAsyncContextManager[AsyncIterator[GenerateOutput]] | None = None
         self._items: AsyncIterator[GenerateOutput] | None = None
@@ -106,7 +116,7 @@ class Generation:
             self._tokens = output.usage.completion_tokens
             self._cached = output.usage.cached_tokens
 
-    def usage(self) -> Any:
+    def usage(self) -> Usage:
         if self._usage is not None:
             counts = self._usage
             return usage(counts.prompt_tokens, counts.completion_tokens, counts.cached_tokens)
@@ -139,7 +149,11 @@ class Generation:
         The same walk as :meth:`outputs`, written out: this runs once per token, and an
         async generator in between costs a resumption per token.
         """
-        fmt = ChunkFormatter(self.kind, self.response_id, created, model, self.include_usage)
+        fmt = (
+            UsageChunkFormatter(self.kind, self.response_id, created, model, self.usage)
+            if self.continuous_usage
+            else ChunkFormatter(self.kind, self.response_id, created, model, self.include_usage)
+        )
         status = 200
         # Written with the end of the body: the chunk that carries the finish reason
         # and whatever follows it.

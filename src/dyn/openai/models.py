@@ -28,6 +28,7 @@ from dyn.openai.errors import ApiError
 from dyn.openai.protocol import GenerateRequest, ModelInfo
 
 __all__ = [
+    "CHAT_ROLES",
     "CONSUMED_FIELDS",
     "DEFAULT_COMPLETION_MAX_TOKENS",
     "ChatMessage",
@@ -47,7 +48,8 @@ __all__ = [
 DEFAULT_COMPLETION_MAX_TOKENS = 16
 
 # The fields dyn acts on itself: the prompt (a chat is rendered into one), the model, the
-# length limits (lowered when a request is resent) and the stream's framing. Anything
+# length limits (lowered when a request is resent), the stream's framing and the
+# response's shape (``echo``: dyn writes the prompt, an upstream must not too). Anything
 # else (sampling, logit_bias, response_format, vendor extensions) is passed through.
 CONSUMED_FIELDS = frozenset(
     {
@@ -61,13 +63,19 @@ CONSUMED_FIELDS = frozenset(
         "n",
         "stream",
         "stream_options",
+        "echo",
     }
 )
+# The chat roles OpenAI's API accepts.
+CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
+_CHAT_ROLES = frozenset(CHAT_ROLES)
 _top_level = msgspec.json.Decoder(dict[str, msgspec.Raw])
 
 
 class StreamOptions(msgspec.Struct):
-    include_usage: bool = False
+    include_usage: bool | None = False
+    # Usage so far on every chunk (a vLLM extension benchmark clients use).
+    continuous_usage_stats: bool | None = False
 
 
 class _Sampling(msgspec.Struct, kw_only=True):
@@ -88,6 +96,8 @@ class _Sampling(msgspec.Struct, kw_only=True):
 class CompletionRequest(_Sampling, kw_only=True):
     prompt: str | list[str]
     logprobs: int | None = None  # how many alternatives per token (0 .. 5)
+    # The answer starts with the prompt.
+    echo: bool | None = False
 
 
 class ContentPart(msgspec.Struct):
@@ -152,6 +162,13 @@ def render_chat(messages: list[ChatMessage]) -> str:
         raise ApiError(400, "messages must hold at least one message", param="messages")
     lines = []
     for i, message in enumerate(messages):
+        if message.role not in _CHAT_ROLES:
+            raise ApiError(
+                400,
+                f"messages[{i}].role {message.role!r} is not a chat role; "
+                f"use one of {', '.join(CHAT_ROLES)}",
+                param=f"messages[{i}].role",
+            )
         content = message.content
         if isinstance(content, list):
             texts = []
@@ -200,7 +217,8 @@ def to_generate(
     if given and (max_tokens is None or max_tokens < 1):
         raise ApiError(400, f"{param} must be at least 1; got {max_tokens}", param=param)
     if max_tokens is not None and max_tokens > model.max_model_len:
-        raise ApiError(400, context_overflow(max_tokens, None, model.max_model_len), param=param)
+        message = context_overflow(max_tokens, None, model.max_model_len, param)
+        raise ApiError(400, message, param=param)
     if max_tokens is None:
         chat = isinstance(req, ChatRequest)
         max_tokens = model.max_model_len if chat else DEFAULT_COMPLETION_MAX_TOKENS
@@ -223,6 +241,7 @@ def to_generate(
         request_id=request_id,
         prompt=prompt,
         max_tokens=max_tokens,
+        max_tokens_param=param if given else None,
         ignore_eos=bool(req.ignore_eos),
         min_tokens=min_tokens,
         stop=[s for s in stop if s],
@@ -270,10 +289,13 @@ def _one_prompt(prompt: str | list[str]) -> str:
     return prompt[0]
 
 
-def context_overflow(max_tokens: int, prompt_tokens: int | None, max_model_len: int) -> str:
-    """The message for a request that does not fit the context."""
+def context_overflow(
+    max_tokens: int, prompt_tokens: int | None, max_model_len: int, param: str = "max_tokens"
+) -> str:
+    """The message for a request that does not fit the context, quoting the client's
+    ``param`` (``max_tokens`` or ``max_completion_tokens``) as it was sent."""
     prompt = f"{prompt_tokens} prompt tokens + " if prompt_tokens is not None else ""
     return (
-        f"this model's context is {max_model_len} tokens, but {prompt}max_tokens "
-        f"{max_tokens} asks for more; lower max_tokens or shorten the prompt"
+        f"this model's context is {max_model_len} tokens, but {prompt}{param} "
+        f"{max_tokens} asks for more; lower {param} or shorten the prompt"
     )

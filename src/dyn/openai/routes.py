@@ -1,4 +1,5 @@
-"""The OpenAI-compatible routes: ``/v1/completions``, ``/v1/chat/completions``, ``/v1/models``.
+"""The OpenAI-compatible routes: ``/v1/completions``, ``/v1/chat/completions``,
+``/v1/models`` and ``/v1/models/{id}``.
 
 A generation route validates the body, calls the backend and waits for its first output
 before answering, so that a failure to start (no workers, queue full, prompt too long)
@@ -72,7 +73,7 @@ def build_openai_routes(
     admission: Admission | None = None,
     request_timeout_s: float | None = None,
 ) -> list[Route]:
-    """The three routes, ready to mount on a Starlette app beside ``/health``.
+    """The four routes, ready to mount on a Starlette app beside ``/health``.
 
     ``clock`` gives the responses' ``created`` timestamps (tests pin it). ``admission``
     bounds the generations in flight; ``request_timeout_s`` is the deadline of a request
@@ -86,6 +87,8 @@ def build_openai_routes(
         Route("/v1/completions", GenerationRoute(api, "completion"), methods=["POST"]),
         Route("/v1/chat/completions", GenerationRoute(api, "chat"), methods=["POST"]),
         Route("/v1/models", api.models, methods=["GET"]),
+        # Model ids may hold slashes (``org/name``), as Hugging Face's do.
+        Route("/v1/models/{model_id:path}", api.model, methods=["GET"]),
     ]
 
 
@@ -146,9 +149,19 @@ class _OpenAI:
             "max_model_len": model.max_model_len,
         }
         self._models_body = msgspec.json.encode({"object": "list", "data": [card]})
+        self._model_body = msgspec.json.encode(card)
 
     async def models(self, request: Request) -> Response:
         return Response(self._models_body, media_type=_JSON)
+
+    async def model(self, request: Request) -> Response:
+        """One model's card (the ``openai`` package's ``models.retrieve``)."""
+        asked = request.path_params["model_id"]
+        if asked == self._model.id:
+            return Response(self._model_body, media_type=_JSON)
+        message = f"model {asked!r} is not served here; available: {self._model.id}"
+        body = error_body(404, message, param="model", code="model_not_found")
+        return Response(msgspec.json.encode(body), 404, media_type=_JSON)
 
     async def serve(self, kind: Kind, scope: Scope, receive: Receive, send: Send) -> None:
         """Answer one generation request (``kind`` names its route)."""
@@ -174,13 +187,21 @@ class _OpenAI:
             extra = passthrough_fields(body)
             generate, blame = to_generate(req, request_id, self._model, extra)
             call.stream = bool(req.stream)
-            call.include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            options = req.stream_options
+            if options is not None:
+                call.include_usage = bool(options.include_usage)
+                call.continuous_usage = bool(options.continuous_usage_stats)
             # Until the first output nothing is sent, so nothing else would notice a
             # client that leaves while its request waits (a worker's queue, a remote
             # prefill): the calls made for it would run on for nobody.
             watch = _ClientWatch(receive)
             await call.start(self._backend, generate, request_id, deadline)
             self._check_fits(call.first, generate, blame, kind)
+            if isinstance(req, CompletionRequest) and req.echo:
+                # The answer starts with the prompt, as OpenAI's and vLLM's do: in a
+                # stream, the first chunk does.
+                text = generate.prompt + call.first.text
+                call.first = msgspec.structs.replace(call.first, text=text)
         except Exception as exc:
             if watch is not None:
                 watch.stop()
@@ -281,7 +302,8 @@ class _OpenAI:
             message = f"the prompt is {prompt} tokens; this model's context is {room} tokens"
             raise ApiError(400, message, param="messages" if kind == "chat" else "prompt")
         if blame is not None and prompt + generate.max_tokens > room:
-            raise ApiError(400, context_overflow(generate.max_tokens, prompt, room), param=blame)
+            message = context_overflow(generate.max_tokens, prompt, room, blame)
+            raise ApiError(400, message, param=blame)
 
     def _error(self, exc: Exception, route: str) -> tuple[int, bytes]:
         param = None

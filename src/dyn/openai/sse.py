@@ -7,13 +7,23 @@ the text. Keys keep a fixed order and separators are compact, as OpenAI's are.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 import msgspec
 
 from dyn.openai.errors import error_body
 
-__all__ = ["DONE", "ChunkFormatter", "Kind", "Usage", "error_event", "full_response", "usage"]
+__all__ = [
+    "DONE",
+    "ChunkFormatter",
+    "Kind",
+    "Usage",
+    "UsageChunkFormatter",
+    "error_event",
+    "full_response",
+    "usage",
+]
 
 Kind = Literal["chat", "completion"]
 
@@ -93,6 +103,30 @@ class ChunkFormatter:
 
     def usage(self, counts: Usage) -> bytes:
         return self._envelope + b'[],"usage":' + _encode(counts) + b"}\n\n"
+
+
+class UsageChunkFormatter(ChunkFormatter):
+    """Chunks that each carry the usage so far (``stream_options.continuous_usage_stats``,
+    as vLLM writes them): ``counts`` is asked once per chunk."""
+
+    def __init__(
+        self, kind: Kind, response_id: str, created: int, model: str, counts: Callable[[], Usage]
+    ) -> None:
+        super().__init__(kind, response_id, created, model, include_usage=True)
+        self._counts = counts
+
+    def chunk(
+        self, text: str, finish_reason: str | None = None, logprobs: bytes | None = None
+    ) -> bytes:
+        head = self._head
+        if self._first:
+            head, self._first = self._first_head, False
+        mid = (
+            self._mid if logprobs is None else self._mid_logprobs + logprobs + b',"finish_reason":'
+        )
+        reason = b"null" if finish_reason is None else _encode(finish_reason)
+        counts = _encode(self._counts())
+        return head + _encode(text) + mid + reason + b'}],"usage":' + counts + b"}\n\n"
 
 
 def error_event(status: int, message: str, code: str | None) -> bytes:

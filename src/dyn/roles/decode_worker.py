@@ -46,6 +46,7 @@ from dyn.disagg.rule import (
 )
 from dyn.disagg.transfer import KvTransferModel
 from dyn.engines.base import EngineOutput, EngineRequest
+from dyn.engines.unsupported import refuse_unsupported_fields
 from dyn.errors import CallError, DynError, OverloadedError, RemoteError
 from dyn.kv.hashing import local_block_hashes, sequence_hashes
 from dyn.observability.disagg_metrics import DisaggMetrics
@@ -106,6 +107,8 @@ class DecodeWorker(Worker, Component[DecodeWorkerConfig]):
     @endpoint
     async def generate(self, req: EngineRequest, ctx: Context) -> AsyncIterator[EngineOutput]:
         self.refuse_if_full()  # before a remote prefill that would be wasted
+        if req.extra_fields:
+            refuse_unsupported_fields(req.extra_fields)
         location = "local"
         if await self._wants_remote(req) and await self._prefill_remote(req):
             location = "remote"

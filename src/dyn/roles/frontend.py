@@ -230,7 +230,13 @@ class Frontend(Component[FrontendConfig]):
         auth = Middleware(
             AuthMiddleware, api_key=api_key, admin_token=admin_token, loopback=loopback
         )
-        app = Starlette(routes=routes, middleware=[auth])
+        from starlette.exceptions import HTTPException
+
+        from dyn.openai.unrouted import openai_http_error
+
+        # Unknown paths and wrong methods get the same error bodies as the routes' own.
+        handlers = {HTTPException: openai_http_error}
+        app = Starlette(routes=routes, middleware=[auth], exception_handlers=handlers)
         # The fast path checks requests with the same rules, before anything else runs.
         check = AuthMiddleware(app, api_key=api_key, admin_token=admin_token, loopback=loopback)
         return FastPath(app, fast, check)

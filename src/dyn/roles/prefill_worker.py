@@ -40,6 +40,7 @@ from dyn.errors import DynError
 from dyn.kv.events import WorkerUpdate
 from dyn.kv.hashing import local_block_hashes, sequence_hashes
 from dyn.observability.disagg_metrics import DisaggMetrics
+from dyn.roles.worker import mocker_token_limit
 from dyn.routing.base import RouteRequest
 from dyn.runtime.component import Component, depends, endpoint
 from dyn.tokenizer import load_tokenizer
@@ -70,6 +71,10 @@ class PrefillWorker(Component[PrefillWorkerConfig]):
     prefill_queue = depends(calls=(QUEUE_PULL, QUEUE_ACK, QUEUE_TOUCH))
     # The decode workers, called by instance id.
     worker = depends(calls=(DECODE_KV_TRANSFER,))
+
+    @classmethod
+    def request_token_limit(cls, config: PrefillWorkerConfig) -> tuple[int, str] | None:
+        return mocker_token_limit(config)
 
     def metadata(self) -> dict[str, Any]:
         return {"block_size": self.config.block_size, "total_blocks": self.config.num_gpu_blocks}

@@ -43,6 +43,7 @@ from dyn.engines.base import EngineOutput, EngineRequest, TokenUsage
 from dyn.errors import BadRequestError, CallError, DynError, OverloadedError, TransportError
 from dyn.kv.events import KvRemoved, KvStored, WorkerUpdate
 from dyn.observability.worker_metrics import RouterMetrics
+from dyn.openai.models import context_overflow
 from dyn.roles.replica_sync import ReplicaLink
 from dyn.routing.base import RouteRequest, RoutingStrategy
 from dyn.routing.kv.sync import SyncBatch
@@ -171,14 +172,18 @@ class Processor(Component[ProcessorConfig]):
         tokens = self.tokenizer.encode(req.prompt)
         max_tokens = req.max_tokens
         if self.max_model_len is not None:
-            # A request without max_tokens asks for the whole context: cap it to the room
-            # the prompt leaves, and refuse only when there is none.
             room = self.max_model_len - len(tokens)
+            param = req.max_tokens_param
+            if param is not None and max_tokens > room:
+                # The client's own value is never cut short: it is refused as sent.
+                overflow = context_overflow(max_tokens, len(tokens), self.max_model_len, param)
+                raise BadRequestError(overflow)
             if room < 1:
                 raise BadRequestError(
                     f"this model's maximum context length is {self.max_model_len} tokens; "
                     f"the prompt alone has {len(tokens)}"
                 )
+            # Without a cap of the client's, a chat may run to the end of the context.
             max_tokens = min(max_tokens, room)
         decoder = self.tokenizer.incremental_decoder()
         stopper = StopMatcher(req.stop) if req.stop else None

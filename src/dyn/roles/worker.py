@@ -25,6 +25,7 @@ from dyn.contracts.base import Empty
 from dyn.contracts.engine import ClearKvReply
 from dyn.engines.base import EngineOutput, EngineRequest
 from dyn.engines.mocker import MockerConfig, MockerEngine
+from dyn.engines.unsupported import refuse_unsupported_fields
 from dyn.errors import OverloadedError
 from dyn.kv.events import WorkerUpdate
 from dyn.observability.batched import ObservationBatch
@@ -32,7 +33,7 @@ from dyn.observability.worker_metrics import WorkerMetrics
 from dyn.runtime.component import Component, endpoint
 from dyn.tokenizer import load_tokenizer
 
-__all__ = ["Worker", "WorkerConfig"]
+__all__ = ["Worker", "WorkerConfig", "mocker_token_limit"]
 
 
 class WorkerConfig(MockerConfig, forbid_unknown_fields=True, frozen=True):
@@ -43,8 +44,23 @@ class WorkerConfig(MockerConfig, forbid_unknown_fields=True, frozen=True):
     max_queued: Annotated[int, msgspec.Meta(ge=0)] | None = None
 
 
+def mocker_token_limit(config: MockerConfig) -> tuple[int, str]:
+    """The most tokens one request may hold in a mocker with ``config``: the blocks it
+    admits a request into (all but the watermark) times the block size."""
+    tokens = config.admit_limit * config.block_size
+    how = (
+        f"num_gpu_blocks {config.num_gpu_blocks} × block_size {config.block_size}, "
+        f"less the {config.watermark:.0%} watermark, = {tokens} tokens"
+    )
+    return tokens, how
+
+
 class Worker(Component[WorkerConfig]):
     """One engine instance; its config is the mocker's plus ``max_queued``."""
+
+    @classmethod
+    def request_token_limit(cls, config: WorkerConfig) -> tuple[int, str] | None:
+        return mocker_token_limit(config)
 
     def metadata(self) -> dict[str, Any]:
         return {"block_size": self.config.block_size, "total_blocks": self.config.num_gpu_blocks}
@@ -74,6 +90,8 @@ class Worker(Component[WorkerConfig]):
     @endpoint
     async def generate(self, req: EngineRequest, ctx: Context) -> AsyncIterator[EngineOutput]:
         self.refuse_if_full()
+        if req.extra_fields:
+            refuse_unsupported_fields(req.extra_fields)
         own = self._own
         # Inter-token latencies are added to the histogram once, when the request ends.
         itl = ObservationBatch(own.itl)

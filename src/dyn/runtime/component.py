@@ -328,6 +328,14 @@ class Component(Generic[ConfigT]):
         return []
 
     @classmethod
+    def request_token_limit(cls, config: Any) -> tuple[int, str] | None:
+        """The most tokens (prompt plus output) one request can hold on an instance with
+        ``config``, and how ``config`` makes that number (for messages); ``None`` when dyn
+        knows of no limit (an upstream server, say, keeps its own). A graph's
+        ``model.max_model_len`` may not exceed it."""
+        return None
+
+    @classmethod
     def config_summary(cls, config: Any) -> list[str]:
         """The lines `dyn graph show` prints for ``config``: the fields not at their
         defaults, ``name = value``."""
