@@ -139,6 +139,23 @@ async def test_echo_prepends_the_prompt(url: str) -> None:
     assert len("".join(chunks)) > len(PROMPT)
 
 
+async def test_echo_shifts_the_text_offsets_past_the_prompt(url: str) -> None:
+    extra = {"ignore_eos": True}
+    async with sdk(url) as client:
+        echoed = await client.completions.create(
+            model=MODEL, prompt=PROMPT, max_tokens=4, echo=True, logprobs=1, extra_body=extra
+        )
+    logprobs = echoed.choices[0].logprobs
+    assert logprobs is not None
+    assert logprobs.tokens is not None
+    assert logprobs.text_offset is not None
+    text = echoed.choices[0].text
+    # Each offset points at its token in the answer, which starts with the prompt.
+    assert logprobs.text_offset[0] == len(PROMPT)
+    for token, offset in zip(logprobs.tokens, logprobs.text_offset, strict=True):
+        assert text[offset : offset + len(token)] == token
+
+
 async def test_continuous_usage_stats_put_usage_on_every_chunk(url: str) -> None:
     async with sdk(url) as client:
         stream = await client.chat.completions.create(

@@ -67,6 +67,9 @@ class Generation:
         # Made when the first logprobs arrive (the request asked for them).
         self._logprobs: LogprobsRender | None = None
         self._logprobs_sent = 0
+        # Where the generated text starts in the answer (after the prompt, with ``echo``):
+        # completions' ``text_offset`` counts from the answer's start.
+        self.text_start = 0
 
     async def start(
         self, backend: OpenAIBackend, generate: GenerateRequest, request_id: str, deadline: float
@@ -107,7 +110,7 @@ class Generation:
         self._tokens += output.token_count
         if output.logprobs is not None:
             if self._logprobs is None:
-                self._logprobs = LogprobsRender(self.kind)
+                self._logprobs = LogprobsRender(self.kind, self.text_start)
             self._logprobs.add(output.logprobs)
         if output.cached_tokens is not None:
             self._cached = output.cached_tokens

@@ -10,9 +10,10 @@ Completions (``logprobs: N``)::
     {"tokens": [...], "token_logprobs": [...], "top_logprobs": [{token: logprob}, ...],
     "text_offset": [...]}
 
-``text_offset`` is each token's start in the completion text (the sum of the lengths of
-the tokens before it). A token may hold part of a character: its ``token`` is then its
-bytes decoded with U+FFFD for what is incomplete, and ``bytes`` has the exact bytes.
+``text_offset`` is each token's start in the answer (the sum of the lengths of the
+tokens before it, and of the prompt with ``echo``). A token may hold part of a
+character: its ``token`` is then its bytes decoded with U+FFFD for what is incomplete,
+and ``bytes`` has the exact bytes.
 Used only for requests that asked for logprobs.
 """
 
@@ -37,9 +38,9 @@ def _text(token: bytes) -> str:
 class LogprobsRender:
     """One choice's logprobs: per streamed chunk (:meth:`chunk`) or whole (:meth:`whole`)."""
 
-    def __init__(self, kind: Kind) -> None:
+    def __init__(self, kind: Kind, text_start: int = 0) -> None:
         self._chat = kind == "chat"
-        self._offset = 0
+        self._offset = text_start
         self._all: list[OutputLogprob] = []
         self._offsets: list[int] = []
 

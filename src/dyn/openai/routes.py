@@ -202,6 +202,7 @@ class _OpenAI:
                 # stream, the first chunk does.
                 text = generate.prompt + call.first.text
                 call.first = msgspec.structs.replace(call.first, text=text)
+                call.text_start = len(generate.prompt)
         except Exception as exc:
             if watch is not None:
                 watch.stop()
