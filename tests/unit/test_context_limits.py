@@ -153,7 +153,7 @@ async def test_the_processor_refuses_a_clients_max_tokens_as_sent() -> None:
     prompt_tokens = outputs[0].prompt_tokens
     assert prompt_tokens is not None
     assert info.value.message == (
-        f"this model's context is 64 tokens, but {prompt_tokens} prompt tokens + "
+        f"this model's maximum context length is 64 tokens, but {prompt_tokens} prompt tokens + "
         "max_completion_tokens 60 asks for more; lower max_completion_tokens or shorten "
         "the prompt"
     )

@@ -293,9 +293,12 @@ def context_overflow(
     max_tokens: int, prompt_tokens: int | None, max_model_len: int, param: str = "max_tokens"
 ) -> str:
     """The message for a request that does not fit the context, quoting the client's
-    ``param`` (``max_tokens`` or ``max_completion_tokens``) as it was sent."""
+    ``param`` (``max_tokens`` or ``max_completion_tokens``) as it was sent.
+
+    It starts as OpenAI's and vLLM's do ("maximum context length is N tokens"): client
+    libraries look for that phrase to tell a context overflow from other 400s."""
     prompt = f"{prompt_tokens} prompt tokens + " if prompt_tokens is not None else ""
     return (
-        f"this model's context is {max_model_len} tokens, but {prompt}{param} "
+        f"this model's maximum context length is {max_model_len} tokens, but {prompt}{param} "
         f"{max_tokens} asks for more; lower {param} or shorten the prompt"
     )

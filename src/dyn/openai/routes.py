@@ -300,7 +300,10 @@ class _OpenAI:
         if prompt is None:
             return
         if blame is None and prompt >= room:  # chat without a cap: no room for one token
-            message = f"the prompt is {prompt} tokens; this model's context is {room} tokens"
+            message = (
+                f"this model's maximum context length is {room} tokens; the prompt alone "
+                f"has {prompt}"
+            )
             raise ApiError(400, message, param="messages" if kind == "chat" else "prompt")
         if blame is not None and prompt + generate.max_tokens > room:
             message = context_overflow(generate.max_tokens, prompt, room, blame)
