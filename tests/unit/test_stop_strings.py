@@ -25,8 +25,10 @@ def _stream(matcher: StopMatcher, deltas: list[str]) -> tuple[str, bool]:
 
 
 def _expected(text: str, stops: list[str]) -> tuple[str, bool]:
-    found = [i for i in (text.find(s) for s in stops) if i != -1]
-    return (text[: min(found)], True) if found else (text, False)
+    # The stop string complete first, reading from the start (of two at once, the longer):
+    # where generation a character at a time would have stopped.
+    found = [(i + len(s), i) for s, i in ((s, text.find(s)) for s in stops) if i != -1]
+    return (text[: min(found)[1]], True) if found else (text, False)
 
 
 @given(
@@ -59,6 +61,13 @@ def test_held_text_that_is_not_a_stop_string_is_released() -> None:
 
 def test_the_earliest_of_several_stop_strings_wins() -> None:
     assert StopMatcher(["world", "lo w"]).feed("hello world") == ("hel", True)
+
+
+def test_a_stop_string_complete_first_wins_over_one_starting_earlier() -> None:
+    # " aa" starts first but "a" is complete first: generation stops there.
+    matcher = StopMatcher(["a", " aa"])
+    assert matcher.feed(" a") == (" ", True)
+    assert StopMatcher(["a", " aa"]).feed(" aa") == (" ", True)
 
 
 def test_an_empty_stop_list_is_a_bug() -> None:

@@ -1,4 +1,5 @@
-"""Stop strings: cut a stream of text deltas before the first stop string it contains.
+"""Stop strings: cut a stream of text deltas before the first stop string it contains
+(the first to be complete, reading the text from the start).
 
 A stop string may span deltas (tokens), so text that could be the start of one is held
 back until the next delta shows whether it is; that is at most the longest stop string
@@ -30,11 +31,18 @@ class StopMatcher:
         that text is everything before it and the stream is over)."""
         buffer = self._held + text
         cut = -1
+        first_end = len(buffer) + 1
         for stop in self._stops:
             # A match ending in held text alone was looked for already: start just after.
             at = buffer.find(stop, max(0, len(self._held) - len(stop) + 1))
-            if at != -1 and (cut == -1 or at < cut):
-                cut = at
+            if at == -1:
+                continue
+            # The stop string that is complete first wins (as if the text came a character
+            # at a time, so the answer does not depend on how it was split into tokens);
+            # of two complete at once, the longer.
+            end = at + len(stop)
+            if end < first_end or (end == first_end and at < cut):
+                cut, first_end = at, end
         if cut != -1:
             self._held = ""
             return buffer[:cut], True
