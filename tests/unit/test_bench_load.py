@@ -14,6 +14,7 @@ from dyn.bench.load import Plan, Server, Target, compare, run_requests
 from dyn.bench.stats import RequestResult
 from dyn.bench.workloads import Message, WorkItem
 from dyn.cli.app import app
+from dyn.errors import DynError
 
 pytestmark = pytest.mark.anyio
 
@@ -101,10 +102,10 @@ async def test_send_measures_a_stream_and_reads_usage() -> None:
 
 async def test_chat_requests_and_no_ignore_eos() -> None:
     fake = FakeServer()
-    async with _server(fake, api="chat", model="x", ignore_eos=False) as server:
+    async with _server(fake, api="chat", model="m2", ignore_eos=False) as server:
         await server.send(_item(0, "ok"), epoch=0.0)
     body = fake.bodies[0]
-    assert body["model"] == "x"
+    assert body["model"] == "m2"
     assert "ignore_eos" not in body
     assert body["messages"] == [
         {"role": "system", "content": "sys"},
@@ -126,6 +127,16 @@ async def test_failures_are_results_not_exceptions() -> None:
         down = await s.send(_item(0, "ok"), epoch=0.0)
     assert down.error_kind == "connection"
     assert "refused" in down.error
+
+
+async def test_a_model_the_server_does_not_list_is_refused_before_any_request() -> None:
+    fake = FakeServer()
+    with pytest.raises(DynError, match=r"model 'nope' is not served .* lists m1, m2"):
+        async with _server(fake, model="nope"):
+            pass
+    assert fake.bodies == []
+    async with _server(fake, model="m2") as server:
+        assert server.model == "m2"
 
 
 async def test_run_requests_keeps_order_and_waits_for_the_previous_turn() -> None:

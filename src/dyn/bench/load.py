@@ -90,7 +90,28 @@ class Server:
             if not models:
                 raise DynError(f"{self.target.base_url}/v1/models lists no model; pass --model")
             self.model = str(models[0]["id"])
+        else:
+            await self._check_model()
         return self
+
+    async def _check_model(self) -> None:
+        """Refuse a --model the server says it does not serve: otherwise every request of
+        the run would fail the same way. A server without a model list is taken at its word."""
+        try:
+            response = await self.client.get("/v1/models")
+            data = response.json() if response.status_code == 200 else None
+        except (httpx.HTTPError, ValueError):
+            return  # the requests themselves will say what is wrong
+        listed = data.get("data") if isinstance(data, dict) else None
+        if not isinstance(listed, list) or not listed:
+            return
+        served = [str(m.get("id")) for m in listed if isinstance(m, dict)]
+        if self.model not in served:
+            raise DynError(
+                f"model {self.model!r} is not served at {self.target.base_url} (its "
+                f"/v1/models lists {', '.join(served)}); pass one of them to --model, or "
+                "leave --model out for the first"
+            )
 
     async def __aexit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

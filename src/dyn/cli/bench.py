@@ -19,7 +19,7 @@ __all__ = ["app"]
 
 HELP = """Load-test a server, or measure dyn's own parts.
 
-With no subcommand: stream requests to the latest `dyn up` here (or --url) and report
+With no subcommand: stream requests to the newest live `dyn up` here (or --url) and report
 TTFT, TPOT, ITL and end-to-end latency as vLLM's benchmark does, plus dyn's prefix
 cache hit rate and each worker's share; --compare runs once per routing strategy; --sim
 replays the workload in virtual time with no server.

@@ -79,9 +79,14 @@ _sim: dict[str, Any] = {"rich_help_panel": "Simulation (--sim)"}
 # -- the server ---------------------------------------------------------------------------
 Url = Annotated[
     str | None,
-    typer.Option(help="Server base URL without /v1. Default: the latest `dyn up` here.", **_target),
+    typer.Option(
+        help="Server base URL without /v1. Default: the newest live `dyn up` here.", **_target
+    ),
 ]
-Model = Annotated[str | None, typer.Option(help="Default: the first of /v1/models.", **_target)]
+Model = Annotated[
+    str | None,
+    typer.Option(help="One the server's /v1/models lists. Default: the first.", **_target),
+]
 Api = Annotated[str, typer.Option(help="completions or chat.", **_target)]
 ApiKey = Annotated[
     str | None,

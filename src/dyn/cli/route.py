@@ -65,7 +65,9 @@ def _request(method: str, url: str, body: Any = None) -> Any:
 def route(
     url: Annotated[
         str | None,
-        typer.Option(help="The frontend's base URL. Default: the latest `dyn up` on this machine."),
+        typer.Option(
+            help="The frontend's base URL. Default: the newest live run's on this machine."
+        ),
     ] = None,
     strategy: Annotated[
         str | None,
