@@ -38,6 +38,8 @@ class SlowServer:
             return httpx.Response(200, json={"cleared_blocks": 0, "workers": 1})
         if path == "/metrics":
             return httpx.Response(200, text="")
+        if path == "/v1/models":  # dyn bench checks --model against it
+            return httpx.Response(200, json={"data": [{"id": "m"}]})
         self.sent += 1
         await anyio.sleep(self.delay_s)
         return httpx.Response(200, content=DONE)
