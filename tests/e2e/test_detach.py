@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -73,3 +74,17 @@ def test_detach_status_logs_down(tmp_path: Path) -> None:
         for pid in pids:
             if alive(pid):
                 os.kill(pid, 9)
+
+
+def test_a_detached_start_that_fails_is_one_error_line(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        up = dyn(tmp_path / "state", "up", str(HELLO), "--port", str(port), "--detach")
+    assert up.returncode == 1, up.stderr
+    # The reason the role gave, once; its log keeps the rest.
+    assert up.stderr.count("\n") == 1, up.stderr
+    assert up.stderr.startswith("error: "), up.stderr
+    assert f"frontend 'frontend' cannot listen on 127.0.0.1:{port}" in up.stderr
+    assert "(log: " in up.stderr

@@ -21,7 +21,6 @@ __all__ = ["detach_up", "rerun_args"]
 # Start-up of every role (30 s each at most) happens in the child; this bounds the wait.
 DETACH_TIMEOUT_S = 120.0
 _POLL_S = 0.1
-_TAIL_LINES = 20
 
 
 def detach_up(graph_name: str, argv: list[str], api_key: str | None) -> str:
@@ -52,10 +51,9 @@ def detach_up(graph_name: str, argv: list[str], api_key: str | None) -> str:
                 return f"run {run.run_id} is up (no frontend)"
         code = child.poll()
         if code is not None:
-            raise LaunchError(
-                f"dyn up exited with code {code} while starting; its log ({log_path}):\n"
-                + _tail(log_path)
-            )
+            why = _why_it_ended(log_path, code)
+            # The reason may name a role's log already; up.log holds the whole start-up.
+            raise LaunchError(why if "(log: " in why else f"{why} (log: {log_path})")
         time.sleep(_POLL_S)
     raise LaunchError(
         f"dyn up (pid {child.pid}) has not served within {DETACH_TIMEOUT_S:.0f} s; it runs on: "
@@ -111,10 +109,16 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def _tail(path: os.PathLike[str]) -> str:
+def _why_it_ended(path: os.PathLike[str], code: int) -> str:
+    """The one line a ``dyn up`` that failed to start ended with (its ``error:`` line),
+    else its exit code and last line: the log keeps the rest."""
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
-            lines = f.read().splitlines()[-_TAIL_LINES:]
+            lines = [line.strip() for line in f.read().splitlines() if line.strip()]
     except OSError:
         lines = []
-    return "\n".join(f"  {line}" for line in lines) or "  (no output)"
+    reasons = [line.removeprefix("error:").strip() for line in lines if line.startswith("error:")]
+    if reasons:
+        return reasons[-1]
+    last = f"; its last line: {lines[-1]}" if lines else " and wrote nothing"
+    return f"dyn up exited with code {code} while starting{last}"
