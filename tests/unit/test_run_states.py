@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -143,3 +144,25 @@ def test_runs_table_narrows_to_the_terminal(monkeypatch: pytest.MonkeyPatch) -> 
     assert all(len(line) <= 80 for line in table)
     wide = runner.invoke(app, ["runs", "--wide"]).output.splitlines()
     assert wide[0].split() == ["RUN", "STATE", "GRAPH", "STARTED", "LAUNCHER", "URL"]
+
+
+def test_a_command_waits_for_a_run_that_is_still_starting(
+    dyn_process: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dyn.cli.route import frontend_url
+
+    run = make_run("starting", pid=dyn_process)
+
+    def serve_soon() -> None:
+        time.sleep(0.5)
+        record = state.read_record(run)
+        record.roles, record.frontend_url = [role(dyn_process)], "http://127.0.0.1:1"
+        state.write_record(run, record)
+
+    writer = threading.Thread(target=serve_soon)
+    writer.start()
+    try:
+        assert frontend_url(None, wait_s=10) == "http://127.0.0.1:1"
+    finally:
+        writer.join()
+    assert f"waiting for run {run.run_id} to serve" in capsys.readouterr().err

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 __all__ = ["LiveOutcome", "run_live_bench"]
 
 TICK_S = 1.0  # how often the progress display is refreshed when no request ends
+# How long dyn bench waits for a run that is still starting (`dyn up GRAPH &` just before).
+START_WAIT_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,7 @@ def run_live_bench(options: BenchOptions, checked: Checked) -> tuple[str, LiveOu
         )
     shaped = shapes(o)
     try:
-        base = frontend_url(o.url).removesuffix("/v1")
+        base = frontend_url(o.url, wait_s=START_WAIT_S).removesuffix("/v1")
     except DynError as exc:
         # `dyn route`'s wording, with what a first-time user of dyn bench would run.
         what = str(exc).split(";")[0]

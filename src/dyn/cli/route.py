@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated, Any
 
 import typer
@@ -11,14 +12,29 @@ from dyn.cli._common import expected_errors
 __all__ = ["frontend_url", "route"]
 
 
-def frontend_url(url: str | None) -> str:
-    """``--url`` as given, else the frontend of the newest live ``dyn up`` on this machine."""
+def frontend_url(url: str | None, wait_s: float = 0.0) -> str:
+    """``--url`` as given, else the frontend of the newest live ``dyn up`` on this machine.
+
+    A run still starting is waited for, up to ``wait_s`` seconds, saying so once (``dyn up
+    GRAPH &`` and a command right after it)."""
+    import time
+
+    from dyn import runs
     from dyn.cli._common import target_run
     from dyn.errors import LaunchError
 
     if url:
         return url.rstrip("/")
-    record = target_run(None, extra=" or pass --url").record
+    status = target_run(None, extra=" or pass --url")
+    record = status.record
+    deadline = time.monotonic() + wait_s
+    if record is not None and not record.frontend_url and status.state == "starting" and wait_s:
+        sys.stderr.write(f"waiting for run {record.run_id} to serve (up to {wait_s:.0f} s)\n")
+        while status.state == "starting" and time.monotonic() < deadline:
+            time.sleep(0.2)
+            # Live once it serves; stopped or failed if its dyn up ended meanwhile.
+            status = runs.run_status(status.run)
+        record = status.record
     if record is None or not record.frontend_url:
         run_id = record.run_id if record else "the newest live run"
         raise LaunchError(
