@@ -122,9 +122,14 @@ def run_bench(options: BenchOptions) -> None:
 def _stopped(stop: Interruption, arms: dict[str, dict[str, Any]], strategies: list[str]) -> None:
     from dyn.bench.report import stopped_line
 
-    # On stdout with the results it qualifies, and on stderr for whoever watched the run.
+    # On stdout with the results it qualifies, and on stderr for whoever watched the run
+    # (once, when both are the same terminal).
+    import sys
+
     line = stopped_line(stop, arms, strategies)
-    typer.echo(line, err=True)
+    same_terminal = sys.stdout.isatty() and sys.stderr.isatty()
+    if not (arms and same_terminal):
+        typer.echo(line, err=True)
     if arms:
         typer.echo(line)
 
