@@ -120,12 +120,12 @@ def run_bench(options: BenchOptions) -> None:
 
 
 def _stopped(stop: Interruption, arms: dict[str, dict[str, Any]], strategies: list[str]) -> None:
+    import sys
+
     from dyn.bench.report import stopped_line
 
     # On stdout with the results it qualifies, and on stderr for whoever watched the run
     # (once, when both are the same terminal).
-    import sys
-
     line = stopped_line(stop, arms, strategies)
     same_terminal = sys.stdout.isatty() and sys.stderr.isatty()
     if not (arms and same_terminal):
