@@ -214,7 +214,11 @@ def test_the_llm_graph_as_the_readme_shows_it(shell: Shell, tmp_path: Path) -> N
 
         route = shell.run(readme_command(section, "dyn route"))
         assert route.returncode == 0, route.stderr
-        assert "kv" in route.stdout
+        assert re.search(r"\bkv\b", route.stdout), route.stdout
+        # A row per worker of the graph, with the load and cache columns a reader reads.
+        assert len(re.findall(r"^\s*\S+ \([0-3]\)\s", route.stdout, re.M)) == 4, route.stdout
+        for column in ("active", "cached", "hit rate"):
+            assert column in route.stdout, route.stdout
         assert all(len(line) <= 80 for line in route.stdout.splitlines()), route.stdout
 
         switch = shell.run(readme_command(section, "dyn route --strategy round_robin"))
@@ -231,7 +235,7 @@ def test_the_llm_graph_as_the_readme_shows_it(shell: Shell, tmp_path: Path) -> N
         assert "256/256 requests" in bench.stderr, bench.stderr
         assert "Prefix cache hit rate" in bench.stdout, bench.stdout
 
-        status = shell.run(["dyn", "status"])
+        status = shell.run(readme_command("Observing a run", "dyn status"))
         assert status.returncode == 0, status.stderr
         for role in ("frontend", "processor", "worker"):
             assert role in status.stdout, status.stdout
@@ -256,9 +260,17 @@ def test_the_multinode_graph_on_one_machine(shell: Shell, tmp_path: Path) -> Non
         assert seen == {"node2", "node3"}
         status = shell.run(["dyn", "status", "--json"])
         assert status.returncode == 0, status.stderr
-        nodes = {row["role"]: row["node"] for row in json.loads(status.stdout)["instances"]}
-        assert nodes["frontend"] == nodes["processor"] == "node1", status.stdout
-        assert {nodes["worker[0]"], nodes["worker[1]"]} == {"node2", "node3"}, status.stdout
+        rows = {row["role"]: row for row in json.loads(status.stdout)["instances"]}
+        where = {role: (row["node"], row["host"]) for role, row in rows.items()}
+        assert where == {
+            "frontend": ("node1", "127.0.0.1"),
+            "processor": ("node1", "127.0.0.1"),
+            "worker[0]": ("node2", "127.0.0.2"),
+            "worker[1]": ("node3", "127.0.0.3"),
+        }, status.stdout
+        # The first line the README shows: where each node runs, and which discovery.
+        said = (tmp_path / "up.log").read_text()
+        assert "--local: node1 on 127.0.0.1, node2 on 127.0.0.2, node3 on 127.0.0.3; " in said
         table = shell.run(["dyn", "status"])
         assert "node2" in table.stdout, table.stdout
         assert "node3" in table.stdout, table.stdout
