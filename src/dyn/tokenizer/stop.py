@@ -3,8 +3,10 @@
 
 A stop string may span deltas (tokens), so text that could be the start of one is held
 back until the next delta shows whether it is; that is at most the longest stop string
-minus one character. Each delta costs O(its length + that hold) per stop string,
-independent of how long the stream is. Used only for requests that give stop strings.
+minus one character. Each delta costs O(its length + that hold) per stop string to
+search, plus O(hold²) per stop string to find what to hold back: bounded by the stop
+strings' lengths, independent of how long the stream is. Used only for requests that
+give stop strings.
 """
 
 from __future__ import annotations
