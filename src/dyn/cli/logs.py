@@ -61,8 +61,9 @@ def logs(
         if wanted not in files:
             wanted = _host_log(run_dir, role, files) or wanted
         if wanted not in files:
+            # A log per role process, and dyn up's own ("up"): what `dyn logs NAME` takes.
             names = ", ".join(f.stem for f in files) or "none yet"
-            raise LaunchError(f"run {run_dir.run_id} has no log for {role!r}; roles: {names}")
+            raise LaunchError(f"run {run_dir.run_id} has no log for {role!r}; its logs: {names}")
         files = [wanted]
     width = max((len(f.stem) for f in files), default=0)
     opened: dict[Path, BinaryIO] = {}
