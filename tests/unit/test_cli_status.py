@@ -136,7 +136,7 @@ def test_logs_all_one_and_unknown(run: state.RunDir) -> None:
     assert result.output == "listening\n"
     result = runner.invoke(app, ["logs", "nope"])
     assert result.exit_code == 1
-    assert "no log for 'nope'; roles: backend, frontend" in result.output
+    assert "no log for 'nope'; its logs: backend, frontend" in result.output
 
 
 def test_down_kills_roles_of_a_run_whose_up_died(run: state.RunDir) -> None:
