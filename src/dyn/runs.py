@@ -5,17 +5,22 @@ A run's state comes from its record and this machine's processes:
 
 - ``live``: its dyn up process runs and the graph serves;
 - ``starting``: its dyn up runs, the graph does not serve yet;
-- ``orphaned``: its dyn up is gone (killed) but role processes it started still run;
-  `dyn down RUN` stops them;
-- ``stopped``: it ended after serving (Ctrl-C, `dyn down`), or its dyn up was killed;
+- ``orphaned``: its dyn up is gone (killed) but processes it started still run: role
+  processes, the etcd it started (whose data is in the run's folder), or roles on other
+  nodes (which cannot be seen from here until `dyn down` has stopped them);
+  `dyn down RUN` stops them, and `dyn runs prune` keeps the run for it;
+- ``stopped``: it ended after serving (Ctrl-C, `dyn down`, or an error once it served:
+  the record keeps that reason), or its dyn up was killed;
 - ``failed``: it ended before the graph served; the record keeps the reason.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import shutil
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from dyn import state
 from dyn.errors import LaunchError
@@ -29,6 +34,7 @@ __all__ = [
     "run_status",
     "run_statuses",
     "running_runs",
+    "runs_its_etcd",
 ]
 
 # States whose processes still run on this machine: never pruned.
@@ -48,21 +54,76 @@ class RunStatus:
     reason: str = ""  # why a run failed, or what is left of an orphaned one
 
 
-def is_dyn_process(pid: int) -> bool:
-    """Whether ``pid`` is alive and runs dyn (pids get reused once a run has ended)."""
+def _argv(pid: int) -> list[bytes] | None:
+    """The command line of live process ``pid``; None if it is gone (or a zombie)."""
     import os
 
     if pid <= 0 or pid == os.getpid():
-        return False
+        return None
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             argv = f.read().split(b"\0")
         with open(f"/proc/{pid}/stat", "rb") as f:
             if f.read().rsplit(b") ", 1)[1][:1] == b"Z":
-                return False  # a zombie: dead, not yet reaped
+                return None  # a zombie: dead, not yet reaped
     except (OSError, IndexError):
-        return False
+        return None
+    return argv
+
+
+def is_dyn_process(pid: int) -> bool:
+    """Whether ``pid`` is alive and runs dyn (pids get reused once a run has ended)."""
+    argv = _argv(pid) or []
     return any(arg == b"dyn" or arg.endswith(b"/dyn") for arg in argv)
+
+
+def runs_its_etcd(run: state.RunDir, pid: int | None) -> bool:
+    """Whether the etcd this run started still runs: ``pid`` is alive, is an etcd, and its
+    command line names this run's folder (its data dir), so a reused pid does not count."""
+    argv = _argv(pid or 0)
+    if not argv or not Path(argv[0].decode(errors="replace")).name.startswith("etcd"):
+        return False
+    folder = str(run.path).encode()
+    return any(folder in arg for arg in argv[1:])
+
+
+def _on_this_machine(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _may_run(role: state.RoleRecord) -> bool:
+    """Whether a role with a pidfile (started over ssh) may still run. One on this machine
+    is checked through its pidfile (it removes it as it exits); one on another node cannot
+    be seen from here, so it may run until `dyn down` has stopped it."""
+    assert role.pidfile is not None
+    if not _on_this_machine(role.host):
+        return True
+    try:
+        pid = int(Path(role.pidfile).read_text(encoding="utf-8").strip())
+    except (OSError, ValueError):
+        return False
+    return is_dyn_process(pid)
+
+
+def _leftovers(run: state.RunDir, record: state.RunRecord) -> list[str]:
+    """What a killed dyn up left running, one phrase each."""
+    left: list[str] = []
+    local = [r for r in record.roles if not r.pidfile and r.pid != record.pid]
+    running = sum(is_dyn_process(r.pid) for r in local)
+    if running:
+        left.append(f"{running} role process(es) still run")
+    remote = [r for r in record.roles if r.pidfile and _may_run(r)]
+    if remote:
+        nodes = ", ".join(sorted({r.node for r in remote}))
+        left.append(f"{len(remote)} role(s) on node(s) {nodes} may still run")
+    if runs_its_etcd(run, record.etcd_pid):
+        left.append(f"its etcd (pid {record.etcd_pid}) still runs")
+    return left
 
 
 def run_status(run: state.RunDir) -> RunStatus:
@@ -82,15 +143,13 @@ def run_status(run: state.RunDir) -> RunStatus:
         return RunStatus(run, record, record.outcome, record.error or "")
     if is_dyn_process(record.pid):
         return RunStatus(run, record, "live" if record.roles else "starting")
-    left = [
-        r for r in record.roles if not r.pidfile and r.pid != record.pid and is_dyn_process(r.pid)
-    ]
+    left = _leftovers(run, record)
     if left:
         return RunStatus(
             run,
             record,
             "orphaned",
-            f"dyn up (pid {record.pid}) is gone but {len(left)} role process(es) still run; "
+            f"dyn up (pid {record.pid}) is gone but {' and '.join(left)}; "
             f"stop them with `dyn down {run.run_id}`",
         )
     if record.roles:

@@ -4,6 +4,7 @@ registrations (they would otherwise linger for a TTL) and nothing else."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import signal
@@ -15,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from _dyn_graph import ROOT, DynUp
+from _dyn_graph import ROOT, DynUp, free_port
 from _etcd_server import ETCD, running_etcd
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
@@ -71,3 +72,52 @@ def test_down_removes_only_the_runs_registrations(tmp_path: Path) -> None:
         assert down.returncode == 0, down.stderr
         assert f"removed {len(ours)} etcd entr" in down.stdout
         assert _keys(url, "/dyn/hello/") == [foreign]
+
+
+@pytest.mark.skipif(ETCD is None, reason="etcd is not installed (etcd-server)")
+def test_a_killed_up_leaves_its_etcd_orphaned_until_down(tmp_path: Path) -> None:
+    """`dyn up` started etcd (data in the run's folder) and was killed: the etcd still runs,
+    so the run is orphaned, `dyn runs prune` keeps its folder, and `dyn down` stops it."""
+    doc = yaml.safe_load((ROOT / "graphs" / "hello_world.yaml").read_text())
+    doc["transport"] = "tcp"
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    doc["discovery"] = {"backend": "etcd", "options": {"endpoints": endpoint, "start": True}}
+    graph = tmp_path / "hello.yaml"
+    graph.write_text(yaml.safe_dump(doc))
+    state = tmp_path / "state"
+    env = {**os.environ, "DYN_STATE_DIR": str(state), "COLUMNS": "200"}
+
+    def dyn(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "dyn", *args], env=env, capture_output=True, text=True
+        )
+
+    def run_state() -> tuple[str, str]:
+        (run,) = json.loads(dyn("runs", "--json").stdout)["runs"]
+        return run["state"], run["reason"] or ""
+
+    up = DynUp(str(graph), state=state, log_path=tmp_path / "up.log")
+    etcd_pid = 0
+    try:
+        up.wait_serving(timeout=60)
+        etcd_pid = up.record()["etcd_pid"]
+        assert etcd_pid
+        up.kill()  # SIGKILL: dyn up cannot stop its etcd
+        assert httpx.get(f"{endpoint}/health", timeout=5).status_code == 200
+        got = run_state()
+        assert got[0] == "orphaned", got
+        assert f"its etcd (pid {etcd_pid}) still runs" in got[1]
+        assert dyn("runs", "prune").stdout.strip() == "nothing to prune: no stopped or failed runs"
+        (run_dir,) = (state / "runs").iterdir()
+        assert (run_dir / "etcd").is_dir()
+
+        down = dyn("down")
+        assert f"stopped the run's etcd (pid {etcd_pid})" in down.stdout, down.stderr
+        assert run_state()[0] == "stopped"
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"{endpoint}/health", timeout=2)
+    finally:
+        up.kill()
+        if etcd_pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(etcd_pid, signal.SIGKILL)

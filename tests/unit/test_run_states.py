@@ -166,3 +166,75 @@ def test_a_command_waits_for_a_run_that_is_still_starting(
     finally:
         writer.join()
     assert f"waiting for run {run.run_id} to serve" in capsys.readouterr().err
+
+
+def stand_in(argv0: str, *args: str) -> subprocess.Popen[bytes]:
+    """A live process whose command line is ``argv0 ... args`` (a stand-in etcd)."""
+    proc = subprocess.Popen(
+        [argv0, "-c", "import time; time.sleep(60)", *args],
+        executable=sys.executable,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")[0] != argv0.encode():
+        assert time.monotonic() < deadline, "the stand-in process never showed its argv"
+        time.sleep(0.01)
+    return proc
+
+
+def test_a_killed_runs_etcd_keeps_it_orphaned_and_unpruned() -> None:
+    run = make_run("etcd", pid=DEAD_PID, roles=[role(DEAD_PID)])
+    other = make_run("reused", pid=DEAD_PID, roles=[role(DEAD_PID)])
+    etcd = stand_in("/usr/bin/etcd", f"--data-dir={run.path / 'etcd'}")
+    try:
+        for each in (run, other):  # the other run's etcd pid is now someone else's etcd
+            record = state.read_record(each)
+            record.etcd_pid = etcd.pid
+            state.write_record(each, record)
+        status = runs.run_status(run)
+        assert status.state == "orphaned"
+        assert f"its etcd (pid {etcd.pid}) still runs" in status.reason
+        assert runs.run_status(other).state == "stopped"
+        assert (
+            runner.invoke(app, ["runs", "prune"]).output == "removed 1 run (1 stopped, 0 failed)\n"
+        )
+        assert run.path.is_dir()
+    finally:
+        etcd.kill()
+        etcd.wait()
+    assert runs.run_status(run).state == "stopped"
+
+
+def test_roles_with_pidfiles_keep_a_killed_run_orphaned(dyn_process: int, tmp_path: Path) -> None:
+    pidfile = tmp_path / "worker.pid"
+    pidfile.write_text(f"{dyn_process}\n")
+    local = state.RoleRecord(
+        role="worker",
+        component="worker",
+        node="node2",
+        host="127.0.0.2",
+        pid=dyn_process,
+        pidfile=str(pidfile),
+    )
+    here = make_run("here", pid=DEAD_PID, roles=[local])
+    remote = make_run(
+        "remote",
+        pid=DEAD_PID,
+        roles=[
+            state.RoleRecord(
+                role="worker",
+                component="worker",
+                node="gpu7",
+                host="10.1.2.3",
+                pid=4242,
+                pidfile="/home/u/.local/state/dyn/pids/x/worker.pid",
+            )
+        ],
+    )
+    assert runs.run_status(here).state == "orphaned"
+    status = runs.run_status(remote)
+    assert status.state == "orphaned"
+    assert "1 role(s) on node(s) gpu7 may still run" in status.reason
+    assert runner.invoke(app, ["runs", "prune"]).output.startswith("nothing to prune")
+    pidfile.unlink()  # the role exited and removed its pidfile
+    assert runs.run_status(here).state == "stopped"

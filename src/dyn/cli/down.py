@@ -97,10 +97,35 @@ def stop_run(run_dir: RunDir, record: RunRecord, grace_s: float) -> list[str]:
         from dyn.launch.etcd_server import stop_recorded_etcd
 
         if stop_recorded_etcd(record.etcd_pid):
+            _wait_etcd_gone(run_dir, record.etcd_pid, grace_s)
             done.append(f"stopped the run's etcd (pid {record.etcd_pid})")
+    if any(r.pidfile for r in record.roles):
+        _record_stopped(run_dir)
     if not done:
         done.append(f"run {record.run_id} was not running")
     return done
+
+
+def _wait_etcd_gone(run_dir: RunDir, pid: int, grace_s: float) -> None:
+    """Until the etcd is gone, so `dyn runs` no longer calls the run orphaned."""
+    from dyn.runs import runs_its_etcd
+
+    deadline = time.monotonic() + grace_s
+    while runs_its_etcd(run_dir, pid):
+        if time.monotonic() > deadline:
+            _kill(pid, signal.SIGKILL, group=False)
+            return
+        time.sleep(_POLL_S)
+
+
+def _record_stopped(run_dir: RunDir) -> None:
+    """Roles on other nodes cannot be seen from this one: once `dyn down` has stopped
+    them, the record says the run ended, or `dyn runs` would keep calling it orphaned."""
+    from dyn import state
+
+    record = state.read_record(run_dir)
+    if record.outcome is None:  # dyn up was killed: it recorded no end
+        state.finish_run(run_dir, "stopped", f"dyn up (pid {record.pid}) was killed")
 
 
 def _stop_remote(run_dir: RunDir, record: RunRecord, grace_s: float) -> list[str]:

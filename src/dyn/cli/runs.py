@@ -145,7 +145,7 @@ def _table(statuses: list[RunStatus], wide: bool) -> list[str]:
     lines = [_line([c.upper() for c in columns], [width_of[c] for c in columns])]
     for status, row in zip(statuses, rows, strict=True):
         lines.append(_line([row[c] for c in columns], [width_of[c] for c in columns]))
-        if status.reason and status.state in ("failed", "orphaned"):
+        if status.reason:
             reason = f"  └ {status.reason}"
             lines.append(reason if wide or len(reason) <= limit else reason[: limit - 1] + "…")
     return lines

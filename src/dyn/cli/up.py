@@ -227,10 +227,10 @@ def up(
     try:
         anyio.run(_serve, graph, chosen, observer, backend_options=loop_options())
     except BaseException as exc:
-        _record_end(run, exc)
+        _record_end(run, exc, served=observer.ready)
         raise
     else:
-        _record_end(run, None)
+        _record_end(run, None, served=observer.ready)
     finally:
         if log_file is not None:
             import logging
@@ -254,8 +254,9 @@ def _record_start(
     return run
 
 
-def _record_end(run: RunDir, exc: BaseException | None) -> None:
-    """Mark the run stopped, or failed with the reason in one line (`dyn runs` shows it)."""
+def _record_end(run: RunDir, exc: BaseException | None, *, served: bool) -> None:
+    """Mark the run stopped, or failed if the graph never served; an error ending a run
+    that served is kept as its reason, in one line (`dyn runs` shows it)."""
     from dyn import state
     from dyn.errors import DynError
 
@@ -268,7 +269,7 @@ def _record_end(run: RunDir, exc: BaseException | None) -> None:
     ]
     # One line: a launch error may quote the role's last log lines below its reason.
     reason = " ".join(" ".join(dict.fromkeys(reasons)).split())
-    state.finish_run(run, "failed", reason[:_REASON_CHARS])
+    state.finish_run(run, "stopped" if served else "failed", reason[:_REASON_CHARS])
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:
