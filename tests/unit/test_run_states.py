@@ -238,3 +238,22 @@ def test_roles_with_pidfiles_keep_a_killed_run_orphaned(dyn_process: int, tmp_pa
     assert runner.invoke(app, ["runs", "prune"]).output.startswith("nothing to prune")
     pidfile.unlink()  # the role exited and removed its pidfile
     assert runs.run_status(here).state == "stopped"
+
+
+def test_an_error_after_the_graph_served_ends_the_run_stopped_with_its_reason(
+    dyn_process: int,
+) -> None:
+    """`dyn up ... | head -1`: dyn up dies of a broken pipe after it served. The run
+    served, so it is stopped, not failed, and keeps why it ended; before serving, the
+    same error is a failed start."""
+    from dyn.cli.up import _record_end
+
+    served = make_run("served", pid=DEAD_PID)
+    _record_end(served, BrokenPipeError(32, "Broken pipe"), served=True)
+    never = make_run("never", pid=DEAD_PID)
+    _record_end(never, BrokenPipeError(32, "Broken pipe"), served=False)
+    got = {s.run: (s.state, s.reason) for s in runs.run_statuses()}
+    assert got[served] == ("stopped", "BrokenPipeError: [Errno 32] Broken pipe")
+    assert got[never] == ("failed", "BrokenPipeError: [Errno 32] Broken pipe")
+    table = runner.invoke(app, ["runs"]).output
+    assert table.count("  └ BrokenPipeError: [Errno 32] Broken pipe") == 2, table
