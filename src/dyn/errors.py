@@ -30,6 +30,12 @@ Every code an error frame carries belongs to exactly one ``CallError`` class (it
 ``code``), and :func:`call_error_from_wire` rebuilds that class from the code; code outside
 this module tells errors apart by class, never by comparing codes. A code this version has
 no class for (sent by a newer peer) arrives as a :class:`RemoteError` that keeps it.
+
+A call error may name the request field at fault (``param``: ``max_tokens``,
+``response_format``), which the frontend puts in the OpenAI error body. It crosses the
+wire inside the code, as ``<code>;param=<field>`` (:func:`wire_code`), so that every
+transport's error frame stays ``(code, message)``; a peer older than this suffix reads
+such a code as an unknown one (a :class:`RemoteError`, 500).
 """
 
 from __future__ import annotations
@@ -58,7 +64,11 @@ __all__ = [
     "UnauthorizedError",
     "as_call_error",
     "call_error_from_wire",
+    "wire_code",
 ]
+
+# What separates a wire code from the field it names: ``bad_request;param=max_tokens``.
+_PARAM = ";param="
 
 
 class DynError(Exception):
@@ -109,11 +119,13 @@ class CallError(DynError):
     code: str = "internal"
     http_status: ClassVar[int] = 500
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, param: str | None = None) -> None:
         if type(self) is CallError:
             raise TypeError("raise a subclass of CallError, which names the wire code")
         super().__init__(message)
         self.message = message
+        # The request field at fault, if one is (an OpenAI error body's ``param``).
+        self.param = param
 
 
 class TransportError(CallError):
@@ -206,11 +218,17 @@ _CLASS_BY_CODE: dict[str, type[CallError]] = {
 }
 
 
+def wire_code(error: CallError) -> str:
+    """The code ``error`` crosses the wire with: its ``code``, and its ``param`` if any."""
+    return error.code if error.param is None else f"{error.code}{_PARAM}{error.param}"
+
+
 def call_error_from_wire(code: str, message: str) -> CallError:
     """Rebuild the typed error a handler raised from its wire ``code`` and message."""
-    cls = _CLASS_BY_CODE.get(code)
+    known, _, param = code.partition(_PARAM)
+    cls = _CLASS_BY_CODE.get(known)
     if cls is not None:
-        return cls(message)
+        return cls(message, param=param or None)
     error = RemoteError(message)
     error.code = code  # kept, so that a hop that passes it on sends what it received
     return error

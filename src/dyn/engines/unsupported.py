@@ -48,12 +48,14 @@ def refuse_unsupported_fields(extra_fields: bytes) -> None:
     if kind != "text":
         raise BadRequestError(
             f"response_format.type {kind!r} is not supported: the simulated engine cannot "
-            "keep its output to a format; send type 'text' or leave response_format out"
+            "keep its output to a format; send type 'text' or leave response_format out",
+            param="response_format",
         )
     choice = "auto" if fields.tool_choice is None else fields.tool_choice
     if fields.tools and choice != "none":
         shown = choice if isinstance(choice, str) else msgspec.json.encode(choice).decode()
         raise BadRequestError(
             f"tools with tool_choice {shown!r} are not supported: the simulated engine "
-            "cannot call tools; leave tools out or send tool_choice 'none'"
+            "cannot call tools; leave tools out or send tool_choice 'none'",
+            param="tools",
         )

@@ -44,7 +44,7 @@ class ApiError(DynError):
     @classmethod
     def of(cls, error: CallError) -> ApiError:
         """Answer as ``error`` would reach a client: its class's status and code."""
-        return cls(error.http_status, error.message, code=error.code)
+        return cls(error.http_status, error.message, param=error.param, code=error.code)
 
 
 def client_error(exc: DynError) -> CallError:
@@ -76,4 +76,4 @@ def error_body(
 
 def call_error_body(error: CallError) -> dict[str, Any]:
     """The body a client is answered with for ``error``, whose status is its ``http_status``."""
-    return error_body(error.http_status, error.message, code=error.code)
+    return error_body(error.http_status, error.message, param=error.param, code=error.code)

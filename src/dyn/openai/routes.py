@@ -207,7 +207,7 @@ class _OpenAI:
             if watch is not None:
                 watch.stop()
             await call.close()
-            status, body = self._error(exc, route)
+            status, body = self._error(exc, route, kind)
             headers = {HEADER_REQUEST_ID: request_id}
             if status in (429, 503):
                 headers["Retry-After"] = RETRY_AFTER_S
@@ -238,7 +238,7 @@ class _OpenAI:
         try:
             body = await call.collect(self._model.id, created)
         except Exception as exc:
-            status, body = self._error(exc, route)
+            status, body = self._error(exc, route, kind)
             call.finish(status)
             await Response(body, status, headers, _JSON)(scope, receive, send)
             return
@@ -309,13 +309,16 @@ class _OpenAI:
             message = context_overflow(generate.max_tokens, prompt, room, blame)
             raise ApiError(400, message, param=blame)
 
-    def _error(self, exc: Exception, route: str) -> tuple[int, bytes]:
+    def _error(self, exc: Exception, route: str, kind: Kind) -> tuple[int, bytes]:
         param = None
         if isinstance(exc, ApiError):
             status, message, param, code = exc.status, exc.message, exc.param, exc.code
         else:
             error = internal_error(exc, route)
             status, message, code = error.http_status, error.message, error.code
+            # The backend's request has a ``prompt``; a chat's client sent ``messages``.
+            chat = kind == "chat"
+            param = "messages" if error.param == "prompt" and chat else error.param
         if status >= 500 and not isinstance(exc, ApiError):
             _log.warning("%s answered %d: %s", route, status, message)
         return status, msgspec.json.encode(error_body(status, message, param=param, code=code))

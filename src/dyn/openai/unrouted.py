@@ -1,9 +1,13 @@
 """Answers for requests no route takes, as OpenAI error bodies rather than plain text.
 
 Starlette raises its ``HTTPException`` for an unknown path (404) and for a path that
-exists under another method (405, with ``Allow``); an app mounts
+exists under another method (405); an app mounts
 :func:`openai_http_error` as that exception's handler, so every 4xx a client sees has
 the same body as the routes' own errors, and the message says what the server has.
+
+A path may have several routes, one per method (``GET`` and ``POST /admin/route``), and
+starlette's 405 names only the methods of the first; the answer here names (in its
+message and ``Allow``) the methods of every route the path matches.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import msgspec
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Match
 
 from dyn.openai.errors import error_body
 
@@ -23,19 +28,32 @@ __all__ = ["openai_http_error"]
 async def openai_http_error(request: Request, exc: Exception) -> Response:
     """The OpenAI-shaped answer for starlette's ``HTTPException`` ``exc``."""
     assert isinstance(exc, HTTPException)
-    status = exc.status_code
+    status, headers = exc.status_code, exc.headers
     asked = f"{request.method} {request.url.path}"
     if status == 404:
         code: str | None = "unknown_route"
         message = f"no route {asked}; this server has {_routes_like(request)}"
     elif status == 405:
         code = "method_not_allowed"
-        allowed = (exc.headers or {}).get("Allow", "")
+        allowed = _allowed_methods(request) or (exc.headers or {}).get("Allow", "")
+        headers = {**(headers or {}), "Allow": allowed}
         message = f"{asked} is not allowed; {request.url.path} takes {allowed or 'no method'}"
     else:
         code, message = None, exc.detail
     body = msgspec.json.encode(error_body(status, message, code=code))
-    return Response(body, status, exc.headers, "application/json")
+    return Response(body, status, headers, "application/json")
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route of the app takes at the request's path, sorted (only on
+    a 405: a wrong method costs the walk over the routes, a right one nothing)."""
+    methods: set[str] = set()
+    app: Any = request.scope.get("app")
+    for route in getattr(app, "routes", []):
+        taken = getattr(route, "methods", None)
+        if taken and route.matches(request.scope)[0] is not Match.NONE:
+            methods |= set(taken)
+    return ", ".join(sorted(methods))
 
 
 def _routes_like(request: Request) -> str:

@@ -177,11 +177,13 @@ class Processor(Component[ProcessorConfig]):
             if param is not None and max_tokens > room:
                 # The client's own value is never cut short: it is refused as sent.
                 overflow = context_overflow(max_tokens, len(tokens), self.max_model_len, param)
-                raise BadRequestError(overflow)
+                raise BadRequestError(overflow, param=param)
             if room < 1:
+                # ``prompt`` is this request's field; the frontend names a chat's own.
                 raise BadRequestError(
                     f"this model's maximum context length is {self.max_model_len} tokens; "
-                    f"the prompt alone has {len(tokens)}"
+                    f"the prompt alone has {len(tokens)}",
+                    param="prompt",
                 )
             # Without a cap of the client's, a chat may run to the end of the context.
             max_tokens = min(max_tokens, room)

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 import anyio
 
 from dyn.context import Context
-from dyn.errors import DeadlineExceeded, as_call_error
+from dyn.errors import DeadlineExceeded, as_call_error, wire_code
 from dyn.transports.base import Handler
 
 __all__ = ["ReplyFrame", "error_to_wire", "run_handler"]
@@ -17,9 +17,10 @@ ReplyFrame = tuple[str, bytes | str, str]
 
 
 def error_to_wire(exc: BaseException) -> tuple[str, str]:
-    """The (code, message) pair an exception crosses the wire as."""
+    """The (code, message) pair an exception crosses the wire as (the code names the
+    request field at fault, if the error does: ``dyn.errors.wire_code``)."""
     error = as_call_error(exc)
-    return error.code, error.message
+    return wire_code(error), error.message
 
 
 async def run_handler(
