@@ -16,7 +16,6 @@ A run's state comes from its record and this machine's processes:
 
 from __future__ import annotations
 
-import ipaddress
 import shutil
 import time
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from pathlib import Path
 
 from dyn import state
 from dyn.errors import LaunchError
+from dyn.net import is_loopback
 
 __all__ = [
     "ACTIVE",
@@ -87,21 +87,12 @@ def runs_its_etcd(run: state.RunDir, pid: int | None) -> bool:
     return any(folder in arg for arg in argv[1:])
 
 
-def _on_this_machine(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _may_run(role: state.RoleRecord) -> bool:
     """Whether a role with a pidfile (started over ssh) may still run. One on this machine
     is checked through its pidfile (it removes it as it exits); one on another node cannot
     be seen from here, so it may run until `dyn down` has stopped it."""
     assert role.pidfile is not None
-    if not _on_this_machine(role.host):
+    if not is_loopback(role.host):
         return True
     try:
         pid = int(Path(role.pidfile).read_text(encoding="utf-8").strip())

@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
 
 import typer
 from typer.core import TyperCommand, TyperGroup
@@ -21,6 +21,7 @@ __all__ = [
     "EXIT_SPEC",
     "PanelledCommand",
     "PanelledGroup",
+    "WideOption",
     "expected_errors",
     "print_error",
     "target_run",
@@ -31,6 +32,14 @@ R = TypeVar("R")
 
 EXIT_ERROR = 1
 EXIT_SPEC = 2  # a bad graph file or override, like a usage error
+
+# `--wide` of the commands that draw tables: their columns are chosen to fit the terminal.
+WideOption = Annotated[
+    bool,
+    typer.Option(
+        "--wide", help="Show every column, however wide; by default the table fits the terminal."
+    ),
+]
 
 
 def print_error(message: str) -> None:

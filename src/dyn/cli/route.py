@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from dyn.cli._common import expected_errors
+from dyn.cli._common import WideOption, expected_errors
 
 __all__ = ["frontend_url", "route"]
 
@@ -96,13 +96,7 @@ def route(
     json_out: Annotated[
         bool, typer.Option("--json", help="Print JSON instead of a table.")
     ] = False,
-    wide: Annotated[
-        bool,
-        typer.Option(
-            "--wide",
-            help="Show every column, however wide; by default the table fits the terminal.",
-        ),
-    ] = False,
+    wide: WideOption = False,
 ) -> None:
     """Show or switch how a running graph routes requests.
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from dyn.cli._common import expected_errors
+from dyn.cli._common import WideOption, expected_errors
 
 if TYPE_CHECKING:
     from dyn.runs import RunStatus
@@ -39,9 +39,7 @@ def runs(
     json_out: Annotated[
         bool, typer.Option("--json", help="Print JSON instead of a table.")
     ] = False,
-    wide: Annotated[
-        bool, typer.Option("--wide", help="Every column, however wide the terminal.")
-    ] = False,
+    wide: WideOption = False,
 ) -> None:
     """One line per run, newest first: its id (how commands address it), state, graph,
     start time, launcher and URL; a failed run's reason below it.

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from dyn.cli._common import expected_errors, target_run
+from dyn.cli._common import WideOption, expected_errors, target_run
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -67,13 +67,7 @@ def status(
     interval: Annotated[
         float, typer.Option(min=0.1, help="Seconds between refreshes with --watch.")
     ] = 1.0,
-    wide: Annotated[
-        bool,
-        typer.Option(
-            "--wide",
-            help="Show every column, however wide; by default the table fits the terminal.",
-        ),
-    ] = False,
+    wide: WideOption = False,
 ) -> None:
     """Show every role instance of a running graph: where, health, load.
 
