@@ -6,26 +6,19 @@ names the client's field in ``param`` as the frontend's own checks do."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
-import anyio
 import httpx
 import openai
 import pytest
-from _dyn_graph import free_port
+from _kv_graph_inprocess import serve_kv_graph
 from openai import AsyncOpenAI
 
 from dyn.errors import BadRequestError, call_error_from_wire
-from dyn.graph import load_graph
-from dyn.launch.base import LaunchObserver
-from dyn.launch.inprocess import InProcessLauncher
-from dyn.launch.role_classes import role_class
 from dyn.transports._serving import error_to_wire
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 
-GRAPH = Path(__file__).resolve().parents[2] / "graphs" / "kv_routing.yaml"
 MODEL = "dyn-mock"
 # The graph's model has max_model_len 8096; its tokenizer counts one token per word.
 LONG_PROMPT = " ".join(["word"] * 8001)
@@ -34,26 +27,8 @@ TOO_LONG_PROMPT = " ".join(["word"] * 8200)
 
 @pytest.fixture
 async def url() -> AsyncIterator[str]:
-    """graphs/kv_routing.yaml as shipped, but one worker that takes no time per step."""
-    port = free_port()
-    overrides = [
-        f"frontend.port={port}",
-        "worker.replicas=1",
-        "worker.timing={fixed: {prefill_ms: 0, decode_ms: 0}}",
-    ]
-    graph = load_graph(GRAPH, overrides, resolve_role=role_class)
-    stop, ready = anyio.Event(), anyio.Event()
-
-    class Observer(LaunchObserver):
-        def graph_ready(self, url: str | None, seconds: float) -> None:
-            ready.set()
-
-    async with anyio.create_task_group() as tasks:
-        tasks.start_soon(InProcessLauncher().run, graph, Observer(), stop)
-        with anyio.fail_after(20):
-            await ready.wait()
-        yield f"http://127.0.0.1:{port}"
-        stop.set()
+    async with serve_kv_graph() as served:
+        yield served
 
 
 def sdk(url: str) -> AsyncOpenAI:

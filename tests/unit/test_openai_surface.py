@@ -6,50 +6,24 @@ the simulated engine cannot honour, and a ``max_tokens`` quoted as it was sent."
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
-import anyio
 import httpx
 import openai
 import pytest
-from _dyn_graph import free_port
+from _kv_graph_inprocess import serve_kv_graph
 from openai import AsyncOpenAI
-
-from dyn.graph import load_graph
-from dyn.launch.base import LaunchObserver
-from dyn.launch.inprocess import InProcessLauncher
-from dyn.launch.role_classes import role_class
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 
-GRAPH = Path(__file__).resolve().parents[2] / "graphs" / "kv_routing.yaml"
 MODEL = "dyn-mock"
 PROMPT = "The quick brown fox"
 
 
 @pytest.fixture
 async def url() -> AsyncIterator[str]:
-    """graphs/kv_routing.yaml as shipped, but one worker that takes no time per step."""
-    port = free_port()
-    overrides = [
-        f"frontend.port={port}",
-        "worker.replicas=1",
-        "worker.timing={fixed: {prefill_ms: 0, decode_ms: 0}}",
-    ]
-    graph = load_graph(GRAPH, overrides, resolve_role=role_class)
-    stop, ready = anyio.Event(), anyio.Event()
-
-    class Observer(LaunchObserver):
-        def graph_ready(self, url: str | None, seconds: float) -> None:
-            ready.set()
-
-    async with anyio.create_task_group() as tasks:
-        tasks.start_soon(InProcessLauncher().run, graph, Observer(), stop)
-        with anyio.fail_after(20):
-            await ready.wait()
-        yield f"http://127.0.0.1:{port}"
-        stop.set()
+    async with serve_kv_graph() as served:
+        yield served
 
 
 def sdk(url: str) -> AsyncOpenAI:

@@ -1,0 +1,45 @@
+"""graphs/kv_routing.yaml as shipped, served in the test's own process on a loopback
+port, with one worker that takes no time per step: for tests of the HTTP surface that
+need the whole graph (frontend, processor, a simulated worker) behind a real server."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+from _dyn_graph import free_port
+
+from dyn.graph import load_graph
+from dyn.launch.base import LaunchObserver
+from dyn.launch.inprocess import InProcessLauncher
+from dyn.launch.role_classes import role_class
+
+__all__ = ["KV_GRAPH", "serve_kv_graph"]
+
+KV_GRAPH = Path(__file__).resolve().parents[2] / "graphs" / "kv_routing.yaml"
+
+
+@asynccontextmanager
+async def serve_kv_graph() -> AsyncIterator[str]:
+    """The graph's frontend URL while it serves; stopped on leaving."""
+    port = free_port()
+    overrides = [
+        f"frontend.port={port}",
+        "worker.replicas=1",
+        "worker.timing={fixed: {prefill_ms: 0, decode_ms: 0}}",
+    ]
+    graph = load_graph(KV_GRAPH, overrides, resolve_role=role_class)
+    stop, ready = anyio.Event(), anyio.Event()
+
+    class Observer(LaunchObserver):
+        def graph_ready(self, url: str | None, seconds: float) -> None:
+            ready.set()
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(InProcessLauncher().run, graph, Observer(), stop)
+        with anyio.fail_after(20):
+            await ready.wait()
+        yield f"http://127.0.0.1:{port}"
+        stop.set()
