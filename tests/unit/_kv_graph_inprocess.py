@@ -1,22 +1,26 @@
 """graphs/kv_routing.yaml as shipped, served in the test's own process on a loopback
 port, with one worker that takes no time per step: for tests of the HTTP surface that
-need the whole graph (frontend, processor, a simulated worker) behind a real server."""
+need the whole graph (frontend, processor, a simulated worker) behind a real server,
+with the ways those tests speak to it: the official ``openai`` client and error bodies."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import anyio
+import httpx
 from _dyn_graph import free_port
+from openai import AsyncOpenAI
 
 from dyn.graph import load_graph
 from dyn.launch.base import LaunchObserver
 from dyn.launch.inprocess import InProcessLauncher
 from dyn.launch.role_classes import role_class
 
-__all__ = ["KV_GRAPH", "serve_kv_graph"]
+__all__ = ["KV_GRAPH", "error_of", "sdk", "serve_kv_graph"]
 
 KV_GRAPH = Path(__file__).resolve().parents[2] / "graphs" / "kv_routing.yaml"
 
@@ -43,3 +47,17 @@ async def serve_kv_graph() -> AsyncIterator[str]:
             await ready.wait()
         yield f"http://127.0.0.1:{port}"
         stop.set()
+
+
+def sdk(url: str) -> AsyncOpenAI:
+    """The official client for ``url``'s OpenAI API: no retries, so a failure shows."""
+    return AsyncOpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0, timeout=20)
+
+
+def error_of(resp: httpx.Response) -> dict[str, Any]:
+    """The ``error`` object of an OpenAI-shaped error response, checked for its shape."""
+    assert resp.headers["content-type"] == "application/json"
+    body = resp.json()
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    return dict(body["error"])

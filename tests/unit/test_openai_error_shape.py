@@ -11,8 +11,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from _kv_graph_inprocess import serve_kv_graph
-from openai import AsyncOpenAI
+from _kv_graph_inprocess import error_of, sdk, serve_kv_graph
 
 from dyn.errors import BadRequestError, call_error_from_wire
 from dyn.transports._serving import error_to_wire
@@ -29,17 +28,6 @@ TOO_LONG_PROMPT = " ".join(["word"] * 8200)
 async def url() -> AsyncIterator[str]:
     async with serve_kv_graph() as served:
         yield served
-
-
-def sdk(url: str) -> AsyncOpenAI:
-    return AsyncOpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0, timeout=20)
-
-
-def error_of(resp: httpx.Response) -> dict[str, Any]:
-    assert resp.headers["content-type"] == "application/json"
-    body = resp.json()
-    assert set(body) == {"error"}
-    return dict(body["error"])
 
 
 def body_of(info: pytest.ExceptionInfo[openai.BadRequestError]) -> dict[str, Any]:

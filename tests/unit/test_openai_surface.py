@@ -11,8 +11,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from _kv_graph_inprocess import serve_kv_graph
-from openai import AsyncOpenAI
+from _kv_graph_inprocess import error_of, sdk, serve_kv_graph
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 
@@ -24,18 +23,6 @@ PROMPT = "The quick brown fox"
 async def url() -> AsyncIterator[str]:
     async with serve_kv_graph() as served:
         yield served
-
-
-def sdk(url: str) -> AsyncOpenAI:
-    return AsyncOpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0, timeout=20)
-
-
-def error_of(resp: httpx.Response) -> dict[str, Any]:
-    assert resp.headers["content-type"] == "application/json"
-    body = resp.json()
-    assert set(body) == {"error"}
-    assert set(body["error"]) == {"message", "type", "param", "code"}
-    return dict(body["error"])
 
 
 async def test_models_retrieve(url: str) -> None:
