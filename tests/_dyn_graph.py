@@ -26,7 +26,7 @@ import httpx
 
 from dyn.net import free_port
 
-__all__ = ["DYN", "ROOT", "DynProcess", "DynUp", "dyn_up", "free_port"]
+__all__ = ["DYN", "ROOT", "DynProcess", "DynUp", "dyn_up", "free_port", "run_dyn", "status_json"]
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -242,6 +242,29 @@ def dyn_up(
         yield up
     finally:
         up.stop(timeout=30)
+
+
+def run_dyn(state: Path, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    """`dyn ARGS` to its end, on the state directory ``state``, its output captured (a
+    wide terminal, so tables keep every column)."""
+    return subprocess.run(
+        [*DYN, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "DYN_STATE_DIR": str(state), "COLUMNS": "200"},
+        cwd=ROOT,
+    )
+
+
+def status_json(up: DynProcess) -> dict[str, Any]:
+    """`dyn status --json` of the run ``up`` started (its environment names the state)."""
+    out = subprocess.run(
+        [*DYN, "status", "--json"], env=up.env, capture_output=True, text=True, timeout=30
+    )
+    assert out.returncode == 0, out.stderr
+    data: dict[str, Any] = json.loads(out.stdout)
+    return data
 
 
 def metrics_pages(base_url: str) -> list[str]:

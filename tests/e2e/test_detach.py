@@ -5,12 +5,10 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from _dyn_graph import ROOT, free_port, port_is_listening
+from _dyn_graph import ROOT, free_port, port_is_listening, run_dyn
 
 pytestmark = pytest.mark.e2e
 
@@ -25,21 +23,10 @@ def alive(pid: int) -> bool:
         return False
 
 
-def dyn(state: Path, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "dyn", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "DYN_STATE_DIR": str(state), "COLUMNS": "200"},
-        cwd=ROOT,
-    )
-
-
 def test_detach_status_logs_down(tmp_path: Path) -> None:
     state = tmp_path / "state"
     port = free_port()
-    up = dyn(
+    up = run_dyn(
         state, "up", str(HELLO), "--transport", "tcp", "--layout", "process-per-role",
         "--port", str(port), "--detach",
     )  # fmt: skip
@@ -50,22 +37,22 @@ def test_detach_status_logs_down(tmp_path: Path) -> None:
         (run,) = (state / "runs").iterdir()
         pids.append(json.loads((run / "run.json").read_text())["pid"])
 
-        status = dyn(state, "status", "--json")
+        status = run_dyn(state, "status", "--json")
         assert status.returncode == 0, status.stderr
         rows = {row["role"]: row for row in json.loads(status.stdout)["instances"]}
         assert set(rows) == {"frontend", "middle", "backend"}
         assert all(row["state"] == "healthy" and row["pid"] > 0 for row in rows.values())
         pids += [row["pid"] for row in rows.values()]
         assert all(alive(pid) for pid in pids)
-        table = dyn(state, "status")
+        table = run_dyn(state, "status")
         assert table.returncode == 0
         assert "middle" in table.stdout
 
-        logs = dyn(state, "logs", "frontend")
+        logs = run_dyn(state, "logs", "frontend")
         assert logs.returncode == 0, logs.stderr
         assert f"listening on http://127.0.0.1:{port}" in logs.stdout
 
-        down = dyn(state, "down")
+        down = run_dyn(state, "down")
         assert down.returncode == 0, down.stderr
         assert "stopped dyn up" in down.stdout
         assert not any(alive(pid) for pid in pids)
@@ -81,7 +68,7 @@ def test_a_detached_start_that_fails_is_one_error_line(tmp_path: Path) -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        up = dyn(tmp_path / "state", "up", str(HELLO), "--port", str(port), "--detach")
+        up = run_dyn(tmp_path / "state", "up", str(HELLO), "--port", str(port), "--detach")
     assert up.returncode == 1, up.stderr
     # The reason the role gave, once; its log keeps the rest.
     assert up.stderr.count("\n") == 1, up.stderr

@@ -4,20 +4,17 @@ on nodes that do not answer, suggesting --local."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 import yaml
-from _dyn_graph import DYN, DynUp
+from _dyn_graph import DynUp, status_json
 from _multinode_copy import MULTINODE, multinode_copy
 
 pytestmark = pytest.mark.e2e
@@ -28,15 +25,6 @@ NODES = {
     "worker[0]": ("node2", "127.0.0.2"),
     "worker[1]": ("node3", "127.0.0.3"),
 }
-
-
-def status(up: DynUp) -> dict[str, Any]:
-    out = subprocess.run(
-        [*DYN, "status", "--json"], env=up.env, capture_output=True, text=True, timeout=30
-    )
-    assert out.returncode == 0, out.stderr
-    data: dict[str, Any] = json.loads(out.stdout)
-    return data
 
 
 def check_local_run(tmp_path: Path, env: dict[str, str] | None, discovery_note: str) -> None:
@@ -61,7 +49,7 @@ def check_local_run(tmp_path: Path, env: dict[str, str] | None, discovery_note: 
         assert (
             "--local: node1 on 127.0.0.1, node2 on 127.0.0.2, node3 on 127.0.0.3; " + discovery_note
         ) in err
-        rows = {row["role"]: row for row in status(up)["instances"]}
+        rows = {row["role"]: row for row in status_json(up)["instances"]}
         assert {role: (row["node"], row["host"]) for role, row in rows.items()} == NODES
         for role in ("processor", "worker[0]", "worker[1]"):  # their transport addresses
             assert rows[role]["address"].startswith(f"tcp://{NODES[role][1]}:"), rows[role]
@@ -128,7 +116,7 @@ def test_in_process_status_shows_the_graphs_node_names(tmp_path: Path) -> None:
     )
     try:
         up.wait_healthy(timeout=60)
-        nodes = {row["role"]: row["node"] for row in status(up)["instances"]}
+        nodes = {row["role"]: row["node"] for row in status_json(up)["instances"]}
         assert nodes == {role: node for role, (node, _) in NODES.items()}
     finally:
         up.stop()

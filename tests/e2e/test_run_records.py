@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -14,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _dyn_graph import ROOT, DynUp, free_port
+from _dyn_graph import ROOT, DynUp, free_port, run_dyn
 
 pytestmark = pytest.mark.e2e
 
@@ -23,19 +22,8 @@ HELLO = ROOT / "graphs" / "hello_world.yaml"
 PROCESSES = ("--transport", "tcp", "--layout", "process-per-role")
 
 
-def dyn(state: Path, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "dyn", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "DYN_STATE_DIR": str(state), "COLUMNS": "200"},
-        cwd=ROOT,
-    )
-
-
 def runs_json(state: Path) -> list[dict[str, Any]]:
-    result = dyn(state, "runs", "--json")
+    result = run_dyn(state, "runs", "--json")
     assert result.returncode == 0, result.stderr
     runs: list[dict[str, Any]] = json.loads(result.stdout)["runs"]
     return runs
@@ -48,18 +36,18 @@ def state(tmp_path: Path) -> Iterator[Path]:
     yield path
     if (path / "runs").is_dir():
         for run in (path / "runs").iterdir():
-            dyn(path, "down", run.name, "--timeout", "10")
+            run_dyn(path, "down", run.name, "--timeout", "10")
 
 
 def detach(state: Path, port: int, *options: str) -> str:
-    up = dyn(state, "up", str(HELLO), "--port", str(port), *options, "--detach")
+    up = run_dyn(state, "up", str(HELLO), "--port", str(port), *options, "--detach")
     assert up.returncode == 0, up.stderr
     return up.stdout.strip()
 
 
 def failed_up(state: Path, port: int, *options: str) -> subprocess.CompletedProcess[str]:
     """`dyn up` on a port that is taken: it fails to start."""
-    up = dyn(state, "up", str(HELLO), "--port", str(port), *options)
+    up = run_dyn(state, "up", str(HELLO), "--port", str(port), *options)
     assert up.returncode == 1, up.stderr
     return up
 
@@ -77,22 +65,22 @@ def test_a_failed_start_is_not_the_run_commands_target(state: Path) -> None:
     detach(state, port, *PROCESSES)
     failed_up(state, port, *PROCESSES)  # the same port: its frontend cannot listen
 
-    scale = dyn(state, "scale", "backend", "2")
+    scale = run_dyn(state, "scale", "backend", "2")
     assert scale.returncode == 0, scale.stderr
     assert "backend: 2 replica(s) running" in scale.stdout
-    status = dyn(state, "status", "--json")
+    status = run_dyn(state, "status", "--json")
     assert status.returncode == 0, status.stderr
     roles = {row["role"] for row in json.loads(status.stdout)["instances"]}
     assert roles == {"frontend", "middle", "backend[0]", "backend[1]"}
 
-    down = dyn(state, "down")
+    down = run_dyn(state, "down")
     assert "stopped dyn up" in down.stdout
     for command in (("status",), ("scale", "backend", "1")):
-        line = one_error_line(dyn(state, *command))
+        line = one_error_line(run_dyn(state, *command))
         assert "no graph is running here: no live run" in line
         assert "`dyn up GRAPH`" in line
         assert "`dyn runs`" in line
-    nothing = dyn(state, "down")
+    nothing = run_dyn(state, "down")
     assert nothing.returncode == 0
     assert nothing.stdout.startswith("nothing to stop: no run is live")
 
@@ -100,7 +88,7 @@ def test_a_failed_start_is_not_the_run_commands_target(state: Path) -> None:
 def test_runs_lists_states_and_prune_removes_ended_runs(state: Path) -> None:
     live_port, stopped_port = free_port(), free_port()
     detach(state, stopped_port)
-    assert "stopped dyn up" in dyn(state, "down").stdout
+    assert "stopped dyn up" in run_dyn(state, "down").stdout
     detach(state, live_port)
     failed = failed_up(state, live_port)
     runs = runs_json(state)
@@ -111,7 +99,7 @@ def test_runs_lists_states_and_prune_removes_ended_runs(state: Path) -> None:
     assert {run["graph"] for run in runs} == {"hello_world"}
     assert {run["launcher"] for run in runs} == {"inprocess"}
 
-    table = dyn(state, "runs")
+    table = run_dyn(state, "runs")
     assert table.returncode == 0, table.stderr
     lines = table.stdout.splitlines()
     assert lines[0].split() == ["RUN", "STATE", "GRAPH", "STARTED", "LAUNCHER", "URL"]
@@ -121,12 +109,13 @@ def test_runs_lists_states_and_prune_removes_ended_runs(state: Path) -> None:
     assert "dyn down ID" in table.stdout
     assert "`dyn runs prune` removes the 2 stopped and failed run(s)" in table.stdout
 
-    prune = dyn(state, "runs", "prune")
+    prune = run_dyn(state, "runs", "prune")
     assert prune.returncode == 0, prune.stderr
     assert prune.stdout.strip() == "removed 2 runs (1 stopped, 1 failed)"
     assert [run["state"] for run in runs_json(state)] == ["live"]
     assert (
-        dyn(state, "runs", "prune").stdout.strip() == "nothing to prune: no stopped or failed runs"
+        run_dyn(state, "runs", "prune").stdout.strip()
+        == "nothing to prune: no stopped or failed runs"
     )
 
 
@@ -143,10 +132,10 @@ def test_logs_of_an_in_process_run(state: Path, tmp_path: Path) -> None:
     up = DynUp(str(HELLO), log_path=tmp_path / "up.log", state=state)
     try:
         up.wait_serving(timeout=60)
-        logs = dyn(state, "logs")
+        logs = run_dyn(state, "logs")
         assert logs.returncode == 0, logs.stderr
         assert f"listening on {up.url}" in logs.stdout
-        frontend = dyn(state, "logs", "frontend")
+        frontend = run_dyn(state, "logs", "frontend")
         assert frontend.returncode == 0, frontend.stderr
         assert f"listening on {up.url}" in frontend.stdout
         assert "runs inside dyn up" in frontend.stderr

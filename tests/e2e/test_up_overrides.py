@@ -3,14 +3,11 @@ note, and the graph then runs; in-process, `dyn status` shows the graph's node n
 
 from __future__ import annotations
 
-import json
-import subprocess
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-from _dyn_graph import DYN, DynUp
+from _dyn_graph import DynUp, status_json
 from _multinode_copy import multinode_copy
 
 pytestmark = pytest.mark.e2e
@@ -21,15 +18,6 @@ def generate(url: str) -> str:
     assert response.status_code == 200, response.text
     text: str = response.json()["text"]
     return text
-
-
-def status(up: DynUp) -> dict[str, Any]:
-    out = subprocess.run(
-        [*DYN, "status", "--json"], env=up.env, capture_output=True, text=True, timeout=30
-    )
-    assert out.returncode == 0, out.stderr
-    data: dict[str, Any] = json.loads(out.stdout)
-    return data
 
 
 @pytest.mark.parametrize(
@@ -57,7 +45,7 @@ def test_discovery_override_drops_the_other_backends_options(
             in err
         )
         assert "unknown" not in err
-        nodes = {row["role"]: row["node"] for row in status(up)["instances"]}
+        nodes = {row["role"]: row["node"] for row in status_json(up)["instances"]}
         assert nodes == {
             "frontend": "node1",
             "processor": "node1",
