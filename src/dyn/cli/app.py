@@ -61,5 +61,27 @@ def _root(
     """Run and study distributed LLM-serving pipelines."""
 
 
+# The exit status of a process whose output reader went away (128 + SIGPIPE), as a shell
+# pipeline's earlier commands report it.
+EXIT_BROKEN_PIPE = 141
+
+
 def main() -> None:
-    app()
+    try:
+        app()
+    except BaseException as exc:
+        if not _only_broken_pipes(exc):
+            raise
+        # `dyn ... | head`: the reader has left, which is no error of dyn's. Python would
+        # print a traceback, and fail again flushing stdout at exit: point it elsewhere.
+        import os
+        import sys
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(EXIT_BROKEN_PIPE)
+
+
+def _only_broken_pipes(exc: BaseException) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_only_broken_pipes(inner) for inner in exc.exceptions)
+    return isinstance(exc, BrokenPipeError)
