@@ -301,9 +301,27 @@ def test_sim_takes_the_graph(tmp_path: Path) -> None:
     assert saved["sim"]["mocker"]["timing"] == {"fixed": {"prefill_ms": 0.0, "decode_ms": 0.0}}
 
 
+def test_sim_burst_sends_everything_at_once_with_skewed_groups(tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    at = WORKLOAD.index("--max-concurrency")
+    shape = WORKLOAD[:at] + WORKLOAD[at + 2 :]
+    args = ["bench", "--sim", *shape, "--workers", "2", "--burst", "--zipf", "1.2"]
+    result = runner.invoke(app, [*args, "--save-result", str(out)])
+    assert result.exit_code == 0, result.output
+    saved = json.loads(out.read_text())
+    assert (saved["burst"], saved["zipf"], saved["max_concurrency"]) == (True, 1.2, None)
+    assert saved["completed"] == 16
+    # All 16 arrive at t=0 and none waits for a slot: the first token of the last one
+    # comes no sooner than the first one's.
+    assert max(saved["ttfts"]) > min(saved["ttfts"])
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
+        (["--burst", "--max-concurrency", "8"], "takes no --max-concurrency"),
+        (["--burst", "--request-rate", "5"], "does not go with --request-rate"),
+        (["--sim", "--workload", "multi-turn", "--zipf", "1"], "--zipf skews shared-prefix"),
         (["--block-size", "16"], "only apply with --sim"),
         (["--sim", "--url", "http://x"], "drop --url"),
         (["--sim", "--timing", "fixed:1"], "--timing takes"),

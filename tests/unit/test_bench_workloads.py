@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
+from dataclasses import replace
 from itertools import pairwise
 from pathlib import Path
 
@@ -56,6 +58,26 @@ def test_shared_prefix_is_deterministic_and_mixes_groups(words: Words) -> None:
     assert [i.index for i in first] == list(range(12))
     # Shuffled: the groups do not come back to back.
     assert [i.group for i in first] != sorted(i.group for i in first)
+
+
+def test_zipf_skews_group_popularity_and_keeps_each_groups_prefix(words: Words) -> None:
+    spec = SharedPrefix(
+        groups=8, prompts_per_group=50, system_prompt_len=12, question_len=4, zipf=1.5
+    )
+    items = shared_prefix(spec, words, seed=5)
+    assert items == shared_prefix(spec, words, seed=5)
+    assert len(items) == 8 * 50
+    assert [i.index for i in items] == list(range(400))
+    counts = Counter(i.group for i in items)
+    # Weight 1/(k+1)^1.5: group 0 has about 2.8 times group 1 and 22 times group 7.
+    assert counts[0] > 2 * counts[1] > 0
+    assert counts[0] > 8 * counts[7]
+    systems: dict[int, str] = {}
+    for item in items:
+        assert systems.setdefault(item.group, item.messages[0].content) == item.messages[0].content
+    # Zero skew draws every group alike: no group is far from its share of 400.
+    flat = Counter(i.group for i in shared_prefix(replace(spec, zipf=0.0), words, seed=5))
+    assert all(25 <= n <= 80 for n in flat.values()), flat
 
 
 def test_shared_prefix_groups_share_an_exact_token_prefix(

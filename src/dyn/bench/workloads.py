@@ -110,6 +110,9 @@ class SharedPrefix:
     system_prompt_len: int = 2048
     question_len: int = 128
     output_len: int = 256
+    # Skewed popularity: each request's group is drawn, group k with weight 1/(k+1)^zipf;
+    # None gives every group exactly prompts_per_group requests.
+    zipf: float | None = None
 
 
 @dataclass(frozen=True)
@@ -124,15 +127,21 @@ def shared_prefix(spec: SharedPrefix, words: Words, seed: int) -> list[WorkItem]
     """Every group's prompts share its system prompt; the order mixes the groups."""
     rng = random.Random(seed)
     pairs: list[tuple[int, str, str]] = []
-    for group in range(spec.groups):
-        system = words.text(spec.system_prompt_len, rng)
-        pairs += [
-            (group, system, words.text(spec.question_len, rng))
-            for _ in range(spec.prompts_per_group)
-        ]
-    # Back-to-back groups would let any strategy find the prefix it just cached; a mix is
-    # what a shared deployment sees, and what separates cache-aware routing from the rest.
-    rng.shuffle(pairs)
+    if spec.zipf is None:
+        for group in range(spec.groups):
+            system = words.text(spec.system_prompt_len, rng)
+            pairs += [
+                (group, system, words.text(spec.question_len, rng))
+                for _ in range(spec.prompts_per_group)
+            ]
+        # Back-to-back groups would let any strategy find the prefix it just cached; a mix
+        # is what a shared deployment sees, and what separates cache-aware routing.
+        rng.shuffle(pairs)
+    else:
+        systems = [words.text(spec.system_prompt_len, rng) for _ in range(spec.groups)]
+        weights = [1 / (k + 1) ** spec.zipf for k in range(spec.groups)]
+        drawn = rng.choices(range(spec.groups), weights, k=spec.groups * spec.prompts_per_group)
+        pairs = [(g, systems[g], words.text(spec.question_len, rng)) for g in drawn]
     return [
         WorkItem(
             index=i,

@@ -124,9 +124,11 @@ def load(
     trace_speedup: opt.TraceSpeedup = 1.0,
     max_concurrency: opt.MaxConcurrency = opt.DEFAULT_MAX_CONCURRENCY,
     request_rate: opt.RequestRate = None,
+    burst: opt.Burst = False,
     num_prompts: opt.NumPrompts = None,
     warmup: opt.Warmup = 0,
     seed: opt.Seed = 0,
+    zipf: opt.Zipf = None,
     ignore_eos: opt.IgnoreEos = True,
     metric_percentiles: opt.MetricPercentiles = "50,90,99",
     percentile_metrics: opt.PercentileMetrics = "ttft,tpot,itl,e2el",
@@ -154,6 +156,10 @@ def load(
     if ctx.invoked_subcommand is not None:
         return
     from dyn.cli.bench_run import BenchOptions, run_bench
+    from dyn.errors import DynError
 
+    source = ctx.get_parameter_source("max_concurrency")
+    if burst and source is not None and source.name == "COMMANDLINE":
+        raise DynError("--burst sends every request at once: it takes no --max-concurrency")
     # Every parameter above, by name: the live and simulated runs read what they need.
     run_bench(BenchOptions(**ctx.params))

@@ -20,6 +20,7 @@ __all__ = [
     "Api",
     "ApiKey",
     "BlockSize",
+    "Burst",
     "Compare",
     "Csv",
     "GraphFile",
@@ -54,6 +55,7 @@ __all__ = [
     "Url",
     "Warmup",
     "Workload",
+    "Zipf",
 ]
 
 # The default load: a shared-prefix workload small enough to finish in about 20 s against
@@ -113,6 +115,16 @@ TraceSpeedup = Annotated[
     float, typer.Option(help="trace: replay this many times faster.", **_workload)
 ]
 Seed = Annotated[int, typer.Option(help="Seed of prompts and arrivals.", **_workload)]
+Zipf = Annotated[
+    float | None,
+    typer.Option(
+        help="shared-prefix: skewed group popularity; each request's group k is drawn with "
+        "weight 1/(k+1)^S (0: uniform draws). Default: every group gets --prompts-per-group.",
+        min=0,
+        metavar="S",
+        **_workload,
+    ),
+]
 
 # -- how the load arrives -----------------------------------------------------------------
 MaxConcurrency = Annotated[
@@ -122,6 +134,14 @@ MaxConcurrency = Annotated[
 RequestRate = Annotated[
     float | None,
     typer.Option(help="Poisson arrivals per second. Default: inf (all at once).", **_load),
+]
+Burst = Annotated[
+    bool,
+    typer.Option(
+        "--burst",
+        help="Every request arrives at t=0 and none is held back (no --max-concurrency cap).",
+        **_load,
+    ),
 ]
 NumPrompts = Annotated[
     int | None,

@@ -38,9 +38,11 @@ class BenchOptions:
     trace_speedup: float
     max_concurrency: int | None
     request_rate: float | None
+    burst: bool
     num_prompts: int | None
     warmup: int
     seed: int
+    zipf: float | None
     ignore_eos: bool
     metric_percentiles: str
     percentile_metrics: str
@@ -82,8 +84,9 @@ def run_bench(options: BenchOptions) -> None:
     from dataclasses import replace
     from datetime import datetime
 
-    # --max-concurrency 0 lifts the cap; everything downstream knows "no cap" as None.
-    options = replace(options, max_concurrency=options.max_concurrency or None)
+    # --max-concurrency 0 lifts the cap, as --burst does; downstream "no cap" is None.
+    cap = None if options.burst else options.max_concurrency or None
+    options = replace(options, max_concurrency=cap)
     checked = _check(options)
     stop: Interruption | None = None
     if options.sim:
@@ -104,6 +107,8 @@ def run_bench(options: BenchOptions) -> None:
         "num_prompts": count,
         "request_rate": "inf" if math.isinf(checked.rate) else checked.rate,
         "max_concurrency": options.max_concurrency,
+        "burst": options.burst,
+        "zipf": options.zipf,
         "warmup": options.warmup,
         "seed": options.seed,
     }
@@ -178,10 +183,16 @@ def _check(options: BenchOptions) -> Checked:
         raise DynError(f"--url takes http://HOST:PORT (or https://), got {options.url!r}")
     if options.trace_speedup <= 0:
         raise DynError(f"--trace-speedup must be positive, got {options.trace_speedup:g}")
-    if options.workload.startswith("trace:") and options.request_rate is not None:
+    tracing = options.workload.startswith("trace:")
+    if tracing and options.request_rate is not None:
         raise DynError(
             "a trace keeps its own arrival times; use --trace-speedup, not --request-rate"
         )
+    if options.burst and (options.request_rate is not None or tracing):
+        what = "--request-rate" if options.request_rate is not None else "a trace's own times"
+        raise DynError(f"--burst sends every request at t=0: it does not go with {what}")
+    if options.zipf is not None and options.workload != "shared-prefix":
+        raise DynError(f"--zipf skews shared-prefix groups; the workload is {options.workload}")
     rate = math.inf if options.request_rate is None else options.request_rate
     if options.plot:
         from dyn.bench.report import check_plotting
@@ -198,7 +209,12 @@ def shapes(options: BenchOptions) -> dict[str, Any]:
     o = options
     return {
         "shared": SharedPrefix(
-            o.groups, o.prompts_per_group, o.system_prompt_len, o.question_len, o.output_len
+            o.groups,
+            o.prompts_per_group,
+            o.system_prompt_len,
+            o.question_len,
+            o.output_len,
+            zipf=o.zipf,
         ),
         "multi": MultiTurn(o.sessions, o.turns, o.question_len, o.output_len),
         "trace_speedup": o.trace_speedup,
