@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -130,18 +130,7 @@ def test_tokenizer_json_without_the_extra_names_the_fix(monkeypatch: pytest.Monk
 
 
 def test_tokenizer_json_loads_with_the_extra(tmp_path: Path) -> None:
-    tokenizers = pytest.importorskip("tokenizers")
-    hf = tokenizers.Tokenizer(tokenizers.models.BPE())
-    hf.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
-    hf.decoder = tokenizers.decoders.ByteLevel()
-    trainer = tokenizers.trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=["</s>"],
-        initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet(),
-    )
-    hf.train_from_iterator(PARAGRAPHS, trainer)
-    hf.save(str(tmp_path / "tokenizer.json"))
-    tok: Tokenizer = load_tokenizer(str(tmp_path))
+    tok = _trained_byte_level(tmp_path, corpus=PARAGRAPHS)
     assert tok.eos_token_id == 0
     text = "the garden, 𝄞 at night"
     ids = tok.encode(text)
@@ -166,7 +155,9 @@ def test_vocab_txt_is_what_make_vocab_writes() -> None:
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-def _trained_byte_level(tmp_path: Path) -> Tokenizer:
+def _trained_byte_level(tmp_path: Path, corpus: Sequence[str] = ()) -> Tokenizer:
+    """A byte-level BPE tokenizer.json trained on ``corpus`` (by default the paragraphs and
+    a few accented and astral characters), loaded as dyn loads one."""
     tokenizers = pytest.importorskip("tokenizers")
     hf = tokenizers.Tokenizer(tokenizers.models.BPE())
     hf.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -176,7 +167,7 @@ def _trained_byte_level(tmp_path: Path) -> Tokenizer:
         special_tokens=["</s>"],
         initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet(),
     )
-    hf.train_from_iterator([*PARAGRAPHS, "naïve 𝄞 café"], trainer)
+    hf.train_from_iterator(corpus or [*PARAGRAPHS, "naïve 𝄞 café"], trainer)
     hf.save(str(tmp_path / "tokenizer.json"))
     return load_tokenizer(str(tmp_path))
 
