@@ -22,7 +22,8 @@ HELP = """Load-test a server, or measure dyn's own parts.
 With no subcommand: stream requests to the newest live `dyn up` here (or --url) and report
 TTFT, TPOT, ITL and end-to-end latency as vLLM's benchmark does, plus dyn's prefix
 cache hit rate and each worker's share; --compare runs once per routing strategy; --sim
-replays the workload in virtual time with no server.
+replays the workload in virtual time with no server, and --sim --sweep once per value of
+one setting (a table row and, with --plot FILE.svg, a point each).
 
 The defaults send 256 shared-prefix requests (32 groups of 8 prompts, 512-token
 prefixes, 64-token questions, 64 output tokens with ignore_eos), 32 in flight: about
@@ -38,6 +39,7 @@ Examples:
   dyn bench --num-prompts 200
   dyn bench --compare round_robin,kv
   dyn bench --sim --graph graphs/kv_routing.yaml
+  dyn bench --sim --sweep overlap_score_weight=0,1,2,4,8 --plot sweep.svg
   dyn bench router"""
 
 app = typer.Typer(
@@ -137,6 +139,7 @@ def load(
     csv: opt.Csv = None,
     plot: opt.Plot = None,
     sim: opt.Sim = False,
+    sweep: opt.SimSweep = None,
     workers: opt.SimWorkers = None,
     graph: opt.GraphFile = None,
     block_size: opt.BlockSize = None,

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
+from dyn.bench.sweep import BENCH_KEYS
 from dyn.settings import OPENAI_API_KEY_ENV
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "Seed",
     "Sessions",
     "Sim",
+    "SimSweep",
     "SimWorkers",
     "SpeedupRatio",
     "SystemPromptLen",
@@ -168,7 +170,11 @@ SaveResult = Annotated[str | None, typer.Option(help="Write the result as JSON."
 Csv = Annotated[str | None, typer.Option(help="Write one row per request as CSV.", **_report)]
 Plot = Annotated[
     str | None,
-    typer.Option(help="Draw TTFT and latency CDFs to this PNG (dyn[plot]).", **_report),
+    typer.Option(
+        help="Draw TTFT and latency CDFs to this PNG (dyn[plot]); with --sweep, the "
+        "trade-off (reuse against TTFT p50 and E2EL p90, a point per value) to this .svg.",
+        **_report,
+    ),
 ]
 
 # -- the simulation -----------------------------------------------------------------------
@@ -177,6 +183,18 @@ Sim = Annotated[
     typer.Option(
         "--sim",
         help="Replay in virtual time through the real router and mocker core: no server.",
+        **_sim,
+    ),
+]
+SimSweep = Annotated[
+    list[str] | None,
+    typer.Option(
+        help="One arm per value of one key, e.g. overlap_score_weight=0,1,2,4,8; "
+        "strategy=round_robin,kv; workers=2,4,8; trace_speedup=1,4. Keys: strategy, an "
+        "option of the strategy (or STRATEGY.OPTION), " + ", ".join(BENCH_KEYS) + ". "
+        "Prints one row per value. One --sweep per run (no grids); not with --compare.",
+        metavar="KEY=V1,V2,...",
+        show_default=False,
         **_sim,
     ),
 ]

@@ -11,6 +11,7 @@ import typer
 
 if TYPE_CHECKING:
     from dyn.bench.report import Interruption
+    from dyn.bench.sweep import Sweep
 
 __all__ = ["BenchOptions", "Checked", "run_bench", "shapes", "split"]
 
@@ -51,6 +52,7 @@ class BenchOptions:
     csv: str | None
     plot: str | None
     sim: bool
+    sweep: list[str] | None
     workers: int | None
     graph: str | None
     block_size: int | None
@@ -89,7 +91,13 @@ def run_bench(options: BenchOptions) -> None:
     options = replace(options, max_concurrency=cap)
     checked = _check(options)
     stop: Interruption | None = None
-    if options.sim:
+    sweep: Sweep | None = None
+    if options.sweep:
+        from dyn.cli.bench_sweep import run_sweep_bench
+
+        base = None
+        sweep, arms, count = run_sweep_bench(options, checked, check=_check)
+    elif options.sim:
         from dyn.cli.bench_sim import run_sim_bench
 
         base = None
@@ -113,10 +121,17 @@ def run_bench(options: BenchOptions) -> None:
         "seed": options.seed,
     }
     arms = {name: {**meta, **result} for name, result in arms.items()}
-    compared = bool(checked.strategies)
+    compared = bool(checked.strategies) or sweep is not None
     if stop is not None:
         _stopped(stop, arms, checked.strategies)
-    if arms:
+    if arms and sweep is not None:
+        from dyn.cli.bench_sweep import plot_sweep, render_sweep
+
+        render_sweep(sweep, arms, checked)
+        _save(arms, compared=compared, options=replace(options, plot=None))
+        if options.plot:
+            plot_sweep(options.plot, sweep, arms)
+    elif arms:
         _render(arms, compared=compared, percentiles=checked.percentiles, metrics=checked.metrics)
         _save(arms, compared=compared, options=options)
     if stop is not None:
@@ -194,12 +209,36 @@ def _check(options: BenchOptions) -> Checked:
     if options.zipf is not None and options.workload != "shared-prefix":
         raise DynError(f"--zipf skews shared-prefix groups; the workload is {options.workload}")
     rate = math.inf if options.request_rate is None else options.request_rate
-    if options.plot:
+    if options.sweep:
+        _check_sweep(options)
+    elif options.plot:
         from dyn.bench.report import check_plotting
 
         check_plotting()
     warm_seed = options.seed + WARMUP_SEED_OFFSET
     return Checked(percentiles, metrics, strategies, rate, warm_seed)
+
+
+def _check_sweep(options: BenchOptions) -> None:
+    from dyn.errors import DynError
+
+    assert options.sweep
+    if len(options.sweep) > 1:
+        raise DynError(
+            f"one --sweep per run, got {len(options.sweep)}: "
+            f"{' and '.join(options.sweep)}; a grid of two keys is not supported"
+        )
+    if not options.sim:
+        raise DynError("--sweep runs only with --sim (each arm is a simulated run); add --sim")
+    if options.compare is not None:
+        raise DynError(
+            "--sweep and --compare both choose the arms; sweep the strategies with "
+            "--sweep strategy=" + ",".join(split(options.compare))
+        )
+    if options.plot and not options.plot.lower().endswith(".svg"):
+        raise DynError(
+            f"with --sweep, --plot draws an SVG: give a file ending in .svg, got {options.plot!r}"
+        )
 
 
 def shapes(options: BenchOptions) -> dict[str, Any]:

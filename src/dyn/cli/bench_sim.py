@@ -7,7 +7,7 @@ run's, which are rendered and saved the same way.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -26,6 +26,10 @@ class SimFlags:
     routers: int | None = None
     router_sync: bool | None = None
     sync_delay_s: float = 0.0
+    # A sweep's arm: this strategy instead of the graph's (its options then do not
+    # apply), and these options over the graph's.
+    strategy: str | None = None
+    strategy_options: dict[str, Any] = field(default_factory=dict)
 
 
 def sim_flags(options: BenchOptions) -> SimFlags:
@@ -115,8 +119,10 @@ def run_sim(
     ignore_eos: bool,
     percentiles: list[float],
     strategies: list[str],
+    label: str | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """One simulated arm per strategy (the graph's, or ``kv``, without ``--compare``)."""
+    """One simulated arm per strategy (the graph's, or ``kv``, without ``--compare``);
+    ``label`` names the arm in the progress lines instead of its strategy."""
     from rich.console import Console
 
     from dyn.bench.sim import SimRequest
@@ -132,6 +138,12 @@ def run_sim(
         router_sync=flags.router_sync if flags.router_sync is not None else setup.router_sync,
         sync_delay_s=flags.sync_delay_s,
     )
+    if flags.strategy is not None and flags.strategy != setup.strategy:
+        setup = replace(setup, strategy=flags.strategy, strategy_options={})
+    if flags.strategy_options:
+        setup = replace(
+            setup, strategy_options={**setup.strategy_options, **flags.strategy_options}
+        )
     requests: list[SimRequest]
     warm: list[SimRequest] = []
     if workload.startswith("trace:") and len(workload) > len("trace:"):
@@ -156,7 +168,7 @@ def run_sim(
     arms: dict[str, dict[str, Any]] = {}
     console = Console(stderr=True)
     for strategy in strategies or [setup.strategy]:
-        with console.status(f"simulating {strategy}…"):
+        with console.status(f"simulating {label or strategy}…"):
             result = simulate(
                 requests,
                 setup,
@@ -169,7 +181,7 @@ def run_sim(
             )
         arms[result["strategy"]] = result
         console.print(
-            f"{result['strategy']}: {len(requests)} requests, "
+            f"{label or result['strategy']}: {len(requests)} requests, "
             f"{result['duration']:,.1f} s simulated in {result['sim']['wall_s']:.1f} s"
         )
     return arms
