@@ -92,13 +92,15 @@ class KvLatencyRouter(KvRouter):
         for candidate in candidates:
             worker = candidate.instance_id
             flight = self.tracker.flight(worker)
-            overlap, _ = self._overlap(worker, keys, cached)
+            overlap, inflight = self._overlap(worker, keys, cached)
             state = WorkerState(
                 overlap_blocks=overlap,
                 requests=flight.requests,
                 prefill_tokens=flight.prefill_tokens,
                 context_tokens=flight.sequence_blocks * block_size,
                 capacity_tokens=self._capacity_tokens(candidate, block_size),
+                active_blocks=flight.active_blocks,
+                new_blocks=len(keys) + extra - inflight + -(-output // block_size),
             )
             these = latency_terms(
                 state,
@@ -122,7 +124,8 @@ class KvLatencyRouter(KvRouter):
         )
 
     def _choices(self, plan: LatencyPlan) -> list[int]:
-        return pick(plan.terms, [plan.overlaps[w] for w in plan.workers], self.slack)
+        requests = [self.tracker.flight(w).requests for w in plan.workers]
+        return pick(plan.terms, [plan.overlaps[w] for w in plan.workers], self.slack, requests)
 
     def select(self, candidates: Sequence[Instance], request: RouteRequest) -> Instance:
         if request.instance_id is not None:

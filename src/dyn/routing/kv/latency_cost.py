@@ -23,6 +23,7 @@ onto one worker expensive, and why a cost in blocks stored (``kv``) under-prices
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -75,6 +76,10 @@ class WorkerState:
     prefill_tokens: int
     context_tokens: int
     capacity_tokens: int
+    # The cache itself: blocks the requests in flight hold (shared ones once), and the
+    # blocks this request would add to them.
+    active_blocks: int = 0
+    new_blocks: int = 0
 
 
 @dataclass(frozen=True)
@@ -109,8 +114,14 @@ def latency_terms(
     step_after = timing.decode(after / capacity)
     step_before = timing.decode(before / capacity) if state.requests else step_after
     own_prefill = timing.prefill(uncached)
+    # A request whose blocks do not fit beside those in flight waits for enough of them
+    # to finish; in flight requests have, on average, half an output to go, spread evenly.
+    wait = 0.0
+    excess = state.active_blocks + state.new_blocks - capacity // block_size
+    if excess > 0 and state.active_blocks:
+        wait = min(1.0, excess / state.active_blocks) * output_tokens * step_before
     return LatencyTerms(
-        prefill_ms=timing.prefill(state.prefill_tokens + uncached),
+        prefill_ms=wait + timing.prefill(state.prefill_tokens + uncached),
         decode_ms=output_tokens * step_after,
         harm_ms=state.requests * (half * (step_after - step_before) + own_prefill),
     )
@@ -127,19 +138,33 @@ def _dominated(terms: Sequence[LatencyTerms], i: int) -> bool:
     )
 
 
-def pick(terms: Sequence[LatencyTerms], overlaps: Sequence[int], slack: float) -> list[int]:
+def pick(
+    terms: Sequence[LatencyTerms],
+    overlaps: Sequence[int],
+    slack: float,
+    requests: Sequence[int] | None = None,
+) -> list[int]:
     """The indices the rule chooses among (more than one only on an exact tie).
 
-    Among workers within ``slack`` of the lowest cost and not worse on every term than
-    another, those holding the most of the prompt; of those, the cheapest.
+    A worker whose ``requests`` in flight, with this one added, would exceed ``1 + slack``
+    times the mean (rounded up) is left out unless it holds more of the prompt than every
+    worker within that bound: without a cache to gain, no timing model, however wrong
+    about a busy worker, can pile requests on it. Among the rest, the workers within
+    ``slack`` of the lowest cost and not worse on every term than another; of these,
+    those holding the most of the prompt; of these, the cheapest.
     """
+    allowed: Sequence[int] = range(len(terms))
+    if requests is not None:
+        cap = math.ceil((1.0 + slack) * (sum(requests) + 1) / len(requests))
+        within = [i for i in allowed if requests[i] + 1 <= cap]
+        most_within = max(overlaps[i] for i in within)
+        allowed = [i for i in allowed if requests[i] + 1 <= cap or overlaps[i] > most_within]
     totals = [t.total_ms for t in terms]
-    bound = min(totals) * (1.0 + slack)
-    eligible = [i for i, total in enumerate(totals) if total <= bound]
+    bound = min(totals[i] for i in allowed) * (1.0 + slack)
+    eligible = [i for i in allowed if totals[i] <= bound]
     if len(eligible) > 1:
-        # The cheapest is never dominated (a dominating worker would cost less), so at
-        # least one stays.
-        eligible = [i for i in eligible if not _dominated(terms, i)]
+        # The cheapest allowed is dominated only by a worker over the bound; keep it then.
+        eligible = [i for i in eligible if not _dominated(terms, i)] or eligible
     most = max(overlaps[i] for i in eligible)
     eligible = [i for i in eligible if overlaps[i] == most]
     cheapest = min(totals[i] for i in eligible)
