@@ -81,7 +81,9 @@ def test_with_equal_load_the_largest_overlap_wins(
     load: WorkerState, overlaps: list[int], slack: float
 ) -> None:
     workers = [
-        WorkerState(o, load.requests, load.prefill_tokens, load.context_tokens, load.capacity_tokens)
+        WorkerState(
+            o, load.requests, load.prefill_tokens, load.context_tokens, load.capacity_tokens
+        )
         for o in overlaps
     ]
     terms = [_terms(w) for w in workers]
@@ -193,10 +195,12 @@ def test_a_loaded_holder_loses_to_an_idle_worker_where_kv_would_pile_on() -> Non
     assert router.select(candidates, new).instance_id == "w1"
     scores = router.explain(candidates, new)
     w0, w1 = scores
-    assert w0.overlap_blocks == 32 and w1.overlap_blocks == 0
+    assert w0.overlap_blocks == 32
+    assert w1.overlap_blocks == 0
     assert w0.terms["prefill_ms"] < w1.terms["prefill_ms"]  # the cache helps w0 ...
     assert w0.terms["harm_ms"] > w1.terms["harm_ms"] == 0  # ... but it slows three others
-    assert w1.chosen and not w0.chosen
+    assert w1.chosen
+    assert not w0.chosen
     assert w0.cost == pytest.approx(sum(w0.terms.values()))
 
 
