@@ -1,6 +1,7 @@
 """The simulation is the real code: a live graph and `dyn bench --sim` route alike.
 
-graphs/kv_routing.yaml runs under `dyn up` with zero-time steps and a seeded kv router;
+graphs/kv_routing.yaml runs under `dyn up` with zero-time steps and a seeded kv (then
+kv_latency) router;
 a small shared-prefix workload is sent one request at a time, and the worker that served
 each is read from the router's decision counter between requests. The simulator then
 replays the same workload with the same worker settings and router seed.
@@ -31,6 +32,7 @@ from dyn.bench.scrape import by_label, delta
 from dyn.bench.sim import Simulator
 from dyn.bench.sim_run import parse_timing, sim_setup, text_requests
 from dyn.bench.workloads import SharedPrefix, Words, shared_prefix
+from dyn.routing.kv.latency import KvLatencyRouter
 from dyn.routing.kv.router import KvRouter
 from dyn.tokenizer import load_tokenizer
 
@@ -45,13 +47,22 @@ OUTPUT_LEN = 8
 ZERO = "fixed:0,0"
 
 
+STRATEGIES = {"kv": KvRouter, "kv_latency": KvLatencyRouter}
+
+
+@pytest.fixture(scope="module", params=sorted(STRATEGIES))
+def strategy(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
 @pytest.fixture(scope="module")
-def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def base_url(tmp_path_factory: pytest.TempPathFactory, strategy: str) -> Iterator[str]:
     port = free_port()
     log_path = tmp_path_factory.mktemp("bench_sim_live") / "up.log"
     sets = (
         "worker.timing={fixed: {prefill_ms: 0, decode_ms: 0}}",
-        "processor.strategy=kv",
+        f"processor.strategy={strategy}",
         f"processor.seed={SEED}",
     )
     # The simulator models one router; the live graph must have one too (one process:
@@ -82,10 +93,11 @@ def live_decisions(base_url: str, words: Words) -> tuple[list[str], list[int]]:
     return anyio.run(main)
 
 
-def simulated_decisions(words: Words) -> tuple[list[str], list[int]]:
+def simulated_decisions(words: Words, strategy: str) -> tuple[list[str], list[int]]:
     setup, tokenizer = sim_setup(GRAPH, mocker={"timing": parse_timing(ZERO)})
     items = shared_prefix(replace(SHAPE, output_len=OUTPUT_LEN), words, SEED)
-    simulator = Simulator(setup.mocker, setup.workers, KvRouter(None, seed=SEED), max_concurrency=1)
+    router = STRATEGIES[strategy](None, seed=SEED)
+    simulator = Simulator(setup.mocker, setup.workers, router, max_concurrency=1)
     run = simulator.run(text_requests(items, tokenizer))
     assert all(r.ok for r in run.results)
     return run.workers, [r.input_len for r in run.results]
@@ -98,10 +110,10 @@ def partition(workers: list[str]) -> set[frozenset[int]]:
     return {frozenset(g) for g in groups.values()}
 
 
-def test_live_and_simulated_runs_route_every_request_alike(base_url: str) -> None:
+def test_live_and_simulated_runs_route_every_request_alike(base_url: str, strategy: str) -> None:
     words = Words(load_tokenizer(None))
     live, live_lengths = live_decisions(base_url, words)
-    simulated, sim_lengths = simulated_decisions(words)
+    simulated, sim_lengths = simulated_decisions(words, strategy)
     assert live_lengths == sim_lengths  # the same prompts, tokenized alike
     assert len(set(live)) > 1  # the workload spreads, so the comparison means something
     assert partition(live) == partition(simulated)

@@ -293,3 +293,32 @@ def test_route_shows_and_explains(base_url: str) -> None:
     bad = runner.invoke(app, ["route", "--url", base_url, "--strategy", "kvv"])
     assert bad.exit_code == 1
     assert "unknown strategy 'kvv'" in bad.stderr
+
+
+def test_explain_shows_kv_latency_terms_per_worker(base_url: str) -> None:
+    from typer.testing import CliRunner
+
+    from dyn.cli.app import app
+
+    runner = CliRunner()
+    switched = runner.invoke(app, ["route", "--url", base_url, "--strategy", "kv_latency"])
+    assert switched.exit_code == 0, switched.output
+    try:
+        explained = runner.invoke(
+            app, ["route", "--url", base_url, "--explain", "hello " * 40, "--json"]
+        )
+        assert explained.exit_code == 0, explained.output
+        scores = json.loads(explained.stdout)["workers"]
+        assert len(scores) == 4
+        assert sum(s["chosen"] for s in scores) == 1
+        for score in scores:
+            assert set(score["terms"]) == {"prefill_ms", "decode_ms", "harm_ms"}
+            assert score["cost"] == pytest.approx(sum(score["terms"].values()))
+        table = runner.invoke(
+            app, ["route", "--url", base_url, "--explain", "hello " * 40], env={"COLUMNS": "160"}
+        )
+        assert table.exit_code == 0, table.output
+        for header in ("overlap blocks", "prefill (ms)", "decode (ms)", "harm (ms)", "cost (ms)"):
+            assert header in table.stdout, table.stdout
+    finally:
+        runner.invoke(app, ["route", "--url", base_url, "--strategy", "kv"])

@@ -6,10 +6,18 @@ from dyn.discovery.base import Instance
 
 
 def fake_instances(
-    n: int, *, prefix: str = "i", component: str = "w", block_size: int | None = None
+    n: int,
+    *,
+    prefix: str = "i",
+    component: str = "w",
+    block_size: int | None = None,
+    metadata: dict[str, object] | None = None,
 ) -> list[Instance]:
-    """``n`` instances with ids ``{prefix}0``…, carrying ``block_size`` if given."""
-    metadata = {} if block_size is None else {"block_size": block_size}
+    """``n`` instances with ids ``{prefix}0``…, carrying ``block_size`` if given, and
+    ``metadata``."""
+    metadata = dict(metadata or {})
+    if block_size is not None:
+        metadata["block_size"] = block_size
     return [
         Instance(
             namespace="ns",

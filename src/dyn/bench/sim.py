@@ -239,7 +239,10 @@ class Simulator:
         tokens = request.tokens()
         result.input_len = len(tokens)
         request_id = f"sim-{self._runs}-{request.index}"
-        route = RouteRequest(request_id=request_id, tokens=tokens)
+        # As the processor does: the request's output budget, for strategies that weigh it.
+        route = RouteRequest(
+            request_id=request_id, tokens=tokens, extra={"max_tokens": request.output_len}
+        )
         if self.max_model_len is not None and len(tokens) + request.output_len > (
             self.max_model_len
         ):

@@ -209,18 +209,35 @@ def _explain_table(data: dict[str, Any]) -> Any:
     table = Table(
         title=f"{data['strategy']}: a {data['prompt_tokens']}-token prompt would go to the ✓ worker"
     )
-    for column in ("worker", "overlap blocks", "prefill blocks", "decode blocks", "cost", ""):
-        table.add_column(column, justify="left" if column == "worker" else "right")
-    for score in data["workers"]:
-        table.add_row(
+    scores = data["workers"]
+    # A strategy whose cost is made of its own terms (kv_latency: milliseconds) shows
+    # those; kv shows its blocks.
+    terms = list(scores[0].get("terms") or {}) if scores else []
+    figures = terms or ["prefill_blocks", "decode_blocks"]
+    cost = "cost (ms)" if all(name.endswith("_ms") for name in terms) and terms else "cost"
+    headers = ["worker", "overlap blocks", *(_term_header(name) for name in figures), cost, ""]
+    if any(score.get("notes") for score in scores):
+        headers.append("why")
+    for column in headers:
+        table.add_column(column, justify="left" if column in ("worker", "why") else "right")
+    for score in scores:
+        values = score.get("terms") or score
+        row = [
             score["instance_id"][:8],
             _fmt(score["overlap_blocks"]),
-            _fmt(score["prefill_blocks"]),
-            _fmt(score["decode_blocks"]),
+            *(_fmt(values.get(name, "")) for name in figures),
             _fmt(score["cost"]),
             "✓" if score["chosen"] else "",
-        )
+        ]
+        if "why" in headers:
+            row.append(score.get("notes", ""))
+        table.add_row(*row)
     return table
+
+
+def _term_header(name: str) -> str:
+    base, _, unit = name.rpartition("_")
+    return f"{base.replace('_', ' ')} ({unit})" if unit == "ms" else name.replace("_", " ")
 
 
 def _fmt(value: Any) -> str:

@@ -210,7 +210,11 @@ class Processor(Component[ProcessorConfig]):
                 logprobs=req.logprobs,
                 prior_output_tokens=done,
             )
-            route = RouteRequest(request_id=req.request_id, tokens=sent_tokens)
+            route = RouteRequest(
+                request_id=req.request_id,
+                tokens=sent_tokens,
+                extra={"max_tokens": engine_request.max_tokens},
+            )
             received = 0
             stream = self.worker.stream(
                 ENGINE_GENERATE, engine_request, route=route, exclude=failed

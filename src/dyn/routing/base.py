@@ -45,6 +45,9 @@ class WorkerScore:
     cost: float = 0.0
     chosen: bool = False
     notes: str = ""
+    # A strategy's own figures, by name, for a strategy whose cost is made of other terms
+    # (``dyn route --explain`` shows them as columns).
+    terms: dict[str, float] = field(default_factory=dict)
 
 
 class RoutingStrategy(ABC):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dyn.engines.mocker.config import FixedTiming, MockerConfig
 
-__all__ = ["StepTiming", "decode_ms", "prefill_ms"]
+__all__ = ["StepTiming", "decode_ms", "decode_ms_at_load", "prefill_ms"]
 
 # ai-dynamo 1.6.1 mocker, prefill time (ms) vs uncached tokens in the batch.
 PREFILL_QUADRATIC = 4.209989e-07
@@ -38,7 +38,12 @@ def prefill_ms(tokens: int) -> float:
 
 def decode_ms(context_tokens: int, capacity_tokens: int) -> float:
     """Decode time of a step whose decoding sequences hold ``context_tokens`` in all."""
-    load = min(1.0, context_tokens / capacity_tokens)
+    return decode_ms_at_load(context_tokens / capacity_tokens)
+
+
+def decode_ms_at_load(load: float) -> float:
+    """Decode time of a step at KV load ``load`` (capped at 1)."""
+    load = min(1.0, load)
     return max(
         DECODE_FLOOR_MS, DECODE_QUADRATIC * load * load + DECODE_LINEAR * load + DECODE_CONSTANT
     )

@@ -167,14 +167,29 @@ class KvRouter(RoutingStrategy):
 
     # -- choosing ----------------------------------------------------------------------
 
-    def _plan(self, candidates: Sequence[Instance], request: RouteRequest) -> RoutePlan:
-        settings = self.settings
-        block_size = block_size_of(candidates, settings.block_size)
+    def _prompt_blocks(
+        self, candidates: Sequence[Instance], request: RouteRequest
+    ) -> tuple[int, list[int], list[int], int, dict[str, int]]:
+        """The prompt's block size, local hashes, chain keys, partial last block (0 or 1)
+        and each worker's cached overlap."""
+        block_size = block_size_of(candidates, self.settings.block_size)
         tokens = request.tokens
         local = local_block_hashes(tokens, block_size)
         keys = chain_keys(local)
         extra = 1 if len(tokens) % block_size else 0
-        cached = self.cached_overlaps(local, keys)
+        return block_size, local, keys, extra, self.cached_overlaps(local, keys)
+
+    def _overlap(self, worker: str, keys: Sequence[int], cached: dict[str, int]) -> tuple[int, int]:
+        """``worker``'s overlap with the prompt (cached or being computed there) and the
+        part of it that requests in flight there hold."""
+        tracker = self.tracker
+        inflight = tracker.inflight_overlap(worker, keys) if tracker.flight(worker).refs else 0
+        return max(cached.get(worker, 0), inflight), inflight
+
+    def _plan(self, candidates: Sequence[Instance], request: RouteRequest) -> RoutePlan:
+        settings = self.settings
+        tokens = request.tokens
+        block_size, local, keys, extra, cached = self._prompt_blocks(candidates, request)
         overlaps: dict[str, int] = {}
         workers: list[str] = []
         plan_costs: list[Cost] = []
@@ -185,8 +200,7 @@ class KvRouter(RoutingStrategy):
         for candidate in candidates:
             worker = candidate.instance_id
             flight = tracker.flight(worker)
-            inflight = tracker.inflight_overlap(worker, keys) if flight.refs else 0
-            overlap = max(cached.get(worker, 0), inflight)
+            overlap, inflight = self._overlap(worker, keys, cached)
             overlaps[worker] = overlap
             state = (overlap, inflight, flight.prefill_tokens, flight.active_blocks)
             cost = costs.get(state)
@@ -210,10 +224,14 @@ class KvRouter(RoutingStrategy):
         plan = self._plan(candidates, request)
         index = choose([c.cost for c in plan.costs], self.settings.temperature, self._rng)
         chosen = candidates[index]
+        self.remember(request.request_id, chosen.instance_id, plan)
+        return chosen
+
+    def remember(self, request_id: str, worker: str, plan: RoutePlan) -> None:
+        """Keep the plan of a request routed to ``worker`` until ``on_routed``."""
         if len(self._pending) >= _PENDING_LIMIT:
             del self._pending[next(iter(self._pending))]
-        self._pending[request.request_id] = (chosen.instance_id, plan)
-        return chosen
+        self._pending[request_id] = (worker, plan)
 
     def explain(self, candidates: Sequence[Instance], request: RouteRequest) -> list[WorkerScore]:
         if request.instance_id is not None:

@@ -40,6 +40,9 @@ class WorkerFlight:
     prefill_tokens: int = 0
     extra_blocks: int = 0
     refs: dict[int, int] = field(default_factory=dict)  # block key -> requests holding it
+    # Prompt blocks summed over the requests, shared ones counted per request: what their
+    # decoding reads, as opposed to what the cache stores (``active_blocks``).
+    sequence_blocks: int = 0
 
     @property
     def active_blocks(self) -> int:
@@ -83,6 +86,7 @@ class LoadTracker:
         flight.requests += 1
         flight.prefill_tokens += prefill_tokens
         flight.extra_blocks += extra_blocks
+        flight.sequence_blocks += len(request.keys) + extra_blocks
         refs = flight.refs
         for key in request.keys:
             refs[key] = refs.get(key, 0) + 1
@@ -104,6 +108,7 @@ class LoadTracker:
         flight.requests -= 1
         flight.prefill_tokens -= request.prefill_tokens
         flight.extra_blocks -= request.extra_blocks
+        flight.sequence_blocks -= len(request.keys) + request.extra_blocks
         refs = flight.refs
         for key in request.keys:
             left = refs[key] - 1
