@@ -320,5 +320,11 @@ def test_explain_shows_kv_latency_terms_per_worker(base_url: str) -> None:
         assert table.exit_code == 0, table.output
         for header in ("overlap blocks", "prefill (ms)", "decode (ms)", "harm (ms)", "cost (ms)"):
             assert header in table.stdout, table.stdout
+        args = ["route", "--url", base_url, "--explain", "hello " * 40, "--max-tokens", "8"]
+        short = runner.invoke(app, [*args, "--json"])
+        assert short.exit_code == 0, short.output
+        short_scores = json.loads(short.stdout)["workers"]
+        # Eight output tokens to come decode for less time than the default assumption.
+        assert short_scores[0]["terms"]["decode_ms"] < scores[0]["terms"]["decode_ms"]
     finally:
         runner.invoke(app, ["route", "--url", base_url, "--strategy", "kv"])

@@ -93,6 +93,14 @@ def route(
         str | None,
         typer.Option(help="Score every worker for this prompt without sending a request."),
     ] = None,
+    max_tokens: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="With --explain: the request's max_tokens (kv_latency weighs the output "
+            "to come). Default: the strategy's own assumption.",
+        ),
+    ] = None,
     json_out: Annotated[
         bool, typer.Option("--json", help="Print JSON instead of a table.")
     ] = False,
@@ -108,6 +116,7 @@ def route(
       dyn route
       dyn route --strategy round_robin   # a wrong name lists the valid ones
       dyn route --explain "Hello there"  # each worker's score for it
+      dyn route --explain "Hello there" --max-tokens 64
     """
     import json
 
@@ -124,7 +133,10 @@ def route(
             console.print(f"strategy: {before} → [bold]{after}[/]")
         return
     if explain is not None:
-        data = _request("POST", f"{base}/admin/route/explain", {"text": explain})
+        body: dict[str, Any] = {"text": explain}
+        if max_tokens is not None:
+            body["max_tokens"] = max_tokens
+        data = _request("POST", f"{base}/admin/route/explain", body)
         if json_out:
             typer.echo(json.dumps(data, indent=2))
         else:

@@ -123,6 +123,7 @@ class StrategyReply(msgspec.Struct, frozen=True):
 
 class ExplainRequest(msgspec.Struct, frozen=True):
     text: str
+    max_tokens: int | None = None  # the output budget a strategy may weigh (kv_latency)
 
 
 class Explanation(msgspec.Struct, frozen=True):

@@ -366,7 +366,9 @@ class Processor(Component[ProcessorConfig]):
         """Score every worker for a prompt without sending anything: ``{"text": ...}``."""
         tokens = self.tokenizer.encode(request.text)
         candidates = self.worker.instances("generate")
-        scores = self.worker.router.explain(candidates, RouteRequest("explain", tokens=tokens))
+        extra = {} if request.max_tokens is None else {"max_tokens": request.max_tokens}
+        route = RouteRequest("explain", tokens=tokens, extra=extra)
+        scores = self.worker.router.explain(candidates, route)
         yield Explanation(
             strategy=self.strategy,
             prompt_tokens=len(tokens),
