@@ -17,6 +17,8 @@ process, so CPython's tuple hash (deterministic for ints) is a fair choice.
 
 from __future__ import annotations
 
+import sys
+from array import array
 from collections.abc import Iterable, Sequence
 
 from dyn.kv.events import KvCleared, KvEvent, KvRemoved, KvStored
@@ -25,15 +27,27 @@ __all__ = ["ROOT", "RadixIndex", "chain_keys"]
 
 ROOT = 0  # the key of the empty prefix; never stored in the mask table
 
+# Lanes of match counts (see RadixIndex._overlaps): bits per lane and the array typecode
+# that reads them, by the longest walk the lane must count (< 2**8, < 2**16, beyond).
+_LANE_WIDTHS = ((8, "B"), (16, "H"), (32, next(c for c in "IL" if array(c).itemsize == 4)))
+_LANES_MEMO = 4096  # spread masks remembered per lane width before the memo restarts
+_BIG_ENDIAN = sys.byteorder == "big"
+
 
 def chain_keys(local_hashes: Iterable[int]) -> list[int]:
     """The node key of every prefix of ``local_hashes`` (the router's own block ids)."""
-    keys: list[int] = []
     key = ROOT
-    for local in local_hashes:
-        key = hash((key, local))
-        keys.append(key)
-    return keys
+    return [key := hash((key, local)) for local in local_hashes]
+
+
+def _spread(mask: int, width: int) -> int:
+    """``mask`` with bit ``i`` moved to bit ``i * width``: a 1 in each holder's lane."""
+    lanes = 0
+    while mask:
+        low = mask & -mask
+        lanes |= 1 << (width * (low.bit_length() - 1))
+        mask ^= low
+    return lanes
 
 
 class RadixIndex:
@@ -48,6 +62,7 @@ class RadixIndex:
         self._blocks: dict[str, dict[int, int]] = {}  # worker -> its block hash -> node key
         self._bit: dict[str, int] = {}  # worker -> its bit (1 << index)
         self._by_index: list[str | None] = []  # bit index -> worker, None when free
+        self._lanes: dict[int, dict[int, int]] = {}  # lane width -> mask -> _spread(mask)
 
     # -- workers ---------------------------------------------------------------------
 
@@ -176,16 +191,35 @@ class RadixIndex:
         once a single worker remains (faster, but that worker's count is then a floor).
         Workers with no overlap are absent from the result.
         """
-        return self.match_keys(chain_keys(local_hashes), early_exit=early_exit)
+        # match_keys(chain_keys(...)) in one loop: no key list, no hashing past the miss.
+        get = self._masks.get
+        starts: list[int] = []
+        runs: list[int] = []
+        holders = 0
+        depth = 0
+        key = ROOT
+        for local in local_hashes:
+            key = hash((key, local))
+            mask = get(key)
+            if mask is None:
+                break
+            if mask != holders:
+                starts.append(depth)
+                runs.append(mask)
+                holders = mask
+                if early_exit and not mask & (mask - 1):
+                    depth += 1
+                    break
+            depth += 1
+        return self._overlaps(starts, runs, depth)
 
     def match_keys(self, keys: Sequence[int], *, early_exit: bool = False) -> dict[str, int]:
         """:meth:`find_matches` for a prompt whose chain keys the caller already has."""
         get = self._masks.get
-        # Rather than adding 1 per node to every holder, note when each worker joins and
-        # leaves the holder set along the path: holders change rarely (a few workers share
-        # a prefix, then drop off one by one), so this costs O(path + changes).
-        counts: dict[int, int] = {}
-        joined_at: dict[int, int] = {}
+        # The walk only notes where the holder set changes (a few dozen times along a
+        # path of hundreds of nodes); the counting is done per run by _overlaps.
+        starts: list[int] = []  # the depth at which each run of one holder set begins
+        runs: list[int] = []  # that run's holder mask
         holders = 0
         depth = 0
         for key in keys:
@@ -193,27 +227,40 @@ class RadixIndex:
             if mask is None:
                 break
             if mask != holders:
-                changed = mask ^ holders
-                left = changed & holders
-                while left:
-                    low = left & -left
-                    index = low.bit_length() - 1
-                    counts[index] = counts.get(index, 0) + depth - joined_at[index]
-                    left ^= low
-                came = changed & mask
-                while came:
-                    low = came & -came
-                    joined_at[low.bit_length() - 1] = depth
-                    came ^= low
+                starts.append(depth)
+                runs.append(mask)
                 holders = mask
                 if early_exit and not mask & (mask - 1):
                     depth += 1
                     break
             depth += 1
-        while holders:
-            low = holders & -holders
-            index = low.bit_length() - 1
-            counts[index] = counts.get(index, 0) + depth - joined_at[index]
-            holders ^= low
+        return self._overlaps(starts, runs, depth)
+
+    def _overlaps(self, starts: list[int], runs: list[int], depth: int) -> dict[str, int]:
+        """Per worker, the total length of the runs that hold it (``depth`` ends the last).
+
+        Rather than a dict update per worker per run, every worker gets a lane of bits in
+        one int: a run adds its length times its mask spread over the lanes, so a run
+        costs one multiply-add however many workers hold it, and the lanes are read out
+        once at the end through an array. A lane holds at most ``depth``, so it never
+        carries into the next.
+        """
+        if not runs:
+            return {}
+        width, code = _LANE_WIDTHS[(depth >= 256) + (depth >= 65536)]
+        table = self._lanes.get(width)
+        if table is None or len(table) > _LANES_MEMO:
+            table = self._lanes[width] = {}
+        starts.append(depth)
+        total = 0
+        for begin, end, mask in zip(starts, starts[1:], runs, strict=False):  # starts: +1
+            lanes = table.get(mask)
+            if lanes is None:
+                lanes = table[mask] = _spread(mask, width)
+            total += (end - begin) * lanes
+        counts = array(code)
+        counts.frombytes(total.to_bytes(-(-total.bit_length() // width) * (width // 8), "little"))
+        if _BIG_ENDIAN:
+            counts.byteswap()
         names = self._by_index
-        return {names[index] or "": count for index, count in counts.items()}
+        return {names[index] or "": count for index, count in enumerate(counts) if count}
