@@ -302,7 +302,7 @@ def test_unknown_strategy_in_depends_on() -> None:
     )
     assert line == (
         "g.yaml:10: components.mid.depends_on.backend.strategy: unknown strategy 'kvv' (did you mean 'kv'?); "
-        "available: direct, kv, kv_approx, least_loaded, random, round_robin (or an import path 'package.module:Name')"
+        "available: direct, kv, kv_approx, kv_latency, least_loaded, random, round_robin (or an import path 'package.module:Name')"
     )
 
 
