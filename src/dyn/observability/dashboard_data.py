@@ -25,6 +25,7 @@ __all__ = [
     "histogram_quantile",
     "snapshot",
     "window",
+    "worker_hit_rates",
 ]
 
 # (metric name, sorted (label, value) pairs) -> value, as ``dyn.bench.scrape`` parses.
