@@ -56,7 +56,8 @@ async def test_decisions_name_the_chosen_worker_with_every_candidates_cost(kv: s
     assert len(decisions) == 4
     assert [d["time"] for d in decisions] == sorted((d["time"] for d in decisions), reverse=True)
     for decision in decisions:
-        assert decision["worker"] in workers and decision["strategy"] == "kv"
+        assert decision["worker"] in workers
+        assert decision["strategy"] == "kv"
         assert {s["worker"] for s in decision["scores"]} == workers
         assert all(isinstance(s["cost"], float) for s in decision["scores"])
     # The same prompt again: the later requests find it cached where the first went.
@@ -65,7 +66,8 @@ async def test_decisions_name_the_chosen_worker_with_every_candidates_cost(kv: s
     overlap = {s["worker"]: s["overlap_blocks"] for s in last["scores"]}
     assert overlap[first["worker"]] > 0
     assert two["decisions"] == decisions[:2]
-    assert bad.status_code == 400 and bad.json()["error"]["param"] == "limit"
+    assert bad.status_code == 400
+    assert bad.json()["error"]["param"] == "limit"
 
 
 async def test_data_lists_every_worker_and_rates_over_polls(kv: str) -> None:
@@ -82,7 +84,8 @@ async def test_data_lists_every_worker_and_rates_over_polls(kv: str) -> None:
     assert data["strategy"] == "kv"
     assert data["requests_total"] == first["requests_total"] + 3
     assert data["requests_per_s"] > 0
-    assert data["ttft_s"]["p50"] > 0 and data["itl_s"]["p99"] >= data["itl_s"]["p50"]
+    assert data["ttft_s"]["p50"] > 0
+    assert data["itl_s"]["p99"] >= data["itl_s"]["p50"]
     assert data["prefix_hit_rate"] > 0  # the same prompt three times
     assert data["queue_depth"] is None  # no prefill queue in this graph
     assert all(0 <= w["kv_usage"] <= 1 for w in data["workers"])
@@ -96,14 +99,19 @@ async def test_the_page_and_its_files_are_served(kv: str) -> None:
         script = await http.get("/dashboard/dashboard.js")
         style = await http.get("/dashboard/dashboard.css")
         missing = await http.get("/dashboard/secrets.txt")
-    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
     assert 'src="/dashboard/dashboard.js"' in page.text
     # Nothing is loaded from elsewhere: no CDN, no external font.
-    assert "http://" not in page.text and "https://" not in page.text
-    assert script.status_code == 200 and "javascript" in script.headers["content-type"]
+    assert "http://" not in page.text
+    assert "https://" not in page.text
+    assert script.status_code == 200
+    assert "javascript" in script.headers["content-type"]
     assert "/admin/dashboard/data" in script.text
-    assert style.status_code == 200 and style.headers["content-type"].startswith("text/css")
-    assert missing.status_code == 404 and "error" in missing.json()
+    assert style.status_code == 200
+    assert style.headers["content-type"].startswith("text/css")
+    assert missing.status_code == 404
+    assert "error" in missing.json()
 
 
 async def test_a_graph_without_processor_serves_the_dashboard_too() -> None:
@@ -112,6 +120,7 @@ async def test_a_graph_without_processor_serves_the_dashboard_too() -> None:
             data = (await http.get("/admin/dashboard/data")).json()
             decisions = (await http.get("/admin/route/decisions")).json()
             assert (await http.get("/dashboard")).status_code == 200
-        assert data["workers"] == [] and data["decisions"] == []
+        assert data["workers"] == []
+        assert data["decisions"] == []
         assert data["strategy"] is None
         assert decisions == {"decisions": []}

@@ -117,6 +117,8 @@ def test_recording_cost_does_not_grow_with_the_ring() -> None:
     router.decisions = log = DecisionLog(5)
     for i in range(50):
         route(router, RouteRequest(f"r{i}", tokens=list(range(i, i + 8))))
-    assert len(log) == 5 and log.recorded == 50
+    assert len(log) == 5
+    assert log.recorded == 50
     newest = log.recent()[0]
-    assert isinstance(newest.workers, list) and len(newest.workers) == 3
+    assert isinstance(newest.workers, list)
+    assert len(newest.workers) == 3
