@@ -7,18 +7,19 @@
 
 const POLL_MS = 1000;
 const KEEP = 120; // points per chart: two minutes at one a second
+const SPAN_MIN = 30; // the x axis spans at least this many points, growing up to KEEP
 const COLORS = ["#3f6fd8", "#e08a1e", "#c0392b"];
 
-function chart(id, series, scale) {
+function chart(id, series, scale, ceiling) {
   const element = document.getElementById(id);
-  return { element, canvas: element.querySelector("canvas"), series, scale, points: [] };
+  return { element, canvas: element.querySelector("canvas"), series, scale, ceiling, points: [] };
 }
 
 const charts = {
   rps: chart("chart-rps", ["requests/s"], 1),
   ttft: chart("chart-ttft", ["p50", "p90", "p99"], 1000),
   itl: chart("chart-itl", ["p50", "p90", "p99"], 1000),
-  hit: chart("chart-hit", ["hit rate"], 100),
+  hit: chart("chart-hit", ["hit rate"], 100, 100),
   disagg: chart("chart-disagg", ["queue", "remote/s", "local/s"], 1),
 };
 
@@ -29,7 +30,13 @@ function push(c, values) {
   c.element.dataset.points = String(c.points.length);
   c.element.dataset.last = scaled[0] === null ? "" : String(scaled[0]);
   const now = c.element.querySelector(".now");
-  now.textContent = scaled.map((v, i) => `${c.series[i]} ${fmt(v)}`).join("  ");
+  now.replaceChildren();
+  scaled.forEach((v, i) => {
+    const label = document.createElement("span");
+    label.style.color = COLORS[i % COLORS.length];
+    label.textContent = ` ${c.series[i]} ${fmt(v)} `;
+    now.appendChild(label);
+  });
   draw(c);
 }
 
@@ -54,6 +61,7 @@ function draw(c) {
   let max = 0;
   for (const p of c.points) for (const v of p) if (v !== null && v > max) max = v;
   max = max > 0 ? max * 1.1 : 1;
+  if (c.ceiling) max = Math.min(max, c.ceiling);
   g.strokeStyle = "#e3e6ee";
   g.fillStyle = "#6b7385";
   g.font = "11px system-ui, sans-serif";
@@ -62,9 +70,11 @@ function draw(c) {
     g.beginPath(); g.moveTo(left, y); g.lineTo(right, y); g.stroke();
     g.fillText(fmt((max * i) / 2), 2, y + 4);
   }
-  g.fillText(`−${KEEP} s`, left, height - 2);
+  const n = c.points.length;
+  const span = Math.max(SPAN_MIN, n);
+  g.fillText(`−${span} s`, left, height - 2);
   g.fillText("now", right - 22, height - 2);
-  const x = (i) => right - ((KEEP - 1 - i - (KEEP - c.points.length)) * (right - left)) / (KEEP - 1);
+  const x = (i) => right - ((n - 1 - i) * (right - left)) / (span - 1);
   const y = (v) => bottom - (v / max) * (bottom - top);
   c.series.forEach((_, s) => {
     g.strokeStyle = COLORS[s % COLORS.length];
