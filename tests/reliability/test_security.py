@@ -89,3 +89,57 @@ def test_dyn_up_api_key_reaches_the_frontend_process(tmp_path: Path) -> None:
         assert resp.status_code == 200
     finally:
         up.stop()
+
+
+async def test_dashboard_is_guarded_like_the_admin_routes_beyond_loopback() -> None:
+    port = free_port()
+    async with (
+        serve_graph(str(KV_GRAPH), f"frontend.port={port}", "frontend.host=0.0.0.0"),
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http,
+    ):
+        for path in ("/dashboard", "/dashboard/dashboard.js", "/admin/dashboard/data"):
+            refused = await http.get(path)
+            assert refused.status_code == 403, path
+            assert "admin_token" in refused.json()["error"]["message"]
+        # Without a token to check, a token in the address opens nothing.
+        assert (await http.get("/dashboard", params={"token": "x"})).status_code == 403
+    port = free_port()
+    async with (
+        serve_graph(
+            str(KV_GRAPH),
+            f"frontend.port={port}",
+            "frontend.host=0.0.0.0",
+            "frontend.admin_token=t0k",
+        ),
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http,
+    ):
+        for path in ("/dashboard", "/admin/dashboard/data", "/admin/route/decisions"):
+            assert (await http.get(path)).status_code == 401, path
+        wrong = await http.get("/dashboard", params={"token": "x"})
+        assert wrong.status_code == 401
+        assert "dashboard?token=" in wrong.json()["error"]["message"]
+        assert "set-cookie" not in wrong.headers
+        bearer = {"authorization": "Bearer t0k"}
+        assert (await http.get("/admin/dashboard/data", headers=bearer)).status_code == 200
+        # The token in the address, once: a cookie for the page, and the bare address.
+        login = await http.get("/dashboard", params={"token": "t0k"})
+        assert login.status_code == 303
+        assert login.headers["location"] == "/dashboard"
+        cookie = login.headers["set-cookie"]
+        assert cookie.startswith(f"dyn_admin_{port}=t0k")
+        assert "HttpOnly" in cookie
+        assert "SameSite=Strict" in cookie
+        assert "Path=/" in cookie
+        assert (await http.get("/dashboard")).status_code == 200  # the client kept it
+        data = await http.get("/admin/dashboard/data")
+        assert data.status_code == 200
+        assert data.json()["strategy"] == "kv"
+        assert (await http.get("/admin/route/decisions")).status_code == 200
+        # A cookie alone never changes anything: a switch still needs the header.
+        switch = await http.post("/admin/route", json={"strategy": "round_robin"})
+        assert switch.status_code == 401
+        assert (await http.get("/admin/route", headers=bearer)).json()["strategy"] == "kv"
+        # Another frontend's cookie (another port) is not this one's.
+        http.cookies.clear()
+        other = {"cookie": "dyn_admin_1=t0k"}
+        assert (await http.get("/dashboard", headers=other)).status_code == 401

@@ -24,12 +24,14 @@ class ConsoleObserver(LaunchObserver):
         layout: str = "",
         *,
         detached_run: str | None = None,
+        admin_token: str | None = None,
     ) -> None:
         self.console = console
         self.graph = graph
         self.layout = layout
         # A detached dyn up's output goes to its log, read with no terminal to press keys in.
         self.detached_run = detached_run
+        self.admin_token = admin_token
         self.roles_up = 0  # up and not yet stopped: what a stop has to drain
         self.ready = False
 
@@ -56,6 +58,11 @@ class ConsoleObserver(LaunchObserver):
             typer.echo(f"Serving on {url}")
             for route, body in self._examples()[:1]:
                 typer.echo(f"Try:  curl -N {url}{route} -d '{json.dumps(body)}'")
+            if self._has_dashboard():
+                # As a notebook server does: the link carries the token once; the page
+                # keeps it in a cookie and drops it from the address (docs/dashboard.md).
+                query = f"?token={self.admin_token}" if self.admin_token else ""
+                typer.echo(f"Dashboard: {url}/dashboard{query}")
         if self.detached_run:
             self.console.print(
                 f"[dim]Running in the background as run {self.detached_run}; "
@@ -64,6 +71,19 @@ class ConsoleObserver(LaunchObserver):
             )
         else:
             self.console.print("[dim]Press Ctrl-C to stop.[/]")
+
+    def _has_dashboard(self) -> bool:
+        """Whether an HTTP role of the graph is dyn's frontend, which serves /dashboard."""
+        from dyn.errors import PluginError
+        from dyn.launch.role_classes import http_components, role_of
+
+        for spec in http_components(self.graph):
+            try:
+                if role_of(spec).admin_routes:
+                    return True
+            except (ImportError, PluginError):
+                continue
+        return False
 
     def _examples(self) -> list[tuple[str, dict[str, Any]]]:
         """(route, body) for the HTTP routes whose target shows an example request."""

@@ -220,7 +220,13 @@ def up(
 
     run = _record_start(graph, chosen, str(graph_file), detached_run)
     chosen.reserved_run_id = run.run_id
-    observer = ConsoleObserver(console, graph, chosen.layout_summary, detached_run=detached_run)
+    observer = ConsoleObserver(
+        console,
+        graph,
+        chosen.layout_summary,
+        detached_run=detached_run,
+        admin_token=chosen.settings.admin_token or None,
+    )
     # A detached dyn up's output is its up.log already; an attached one copies its log
     # records there, so `dyn logs` shows the roles that run inside this process.
     log_file = None if detached_run else _log_to(run.log_path(UP_LOG))

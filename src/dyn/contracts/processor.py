@@ -20,6 +20,7 @@ __all__ = [
     "PROCESSOR_CLEAR_KV",
     "PROCESSOR_EXPLAIN",
     "PROCESSOR_GENERATE",
+    "PROCESSOR_ROUTE_DECISIONS",
     "PROCESSOR_ROUTE_INFO",
     "PROCESSOR_SET_STRATEGY",
     "ROUTER_BEST_WORKER",
@@ -32,6 +33,7 @@ __all__ = [
     "GenerateOutput",
     "GenerateRequest",
     "OutputLogprob",
+    "RouteDecisions",
     "RouteInfo",
     "StrategyReply",
     "StrategyRequest",
@@ -112,6 +114,14 @@ class RouteInfo(msgspec.Struct, frozen=True):
     migrations: float
 
 
+class RouteDecisions(msgspec.Struct, frozen=True):
+    """A processor's last routing decisions, newest first (``DecisionLog`` rows), and
+    how many it has recorded since it started."""
+
+    decisions: list[dict[str, Any]]
+    recorded: int
+
+
 class StrategyRequest(msgspec.Struct, frozen=True):
     strategy: str
     options: dict[str, Any] | None = None
@@ -159,6 +169,7 @@ class BestWorker(msgspec.Struct, frozen=True, omit_defaults=True):
 
 PROCESSOR_GENERATE = EndpointRef("generate", GenerateRequest, GenerateOutput)
 PROCESSOR_ROUTE_INFO = EndpointRef("route_info", Empty, RouteInfo)
+PROCESSOR_ROUTE_DECISIONS = EndpointRef("route_decisions", Empty, RouteDecisions)
 PROCESSOR_SET_STRATEGY = EndpointRef("set_strategy", StrategyRequest, StrategyReply)
 PROCESSOR_EXPLAIN = EndpointRef("explain", ExplainRequest, Explanation)
 PROCESSOR_CLEAR_KV = EndpointRef("clear_kv", Empty, ClearAllReply)

@@ -221,6 +221,9 @@ class Frontend(Component[FrontendConfig]):
             routes += openai
             routes += admin_routes(self.processor)
         routes.append(status_route(self))
+        from dyn.roles.frontend_dashboard import dashboard_routes
+
+        routes += dashboard_routes(self)
         from starlette.middleware import Middleware
 
         # The launch's settings fill in what the graph leaves unset.

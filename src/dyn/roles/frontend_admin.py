@@ -16,8 +16,14 @@ endpoints.
 
 :class:`AuthMiddleware` guards the app: with an API key every route but ``/health`` and
 ``/metrics`` (probes and scrapers) needs ``Authorization: Bearer <key>``; the admin routes
-need the admin token instead, and are refused outright on a frontend bound beyond
-loopback that has none.
+and the dashboard (``/dashboard``, :mod:`dyn.roles.frontend_dashboard`) need the admin
+token instead, and are refused outright on a frontend bound beyond loopback that has
+none. A browser cannot send a bearer header when it opens a page, so it presents the
+token once as ``/dashboard?token=TOKEN``: the answer sets the token in an HttpOnly,
+SameSite=Strict cookie (named after the frontend's port) and redirects to
+``/dashboard``. The cookie is accepted on GET requests only, so the page can read the
+admin routes but a cookie alone never changes anything (switching the strategy, clearing
+caches still needs the header).
 """
 
 from __future__ import annotations
@@ -26,7 +32,9 @@ import hmac
 import json
 import os
 import time
+from http.cookies import CookieError, SimpleCookie
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
 
 import anyio
 import msgspec
@@ -272,8 +280,37 @@ class AuthMiddleware:
         if scope["type"] != "http" or scope["path"] in _OPEN_PATHS:
             await self.app(scope, receive, send)
             return
+        if scope["path"] == "/dashboard" and await self._token_login(scope, send):
+            return
         if not await self.refused(scope, send):
             await self.app(scope, receive, send)
+
+    async def _token_login(self, scope: Scope, send: Send) -> bool:
+        """``/dashboard?token=TOKEN``: keep a right token in a cookie and redirect to the
+        bare page (the token leaves the address bar and history); whether it answered."""
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        given = (query.get("token") or [None])[0]
+        if given is None or self.admin_token is None:
+            return False
+        if not hmac.compare_digest(given.encode(), self.admin_token):
+            return False  # refused below with the usual 401
+        cookie = SimpleCookie()
+        name = _cookie_name(scope)
+        cookie[name] = given
+        cookie[name]["httponly"] = True
+        cookie[name]["samesite"] = "Strict"
+        cookie[name]["path"] = "/"
+        if scope.get("scheme") == "https":
+            cookie[name]["secure"] = True
+        headers = [
+            (b"location", b"/dashboard"),
+            (b"set-cookie", cookie[name].OutputString().encode("latin-1")),
+            (b"cache-control", b"no-store"),
+            (b"content-length", b"0"),
+        ]
+        await send({"type": "http.response.start", "status": 303, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
+        return True
 
     async def refused(self, scope: Scope, send: Send) -> bool:
         """Answer an HTTP request whose token does not pass; whether it was refused."""
@@ -291,15 +328,20 @@ class AuthMiddleware:
 
     def _refusal(self, scope: Scope) -> tuple[int, str] | None:
         given = _bearer(scope)
-        if scope["path"].startswith("/admin/"):
+        path = scope["path"]
+        if path.startswith("/admin/") or path == "/dashboard" or path.startswith("/dashboard/"):
             if self.admin_token is None:
                 if self.loopback:
                     return None
                 return 403, (
-                    "admin routes are off on a frontend bound beyond loopback; "
-                    f"set the frontend's admin_token (or {ADMIN_TOKEN_ENV}) to use them"
+                    "admin routes and the dashboard are off on a frontend bound beyond "
+                    f"loopback; set the frontend's admin_token (or {ADMIN_TOKEN_ENV}) to use them"
                 )
+            if given is None and scope.get("method") in ("GET", "HEAD"):
+                given = _cookie(scope, _cookie_name(scope))
             if given is None or not hmac.compare_digest(given, self.admin_token):
+                if path.startswith("/dashboard"):
+                    return 401, "the dashboard needs the admin token: open /dashboard?token=TOKEN"
                 return 401, "admin routes need 'Authorization: Bearer <admin token>'"
             return None
         if self.api_key is None:
@@ -307,6 +349,27 @@ class AuthMiddleware:
         if given is None or not hmac.compare_digest(given, self.api_key):
             return 401, "missing or wrong API key; send 'Authorization: Bearer <key>'"
         return None
+
+
+def _cookie_name(scope: Scope) -> str:
+    # Browsers share cookies across a host's ports: one name per port keeps two graphs
+    # on one machine from overwriting each other's token.
+    server = scope.get("server")
+    port = server[1] if server and server[1] is not None else 0
+    return f"dyn_admin_{port}"
+
+
+def _cookie(scope: Scope, name: str) -> bytes | None:
+    for header, value in scope["headers"]:
+        if header == b"cookie":
+            jar = SimpleCookie()
+            try:
+                jar.load(value.decode("latin-1"))
+            except CookieError:
+                continue
+            if name in jar:
+                return jar[name].value.encode("latin-1")
+    return None
 
 
 def _bearer(scope: Scope) -> bytes | None:

@@ -9,7 +9,8 @@ got the client's ``stop`` and applied it already.
 It speaks the OpenAI layer's ``GenerateRequest`` / ``GenerateOutput`` on ``generate``
 and the worker's ``EngineRequest`` / ``EngineOutput`` downstream. It follows every
 worker's ``kv_events`` stream and feeds the routing strategy, which can be switched while
-running (``set_strategy``) and asked to explain a decision (``explain``); ``clear_kv``
+running (``set_strategy``), asked to explain a decision (``explain``) and to list its last ones
+(``route_decisions``); ``clear_kv``
 empties every worker's prefix cache (between benchmark arms). Replicas of one processor
 share their routers' in-flight load through ``router_sync`` (:mod:`dyn.roles.replica_sync`)
 unless ``replica_sync`` is off.
@@ -34,6 +35,7 @@ from dyn.contracts.processor import (
     GenerateOutput,
     GenerateRequest,
     OutputLogprob,
+    RouteDecisions,
     RouteInfo,
     StrategyReply,
     StrategyRequest,
@@ -46,6 +48,7 @@ from dyn.observability.worker_metrics import RouterMetrics
 from dyn.openai.models import context_overflow
 from dyn.roles.replica_sync import ReplicaLink
 from dyn.routing.base import RouteRequest, RoutingStrategy
+from dyn.routing.decisions import DecisionLog
 from dyn.routing.kv.sync import SyncBatch
 from dyn.runtime.component import Component, depends, endpoint
 from dyn.tokenizer import Tokenizer, load_tokenizer
@@ -96,6 +99,8 @@ class Processor(Component[ProcessorConfig]):
         self._subscriptions = anyio.CancelScope()
         # What each worker last reported, whatever the strategy: for `dyn route`.
         self.worker_stats: dict[str, dict[str, float]] = {}
+        # The last decisions, whatever the strategy: kept across strategy switches.
+        self.decisions = DecisionLog()
         self.replicas: ReplicaLink | None = None
         if self.config.replica_sync:
             peers = self.runtime.client(self.info.component)
@@ -105,6 +110,7 @@ class Processor(Component[ProcessorConfig]):
     def _install(self, strategy: str, options: Mapping[str, Any]) -> None:
         router_cls = plugins.load("dyn.routers", strategy)
         router: RoutingStrategy = router_cls(dict(options) or None, seed=self.config.seed)
+        router.decisions = self.decisions
         self.worker.set_router(router)
         self.strategy = plugins.canonical(strategy)
         if self.replicas is not None:
@@ -347,6 +353,15 @@ class Processor(Component[ProcessorConfig]):
             ejected=self.worker.ejected(),
             replica_sync=self.replicas.describe() if self.replicas is not None else None,
             migrations=self.runtime.registry.get_sample_value("dyn_migrations_total") or 0,
+        )
+
+    @endpoint
+    async def route_decisions(self, request: Empty, ctx: Context) -> AsyncIterator[RouteDecisions]:
+        """The last routing decisions, newest first, with each candidate's overlap and cost
+        for a strategy that weighs them (``GET /admin/route/decisions``)."""
+        yield RouteDecisions(
+            decisions=[decision.to_dict() for decision in self.decisions.recent()],
+            recorded=self.decisions.recorded,
         )
 
     @endpoint

@@ -5,7 +5,9 @@ that subclasses never extend. State a strategy keeps (a counter, a cache index) 
 through the ``on_*`` hooks: the client calls ``on_routed``, ``on_first_item`` and
 ``on_finished`` as a request moves along; the processor feeds every worker's KV events
 and load to ``on_kv_event`` and ``on_load``, and membership changes to ``on_instances``.
-``explain`` and ``describe`` let ``dyn route`` show why a worker was chosen.
+``explain`` and ``describe`` let ``dyn route`` show why a worker was chosen; a
+strategy given a :class:`~dyn.routing.decisions.DecisionLog` records each decision in it
+(``on_routed``), for the dashboard's decision panel.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any, ClassVar
 
 from dyn.discovery.base import Instance
 from dyn.kv.events import KvEvent, WorkerLoad
+from dyn.routing.decisions import DecisionLog
 
 __all__ = ["RouteRequest", "RoutingStrategy", "WorkerScore"]
 
@@ -60,6 +63,9 @@ class RoutingStrategy(ABC):
     """
 
     name: ClassVar[str]
+    # Set by the owner (the processor) to keep the last decisions; None keeps none. A
+    # class default, so a subclass that skips ``__init__`` still has it.
+    decisions: DecisionLog | None = None
 
     def __init__(self, options: Mapping[str, Any] | None = None, *, seed: int | None = None):
         self.options = dict(options or {})
@@ -74,8 +80,15 @@ class RoutingStrategy(ABC):
         """
 
     # The hooks are optional: a stateless strategy leaves them empty.
-    def on_routed(self, instance: Instance, request: RouteRequest) -> None:  # noqa: B027
-        """The request was sent to ``instance``."""
+    def on_routed(self, instance: Instance, request: RouteRequest) -> None:
+        """The request was sent to ``instance``. An override records the decision itself
+        (:meth:`record_decision`), with its scores if it weighs the candidates."""
+        self.record_decision(instance.instance_id, request)
+
+    def record_decision(self, worker: str, request: RouteRequest) -> None:
+        """Keep "``request`` went to ``worker``" in :attr:`decisions`, if there is one."""
+        if self.decisions is not None:
+            self.decisions.record(request.request_id, worker, self.name)
 
     def on_first_item(self, instance: Instance, request: RouteRequest) -> None:  # noqa: B027
         """The first item came back (for an LLM: prefill is done)."""

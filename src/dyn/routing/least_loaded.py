@@ -73,6 +73,7 @@ class LeastLoaded(RoutingStrategy):
         self.on_finished(instance, request)  # a request sent again counts once
         self._requests[request.request_id] = instance.instance_id
         self._in_flight[instance.instance_id] = self._in_flight.get(instance.instance_id, 0) + 1
+        self.record_decision(instance.instance_id, request)
 
     def on_finished(self, instance: Instance, request: RouteRequest) -> None:
         worker = self._requests.pop(request.request_id, None)

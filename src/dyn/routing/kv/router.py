@@ -272,6 +272,17 @@ class KvRouter(RoutingStrategy):
         self.tracker.add(request.request_id, worker, plan.keys, plan.extra_blocks, prefill)
         if self.sync is not None:
             self.sync.local_add(request.request_id, worker, plan.local, plan.extra_blocks, prefill)
+        if self.decisions is not None:
+            # The plan's own lists: kept as they are, so recording costs O(1).
+            self.decisions.record(
+                request.request_id,
+                worker,
+                self.name,
+                workers=plan.workers,
+                overlaps=plan.overlaps,
+                costs=plan.costs,
+                terms=getattr(plan, "terms", ()),
+            )
         self.routed(worker, plan)
 
     def routed(self, worker: str, plan: RoutePlan) -> None:
