@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -32,9 +33,13 @@ class ConsoleObserver(LaunchObserver):
         self.detached_run = detached_run
         self.roles_up = 0  # up and not yet stopped: what a stop has to drain
         self.ready = False
+        self.targets: Path | None = None  # the run's Prometheus targets file
 
     def role_starting(self, role: str, node: str) -> None:
         self.console.print(f"[dim]…[/] starting [bold]{role}[/] on {node}")
+
+    def metrics_targets(self, path: Path) -> None:
+        self.targets = path
 
     def role_up(self, role: str, node: str, seconds: float) -> None:
         self.roles_up += 1
@@ -56,6 +61,12 @@ class ConsoleObserver(LaunchObserver):
             typer.echo(f"Serving on {url}")
             for route, body in self._examples()[:1]:
                 typer.echo(f"Try:  curl -N {url}{route} -d '{json.dumps(body)}'")
+        if self.targets is not None:
+            self.console.print(
+                f"[dim]Prometheus: scrape with file_sd_configs files: ['{self.targets}'] "
+                "(an example config: deploy/prometheus/prometheus.yml; docs/metrics.md)[/]",
+                soft_wrap=True,  # the path stays whole, to copy
+            )
         if self.detached_run:
             self.console.print(
                 f"[dim]Running in the background as run {self.detached_run}; "

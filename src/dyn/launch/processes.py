@@ -31,12 +31,19 @@ from anyio.abc import Process
 from dyn import state
 from dyn.errors import LaunchError
 from dyn.graph import ComponentSpec, GraphSpec, dump_graph_yaml
-from dyn.launch._roles import READY_TIMEOUT_S, discovery_in_run, node_of, role_name
+from dyn.launch._roles import (
+    READY_TIMEOUT_S,
+    discovery_in_run,
+    make_discovery,
+    node_of,
+    role_name,
+)
 from dyn.launch.base import Launcher, LaunchObserver, cancel_when_set, new_record
 from dyn.launch.control import ControlServer
 from dyn.launch.layout import ProcessPlan
 from dyn.launch.role_classes import http_components, role_of
 from dyn.launch.role_main import FAILED_MARK, READY_MARK
+from dyn.launch.targets import TARGETS_FILE, keep_targets, write_targets
 from dyn.settings import RUN_ID_ENV
 
 __all__ = ["ProcessLauncher", "RoleProcess", "prepare_run"]
@@ -166,6 +173,9 @@ class ProcessLauncher(Launcher):
                 await control.start(tasks)
                 record.control_port, record.control_token = control.port, control.token
                 self._write_roles()
+                targets = run.path / TARGETS_FILE
+                await tasks.start(self._keep_targets, resolved, targets)
+                observer.metrics_targets(targets)
                 observer.graph_ready(url, time.perf_counter() - began)
                 await stop.wait()
             finally:
@@ -173,7 +183,20 @@ class ProcessLauncher(Launcher):
                     observer.stopping()
                     await self._stop_all(resolved, observer)
                     await self.after_roles()
+                    if (run.path / TARGETS_FILE).exists():
+                        write_targets(run.path / TARGETS_FILE, [])  # nothing left to scrape
                 tasks.cancel_scope.cancel()
+
+    async def _keep_targets(
+        self,
+        graph: GraphSpec,
+        path: Path,
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Keep the run's Prometheus targets current from discovery (launch/targets.py)."""
+        async with make_discovery(graph) as discovery:
+            await keep_targets(discovery, graph.namespace, path, task_status=task_status)
 
     async def _start_all(
         self,
