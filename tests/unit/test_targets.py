@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from dyn.discovery.base import Instance
 from dyn.discovery.memory import MemoryDiscovery
-from dyn.launch.targets import keep_targets, scrape_targets, write_targets
+from dyn.launch.targets import ScrapePage, keep_targets, pages_of, scrape_targets, write_targets
 from dyn.observability.metrics_server import METRICS_URL_KEY, ProcessHealth, serve_metrics
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
@@ -56,7 +56,7 @@ def test_one_target_per_process_page_labelled_with_role_instance_and_node() -> N
         _instance("worker", "wv6", "http://[::1]:9004/metrics", replica=2),
         _instance("joined", "j0", None),  # a program that serves no page: nothing to scrape
     ]
-    assert scrape_targets(instances) == [
+    assert scrape_targets(pages_of(instances)) == [
         {
             "targets": ["127.0.0.1:9001"],
             "labels": {
@@ -98,7 +98,7 @@ def test_one_target_per_process_page_labelled_with_role_instance_and_node() -> N
 
 def test_targets_are_replaced_whole_and_readable(tmp_path: Path) -> None:
     path = tmp_path / "targets.json"
-    groups = scrape_targets([_instance("worker", "w0", "http://127.0.0.1:9002/metrics")])
+    groups = scrape_targets(pages_of([_instance("worker", "w0", "http://127.0.0.1:9002/metrics")]))
     write_targets(path, groups)
     assert json.loads(path.read_text()) == groups
     write_targets(path, [])
@@ -122,17 +122,22 @@ async def test_targets_follow_discovery(tmp_path: Path) -> None:
     discovery = MemoryDiscovery()
     w0 = _instance("worker", "w0", "http://127.0.0.1:9002/metrics")
     await discovery.register(w0)
+    # The launcher's own pages: a frontend registers nothing in discovery.
+    own = [ScrapePage("http://127.0.0.1:9001/metrics", "frontend", 0, "f0", "local")]
     async with anyio.create_task_group() as tasks:
-        await tasks.start(keep_targets, discovery, "dyn", path)
-        assert [g["labels"]["instance"] for g in await targets(1)] == ["w0"]
+        await tasks.start(keep_targets, discovery, "dyn", path, lambda: own)
+        assert [g["labels"]["instance"] for g in await targets(2)] == ["f0", "w0"]
         # Scaled up: the new instance is a target.
         await discovery.register(_instance("worker", "w1", "http://127.0.0.1:9003/metrics"))
-        assert [g["labels"]["instance"] for g in await targets(2)] == ["w0", "w1"]
+        assert [g["labels"]["instance"] for g in await targets(3)] == ["f0", "w0", "w1"]
         # Another namespace's instances are not this run's.
         await discovery.register(
             Instance(**{**_fields(w0), "namespace": "other", "instance_id": "x"})
         )
         await discovery.deregister(w0)  # drained, or its lease lapsed
+        assert [g["labels"]["instance"] for g in await targets(2)] == ["f0", "w1"]
+        # A process of the launcher's that died leaves without any discovery change.
+        own.clear()
         assert [g["labels"]["instance"] for g in await targets(1)] == ["w1"]
         tasks.cancel_scope.cancel()
 

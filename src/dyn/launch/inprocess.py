@@ -24,7 +24,7 @@ from dyn.launch.base import Launcher, LaunchObserver, cancel_when_set, new_recor
 from dyn.launch.etcd_server import start_local_etcd
 from dyn.launch.role_classes import http_components
 from dyn.launch.role_main import failure_reason
-from dyn.launch.targets import TARGETS_FILE, keep_targets, write_targets
+from dyn.launch.targets import TARGETS_FILE, ScrapePage, keep_targets, write_targets
 from dyn.observability.metrics_server import METRICS_URL_KEY, ProcessHealth, serve_metrics
 from dyn.runtime.component import Component
 from dyn.runtime.runtime import Runtime
@@ -123,12 +123,21 @@ class InProcessLauncher(Launcher):
                     for spec, c in self.components
                 ]
                 state.write_record(run, record)
-                hosted = sorted((c.info.component, c.info.replica, c.info.instance_id)
-                                for _, c in self.components)  # fmt: skip
-                health.instance = hosted[0][2] if hosted else None  # as launch/targets.py
+                page = runtime.metadata[METRICS_URL_KEY]
+                own = [
+                    ScrapePage(
+                        page, c.info.component, c.info.replica, c.info.instance_id, c.info.node
+                    )
+                    for _, c in self.components
+                ]
+                # Labelled as launch/targets.py labels the page's target.
+                first = min(own, key=lambda p: (p.component, p.replica), default=None)
+                health.instance = first.instance_id if first is not None else None
                 health.state = "serving"
                 # Cancelled with the runtime's tasks once the run stops.
-                await runtime.tasks.start(keep_targets, runtime.discovery, graph.namespace, targets)
+                await runtime.tasks.start(
+                    keep_targets, runtime.discovery, graph.namespace, targets, lambda: own
+                )
                 observer.metrics_targets(targets)
                 observer.graph_ready(url, time.perf_counter() - began)
                 await stop.wait()

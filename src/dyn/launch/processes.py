@@ -43,7 +43,8 @@ from dyn.launch.control import ControlServer
 from dyn.launch.layout import ProcessPlan
 from dyn.launch.role_classes import http_components, role_of
 from dyn.launch.role_main import FAILED_MARK, READY_MARK
-from dyn.launch.targets import TARGETS_FILE, keep_targets, write_targets
+from dyn.launch.targets import TARGETS_FILE, ScrapePage, keep_targets, write_targets
+from dyn.observability.metrics_server import METRICS_URL_KEY
 from dyn.settings import RUN_ID_ENV
 
 __all__ = ["ProcessLauncher", "RoleProcess", "prepare_run"]
@@ -196,7 +197,22 @@ class ProcessLauncher(Launcher):
     ) -> None:
         """Keep the run's Prometheus targets current from discovery (launch/targets.py)."""
         async with make_discovery(graph) as discovery:
-            await keep_targets(discovery, graph.namespace, path, task_status=task_status)
+            await keep_targets(
+                discovery, graph.namespace, path, self._own_pages, task_status=task_status
+            )
+
+    def _own_pages(self) -> list[ScrapePage]:
+        """The pages of the role processes that run, as their ready lines said."""
+        pages = []
+        for role in self.roles:
+            ready = role.ready or {}
+            url = ready.get(METRICS_URL_KEY)
+            if not url or role.exited.is_set():
+                continue
+            hosted = [(role.component, role.replica, ready.get("instance_id"))]
+            hosted += [(h["component"], h["replica"], h["instance_id"]) for h in ready["hosted"]]
+            pages += [ScrapePage(url, c, r, i, role.node) for c, r, i in hosted if i]
+        return pages
 
     async def _start_all(
         self,

@@ -19,6 +19,10 @@ page is not a target, for the same reason.
 A target label named ``instance`` is kept by Prometheus as the series' ``instance``
 label (it only fills in ``HOST:PORT`` when no label of that name is set), so series are
 labelled with dyn's instance ids, as `dyn status` shows them.
+
+Pages come from discovery (each role process publishes its ``metrics_url`` with its
+entries) and from the launcher, which knows the pages of the processes it started: a
+frontend registers no endpoint, so discovery alone would miss it.
 """
 
 from __future__ import annotations
@@ -27,8 +31,9 @@ import contextlib
 import json
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import anyio
@@ -36,27 +41,49 @@ import anyio
 from dyn.discovery.base import Discovery, Instance
 from dyn.observability.metrics_server import METRICS_URL_KEY
 
-__all__ = ["TARGETS_FILE", "keep_targets", "scrape_targets", "write_targets"]
+__all__ = ["TARGETS_FILE", "ScrapePage", "keep_targets", "scrape_targets", "write_targets"]
 
 # The file's name in the run folder.
 TARGETS_FILE = "targets.json"
+# How often the launcher's own list of pages is read again between discovery changes
+# (a role process that died): a comparison of two short lists, no I/O unless it changed.
+OWN_REFRESH_S = 1.0
 
 TargetGroup = dict[str, Any]
 
 
-def scrape_targets(instances: list[Instance]) -> list[TargetGroup]:
-    """One target group per distinct metrics page of ``instances``, sorted by role then
-    address. Instances without a page (none published) are left out."""
-    by_page: dict[str, dict[tuple[str, int, str], Instance]] = {}
+class ScrapePage(NamedTuple):
+    """One role instance and the page its process serves."""
+
+    url: str
+    component: str
+    replica: int
+    instance_id: str
+    node: str
+
+
+def pages_of(instances: list[Instance]) -> list[ScrapePage]:
+    """The pages discovery's entries publish (those without one are left out)."""
+    pages = []
     for instance in instances:
         url = instance.metadata.get(METRICS_URL_KEY)
-        if not isinstance(url, str) or not url:
-            continue
+        if isinstance(url, str) and url:
+            pages.append(
+                ScrapePage(
+                    url, instance.component, instance.replica, instance.instance_id, instance.node
+                )
+            )
+    return pages
+
+
+def scrape_targets(pages: list[ScrapePage]) -> list[TargetGroup]:
+    """One target group per distinct page, sorted by role then address."""
+    by_url: dict[str, dict[tuple[str, int, str], ScrapePage]] = {}
+    for page in pages:
         # A role instance registers one key per endpoint: count it once.
-        key = (instance.component, instance.replica, instance.instance_id)
-        by_page.setdefault(url, {})[key] = instance
+        by_url.setdefault(page.url, {})[(page.component, page.replica, page.instance_id)] = page
     groups = []
-    for url, hosted in by_page.items():
+    for url, hosted in by_url.items():
         parts = urlsplit(url)
         if parts.hostname is None or parts.port is None:
             continue  # not an address Prometheus could scrape
@@ -93,16 +120,34 @@ async def keep_targets(
     discovery: Discovery,
     namespace: str,
     path: Path,
+    own: Callable[[], list[ScrapePage]] = list,
     *,
     task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Write ``path`` from ``namespace``'s instances now, then again whenever the set of
-    targets changes, until cancelled. Reports started once the first file is written."""
+    """Write ``path`` from ``namespace``'s instances and the launcher's ``own`` pages
+    (role processes it started that register nothing, such as a frontend) now, then
+    again whenever the set of targets changes, until cancelled. Reports started once
+    the first file is written."""
+    latest: list[Instance] = []
+    changed = anyio.Event()
+
+    async def follow() -> None:
+        nonlocal changed
+        async for instances in discovery.watch(f"{namespace}/"):
+            latest[:] = instances
+            changed.set()
+
     written: list[TargetGroup] | None = None
-    async for instances in discovery.watch(f"{namespace}/"):
-        groups = scrape_targets(instances)
-        if groups != written:
-            write_targets(path, groups)
-            if written is None:
-                task_status.started()
-            written = groups
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(follow)
+        await changed.wait()  # discovery's first answer
+        while True:
+            changed = anyio.Event()
+            groups = scrape_targets([*pages_of(latest), *own()])
+            if groups != written:
+                write_targets(path, groups)
+                if written is None:
+                    task_status.started()
+                written = groups
+            with anyio.move_on_after(OWN_REFRESH_S):
+                await changed.wait()
