@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
 import subprocess
 import time
@@ -22,6 +23,9 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 from _dyn_graph import ROOT, DynUp, free_port, run_dyn, status_json
+from _grafana import dashboard_names
+
+from dyn.bench.scrape import parse_metrics
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -236,6 +240,27 @@ def test_promtool_passes_every_roles_page(graph: Graph) -> None:
             [PROMTOOL, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30
         )
         assert check.returncode == 0, f"{page}:\n{check.stdout}{check.stderr}"
+
+
+def page_names(text: str) -> set[str]:
+    """The series names a page exposes, or declares (a labelled counter with no sample
+    yet, such as the fallbacks by reason, shows only its HELP and TYPE lines)."""
+    names = {name for name, _labels in parse_metrics(text)}
+    for name, kind in re.findall(r"^# TYPE (\S+) (\S+)$", text, re.MULTILINE):
+        names |= (
+            {f"{name}_{s}" for s in ("bucket", "sum", "count")} if kind == "histogram" else {name}
+        )
+    return names
+
+
+def test_every_name_the_grafana_dashboard_queries_is_on_the_graphs_pages(graph: Graph) -> None:
+    exposed: set[str] = set()
+    for group in graph.targets():
+        exposed |= page_names(httpx.get(f"http://{group['targets'][0]}/metrics", timeout=10).text)
+    queried = dashboard_names()
+    assert len(queried) >= 10
+    # `up` is the one series Prometheus makes itself, per target.
+    assert queried - {"up"} <= exposed, sorted(queried - {"up"} - exposed)
 
 
 @needs_prometheus
