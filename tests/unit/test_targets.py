@@ -4,6 +4,7 @@ current from discovery, written atomically; and a process page's ``/health``."""
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -175,4 +176,22 @@ async def test_health_is_503_until_the_process_serves_and_again_while_it_drains(
             assert draining.status_code == 503
             assert draining.json()["state"] == "draining"
             assert (await client.get(url)).status_code == 200  # metrics still answer
+        tasks.cancel_scope.cancel()
+
+
+class _Silent(MemoryDiscovery):
+    """A discovery that never answers a watch (an etcd this machine cannot reach)."""
+
+    async def watch(self, prefix: str) -> AsyncIterator[list[Instance]]:
+        await anyio.sleep_forever()
+        yield []
+
+
+async def test_a_discovery_that_never_answers_does_not_hold_the_launch(tmp_path: Path) -> None:
+    path = tmp_path / "targets.json"
+    own = [ScrapePage("http://127.0.0.1:9001/metrics", "frontend", 0, "f0", "local")]
+    async with anyio.create_task_group() as tasks:
+        with anyio.fail_after(10):
+            await tasks.start(keep_targets, _Silent(), "dyn", path, lambda: own)
+        assert [g["labels"]["instance"] for g in json.loads(path.read_text())] == ["f0"]
         tasks.cancel_scope.cancel()

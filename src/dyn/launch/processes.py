@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -29,7 +30,9 @@ import msgspec
 from anyio.abc import Process
 
 from dyn import state
-from dyn.errors import LaunchError
+from dyn.discovery.base import Discovery
+from dyn.discovery.memory import MemoryDiscovery
+from dyn.errors import DiscoveryError, LaunchError
 from dyn.graph import ComponentSpec, GraphSpec, dump_graph_yaml
 from dyn.launch._roles import (
     READY_TIMEOUT_S,
@@ -48,6 +51,8 @@ from dyn.observability.metrics_server import METRICS_URL_KEY
 from dyn.settings import RUN_ID_ENV
 
 __all__ = ["ProcessLauncher", "RoleProcess", "prepare_run"]
+
+_log = logging.getLogger("dyn.launch")
 
 # How long a role may take to exit after SIGTERM before it is killed.
 STOP_GRACE_S = 30.0
@@ -196,7 +201,15 @@ class ProcessLauncher(Launcher):
         task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """Keep the run's Prometheus targets current from discovery (launch/targets.py)."""
-        async with make_discovery(graph) as discovery:
+        async with contextlib.AsyncExitStack() as stack:
+            discovery: Discovery
+            try:
+                discovery = await stack.enter_async_context(make_discovery(graph))
+            except DiscoveryError as exc:
+                # The roles reached it; this machine may not (roles placed on other nodes):
+                # the targets are then the roles this dyn up started, not those that join.
+                _log.warning("targets.json lists only the roles dyn up started: %s", exc)
+                discovery = MemoryDiscovery()
             await keep_targets(
                 discovery, graph.namespace, path, self._own_pages, task_status=task_status
             )

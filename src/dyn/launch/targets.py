@@ -49,6 +49,10 @@ TARGETS_FILE = "targets.json"
 # (a role process that died): a comparison of two short lists, no I/O unless it changed.
 OWN_REFRESH_S = 1.0
 
+# How long the first file waits for discovery's first answer before it lists the
+# launcher's own pages alone (discovery's are added once it answers).
+FIRST_ANSWER_S = 2.0
+
 TargetGroup = dict[str, Any]
 
 
@@ -140,7 +144,8 @@ async def keep_targets(
     written: list[TargetGroup] | None = None
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(follow)
-        await changed.wait()  # discovery's first answer
+        with anyio.move_on_after(FIRST_ANSWER_S):  # an unreachable etcd never answers
+            await changed.wait()
         while True:
             changed = anyio.Event()
             groups = scrape_targets([*pages_of(latest), *own()])
