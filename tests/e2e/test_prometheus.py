@@ -1,7 +1,7 @@
 """A real Prometheus scrapes a multi-process `dyn up graphs/disagg.yaml --transport tcp`
 through the run's ``targets.json``: every role is up, the disaggregation and worker
 series are there per instance, each page passes ``promtool check metrics``, and a
-replica added by `dyn scale` is scraped.
+replica added by `dyn scale` is scraped. A one-process run is one target.
 
 Prometheus is Debian's ``prometheus`` package (`.ci/run` installs it), started here on
 loopback with its own config and storage in the test's temporary folder.
@@ -281,3 +281,35 @@ def test_a_replica_added_by_dyn_scale_is_scraped(graph: Graph, prometheus: Prome
     wait_for(
         "the drained worker gone from targets.json", lambda: new not in graph.instances("worker")
     )
+
+
+def test_one_process_is_one_target(tmp_path: Path) -> None:
+    graph = ROOT / "graphs" / "kv_routing.yaml"
+    up = DynUp(
+        str(graph),
+        "--layout",
+        "one-process",
+        state=tmp_path / "state",
+        log_path=tmp_path / "up.log",
+    )
+    try:
+        up.wait_healthy(timeout=60)
+        (run,) = (tmp_path / "state" / "runs").iterdir()
+        path = run / "targets.json"
+        wait_for("targets.json written", path.exists)
+        (group,) = json.loads(path.read_text())
+        assert group["labels"]["role"] == "frontend+processor+worker"
+        # Every role's metrics address is that one page (dyn status --json).
+        rows = status_json(up)["instances"]
+        assert len(rows) == 6
+        assert {row["metrics_url"] for row in rows} == {f"http://{group['targets'][0]}/metrics"}
+        health = httpx.get(f"http://{group['targets'][0]}/health", timeout=5).json()
+        assert (health["role"], health["instance"], health["ok"]) == (
+            "frontend+processor+worker",
+            group["labels"]["instance"],
+            True,
+        )
+        up.stop()
+        assert json.loads(path.read_text()) == []  # a stopped run has nothing to scrape
+    finally:
+        up.kill()
