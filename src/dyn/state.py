@@ -103,8 +103,7 @@ class RoleRecord(msgspec.Struct, kw_only=True):
     # On another node: the role's pidfile there (its process group id is the pid in it).
     pidfile: str | None = None
     instance_id: str | None = None  # its discovery registrations end with this id
-    # Its process's own Prometheus page (role processes only; in one-process mode the
-    # frontend's /metrics shows every role).
+    # Its process's own Prometheus page (in one-process mode, one page for every role).
     metrics_url: str | None = None
 
 

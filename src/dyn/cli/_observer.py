@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -34,9 +35,13 @@ class ConsoleObserver(LaunchObserver):
         self.admin_token = admin_token
         self.roles_up = 0  # up and not yet stopped: what a stop has to drain
         self.ready = False
+        self.targets: Path | None = None  # the run's Prometheus targets file
 
     def role_starting(self, role: str, node: str) -> None:
         self.console.print(f"[dim]…[/] starting [bold]{role}[/] on {node}")
+
+    def metrics_targets(self, path: Path) -> None:
+        self.targets = path
 
     def role_up(self, role: str, node: str, seconds: float) -> None:
         self.roles_up += 1
@@ -63,6 +68,12 @@ class ConsoleObserver(LaunchObserver):
                 # keeps it in a cookie and drops it from the address (docs/dashboard.md).
                 query = f"?token={self.admin_token}" if self.admin_token else ""
                 typer.echo(f"Dashboard: {url}/dashboard{query}")
+        if self.targets is not None:
+            self.console.print(
+                f"[dim]Prometheus: scrape with file_sd_configs files: ['{self.targets}'] "
+                "(an example config: deploy/prometheus/prometheus.yml; docs/metrics.md)[/]",
+                soft_wrap=True,  # the path stays whole, to copy
+            )
         if self.detached_run:
             self.console.print(
                 f"[dim]Running in the background as run {self.detached_run}; "

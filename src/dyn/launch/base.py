@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from abc import ABC, abstractmethod
+from pathlib import Path
 
 import anyio
 
@@ -77,6 +78,9 @@ class LaunchObserver:
 
     def role_starting(self, role: str, node: str) -> None: ...
     def role_up(self, role: str, node: str, seconds: float) -> None: ...
+    def metrics_targets(self, path: Path) -> None:
+        """Where the run's Prometheus targets are kept (called before graph_ready)."""
+
     def graph_ready(self, url: str | None, seconds: float) -> None: ...
     def stopping(self) -> None: ...
     def role_stopped(self, role: str) -> None: ...

@@ -24,6 +24,8 @@ from dyn.launch.base import Launcher, LaunchObserver, cancel_when_set, new_recor
 from dyn.launch.etcd_server import start_local_etcd
 from dyn.launch.role_classes import http_components
 from dyn.launch.role_main import failure_reason
+from dyn.launch.targets import TARGETS_FILE, ScrapePage, keep_targets, write_targets
+from dyn.observability.metrics_server import METRICS_URL_KEY, ProcessHealth, serve_metrics
 from dyn.runtime.component import Component
 from dyn.runtime.runtime import Runtime
 
@@ -85,6 +87,13 @@ class InProcessLauncher(Launcher):
             ) as runtime,
         ):
             self.runtime = runtime
+            # One registry for every role: one page (and one Prometheus target) for
+            # them all, published with each instance as a role process publishes its own.
+            health = ProcessHealth(sorted({spec.name for spec in graph.components}))
+            runtime.metadata[METRICS_URL_KEY] = await serve_metrics(
+                runtime.registry, runtime.host, runtime.tasks, health
+            )
+            targets = run.path / TARGETS_FILE
             try:
                 # Ctrl-C during start-up stops the start-up, then tears down what came up.
                 with anyio.CancelScope() as startup:
@@ -109,14 +118,32 @@ class InProcessLauncher(Launcher):
                         pid=os.getpid(),
                         address=runtime.address,
                         instance_id=c.info.instance_id,
+                        metrics_url=runtime.metadata[METRICS_URL_KEY],
                     )
                     for spec, c in self.components
                 ]
                 state.write_record(run, record)
+                page = runtime.metadata[METRICS_URL_KEY]
+                own = [
+                    ScrapePage(
+                        page, c.info.component, c.info.replica, c.info.instance_id, c.info.node
+                    )
+                    for _, c in self.components
+                ]
+                # Labelled as launch/targets.py labels the page's target.
+                first = min(own, key=lambda p: (p.component, p.replica), default=None)
+                health.instance = first.instance_id if first is not None else None
+                health.state = "serving"
+                # Cancelled with the runtime's tasks once the run stops.
+                await runtime.tasks.start(
+                    keep_targets, runtime.discovery, graph.namespace, targets, lambda: own
+                )
+                observer.metrics_targets(targets)
                 observer.graph_ready(url, time.perf_counter() - began)
                 await stop.wait()
             finally:
                 with anyio.CancelScope(shield=True):
+                    health.state = "draining"
                     observer.stopping()
                     # Frontends first, then dependents before their dependencies, so
                     # nothing in flight loses its downstream.
@@ -124,6 +151,8 @@ class InProcessLauncher(Launcher):
                         await stop_role(runtime, component)
                         observer.role_stopped(role_name(spec, component.info.replica))
                     self.components.clear()
+                    if targets.exists():
+                        write_targets(targets, [])  # nothing left to scrape
 
     async def _start(
         self,

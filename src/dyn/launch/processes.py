@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -29,17 +30,29 @@ import msgspec
 from anyio.abc import Process
 
 from dyn import state
-from dyn.errors import LaunchError
+from dyn.discovery.base import Discovery
+from dyn.discovery.memory import MemoryDiscovery
+from dyn.errors import DiscoveryError, LaunchError
 from dyn.graph import ComponentSpec, GraphSpec, dump_graph_yaml
-from dyn.launch._roles import READY_TIMEOUT_S, discovery_in_run, node_of, role_name
+from dyn.launch._roles import (
+    READY_TIMEOUT_S,
+    discovery_in_run,
+    make_discovery,
+    node_of,
+    role_name,
+)
 from dyn.launch.base import Launcher, LaunchObserver, cancel_when_set, new_record
 from dyn.launch.control import ControlServer
 from dyn.launch.layout import ProcessPlan
 from dyn.launch.role_classes import http_components, role_of
 from dyn.launch.role_main import FAILED_MARK, READY_MARK
+from dyn.launch.targets import TARGETS_FILE, ScrapePage, keep_targets, write_targets
+from dyn.observability.metrics_server import METRICS_URL_KEY
 from dyn.settings import RUN_ID_ENV
 
 __all__ = ["ProcessLauncher", "RoleProcess", "prepare_run"]
+
+_log = logging.getLogger("dyn.launch")
 
 # How long a role may take to exit after SIGTERM before it is killed.
 STOP_GRACE_S = 30.0
@@ -166,6 +179,9 @@ class ProcessLauncher(Launcher):
                 await control.start(tasks)
                 record.control_port, record.control_token = control.port, control.token
                 self._write_roles()
+                targets = run.path / TARGETS_FILE
+                await tasks.start(self._keep_targets, resolved, targets)
+                observer.metrics_targets(targets)
                 observer.graph_ready(url, time.perf_counter() - began)
                 await stop.wait()
             finally:
@@ -173,7 +189,43 @@ class ProcessLauncher(Launcher):
                     observer.stopping()
                     await self._stop_all(resolved, observer)
                     await self.after_roles()
+                    if (run.path / TARGETS_FILE).exists():
+                        write_targets(run.path / TARGETS_FILE, [])  # nothing left to scrape
                 tasks.cancel_scope.cancel()
+
+    async def _keep_targets(
+        self,
+        graph: GraphSpec,
+        path: Path,
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Keep the run's Prometheus targets current from discovery (launch/targets.py)."""
+        async with contextlib.AsyncExitStack() as stack:
+            discovery: Discovery
+            try:
+                discovery = await stack.enter_async_context(make_discovery(graph))
+            except DiscoveryError as exc:
+                # The roles reached it; this machine may not (roles placed on other nodes):
+                # the targets are then the roles this dyn up started, not those that join.
+                _log.warning("targets.json lists only the roles dyn up started: %s", exc)
+                discovery = MemoryDiscovery()
+            await keep_targets(
+                discovery, graph.namespace, path, self._own_pages, task_status=task_status
+            )
+
+    def _own_pages(self) -> list[ScrapePage]:
+        """The pages of the role processes that run, as their ready lines said."""
+        pages = []
+        for role in self.roles:
+            ready = role.ready or {}
+            url = ready.get(METRICS_URL_KEY)
+            if not url or role.exited.is_set():
+                continue
+            hosted = [(role.component, role.replica, ready.get("instance_id"))]
+            hosted += [(h["component"], h["replica"], h["instance_id"]) for h in ready["hosted"]]
+            pages += [ScrapePage(url, c, r, i, role.node) for c, r, i in hosted if i]
+        return pages
 
     async def _start_all(
         self,

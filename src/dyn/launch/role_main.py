@@ -28,7 +28,7 @@ from dyn.graph import GraphSpec, load_graph
 from dyn.launch._roles import make_discovery, make_transport, start_role, stop_role
 from dyn.launch.base import cancel_when_set, loop_options, settle_heap
 from dyn.launch.role_classes import role_class
-from dyn.observability.metrics_server import METRICS_URL_KEY, serve_metrics
+from dyn.observability.metrics_server import METRICS_URL_KEY, ProcessHealth, serve_metrics
 from dyn.runtime.component import Component
 from dyn.runtime.runtime import Runtime
 from dyn.settings import ADMIN_TOKEN_ENV, API_KEY_ENV, ROLE_SECRET_ENV, Settings
@@ -200,8 +200,11 @@ async def _serve(
             local_calls=bool(companions),
         ) as runtime,
     ):
+        # The process's own page: /metrics for Prometheus, /health for probes (503 until
+        # every role it hosts serves, and again once it drains).
+        health = ProcessHealth(sorted({name for name, _ in companions} | {component_name}))
         runtime.metadata[METRICS_URL_KEY] = await serve_metrics(
-            runtime.registry, host, runtime.tasks
+            runtime.registry, host, runtime.tasks, health
         )
         runtime.tasks.start_soon(_watch_signals, stop)
         if watch_stdin:
@@ -236,12 +239,18 @@ async def _serve(
                 for c in hosted
             ],
         }
+        # The instance a scrape target of several role instances is labelled with
+        # (launch/targets.py): the first by component name and replica.
+        first = min([component, *hosted], key=lambda c: (c.info.component, c.info.replica))
+        health.instance = first.info.instance_id
+        health.state = "serving"
         settle_heap()
         sys.stdout.write(READY_MARK + json.dumps(ready) + "\n")
         sys.stdout.flush()
         if ready_flag is not None:
             ready_flag.append(True)
         await stop.wait()
+        health.state = "draining"
         with anyio.CancelScope(shield=True):
             # The one named first (a frontend stops taking requests), then its companions.
             for started in [component, *reversed(hosted)]:

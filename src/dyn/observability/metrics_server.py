@@ -1,4 +1,4 @@
-"""A role process's own ``/metrics``: a tiny HTTP server on an ephemeral port.
+"""A role process's own ``/metrics`` and ``/health``: a tiny HTTP server on an ephemeral port.
 
 In a multi-process run each process has its own registry, so the frontend's ``/metrics``
 shows only the frontend process's metrics. Every role process the launchers start
@@ -6,21 +6,25 @@ shows only the frontend process's metrics. Every role process the launchers star
 its discovery entries as ``metrics_url``; ``GET /admin/status`` lists it per instance
 and ``dyn bench`` scrapes every one.
 
+``/health`` answers 200 with ``{"role", "instance", "state", "ok"}`` while the process
+serves, and 503 while it starts or drains (:class:`ProcessHealth`), so a probe or
+Prometheus' blackbox exporter can tell the three apart.
+
 HTTP/1.1 with one request per connection: enough for a scraper, and no web framework in
-a worker process. Routes are a table of path → page, so another (``/health``) is one
-entry more.
+a worker process. Routes are a table of path → page.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Callable
 
 import anyio
 from anyio.abc import SocketAttribute, SocketStream, TaskGroup
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-__all__ = ["METRICS_URL_KEY", "Page", "serve_metrics"]
+__all__ = ["METRICS_URL_KEY", "Page", "ProcessHealth", "serve_metrics"]
 
 # The discovery metadata key (and ready-line key) that carries the URL.
 METRICS_URL_KEY = "metrics_url"
@@ -29,12 +33,41 @@ MAX_HEAD_BYTES = 16 * 1024
 # How long a connection may take to send its request head.
 READ_TIMEOUT_S = 5.0
 
-# (content type, body) of one route, made afresh for each request.
-Page = Callable[[], tuple[str, bytes]]
+# (status, content type, body) of one route, made afresh for each request.
+Page = Callable[[], tuple[int, str, bytes]]
+
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    503: "Service Unavailable",
+}
+
+
+class ProcessHealth:
+    """What ``/health`` says of the process: the role instances it hosts and whether it
+    serves. Its owner moves ``state`` from ``starting`` to ``serving`` once every role is
+    up, and to ``draining`` once it has been asked to stop."""
+
+    def __init__(self, roles: list[str] | None = None) -> None:
+        self.state = "starting"
+        self.roles: list[str] = list(roles or [])
+        self.instance: str | None = None  # known once the first role has started
+
+    def page(self) -> tuple[int, str, bytes]:
+        ok = self.state == "serving"
+        body = {
+            "role": "+".join(self.roles) or None,
+            "instance": self.instance,
+            "state": self.state,
+            "ok": ok,
+        }
+        return (200 if ok else 503), "application/json", json.dumps(body).encode() + b"\n"
 
 
 def _reason(status: int) -> str:
-    return {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 400: "Bad Request"}[status]
+    return _REASONS[status]
 
 
 def _response(status: int, content_type: str, body: bytes, *, head_only: bool = False) -> bytes:
@@ -71,8 +104,8 @@ def _answer(head: bytes, pages: dict[str, Page]) -> bytes:
         return _response(404, "text/plain", b"not found\n")
     if method not in ("GET", "HEAD"):
         return _response(405, "text/plain", b"GET only\n")
-    content_type, body = page()
-    return _response(200, content_type, body, head_only=method == "HEAD")
+    status, content_type, body = page()
+    return _response(status, content_type, body, head_only=method == "HEAD")
 
 
 def _url(host: str, port: int) -> str:
@@ -80,14 +113,22 @@ def _url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-async def serve_metrics(registry: CollectorRegistry, host: str, tasks: TaskGroup) -> str:
-    """Serve ``registry`` at ``/metrics`` on a free port of ``host`` until ``tasks`` is
-    cancelled; return the page's URL (``http://HOST:PORT/metrics``)."""
+async def serve_metrics(
+    registry: CollectorRegistry,
+    host: str,
+    tasks: TaskGroup,
+    health: ProcessHealth | None = None,
+) -> str:
+    """Serve ``registry`` at ``/metrics`` (and ``health`` at ``/health``) on a free port of
+    ``host`` until ``tasks`` is cancelled; return the page's URL
+    (``http://HOST:PORT/metrics``)."""
 
-    def metrics() -> tuple[str, bytes]:
-        return CONTENT_TYPE_LATEST, generate_latest(registry)
+    def metrics() -> tuple[int, str, bytes]:
+        return 200, CONTENT_TYPE_LATEST, generate_latest(registry)
 
     pages: dict[str, Page] = {"/metrics": metrics}
+    if health is not None:
+        pages["/health"] = health.page
     listener = await anyio.create_tcp_listener(local_host=host, local_port=0)
     port = listener.extra(SocketAttribute.local_port)
 

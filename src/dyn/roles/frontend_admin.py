@@ -9,8 +9,8 @@ calls it between arms). ``GET /admin/status`` lists every role instance of the n
 frontend, with or without a processor. An instance that the frontend's clients or any
 processor's client has ejected for failing calls shows as ``ejected``, with the seconds
 of back-off left in ``ejected_s``, and each row's ``metrics_url`` is where its process
-serves Prometheus metrics (None for roles that share the frontend's process and
-``/metrics``, as in one-process mode).
+serves Prometheus metrics (one page per process, shared by the roles it hosts; None
+for a role started by a program that serves none).
 They call the processor's ``route_info``, ``set_strategy``, ``explain`` and ``clear_kv``
 endpoints.
 
@@ -146,7 +146,7 @@ async def collect_status(frontend: Frontend) -> dict[str, Any]:
             "host": frontend.runtime.host,
             "pid": os.getpid(),
             "address": frontend.url,
-            # None in one-process mode: this frontend's own /metrics shows every role.
+            # The page of this frontend's process (None if whoever started it serves none).
             "metrics_url": frontend.runtime.metadata.get(METRICS_URL_KEY),
             "state": "draining" if admission.draining else "healthy",
             "ejected_s": None,
