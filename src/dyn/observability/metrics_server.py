@@ -80,15 +80,20 @@ def _url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-async def serve_metrics(registry: CollectorRegistry, host: str, tasks: TaskGroup) -> str:
-    """Serve ``registry`` at ``/metrics`` on a free port of ``host`` until ``tasks`` is
-    cancelled; return the page's URL (``http://HOST:PORT/metrics``)."""
+async def serve_metrics(
+    registry: CollectorRegistry, host: str, tasks: TaskGroup, *, port: int = 0
+) -> str:
+    """Serve ``registry`` at ``/metrics`` on ``port`` of ``host`` (0: a free one) until
+    ``tasks`` is cancelled; return the page's URL (``http://HOST:PORT/metrics``)."""
 
     def metrics() -> tuple[str, bytes]:
         return CONTENT_TYPE_LATEST, generate_latest(registry)
 
-    pages: dict[str, Page] = {"/metrics": metrics}
-    listener = await anyio.create_tcp_listener(local_host=host, local_port=0)
+    pages: dict[str, Page] = {
+        "/metrics": metrics,
+        "/health": lambda: ("application/json", b'{"ok": true}'),
+    }
+    listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
     port = listener.extra(SocketAttribute.local_port)
 
     async def handle(stream: SocketStream) -> None:
