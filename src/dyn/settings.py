@@ -186,9 +186,9 @@ class Settings:
 
 
 def _port(env: Mapping[str, str], name: str) -> int:
-    from dyn.errors import LaunchError
+    from dyn.errors import ConfigError
 
     raw = env.get(name) or "0"
     if not raw.isdigit() or int(raw) > 65535:
-        raise LaunchError(f"{name}={raw!r}: expected a TCP port from 0 to 65535 (0: a free one)")
+        raise ConfigError(f"{name}={raw!r}: expected a TCP port from 0 to 65535 (0: a free one)")
     return int(raw)
