@@ -115,13 +115,21 @@ def render(
     return out
 
 
+class _PlainDumper(yaml.SafeDumper):
+    """Writes a value shared by several objects out in full each time (no &anchors)."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
 def write(export: Export, folder: Path) -> list[Path]:
     """Write every file of ``export`` into ``folder`` (made if missing); their paths."""
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for name, objects in export.files.items():
         path = folder / name
-        path.write_text(yaml.safe_dump_all(objects, sort_keys=False), encoding="utf-8")
+        text = yaml.dump_all(objects, Dumper=_PlainDumper, sort_keys=False)
+        path.write_text(text, encoding="utf-8")
         written.append(path)
     for name, text in export.texts.items():
         path = folder / name
