@@ -33,6 +33,7 @@ __all__ = [
     "LOG_LEVEL_ENV",
     "METRICS_PORT_ENV",
     "OPENAI_API_KEY_ENV",
+    "REPLICA_ENV",
     "ROLE_SECRET_ENV",
     "RUN_ID_ENV",
     "STATE_DIR_ENV",
@@ -65,6 +66,9 @@ XDG_STATE_HOME_ENV = "XDG_STATE_HOME"
 BIND_HOST_ENV = "DYN_BIND_HOST"
 ADVERTISE_HOST_ENV = "DYN_ADVERTISE_HOST"
 METRICS_PORT_ENV = "DYN_METRICS_PORT"
+# Only in a rendered StatefulSet's pod spec: the pod's index, which its args pass to
+# `dyn _role` as the replica (dyn itself never reads it).
+REPLICA_ENV = "DYN_REPLICA"
 # `dyn bench` sends it as the bearer token, as OpenAI's own clients do.
 OPENAI_API_KEY_ENV = "OPENAI_API_KEY"
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import kubernetes_validate
+import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -89,7 +89,7 @@ def test_kv_routing_objects() -> None:
     cluster = load_graph_text(text, resolve_role=role_class)
     assert cluster.discovery.backend == "etcd"
     assert cluster.discovery.options["endpoints"] == "http://kv-routing-etcd:2379"
-    assert getattr(cluster.component("frontend").config, "host") == "0.0.0.0"
+    assert getattr(cluster.component("frontend").config, "host") == "0.0.0.0"  # noqa: B009
     assert any("discovery memory becomes etcd" in note for note in export.notes)
 
 

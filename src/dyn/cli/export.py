@@ -35,8 +35,8 @@ def k8s(
         bool,
         typer.Option(
             "--include-secrets",
-            help="Write the values of DYN_ADMIN_TOKEN, DYN_API_KEY, DYN_CLUSTER_SECRET and "
-            "the DYN_TLS_* files set here into secrets.yaml (else: a secrets.env to fill in).",
+            help="Write the values of the admin token, API key, cluster secret and TLS "
+            "files set in this environment into secrets.yaml (else: a secrets.env to fill in).",
         ),
     ] = False,
     overrides: Annotated[

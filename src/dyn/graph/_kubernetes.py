@@ -117,10 +117,12 @@ def read_resources(
     return MappingProxyType(out) if len(problems.lines) == count else None
 
 
-def read_labels(problems: Problems, path: FieldPath, raw: Any) -> Mapping[str, str] | None:
+def read_labels(
+    problems: Problems, path: FieldPath, raw: Any
+) -> tuple[tuple[str, str], ...] | None:
     """A node's Kubernetes labels: what a node selector matches for roles placed there."""
     if raw is None:
-        return MappingProxyType({})
+        return ()
     section = expect_mapping(problems, path, raw)
     if section is None:
         return None
@@ -145,7 +147,7 @@ def read_labels(problems: Problems, path: FieldPath, raw: Any) -> Mapping[str, s
             )
             continue
         labels[key] = text
-    return MappingProxyType(labels) if len(problems.lines) == count else None
+    return tuple(labels.items()) if len(problems.lines) == count else None
 
 
 def _label_key_ok(key: str) -> bool:

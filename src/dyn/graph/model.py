@@ -69,8 +69,9 @@ class NodeSpec:
     python: str = DEFAULT_PYTHON
     workdir: str | None = None
     bind: str = DEFAULT_BIND
-    # Kubernetes node labels: `dyn export k8s` selects nodes by them for roles placed here.
-    labels: Mapping[str, str] = field(default_factory=_no_entries)
+    # Kubernetes node labels (name, value): `dyn export k8s` selects nodes by them for
+    # roles placed here. Pairs, not a mapping, so that a node stays hashable.
+    labels: tuple[tuple[str, str], ...] = ()
 
 
 LOCAL_NODE = NodeSpec(name="local", host="127.0.0.1")

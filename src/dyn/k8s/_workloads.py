@@ -14,7 +14,7 @@ from typing import Any
 from dyn.graph import ComponentSpec, KubernetesSpec
 from dyn.k8s._cluster_graph import ALL_INTERFACES, dns_name
 from dyn.launch._roles import DRAIN_TIMEOUT_S, READY_TIMEOUT_S
-from dyn.settings import ADVERTISE_HOST_ENV, BIND_HOST_ENV, METRICS_PORT_ENV
+from dyn.settings import ADVERTISE_HOST_ENV, BIND_HOST_ENV, METRICS_PORT_ENV, REPLICA_ENV
 
 __all__ = [
     "GRAPH_DIR",
@@ -36,8 +36,7 @@ GRAPH_DIR = "/etc/dyn"
 PRESTOP_SLEEP_S = 5
 # After the drain, deregistration and the release of resources.
 STOP_MARGIN_S = 10
-# A StatefulSet pod's index, from the label Kubernetes (1.28+) sets on it.
-REPLICA_ENV = "DYN_REPLICA"
+# A StatefulSet pod's index comes from the label Kubernetes (1.28+) sets on it.
 POD_INDEX_LABEL = "apps.kubernetes.io/pod-index"
 
 
