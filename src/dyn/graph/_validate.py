@@ -51,8 +51,8 @@ TOP_KEYS = (
     "discovery",
     "nodes",
     "model",
-    "kubernetes",
     "components",
+    "kubernetes",
 )
 DISCOVERY_KEYS = ("backend", "ttl_s", "options")
 NODE_KEYS = ("host", "user", "port", "ssh_options", "python", "workdir", "bind", "labels")
