@@ -24,12 +24,16 @@ from dataclasses import dataclass, field
 
 __all__ = [
     "ADMIN_TOKEN_ENV",
+    "ADVERTISE_HOST_ENV",
     "API_KEY_ENV",
+    "BIND_HOST_ENV",
     "CLUSTER_SECRET_ENV",
     "DISCOVERY_DIR_ENV",
     "JSON_LOGS_ENV",
     "LOG_LEVEL_ENV",
+    "METRICS_PORT_ENV",
     "OPENAI_API_KEY_ENV",
+    "REPLICA_ENV",
     "ROLE_SECRET_ENV",
     "RUN_ID_ENV",
     "STATE_DIR_ENV",
@@ -55,6 +59,16 @@ DISCOVERY_DIR_ENV = "DYN_DISCOVERY_DIR"
 # Only `dyn up` reads it (at its edge), and passes it to the launcher it starts.
 RUN_ID_ENV = "DYN_RUN_ID"
 XDG_STATE_HOME_ENV = "XDG_STATE_HOME"
+# Where one role process listens, for a process started by a cluster rather than by a
+# launcher (`dyn export k8s`): the address its transport and metrics page bind (default:
+# the graph's node `bind`, else loopback), the address discovery publishes for it (its
+# pod IP), and the fixed port of its metrics and health page (0 or unset: a free one).
+BIND_HOST_ENV = "DYN_BIND_HOST"
+ADVERTISE_HOST_ENV = "DYN_ADVERTISE_HOST"
+METRICS_PORT_ENV = "DYN_METRICS_PORT"
+# Only in a rendered StatefulSet's pod spec: the pod's index, which its args pass to
+# `dyn _role` as the replica (dyn itself never reads it).
+REPLICA_ENV = "DYN_REPLICA"
 # `dyn bench` sends it as the bearer token, as OpenAI's own clients do.
 OPENAI_API_KEY_ENV = "OPENAI_API_KEY"
 
@@ -136,6 +150,10 @@ class Settings:
     api_key: str | None = field(default=None, repr=False)
     admin_token: str | None = field(default=None, repr=False)
     transport: TransportSecurity = TransportSecurity()
+    # Per process, never passed on to the roles a launcher starts (see BIND_HOST_ENV).
+    bind_host: str | None = None
+    advertise_host: str | None = None
+    metrics_port: int = 0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -148,6 +166,9 @@ class Settings:
             api_key=env.get(API_KEY_ENV) or None,
             admin_token=env.get(ADMIN_TOKEN_ENV) or None,
             transport=TransportSecurity.from_env(env),
+            bind_host=env.get(BIND_HOST_ENV) or None,
+            advertise_host=env.get(ADVERTISE_HOST_ENV) or None,
+            metrics_port=_port(env, METRICS_PORT_ENV),
         )
 
     def role_env(self) -> dict[str, str]:
@@ -166,3 +187,12 @@ class Settings:
         if self.admin_token:
             secrets[ADMIN_TOKEN_ENV] = self.admin_token
         return secrets
+
+
+def _port(env: Mapping[str, str], name: str) -> int:
+    from dyn.errors import ConfigError
+
+    raw = env.get(name) or "0"
+    if not raw.isdigit() or int(raw) > 65535:
+        raise ConfigError(f"{name}={raw!r}: expected a TCP port from 0 to 65535 (0: a free one)")
+    return int(raw)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import typer
 
 from dyn import __version__
-from dyn.cli import bench, down, graph_cmd, logs, role, route, runs, scale, status, up
+from dyn.cli import bench, down, export, graph_cmd, logs, role, route, runs, scale, status, up
 from dyn.cli._common import PanelledCommand
 
 __all__ = ["app", "main"]
@@ -36,6 +36,7 @@ app = typer.Typer(
 app.add_typer(graph_cmd.app, name="graph")
 app.add_typer(bench.app, name="bench")
 app.add_typer(runs.app, name="runs")
+app.add_typer(export.app, name="export")
 app.command("up", cls=PanelledCommand)(up.up)
 app.command("route")(route.route)
 app.command("status")(status.status)

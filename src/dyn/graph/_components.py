@@ -18,6 +18,7 @@ from dyn.graph._fields import (
     expect_str,
     plugin_name,
 )
+from dyn.graph._kubernetes import read_resources
 from dyn.graph._wiring import Draft, check_wiring
 from dyn.graph._yaml import FieldPath, Problems
 from dyn.graph.model import ComponentSpec, DependencySpec
@@ -25,7 +26,7 @@ from dyn.graph.roles import RoleClass, RoleResolver
 
 __all__ = ["COMPONENT_KEYS", "read_components"]
 
-COMPONENT_KEYS = ("uses", "replicas", "placement", "depends_on", "config")
+COMPONENT_KEYS = ("uses", "replicas", "placement", "depends_on", "config", "resources")
 DEPENDENCY_KEYS = ("component", "strategy")
 
 
@@ -52,8 +53,12 @@ def read_components(
     for d in drafts:
         if d.uses and d.replicas and d.placement and d.deps_ok and d.config_ok:
             assert d.config is not None
+            if d.resources is None:
+                continue
             deps = tuple(dep for dep, _ in d.deps)
-            specs.append(ComponentSpec(d.name, d.uses, d.replicas, d.placement, deps, d.config))
+            specs.append(
+                ComponentSpec(d.name, d.uses, d.replicas, d.placement, deps, d.config, d.resources)
+            )
     return tuple(specs) if len(specs) == len(drafts) else None
 
 
@@ -86,6 +91,7 @@ def _component(
         problems, (*path, "placement"), fields.get("placement"), node_names
     )
     _depends_on(problems, draft, fields.get("depends_on"))
+    draft.resources = read_resources(problems, (*path, "resources"), fields.get("resources"))
     raw_config = fields.get("config")
     config = expect_mapping(problems, (*path, "config"), {} if raw_config is None else raw_config)
     if config is not None and draft.cls is not None:

@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 import yaml
 
-from dyn.graph.model import ComponentSpec, GraphSpec, NodeSpec
+from dyn.graph.model import ComponentSpec, GraphSpec, KubernetesSpec, NodeSpec
 
 __all__ = ["dump_graph", "dump_graph_yaml"]
 
@@ -32,6 +32,8 @@ def dump_graph(spec: GraphSpec) -> dict[str, Any]:
     out["nodes"] = {node.name: _node(node) for node in spec.nodes}
     if spec.model is not None:
         out["model"] = msgspec.to_builtins(spec.model)
+    if not spec.kubernetes.is_default():
+        out["kubernetes"] = _kubernetes(spec.kubernetes)
     out["components"] = {c.name: _component(c) for c in spec.components}
     return out
 
@@ -51,6 +53,18 @@ def _node(node: NodeSpec) -> dict[str, Any]:
     if node.workdir is not None:
         out["workdir"] = node.workdir
     out["bind"] = node.bind
+    if node.labels:
+        out["labels"] = dict(node.labels)
+    return out
+
+
+def _kubernetes(spec: KubernetesSpec) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if spec.image_pull_policy is not None:
+        out["image_pull_policy"] = spec.image_pull_policy
+    if spec.image_pull_secrets:
+        out["image_pull_secrets"] = list(spec.image_pull_secrets)
+    out["service_type"] = spec.service_type
     return out
 
 
@@ -65,10 +79,13 @@ def _component(spec: ComponentSpec) -> dict[str, Any]:
             else d.component
             for d in spec.depends_on
         }
-    return {
+    out = {
         "uses": spec.uses,
         "replicas": spec.replicas,
         "placement": list(spec.placement),
         "depends_on": depends_on,
         "config": msgspec.to_builtins(spec.config),
     }
+    if spec.resources:
+        out["resources"] = {kind: dict(amounts) for kind, amounts in spec.resources.items()}
+    return out

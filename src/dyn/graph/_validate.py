@@ -24,6 +24,7 @@ from dyn.graph._fields import (
     expect_str_list,
     plugin_name,
 )
+from dyn.graph._kubernetes import read_kubernetes, read_labels
 from dyn.graph._yaml import FieldPath, Problems
 from dyn.graph.model import (
     DEFAULT_DISCOVERY_TTL_S,
@@ -51,9 +52,10 @@ TOP_KEYS = (
     "nodes",
     "model",
     "components",
+    "kubernetes",
 )
 DISCOVERY_KEYS = ("backend", "ttl_s", "options")
-NODE_KEYS = ("host", "user", "port", "ssh_options", "python", "workdir", "bind")
+NODE_KEYS = ("host", "user", "port", "ssh_options", "python", "workdir", "bind", "labels")
 
 
 def build_graph(problems: Problems, doc: Any, resolve_role: RoleResolver) -> GraphSpec | None:
@@ -84,9 +86,19 @@ def build_graph(problems: Problems, doc: Any, resolve_role: RoleResolver) -> Gra
     node_names = [n.name for n in nodes] if nodes is not None else None
     components = read_components(problems, doc, node_names, resolve_role)
     model = _model(problems, doc.get("model"))
+    kubernetes = read_kubernetes(problems, doc.get("kubernetes"))
     if model is not None and components is not None:
         _check_context(problems, doc["model"], model, components, resolve_role)
-    if problems or None in (name, namespace, transport, layout, discovery, nodes, components):
+    if problems or None in (
+        name,
+        namespace,
+        transport,
+        layout,
+        discovery,
+        nodes,
+        components,
+        kubernetes,
+    ):
         return None
     assert name
     assert namespace
@@ -95,6 +107,7 @@ def build_graph(problems: Problems, doc: Any, resolve_role: RoleResolver) -> Gra
     assert discovery
     assert nodes
     assert components
+    assert kubernetes
     return GraphSpec(
         name=name,
         namespace=namespace,
@@ -105,6 +118,7 @@ def build_graph(problems: Problems, doc: Any, resolve_role: RoleResolver) -> Gra
         components=components,
         model=model,
         layout=layout,
+        kubernetes=kubernetes,
         source=problems.locator.source,
     )
 
@@ -179,14 +193,16 @@ def _nodes(problems: Problems, raw: Any) -> tuple[NodeSpec, ...] | None:
         python = expect_str(problems, (*path, "python"), fields.get("python", default.python))
         workdir = expect_str(problems, (*path, "workdir"), fields.get("workdir"), optional=True)
         bind = expect_str(problems, (*path, "bind"), fields.get("bind", default.bind))
+        labels = read_labels(problems, (*path, "labels"), fields.get("labels"))
         if (
             host is not None
             and port is not None
             and ssh is not None
             and python is not None
             and bind is not None
+            and labels is not None
         ):
-            nodes.append(NodeSpec(name, host, user, port, ssh, python, workdir, bind))
+            nodes.append(NodeSpec(name, host, user, port, ssh, python, workdir, bind, labels))
     return tuple(nodes) if len(nodes) == len(section) else None
 
 

@@ -36,6 +36,8 @@ class Draft:
     deps_ok: bool = True
     config: msgspec.Struct | None = None
     config_ok: bool = False
+    # Kubernetes requests and limits (None: they had problems).
+    resources: Mapping[str, Mapping[str, str]] | None = None
 
 
 def check_wiring(problems: Problems, drafts: list[Draft]) -> None:

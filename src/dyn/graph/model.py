@@ -13,12 +13,15 @@ __all__ = [
     "DEFAULT_DISCOVERY_TTL_S",
     "DEFAULT_LAYOUT",
     "DEFAULT_TRANSPORT",
+    "IMAGE_PULL_POLICIES",
     "LAYOUTS",
     "LOCAL_NODE",
+    "SERVICE_TYPES",
     "ComponentSpec",
     "DependencySpec",
     "DiscoverySpec",
     "GraphSpec",
+    "KubernetesSpec",
     "ModelSpec",
     "NodeSpec",
     "RoleInstance",
@@ -36,6 +39,13 @@ DEFAULT_DISCOVERY_TTL_S = 10.0
 DEFAULT_SSH_PORT = 22
 DEFAULT_PYTHON = "python3"
 DEFAULT_BIND = "127.0.0.1"
+# The Kubernetes values the `kubernetes:` keys may take (dyn export k8s).
+IMAGE_PULL_POLICIES = ("Always", "IfNotPresent", "Never")
+SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
+
+
+def _no_entries() -> Mapping[str, Any]:
+    return MappingProxyType({})
 
 
 @dataclass(frozen=True)
@@ -59,6 +69,9 @@ class NodeSpec:
     python: str = DEFAULT_PYTHON
     workdir: str | None = None
     bind: str = DEFAULT_BIND
+    # Kubernetes node labels (name, value): `dyn export k8s` selects nodes by them for
+    # roles placed here. Pairs, not a mapping, so that a node stays hashable.
+    labels: tuple[tuple[str, str], ...] = ()
 
 
 LOCAL_NODE = NodeSpec(name="local", host="127.0.0.1")
@@ -83,6 +96,9 @@ class ComponentSpec:
     placement: tuple[str, ...]
     depends_on: tuple[DependencySpec, ...]
     config: msgspec.Struct
+    # Kubernetes requests and limits per replica ({requests: {cpu: "1"}, limits: {...}});
+    # `dyn up` ignores them.
+    resources: Mapping[str, Mapping[str, str]] = field(default_factory=_no_entries)
 
     def dependency(self, slot: str) -> DependencySpec:
         for dep in self.depends_on:
@@ -113,6 +129,18 @@ class ModelSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 
 @dataclass(frozen=True)
+class KubernetesSpec:
+    """How `dyn export k8s` renders the graph beyond its roles; `dyn up` ignores it."""
+
+    image_pull_policy: str | None = None  # None: the cluster's default
+    image_pull_secrets: tuple[str, ...] = ()
+    service_type: str = "ClusterIP"  # the frontend's Service
+
+    def is_default(self) -> bool:
+        return self == KubernetesSpec()
+
+
+@dataclass(frozen=True)
 class GraphSpec:
     """A validated graph. Components keep the order the file wrote them in."""
 
@@ -125,6 +153,7 @@ class GraphSpec:
     components: tuple[ComponentSpec, ...]
     model: ModelSpec | None = None
     layout: str = DEFAULT_LAYOUT
+    kubernetes: KubernetesSpec = KubernetesSpec()
     source: str = field(default="<string>", compare=False)
 
     def component(self, name: str) -> ComponentSpec:

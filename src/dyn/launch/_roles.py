@@ -20,6 +20,7 @@ from dyn.settings import Settings, TransportSecurity
 from dyn.transports.base import Transport
 
 __all__ = [
+    "DRAIN_TIMEOUT_S",
     "READY_TIMEOUT_S",
     "make_discovery",
     "make_transport",
@@ -30,6 +31,9 @@ __all__ = [
 
 # How long a role may take to come up (its dependencies included) before the launch fails.
 READY_TIMEOUT_S = 30.0
+# How long a stopping role waits for its work in flight before it stops anyway (a
+# cluster's grace period after SIGTERM must cover it: dyn export k8s reads it here).
+DRAIN_TIMEOUT_S = 30.0
 
 
 def make_transport(graph: GraphSpec, security: TransportSecurity | None = None) -> Transport:
@@ -102,7 +106,7 @@ async def start_role(
 async def stop_role(runtime: Runtime, component: Component[Any]) -> None:
     """Deregister first, then drain the work in flight, then release resources."""
     await runtime.withdraw_component(component)
-    with anyio.move_on_after(30):
+    with anyio.move_on_after(DRAIN_TIMEOUT_S):
         await component.drain()
     await component.stop()
 

@@ -48,7 +48,7 @@ from dyn.launch.role_classes import http_components, role_of
 from dyn.launch.role_main import FAILED_MARK, READY_MARK
 from dyn.launch.targets import TARGETS_FILE, ScrapePage, keep_targets, write_targets
 from dyn.observability.metrics_server import METRICS_URL_KEY
-from dyn.settings import RUN_ID_ENV
+from dyn.settings import ADVERTISE_HOST_ENV, BIND_HOST_ENV, METRICS_PORT_ENV, RUN_ID_ENV
 
 __all__ = ["ProcessLauncher", "RoleProcess", "prepare_run"]
 
@@ -115,10 +115,15 @@ def prepare_run(
     return run, resolved, graph_path
 
 
+_NOT_INHERITED = frozenset({RUN_ID_ENV, BIND_HOST_ENV, ADVERTISE_HOST_ENV, METRICS_PORT_ENV})
+
+
 def _inherited_env() -> dict[str, str]:
     """This process's environment for a role's, less the run id `dyn up --detach` gave
     this process: it names this launch's run, not anything a role takes over."""
-    return {name: value for name, value in os.environ.items() if name != RUN_ID_ENV}
+    # Nor the settings of one process (its bind address, advertised address and fixed
+    # metrics port): several role processes cannot share them.
+    return {name: value for name, value in os.environ.items() if name not in _NOT_INHERITED}
 
 
 class ProcessLauncher(Launcher):

@@ -30,7 +30,7 @@ from dyn.launch.base import cancel_when_set, loop_options, settle_heap
 from dyn.launch.role_classes import role_class
 from dyn.observability.metrics_server import METRICS_URL_KEY, ProcessHealth, serve_metrics
 from dyn.runtime.component import Component
-from dyn.runtime.runtime import Runtime
+from dyn.runtime.runtime import Runtime, readdress
 from dyn.settings import ADMIN_TOKEN_ENV, API_KEY_ENV, ROLE_SECRET_ENV, Settings
 
 __all__ = ["FAILED_MARK", "READY_MARK", "failure_reason", "run_role"]
@@ -188,6 +188,10 @@ async def _serve(
         node_name = spec.placement[replica % len(spec.placement)]
     node = graph.node(node_name) if node_name is not None else None
     host = node.bind if node is not None else "127.0.0.1"
+    advertise = settings.advertise_host if settings else None
+    if settings and (settings.bind_host or advertise):
+        # Started by a cluster (dyn export k8s): every interface, or what it was told.
+        host = settings.bind_host or "0.0.0.0"
     stop = anyio.Event()
     async with (
         make_discovery(graph) as discovery,
@@ -198,14 +202,22 @@ async def _serve(
             node=node.name if node is not None else "local",
             host=host,
             local_calls=bool(companions),
+            advertise=advertise,
         ) as runtime,
     ):
         # The process's own page: /metrics for Prometheus, /health for probes (503 until
         # every role it hosts serves, and again once it drains).
         health = ProcessHealth(sorted({name for name, _ in companions} | {component_name}))
-        runtime.metadata[METRICS_URL_KEY] = await serve_metrics(
-            runtime.registry, host, runtime.tasks, health
+        metrics_url = await serve_metrics(
+            runtime.registry,
+            host,
+            runtime.tasks,
+            health,
+            port=settings.metrics_port if settings else 0,
         )
+        if advertise:
+            metrics_url = readdress(metrics_url.removesuffix("/metrics"), advertise) + "/metrics"
+        runtime.metadata[METRICS_URL_KEY] = metrics_url
         runtime.tasks.start_soon(_watch_signals, stop)
         if watch_stdin:
             runtime.tasks.start_soon(_watch_stdin, stop)

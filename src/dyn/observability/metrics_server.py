@@ -118,9 +118,11 @@ async def serve_metrics(
     host: str,
     tasks: TaskGroup,
     health: ProcessHealth | None = None,
+    *,
+    port: int = 0,
 ) -> str:
-    """Serve ``registry`` at ``/metrics`` (and ``health`` at ``/health``) on a free port of
-    ``host`` until ``tasks`` is cancelled; return the page's URL
+    """Serve ``registry`` at ``/metrics`` (and ``health`` at ``/health``) on ``port`` of
+    ``host`` (0: a free one) until ``tasks`` is cancelled; return the page's URL
     (``http://HOST:PORT/metrics``)."""
 
     def metrics() -> tuple[int, str, bytes]:
@@ -129,7 +131,7 @@ async def serve_metrics(
     pages: dict[str, Page] = {"/metrics": metrics}
     if health is not None:
         pages["/health"] = health.page
-    listener = await anyio.create_tcp_listener(local_host=host, local_port=0)
+    listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
     port = listener.extra(SocketAttribute.local_port)
 
     async def handle(stream: SocketStream) -> None:

@@ -45,6 +45,8 @@ _DRAIN_POLL_S = 0.05
 class ProxyWorker(Component[OpenAIProxyConfig]):
     """One upstream server behind dyn's worker protocol."""
 
+    uses_replica_index = True  # replica i talks to upstreams[i % len]
+
     def metadata(self) -> dict[str, Any]:
         return {
             "block_size": self.config.block_size,

@@ -232,6 +232,9 @@ class Component(Generic[ConfigT]):
     serves_http: ClassVar[bool] = False
     # Serves the admin routes that `dyn status` and `dyn route` call.
     admin_routes: ClassVar[bool] = False
+    # Its config depends on which replica it is (a proxy worker's upstreams[i]): a
+    # cluster must give each replica a stable index (dyn export k8s: a StatefulSet).
+    uses_replica_index: ClassVar[bool] = False
     # The config field `dyn up --port` sets, if the role takes one; its replicas would
     # share that port, so `dyn scale` refuses to add any.
     port_field: ClassVar[str | None] = None

@@ -37,6 +37,14 @@ _log = logging.getLogger("dyn.runtime")
 EndpointMethod = Callable[[Any, Context], AsyncIterator[Any]]
 
 
+def readdress(address: str, host: str) -> str:
+    """``address`` (``scheme://HOST:PORT``) with ``host`` in place of its host."""
+    scheme, sep, rest = address.rpartition("://")
+    port = rest.rpartition(":")[2]
+    bracketed = f"[{host}]" if ":" in host else host
+    return f"{scheme}{sep}{bracketed}:{port}"
+
+
 def new_instance_id() -> str:
     return secrets.token_hex(8)
 
@@ -54,12 +62,16 @@ class Runtime:
         host: str = "127.0.0.1",
         registry: CollectorRegistry | None = None,
         local_calls: bool = False,
+        advertise: str | None = None,
     ) -> None:
         self.namespace = namespace
         self.transport = transport
         self.discovery = discovery
         self.node = node
         self.host = host
+        # The address others reach this process at when it listens on every interface
+        # (a pod binds 0.0.0.0 and advertises its pod IP): discovery publishes this host.
+        self.advertise = advertise
         self.registry = registry if registry is not None else CollectorRegistry()
         self.address = ""
         # Facts about this process that every instance it registers publishes (e.g.
@@ -87,6 +99,8 @@ class Runtime:
         await self._tasks.__aenter__()
         try:
             self.address = await self._tasks.start(self._serve)
+            if self.advertise:
+                self.address = readdress(self.address, self.advertise)
             if self.local_calls and not self.transport.carries_objects:
                 from dyn.transports.inproc import InprocTransport
 
@@ -184,7 +198,7 @@ class Runtime:
                 # The node the graph placed the role on: one process may host roles
                 # of several nodes (the in-process launcher runs them all).
                 node=info.node if info.node != "local" else self.node,
-                host=self.host,
+                host=self.advertise or self.host,
                 pid=os.getpid(),
                 replica=info.replica,
                 metadata=dict(metadata),
