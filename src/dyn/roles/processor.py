@@ -91,6 +91,9 @@ class Processor(Component[ProcessorConfig]):
     worker = depends(calls=(ENGINE_GENERATE,), may_call=(ENGINE_KV_EVENTS, ENGINE_CLEAR_KV))
 
     async def start(self) -> None:
+        self._active = 0  # generate calls in flight
+        self._idle = anyio.Event()
+        self._idle.set()
         model = self.model
         self.tokenizer: Tokenizer = load_tokenizer(model.tokenizer if model else None)
         self.max_model_len = model.max_model_len if model else None
@@ -175,141 +178,158 @@ class Processor(Component[ProcessorConfig]):
 
     @endpoint
     async def generate(self, req: GenerateRequest, ctx: Context) -> AsyncIterator[GenerateOutput]:
-        tokens = self.tokenizer.encode(req.prompt)
-        max_tokens = req.max_tokens
-        if self.max_model_len is not None:
-            room = self.max_model_len - len(tokens)
-            param = req.max_tokens_param
-            if param is not None and max_tokens > room:
-                # The client's own value is never cut short: it is refused as sent.
-                overflow = context_overflow(max_tokens, len(tokens), self.max_model_len, param)
-                raise BadRequestError(overflow, param=param)
-            if room < 1:
-                # ``prompt`` is this request's field; the frontend names a chat's own.
-                raise BadRequestError(
-                    f"this model's maximum context length is {self.max_model_len} tokens; "
-                    f"the prompt alone has {len(tokens)}",
-                    param="prompt",
+        # drain() waits for these: a stopping processor finishes the streams it carries.
+        if self._active == 0:
+            self._idle = anyio.Event()
+        self._active += 1
+        try:
+            tokens = self.tokenizer.encode(req.prompt)
+            max_tokens = req.max_tokens
+            if self.max_model_len is not None:
+                room = self.max_model_len - len(tokens)
+                param = req.max_tokens_param
+                if param is not None and max_tokens > room:
+                    # The client's own value is never cut short: it is refused as sent.
+                    overflow = context_overflow(max_tokens, len(tokens), self.max_model_len, param)
+                    raise BadRequestError(overflow, param=param)
+                if room < 1:
+                    # ``prompt`` is this request's field; the frontend names a chat's own.
+                    raise BadRequestError(
+                        f"this model's maximum context length is {self.max_model_len} tokens; "
+                        f"the prompt alone has {len(tokens)}",
+                        param="prompt",
+                    )
+                # Without a cap of the client's, a chat may run to the end of the context.
+                max_tokens = min(max_tokens, room)
+            decoder = self.tokenizer.incremental_decoder()
+            stopper = StopMatcher(req.stop) if req.stop else None
+            generated: list[int] = []  # every token sent on, so a resend can continue after it
+            passed: list[str] = []  # every text delta passed on, from an engine answering text
+            sent_tokens: list[int] = tokens
+            sent_text: str | None = req.prompt
+            done = 0  # tokens generated before this attempt (a resend asks for the rest)
+            answered = False  # whether the client got an output yet
+            migrations = 0
+            failed: set[str] = set()
+            while True:
+                engine_request = EngineRequest(
+                    request_id=req.request_id,
+                    tokens=sent_tokens,
+                    max_tokens=max_tokens - done,
+                    ignore_eos=req.ignore_eos,
+                    min_tokens=max(0, req.min_tokens - done),
+                    text=sent_text,
+                    extra_fields=req.extra_fields,
+                    seed=req.seed,
+                    logprobs=req.logprobs,
+                    prior_output_tokens=done,
                 )
-            # Without a cap of the client's, a chat may run to the end of the context.
-            max_tokens = min(max_tokens, room)
-        decoder = self.tokenizer.incremental_decoder()
-        stopper = StopMatcher(req.stop) if req.stop else None
-        generated: list[int] = []  # every token sent on, so a resend can continue after it
-        passed: list[str] = []  # every text delta passed on, from an engine answering text
-        sent_tokens: list[int] = tokens
-        sent_text: str | None = req.prompt
-        done = 0  # tokens generated before this attempt (a resend asks for the rest)
-        answered = False  # whether the client got an output yet
-        migrations = 0
-        failed: set[str] = set()
-        while True:
-            engine_request = EngineRequest(
-                request_id=req.request_id,
-                tokens=sent_tokens,
-                max_tokens=max_tokens - done,
-                ignore_eos=req.ignore_eos,
-                min_tokens=max(0, req.min_tokens - done),
-                text=sent_text,
-                extra_fields=req.extra_fields,
-                seed=req.seed,
-                logprobs=req.logprobs,
-                prior_output_tokens=done,
-            )
-            route = RouteRequest(
-                request_id=req.request_id,
-                tokens=sent_tokens,
-                extra={"max_tokens": engine_request.max_tokens},
-            )
-            received = 0
-            stream = self.worker.stream(
-                ENGINE_GENERATE, engine_request, route=route, exclude=failed
-            )
-            try:
-                async with stream as outputs:
-                    async for out in outputs:
-                        if received == 0 and outputs.instance is not None:
-                            self.metrics.decision(outputs.instance.instance_id)
-                        first = not answered
-                        answered = True
-                        received += 1
-                        text = out.text
-                        finish = out.finish_reason
-                        logprobs = None
-                        if text is None:
-                            generated += out.tokens
-                            text = decoder.feed(out.tokens)
-                            if finish is not None:
-                                text += decoder.flush()
-                            count = len(out.tokens)
-                            if out.logprobs is not None:
-                                logprobs = self._logprobs(out)
-                            # Like vLLM, stop strings count from min_tokens on.
-                            if stopper is not None and len(generated) >= req.min_tokens:
-                                text, hit = stopper.feed(text)
-                                if hit:
-                                    finish = "stop"
-                                elif finish is not None:
-                                    text += stopper.flush()
-                        else:  # passed on as the engine wrote it: no detokenizing
-                            passed.append(text)
-                            count = 1 if text else 0  # an upstream chunk: one decode step
-                        yield GenerateOutput(
-                            text=text,
-                            token_count=count,
-                            finish_reason=finish,
-                            prompt_tokens=len(tokens) if first else None,
-                            cached_tokens=_cached(out, first, resent=received == 1 and not first),
-                            usage=_usage(out, len(tokens), done),
-                            # Outputs that came in together (one read of the worker's
-                            # connection) leave the frontend in one write.
-                            more_ready=out.more_ready or outputs.has_ready(),
-                            logprobs=logprobs,
-                        )
-                        if finish is not None and out.finish_reason is None:
-                            # A stop string: leaving the stream cancels the worker's request.
-                            return
-                    return
-            except CallError as exc:
-                # A worker at its queue bound refuses before doing anything: another
-                # worker may have room (when none has, the refusal becomes a 429).
-                refused = isinstance(exc, OverloadedError) and received == 0
-                if not (_worker_lost(exc) or refused):
-                    raise
-                if stream.instance is not None:
-                    failed.add(stream.instance.instance_id)
-                live = self.worker.instances("generate")
-                if not any(i.instance_id not in failed for i in live):
-                    raise  # no other worker to resend to: retrying this one would not help
-                # Nothing came back yet: the request is simply sent elsewhere, which is
-                # routing around a dead instance, not a migration.
-                if received == 0 and len(failed) < MAX_REROUTES:
-                    self.log.info("request %s: %s; rerouting", req.request_id, exc.message)
-                    continue
-                if passed:
-                    # The resend continues after the text the client already has: the
-                    # prompt followed by that text, counted (and routed) with dyn's
-                    # tokenizer. Tokenized here, once, rather than per delta.
-                    so_far = "".join(passed)
-                    continued = self.tokenizer.encode(so_far)
-                    sent_tokens, sent_text = tokens + continued, req.prompt + so_far
-                    done = len(continued)
-                else:
-                    # Token ids continue exactly; an engine that needs text decodes them.
-                    sent_tokens, sent_text = tokens + generated, None
-                    done = len(generated)
-                if migrations >= self.config.migration_limit or done >= max_tokens:
-                    raise
-                migrations += 1
-                self.metrics.migrations.inc()
-                self.log.info(
-                    "request %s: %s; migrating after %d tokens (%d of %d)",
-                    req.request_id,
-                    exc.message,
-                    done,
-                    migrations,
-                    self.config.migration_limit,
+                route = RouteRequest(
+                    request_id=req.request_id,
+                    tokens=sent_tokens,
+                    extra={"max_tokens": engine_request.max_tokens},
                 )
+                received = 0
+                stream = self.worker.stream(
+                    ENGINE_GENERATE, engine_request, route=route, exclude=failed
+                )
+                try:
+                    async with stream as outputs:
+                        async for out in outputs:
+                            if received == 0 and outputs.instance is not None:
+                                self.metrics.decision(outputs.instance.instance_id)
+                            first = not answered
+                            answered = True
+                            received += 1
+                            text = out.text
+                            finish = out.finish_reason
+                            logprobs = None
+                            if text is None:
+                                generated += out.tokens
+                                text = decoder.feed(out.tokens)
+                                if finish is not None:
+                                    text += decoder.flush()
+                                count = len(out.tokens)
+                                if out.logprobs is not None:
+                                    logprobs = self._logprobs(out)
+                                # Like vLLM, stop strings count from min_tokens on.
+                                if stopper is not None and len(generated) >= req.min_tokens:
+                                    text, hit = stopper.feed(text)
+                                    if hit:
+                                        finish = "stop"
+                                    elif finish is not None:
+                                        text += stopper.flush()
+                            else:  # passed on as the engine wrote it: no detokenizing
+                                passed.append(text)
+                                count = 1 if text else 0  # an upstream chunk: one decode step
+                            resent = received == 1 and not first
+                            yield GenerateOutput(
+                                text=text,
+                                token_count=count,
+                                finish_reason=finish,
+                                prompt_tokens=len(tokens) if first else None,
+                                cached_tokens=_cached(out, first, resent=resent),
+                                usage=_usage(out, len(tokens), done),
+                                # Outputs that came in together (one read of the worker's
+                                # connection) leave the frontend in one write.
+                                more_ready=out.more_ready or outputs.has_ready(),
+                                logprobs=logprobs,
+                            )
+                            if finish is not None and out.finish_reason is None:
+                                # A stop string: leaving the stream cancels the worker's request.
+                                return
+                        return
+                except CallError as exc:
+                    # A worker at its queue bound refuses before doing anything: another
+                    # worker may have room (when none has, the refusal becomes a 429).
+                    refused = isinstance(exc, OverloadedError) and received == 0
+                    if not (_worker_lost(exc) or refused):
+                        raise
+                    if stream.instance is not None:
+                        failed.add(stream.instance.instance_id)
+                    live = self.worker.instances("generate")
+                    if not any(i.instance_id not in failed for i in live):
+                        raise  # no other worker to resend to: retrying this one would not help
+                    # Nothing came back yet: the request is simply sent elsewhere, which is
+                    # routing around a dead instance, not a migration.
+                    if received == 0 and len(failed) < MAX_REROUTES:
+                        self.log.info("request %s: %s; rerouting", req.request_id, exc.message)
+                        continue
+                    if passed:
+                        # The resend continues after the text the client already has: the
+                        # prompt followed by that text, counted (and routed) with dyn's
+                        # tokenizer. Tokenized here, once, rather than per delta.
+                        so_far = "".join(passed)
+                        continued = self.tokenizer.encode(so_far)
+                        sent_tokens, sent_text = tokens + continued, req.prompt + so_far
+                        done = len(continued)
+                    else:
+                        # Token ids continue exactly; an engine that needs text decodes them.
+                        sent_tokens, sent_text = tokens + generated, None
+                        done = len(generated)
+                    if migrations >= self.config.migration_limit or done >= max_tokens:
+                        raise
+                    migrations += 1
+                    self.metrics.migrations.inc()
+                    self.log.info(
+                        "request %s: %s; migrating after %d tokens (%d of %d)",
+                        req.request_id,
+                        exc.message,
+                        done,
+                        migrations,
+                        self.config.migration_limit,
+                    )
+        finally:
+            self._active -= 1
+            if self._active == 0:
+                self._idle.set()
+
+    async def drain(self) -> None:
+        """Wait for the requests in flight (the launcher has deregistered us already, so
+        no new ones come); their workers drain after them."""
+        if self._active:
+            self.log.info("draining %d requests in flight", self._active)
+        await self._idle.wait()
 
     def _logprobs(self, out: EngineOutput) -> list[OutputLogprob]:
         """The engine's logprobs with token ids spelled as the tokenizer's bytes."""
