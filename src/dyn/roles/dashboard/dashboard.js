@@ -27,7 +27,9 @@ function push(c, values) {
   const scaled = values.map((v) => (typeof v === "number" && isFinite(v) ? v * c.scale : null));
   c.points.push(scaled);
   if (c.points.length > KEEP) c.points.shift();
-  c.element.dataset.points = String(c.points.length);
+  // Points with something to draw: a poll whose figures are all unknown adds none.
+  const drawn = c.points.filter((point) => point.some((v) => v !== null)).length;
+  c.element.dataset.points = String(drawn);
   c.element.dataset.last = scaled[0] === null ? "" : String(scaled[0]);
   const now = c.element.querySelector(".now");
   now.replaceChildren();
@@ -171,6 +173,9 @@ function show(data) {
   push(charts.ttft, p(data.ttft_s));
   push(charts.itl, p(data.itl_s));
   push(charts.hit, [data.prefix_hit_rate]);
+  // A graph without disaggregation has no queue and counts no prefills: no chart for it.
+  const disaggregated = data.queue_depth !== null || Object.keys(data.prefills_total || {}).length > 0;
+  charts.disagg.element.hidden = !disaggregated;
   push(charts.disagg, [data.queue_depth, prefills.remote ?? null, prefills.local ?? null]);
   showWorkers(data.workers);
   showDecisions(data.decisions);
