@@ -74,6 +74,7 @@ def test_kv_routing_objects() -> None:
     assert container["command"] == ["dyn", "_role"]
     assert container["args"] == ["/etc/dyn/graph.yaml", "worker", "0", "--no-watch-stdin"]
     assert container["readinessProbe"]["httpGet"] == {"path": "/health", "port": "metrics"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/live", "port": "metrics"}
     assert pod["terminationGracePeriodSeconds"] == grace_period_s() > DRAIN_TIMEOUT_S
     annotations = worker["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/port"] == "9464"
@@ -150,8 +151,9 @@ def test_placement_on_a_node_without_labels_is_refused_in_one_line(tmp_path: Pat
     graph_file.write_text(text)
     result = CliRunner().invoke(app, ["export", "k8s", str(graph_file), "-o", str(tmp_path / "o")])
     assert result.exit_code != 0
+    line = next(n for n, text in enumerate(text.splitlines(), 1) if "placement: [node2" in text)
     assert result.stderr.strip().splitlines() == [
-        f"{graph_file}: components.worker.placement: node 'node2' has no labels, so no "
+        f"{graph_file}:{line}: components.worker.placement: node 'node2' has no labels, so no "
         "Kubernetes node can be selected for it; give nodes.node2.labels (e.g. "
         "kubernetes.io/hostname: NAME) or drop the placement"
     ]
@@ -232,9 +234,38 @@ def test_bad_node_labels_are_refused() -> None:
 
 
 def test_dyn_up_ignores_the_kubernetes_keys() -> None:
-    # The graph loads as before; only export reads them (a smoke check of the spec).
-    graph = load_graph_text(K8S_GRAPH, resolve_role=role_class)
+    """The graph with every export-only key runs as dyn up runs it (in one process here)
+    and serves; its resources and pull settings change nothing on this machine."""
+    import anyio
+    import httpx
+    from _dyn_graph import free_port
+
+    from dyn.launch.base import LaunchObserver
+    from dyn.launch.inprocess import InProcessLauncher
+
+    port = free_port()
+    graph = load_graph_text(K8S_GRAPH, overrides=[f"frontend.port={port}"], resolve_role=role_class)
     assert graph.component("worker").replicas == 2
+
+    async def main() -> str:
+        stop, ready = anyio.Event(), anyio.Event()
+
+        class Observer(LaunchObserver):
+            def graph_ready(self, url: str | None, seconds: float) -> None:
+                ready.set()
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(InProcessLauncher().run, graph, Observer(), stop)
+            with anyio.fail_after(20):
+                await ready.wait()
+            async with httpx.AsyncClient(trust_env=False) as client:
+                response = await client.post(
+                    f"http://127.0.0.1:{port}/generate", content=b'{"text": "hi"}', timeout=10
+                )
+            stop.set()
+        return response.text
+
+    assert "Backend: hi" in anyio.run(main)
 
 
 def test_secrets_only_with_include_secrets(tmp_path: Path) -> None:

@@ -176,6 +176,10 @@ async def test_health_is_503_until_the_process_serves_and_again_while_it_drains(
             assert draining.status_code == 503
             assert draining.json()["state"] == "draining"
             assert (await client.get(url)).status_code == 200  # metrics still answer
+            # Liveness is not readiness: a draining process is alive, not to be restarted.
+            live = await client.get(url.removesuffix("/metrics") + "/live")
+            assert live.status_code == 200
+            assert live.json()["state"] == "draining"
         tasks.cancel_scope.cancel()
 
 

@@ -95,12 +95,26 @@ def _selectors(graph: GraphSpec) -> dict[str, list[dict[str, str]]]:
     return out
 
 
+def _where(graph: GraphSpec, *path: str | int) -> str:
+    """``FILE:LINE`` of a field of the graph's file, as the graph's own errors say it."""
+    from pathlib import Path
+
+    from dyn.graph._yaml import load_yaml
+
+    try:
+        text = Path(graph.source).read_text(encoding="utf-8")
+    except OSError:
+        return graph.source
+    return load_yaml(text, graph.source)[1].where(path)
+
+
 def _labels_of(graph: GraphSpec, spec: ComponentSpec, node_name: str) -> dict[str, str]:
     labels = dict(graph.node(node_name).labels)
     if not labels:
+        where = _where(graph, "components", spec.name, "placement")
         raise SpecError(
             [
-                f"{graph.source}: components.{spec.name}.placement: node {node_name!r} has no "
+                f"{where}: components.{spec.name}.placement: node {node_name!r} has no "
                 f"labels, so no Kubernetes node can be selected for it; give "
                 f"nodes.{node_name}.labels (e.g. kubernetes.io/hostname: NAME) or drop "
                 f"the placement"

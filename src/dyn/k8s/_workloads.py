@@ -156,7 +156,12 @@ def _pod_spec(
             "periodSeconds": 2,
             "failureThreshold": int(READY_TIMEOUT_S / 2) + 5,
         },
-        "livenessProbe": {**health, "periodSeconds": 10, "failureThreshold": 3},
+        # Not /health: that answers 503 while the role drains, which must not restart it.
+        "livenessProbe": {
+            "httpGet": {"path": "/live", "port": "metrics"},
+            "periodSeconds": 10,
+            "failureThreshold": 3,
+        },
         "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(PRESTOP_SLEEP_S)]}}},
         "volumeMounts": [{"name": "graph", "mountPath": GRAPH_DIR, "readOnly": True}],
         "securityContext": {"allowPrivilegeEscalation": False, "runAsNonRoot": True},

@@ -65,6 +65,12 @@ class ProcessHealth:
         }
         return (200 if ok else 503), "application/json", json.dumps(body).encode() + b"\n"
 
+    def live_page(self) -> tuple[int, str, bytes]:
+        """``/live``: 200 while the process runs, starting and draining included (a
+        liveness probe must not restart a process that is finishing its work)."""
+        body = {"role": "+".join(self.roles) or None, "state": self.state, "ok": True}
+        return 200, "application/json", json.dumps(body).encode() + b"\n"
+
 
 def _reason(status: int) -> str:
     return _REASONS[status]
@@ -131,6 +137,7 @@ async def serve_metrics(
     pages: dict[str, Page] = {"/metrics": metrics}
     if health is not None:
         pages["/health"] = health.page
+        pages["/live"] = health.live_page
     listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
     port = listener.extra(SocketAttribute.local_port)
 
