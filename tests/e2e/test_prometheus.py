@@ -313,3 +313,38 @@ def test_one_process_is_one_target(tmp_path: Path) -> None:
         assert json.loads(path.read_text()) == []  # a stopped run has nothing to scrape
     finally:
         up.kill()
+
+
+@needs_prometheus
+def test_the_issue_command_as_typed_is_scraped_whole(tmp_path: Path) -> None:
+    """`dyn up graphs/disagg.yaml --transport tcp` with its default (auto) layout, where
+    a front process hosts several roles: every role is up in Prometheus, under the
+    process that hosts it, and each process is scraped once."""
+    up = DynUp(
+        str(GRAPH), "--transport", "tcp", state=tmp_path / "state", log_path=tmp_path / "up.log"
+    )
+    server: Prometheus | None = None
+    try:
+        up.wait_healthy(timeout=90)
+        (run,) = (tmp_path / "state" / "runs").iterdir()
+        path = run / "targets.json"
+        groups = wait_for(
+            "targets.json written", lambda: json.loads(path.read_text()) if path.exists() else []
+        )
+        (tmp_path / "prom").mkdir()
+        server = Prometheus(tmp_path / "prom", path)
+        expected = {g["labels"]["instance"] for g in groups}
+        assert len(expected) == len(groups)  # one target per process
+
+        def all_up() -> bool:
+            return {s["metric"]["instance"] for s in server.query('up{job="dyn"} == 1')} == expected
+
+        wait_for("up == 1 for every process", all_up)
+        hosted = {
+            role for label in server.labels('up{job="dyn"}', "role") for role in label.split("+")
+        }
+        assert hosted == ROLES
+    finally:
+        if server is not None:
+            server.stop()
+        up.stop(timeout=60)
