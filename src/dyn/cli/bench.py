@@ -2,7 +2,8 @@
 
 With no subcommand it load-tests an OpenAI-compatible server (by default the running
 graph's frontend), optionally once per routing strategy (``--compare``); ``transport``
-compares the transports and ``router`` measures the KV index.
+compares the transports, ``router`` measures the KV index and ``scrape`` what a
+Prometheus scrape costs each process of a running graph.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Annotated
 import typer
 
 from dyn.cli import bench_options as opt
-from dyn.cli import bench_router
+from dyn.cli import bench_router, bench_scrape
 from dyn.cli._common import PanelledGroup, expected_errors
 
 __all__ = ["app"]
@@ -105,6 +106,7 @@ def transport(
 
 
 app.command("router")(bench_router.router)
+app.command("scrape")(bench_scrape.scrape)
 
 
 @app.callback()
