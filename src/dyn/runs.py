@@ -87,6 +87,16 @@ def runs_its_etcd(run: state.RunDir, pid: int | None) -> bool:
     return any(folder in arg for arg in argv[1:])
 
 
+def runs_its_nats(run: state.RunDir, pid: int | None) -> bool:
+    """Whether the nats-server this run started still runs (its config file is in the
+    run's folder, so a reused pid does not count)."""
+    argv = _argv(pid or 0)
+    if not argv or Path(argv[0].decode(errors="replace")).name != "nats-server":
+        return False
+    folder = str(run.path).encode()
+    return any(folder in arg for arg in argv[1:])
+
+
 def _may_run(role: state.RoleRecord) -> bool:
     """Whether a role with a pidfile (started over ssh) may still run. One on this machine
     is checked through its pidfile (it removes it as it exits); one on another node cannot
@@ -114,6 +124,8 @@ def _leftovers(run: state.RunDir, record: state.RunRecord) -> list[str]:
         left.append(f"{len(remote)} role(s) on node(s) {nodes} may still run")
     if runs_its_etcd(run, record.etcd_pid):
         left.append(f"its etcd (pid {record.etcd_pid}) still runs")
+    if runs_its_nats(run, record.nats_pid):
+        left.append(f"its nats-server (pid {record.nats_pid}) still runs")
     return left
 
 

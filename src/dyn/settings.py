@@ -32,6 +32,7 @@ __all__ = [
     "JSON_LOGS_ENV",
     "LOG_LEVEL_ENV",
     "METRICS_PORT_ENV",
+    "NATS_SERVERS_ENV",
     "OPENAI_API_KEY_ENV",
     "REPLICA_ENV",
     "ROLE_SECRET_ENV",
@@ -55,6 +56,8 @@ TLS_KEY_ENV = "DYN_TLS_KEY"
 TLS_CA_ENV = "DYN_TLS_CA"
 STATE_DIR_ENV = "DYN_STATE_DIR"
 DISCOVERY_DIR_ENV = "DYN_DISCOVERY_DIR"
+# The NATS servers (comma-separated URLs) a nats transport built without options reaches.
+NATS_SERVERS_ENV = "DYN_NATS_SERVERS"
 # Set by `dyn up --detach` for its child: the run directory it made for the child's output.
 # Only `dyn up` reads it (at its edge), and passes it to the launcher it starts.
 RUN_ID_ENV = "DYN_RUN_ID"

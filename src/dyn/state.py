@@ -123,6 +123,7 @@ class RunRecord(msgspec.Struct, kw_only=True):
     admin_token: str | None = None
     layout: str = ""  # how the roles share processes (launch.layout.Layout.describe)
     etcd_pid: int | None = None  # an etcd this run started (discovery option `start`)
+    nats_pid: int | None = None  # a nats-server this run started (transport nats)
     # Where `dyn scale` reaches the running `dyn up` (loopback port and its token).
     control_port: int | None = None
     control_token: str | None = None

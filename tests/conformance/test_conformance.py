@@ -1,11 +1,12 @@
-"""One conformance suite, run against every transport: inproc, tcp and grpc.
+"""One conformance suite, run against every transport: inproc, tcp, grpc and nats.
 
 Each transport must give the same call semantics: streams in order, large payloads,
 many concurrent streams, bounded buffering under a slow consumer, version checks,
 cancellation and deadlines reaching the handler, typed errors, and no hang when the
 server dies. Cancellation latencies are printed (`pytest -s`) for the closing notes.
 ``tcp+tls`` is the tcp transport with mutual TLS on (set through the environment, which
-server processes started by the tests inherit).
+server processes started by the tests inherit); ``nats`` reaches a real nats-server the
+same way, through ``DYN_NATS_SERVERS``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import anyio.to_thread
 import pytest
 from _certs import Certs
 from _dyn_graph import free_port
+from _nats_server import running_nats
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -36,11 +38,12 @@ from dyn.errors import (
     RemoteError,
     TransportError,
 )
+from dyn.settings import NATS_SERVERS_ENV
 from dyn.transports.base import Transport
 
 pytestmark = pytest.mark.anyio
 
-TRANSPORTS = ["inproc", "tcp", "grpc", "tcp+tls"]
+TRANSPORTS = ["inproc", "tcp", "grpc", "tcp+tls", "nats"]
 WIRE_TRANSPORTS = ["tcp", "grpc"]
 HANDLERS_SCRIPT = Path(_handlers.__file__)
 
@@ -51,11 +54,20 @@ def make(name: str, **options: Any) -> Transport:
     return transport
 
 
+@pytest.fixture(scope="module")
+def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One nats-server for the module's nats tests: servers share it as a cluster would."""
+    with running_nats(tmp_path_factory.mktemp("nats")) as url:
+        yield url
+
+
 @pytest.fixture(params=TRANSPORTS)
 def transport_name(
     request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, certs: Certs
 ) -> str:
     name = str(request.param)
+    if name == "nats":
+        monkeypatch.setenv(NATS_SERVERS_ENV, request.getfixturevalue("nats_url"))
     if name.endswith("+tls"):
         # One member's files for both sides: any certificate the cluster CA signed will do.
         for variable, value in certs.server.env().items():

@@ -101,7 +101,17 @@ def test_bench_transport_prints_ratios_against_the_raw_baseline() -> None:
     assert "%" not in rows[0]
 
 
+def test_bench_transport_measures_nats_through_a_server_it_starts() -> None:
+    args = ["bench", "transport", "--transports", "nats", "--concurrency", "1", "--seconds", "0.2"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "nats: through a nats-server started for the bench at nats://127.0.0.1:" in result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("│ nats")]
+    assert len(rows) == 1
+    assert "%" in rows[0]
+
+
 def test_bench_transport_rejects_unknown_transports() -> None:
     result = runner.invoke(app, ["bench", "transport", "--transports", "udp"])
     assert result.exit_code == 1
-    assert "unknown transport 'udp'; available: grpc, inproc, tcp" in result.stderr
+    assert "unknown transport 'udp'; available: grpc, inproc, nats, tcp" in result.stderr

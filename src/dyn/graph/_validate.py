@@ -6,6 +6,7 @@ problem in the file.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
@@ -55,6 +56,18 @@ TOP_KEYS = (
     "kubernetes",
 )
 DISCOVERY_KEYS = ("backend", "ttl_s", "options")
+TRANSPORT_KEYS = ("backend", "options")
+# The nats transport's options (transports/nats.md) and the type each must have.
+NATS_OPTION_TYPES: dict[str, tuple[type, ...]] = {
+    "servers": (str, list),
+    "start": (bool,),
+    "token": (str,),
+    "credentials": (str,),
+    "tls_ca": (str,),
+    "tls_cert": (str,),
+    "tls_key": (str,),
+    "stream_credit": (int,),
+}
 NODE_KEYS = ("host", "user", "port", "ssh_options", "python", "workdir", "bind", "labels")
 
 
@@ -76,9 +89,7 @@ def build_graph(problems: Problems, doc: Any, resolve_role: RoleResolver) -> Gra
     if doc.get("namespace") is not None:
         namespace = expect_name(problems, ("namespace",), doc["namespace"], GRAPH_NAME)
     description = expect_str(problems, ("description",), doc.get("description"), optional=True)
-    transport = plugin_name(
-        problems, ("transport",), doc.get("transport", DEFAULT_TRANSPORT), "dyn.transports"
-    )
+    transport, transport_options = _transport(problems, doc.get("transport", DEFAULT_TRANSPORT))
     layout = _layout(problems, doc.get("layout", DEFAULT_LAYOUT))
     discovery = _discovery(problems, doc.get("discovery", DiscoverySpec().backend))
     nodes = _nodes(problems, doc.get("nodes"))
@@ -93,6 +104,7 @@ def build_graph(problems: Problems, doc: Any, resolve_role: RoleResolver) -> Gra
         name,
         namespace,
         transport,
+        transport_options,
         layout,
         discovery,
         nodes,
@@ -103,6 +115,7 @@ def build_graph(problems: Problems, doc: Any, resolve_role: RoleResolver) -> Gra
     assert name
     assert namespace
     assert transport
+    assert transport_options is not None
     assert layout
     assert discovery
     assert nodes
@@ -113,6 +126,7 @@ def build_graph(problems: Problems, doc: Any, resolve_role: RoleResolver) -> Gra
         namespace=namespace,
         description=description,
         transport=transport,
+        transport_options=transport_options,
         discovery=discovery,
         nodes=nodes,
         components=components,
@@ -133,6 +147,50 @@ def _layout(problems: Problems, raw: Any) -> str | None:
         f"unknown layout {layout!r}{did_you_mean(layout, LAYOUTS)}; choose one of {choices}",
     )
     return None
+
+
+def _transport(problems: Problems, raw: Any) -> tuple[str | None, Mapping[str, Any] | None]:
+    """A transport name, or ``{backend: NAME, options: {...}}``: the name and options."""
+    path: FieldPath = ("transport",)
+    if isinstance(raw, str):
+        return plugin_name(problems, path, raw, "dyn.transports"), MappingProxyType({})
+    section = expect_mapping(problems, path, raw)
+    if section is None:
+        return None, None
+    check_keys(problems, path, section, TRANSPORT_KEYS)
+    if "backend" not in section:
+        problems.add((*path, "backend"), "missing; name a transport, e.g. backend: nats")
+        return None, None
+    backend = plugin_name(problems, (*path, "backend"), section["backend"], "dyn.transports")
+    options = expect_mapping(problems, (*path, "options"), section.get("options", {}))
+    if backend is None or options is None:
+        return None, None
+    if backend == "nats" and not _nats_options(problems, (*path, "options"), options):
+        return None, None
+    return backend, MappingProxyType(dict(options))
+
+
+def _nats_options(problems: Problems, path: FieldPath, options: Mapping[str, Any]) -> bool:
+    before = len(problems.lines)
+    check_keys(problems, path, options, tuple(NATS_OPTION_TYPES))
+    for key, value in options.items():
+        types = NATS_OPTION_TYPES.get(key)
+        if types is None:
+            continue
+        names = " or a list of strings" if list in types else ""
+        wanted = {"bool": "true or false", "int": "an integer"}.get(types[0].__name__, "a string")
+        if not isinstance(value, types) or (bool in types) != isinstance(value, bool):
+            problems.add((*path, key), f"must be {wanted}{names} (got {describe(value)})")
+        elif isinstance(value, list) and not all(isinstance(s, str) and s for s in value):
+            problems.add((*path, key), "must list server URLs, e.g. [nats://127.0.0.1:4222]")
+    if options.get("start") is True and "servers" in options:
+        servers = options["servers"]
+        if isinstance(servers, list) and len(servers) != 1:
+            problems.add(
+                (*path, "servers"),
+                "with start: true, name the one address dyn up's nats-server listens on",
+            )
+    return len(problems.lines) == before
 
 
 def _discovery(problems: Problems, raw: Any) -> DiscoverySpec | None:

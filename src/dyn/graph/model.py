@@ -154,6 +154,9 @@ class GraphSpec:
     model: ModelSpec | None = None
     layout: str = DEFAULT_LAYOUT
     kubernetes: KubernetesSpec = KubernetesSpec()
+    # `transport: {backend: NAME, options: {...}}`: what the transport is built with
+    # (the nats transport's servers, say); empty for a plain `transport: NAME`.
+    transport_options: Mapping[str, Any] = field(default_factory=_no_entries)
     source: str = field(default="<string>", compare=False)
 
     def component(self, name: str) -> ComponentSpec:

@@ -40,7 +40,8 @@ def make_transport(graph: GraphSpec, security: TransportSecurity | None = None) 
     """The graph's transport, given the launch's security settings (those that are set)
     as options, so it need not look them up in the environment itself."""
     cls = plugins.load("dyn.transports", graph.transport)
-    transport: Transport = cls(**(security.options() if security is not None else {}))
+    options = {**graph.transport_options, **(security.options() if security else {})}
+    transport: Transport = cls(**options)
     return transport
 
 

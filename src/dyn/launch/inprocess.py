@@ -22,6 +22,7 @@ from dyn.launch._roles import (
 )
 from dyn.launch.base import Launcher, LaunchObserver, cancel_when_set, new_record
 from dyn.launch.etcd_server import start_local_etcd
+from dyn.launch.nats_server import nats_in_run, start_local_nats
 from dyn.launch.role_classes import http_components
 from dyn.launch.role_main import failure_reason
 from dyn.launch.targets import TARGETS_FILE, ScrapePage, keep_targets, write_targets
@@ -57,14 +58,19 @@ class InProcessLauncher(Launcher):
     async def run(self, graph: GraphSpec, observer: LaunchObserver, stop: anyio.Event) -> None:
         began = time.perf_counter()
         run = state.create_run(graph.name, reserved=self.reserved_run_id)
-        graph = discovery_in_run(graph, run)
+        graph = nats_in_run(discovery_in_run(graph, run))
         record = new_record(
             run, graph, self.name, self.graph_file, self.settings.admin_token, self.layout_summary
         )
         etcd = await start_local_etcd(graph, run, record)
+        nats = None
         try:
+            nats = await start_local_nats(graph, run, record, self.settings.transport)
             await self._serve(graph, run, record, observer, stop, began)
         finally:
+            if nats is not None:
+                with anyio.CancelScope(shield=True):
+                    await nats.stop()
             if etcd is not None:
                 with anyio.CancelScope(shield=True):
                     await etcd.stop()

@@ -29,6 +29,7 @@ from dyn.launch.layout import (
     plan_layout,
     process_plans,
 )
+from dyn.launch.nats_server import LocalNats, start_local_nats
 from dyn.launch.processes import ProcessLauncher, RoleProcess
 from dyn.launch.role_classes import role_of
 from dyn.net import free_port
@@ -46,6 +47,7 @@ class LocalLauncher(ProcessLauncher):
     def __init__(self, graph_file: str | None = None) -> None:
         super().__init__(graph_file)
         self._etcd: LocalEtcd | None = None
+        self._nats: LocalNats | None = None
         self.layout: Layout | None = None
         # Pins the auto layout's front processes (dyn up --front-processes).
         self.front_processes: int | None = None
@@ -107,11 +109,14 @@ class LocalLauncher(ProcessLauncher):
         tasks: anyio.abc.TaskGroup,
     ) -> None:
         """Checks a shared HTTP port is free, then starts a local etcd if the graph's
-        discovery needs one."""
+        discovery needs one, and a nats-server if its transport does."""
         check_shared_ports(graph)
         self._etcd = await start_local_etcd(graph, run, record)
+        self._nats = await start_local_nats(graph, run, record, self.settings.transport)
 
     async def after_roles(self) -> None:
+        if self._nats is not None:  # after the last role: they all used it
+            await self._nats.stop()
         if self._etcd is not None:
             await self._etcd.stop()
 

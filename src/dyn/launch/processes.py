@@ -44,6 +44,7 @@ from dyn.launch._roles import (
 from dyn.launch.base import Launcher, LaunchObserver, cancel_when_set, new_record
 from dyn.launch.control import ControlServer
 from dyn.launch.layout import ProcessPlan
+from dyn.launch.nats_server import nats_in_run
 from dyn.launch.role_classes import http_components, role_of
 from dyn.launch.role_main import FAILED_MARK, READY_MARK
 from dyn.launch.targets import TARGETS_FILE, ScrapePage, keep_targets, write_targets
@@ -106,10 +107,11 @@ def prepare_run(
     """Create the run's state directory (or take over ``reserved_run_id``'s, see
     :func:`dyn.state.create_run`) and write the graph every role process loads.
 
-    File discovery without a directory of its own gets the run's folder.
+    File discovery without a directory of its own gets the run's folder; a nats
+    transport without servers, the address of the nats-server the run will start.
     """
     run = state.create_run(graph.name, reserved=reserved_run_id)
-    resolved = discovery_in_run(graph, run)
+    resolved = nats_in_run(discovery_in_run(graph, run))
     graph_path = run.path / "graph.yaml"
     graph_path.write_text(dump_graph_yaml(resolved), encoding="utf-8")
     return run, resolved, graph_path

@@ -1,0 +1,173 @@
+"""The serving side of the nats transport: one subscription per server, a task per call.
+
+Requests arrive on ``dyn.call.ID.>``; each runs its handler in a task of its own and
+sends its frames to the request's reply inbox, no more data frames than the caller has
+granted. Credit grants and cancels arrive on ``dyn.ctl.ID``. A request that breaks the
+protocol is answered with a ``protocol`` error (when it has an inbox) or dropped: it
+never affects another call.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import anyio
+from anyio.abc import TaskGroup
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
+from nats.errors import MaxPayloadError
+
+from dyn.context import Context
+from dyn.errors import ProtocolError, RemoteError
+from dyn.transports._serving import ReplyFrame, error_to_wire, run_handler
+from dyn.transports.base import Handler
+from dyn.transports.nats import _wire as w
+
+__all__ = ["NatsServer"]
+
+log = logging.getLogger("dyn.transports.nats")
+
+
+@dataclass(eq=False)
+class _Call:
+    inbox: str
+    ctx: Context
+    credit: int
+    granted: anyio.Event = field(default_factory=anyio.Event)
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    last_sent: float = field(default_factory=time.monotonic)
+
+
+class NatsServer:
+    def __init__(
+        self, client: Client, sid: str, handler: Handler, protocol_version: int, tasks: TaskGroup
+    ) -> None:
+        self.client = client
+        self.sid = sid
+        self.handler = handler
+        self.protocol_version = protocol_version
+        self.tasks = tasks
+        self.calls: dict[str, _Call] = {}
+
+    async def subscribe(self) -> None:
+        await self.client.subscribe(w.call_wildcard(self.sid), cb=self._on_request)
+        await self.client.subscribe(w.control_subject(self.sid), cb=self._on_control)
+        await self.client.flush()  # subscribed at the server before the address is given out
+
+    async def keepalives(self) -> None:
+        """Tell callers of quiet calls (a slow handler, a reader out of credit) that this
+        server still lives."""
+        while True:
+            await anyio.sleep(w.KEEPALIVE_S / 2)
+            now = time.monotonic()
+            for call in list(self.calls.values()):
+                if now - call.last_sent >= w.KEEPALIVE_S:
+                    call.last_sent = now
+                    await self._publish(call.inbox, b"", {w.H_FRAME: "keepalive"})
+
+    async def _on_request(self, msg: Msg) -> None:
+        inbox = msg.reply
+        headers = msg.headers or {}
+        path = headers.get(w.H_PATH)
+        if not inbox or inbox in self.calls:
+            return  # nowhere to answer (or a duplicate): nothing to run
+        try:
+            credit = int(headers.get(w.H_CREDIT, ""))
+            version = int(headers.get(w.H_VERSION, ""))
+        except ValueError:
+            credit = version = -1
+        if path is None or credit < 1:
+            await self._error(inbox, ProtocolError("malformed nats request: no path or credit"))
+            return
+        if version != self.protocol_version:
+            await self._error(
+                inbox,
+                ProtocolError(
+                    f"server at nats:{self.sid} speaks dyn nats protocol version "
+                    f"{self.protocol_version}; this caller speaks version {version}"
+                ),
+            )
+            return
+        call_headers = {
+            k[len(w.H_PREFIX) :]: v for k, v in headers.items() if k.startswith(w.H_PREFIX)
+        }
+        call = _Call(inbox, Context.from_headers(call_headers), credit)
+        self.calls[inbox] = call
+        self.tasks.start_soon(self._run, call, path, msg.data)
+
+    async def _on_control(self, msg: Msg) -> None:
+        headers = msg.headers or {}
+        call = self.calls.get(headers.get(w.H_CALL, ""))
+        if call is None:
+            return  # finished already, or never ours
+        op = headers.get(w.H_OP)
+        if op == "cancel":
+            call.ctx.cancel()
+            call.scope.cancel()
+        elif op == "credit":
+            try:
+                more = int(headers.get(w.H_CREDIT, ""))
+            except ValueError:
+                more = 0
+            if 0 < more <= 1 << 20:
+                call.credit += more
+                call.granted.set()
+
+    async def _run(self, call: _Call, path: str, payload: bytes) -> None:
+        async def send(frame: ReplyFrame) -> None:
+            kind, body, message = frame
+            if kind == "data":
+                while call.credit <= 0:
+                    call.granted = anyio.Event()
+                    await call.granted.wait()
+                call.credit -= 1
+                data = body if isinstance(body, bytes) else body.encode()
+                try:
+                    await self._publish(call.inbox, data, None, raise_too_large=True)
+                except MaxPayloadError:
+                    raise RemoteError(
+                        f"an item of {len(data)} bytes is larger than the NATS server's max_payload"
+                    ) from None
+            elif kind == "end":
+                await self._publish(call.inbox, b"", {w.H_FRAME: "end"})
+            else:
+                code = body if isinstance(body, str) else body.decode()
+                await self._publish(
+                    call.inbox, message.encode(), {w.H_FRAME: "error", w.H_CODE: code}
+                )
+            call.last_sent = time.monotonic()
+
+        try:
+            with call.scope:
+                await run_handler(self.handler, path, payload, call.ctx, send)
+        finally:
+            self.calls.pop(call.inbox, None)
+
+    async def _error(self, inbox: str, error: ProtocolError) -> None:
+        code, message = error_to_wire(error)
+        await self._publish(inbox, message.encode(), {w.H_FRAME: "error", w.H_CODE: code})
+
+    async def _publish(
+        self,
+        subject: str,
+        data: bytes,
+        headers: dict[str, str] | None,
+        *,
+        raise_too_large: bool = False,
+    ) -> None:
+        try:
+            await self.client.publish(subject, data, headers=headers)
+        except MaxPayloadError:
+            if raise_too_large:
+                raise
+            log.warning("a reply to %s is larger than the NATS server's max_payload", subject)
+        except NatsError as exc:  # disconnected for good: the caller's silence limit tells it
+            log.warning("cannot reply to %s: %s", subject, exc)
+
+    def cancel_all(self) -> None:
+        for call in self.calls.values():
+            call.ctx.cancel()
+            call.scope.cancel()

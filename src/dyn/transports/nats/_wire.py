@@ -1,0 +1,75 @@
+"""The nats transport's subjects and header names (``transports/nats.md``)."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import quote
+
+__all__ = [
+    "DEFAULT_CREDIT",
+    "KEEPALIVE_S",
+    "SILENCE_LIMIT_S",
+    "call_subject",
+    "control_subject",
+    "parse_address",
+    "server_id",
+]
+
+SUBJECT_ROOT = "dyn"
+# Frames a caller lets a call send before it grants more (it grants again once it has
+# read half of them): a slow reader holds up its own call only, after this many frames.
+DEFAULT_CREDIT = 32
+# A call that sent nothing for this long sends a keepalive frame; a caller that heard
+# nothing for SILENCE_LIMIT_S takes the server (or its link to NATS) for dead.
+KEEPALIVE_S = 1.0
+SILENCE_LIMIT_S = 3.5
+
+# Request headers (dyn's own; the call's headers travel with the H_PREFIX).
+H_PATH = "dyn-path"
+H_VERSION = "dyn-version"
+H_CREDIT = "dyn-credit"
+H_PREFIX = "h-"
+# Reply headers: a message without headers is a data frame.
+H_FRAME = "dyn-frame"  # end | error | keepalive
+H_CODE = "dyn-code"
+# Control headers (caller to server, on the control subject).
+H_CALL = "dyn-call"  # the call's reply inbox, which names it
+H_OP = "dyn-op"  # credit | cancel
+H_STATUS = "Status"  # set by the NATS server: 503 means no one subscribes
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def server_id(host: str, port: int, random_id: str) -> str:
+    """Which subjects a server takes: fixed by ``host:port`` when a port is given (a
+    restarted server is found at the same address), else random."""
+    if port == 0:
+        return random_id
+    return f"{_UNSAFE.sub('_', host)}:{port}"
+
+
+def address_of(sid: str) -> str:
+    return f"nats:{sid}"
+
+
+def parse_address(address: str) -> str:
+    """The server id from ``nats:ID``."""
+    sid = address.removeprefix("nats:")
+    if sid == address or not sid or _UNSAFE.search(sid.replace(":", "")):
+        raise ValueError(f"bad nats address {address!r}; expected nats:ID")
+    return sid
+
+
+def call_subject(sid: str, path: str) -> str:
+    """``dyn.call.ID.<path segments>``: each endpoint instance has a subject of its own
+    (the segments are percent-encoded where NATS would read them as syntax)."""
+    tokens = [quote(part, safe="-_~").replace(".", "%2E") or "%" for part in path.split("/")]
+    return ".".join((SUBJECT_ROOT, "call", sid, *tokens))
+
+
+def call_wildcard(sid: str) -> str:
+    return f"{SUBJECT_ROOT}.call.{sid}.>"
+
+
+def control_subject(sid: str) -> str:
+    return f"{SUBJECT_ROOT}.ctl.{sid}"
