@@ -132,7 +132,7 @@ async def test_clients_leaving_during_a_remote_prefill_free_every_role(transport
                 "decode pending": sum(len(d._pending) for d in decoders),
                 "decode in flight": sum(d._active for d in decoders),
                 "decode blocks": sum(d.engine.load().active_blocks for d in decoders),
-                "queue jobs": queue.queue.depth,
+                "queue jobs": queue.backend.queue.depth,
                 "prefill jobs": sum(p.jobs_in_progress for p in prefillers),
                 "prefill blocks": sum(p.engine.load().active_blocks for p in prefillers),
                 "router requests": sum(int(w["requests"]) for w in described),

@@ -8,14 +8,16 @@ place the disaggregation thresholds are changed while serving, since every decod
 consults the queue (``depth`` carries them) and the queue has one instance. Each decode
 worker's ``depth`` call names the thresholds of its own config, so ``depth`` and
 ``set_disagg`` both answer with the thresholds in force, not only those set. A job not
-acked within ``visibility_timeout_s`` goes back to the front of the queue. The
-bookkeeping is :class:`dyn.disagg.queue.PrefillQueue`.
+acked within ``visibility_timeout_s`` goes back to the front of the queue. The jobs are
+kept by a backend (:mod:`dyn.disagg.backend`): ``memory`` in this process
+(:class:`dyn.disagg.queue.PrefillQueue`), or ``jetstream``, a NATS JetStream work-queue
+stream that outlives this process (:mod:`dyn.disagg.jetstream`).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable
-from typing import Annotated
+from typing import Annotated, Literal
 
 import anyio
 import msgspec
@@ -35,7 +37,8 @@ from dyn.contracts.disagg import (
     Pushed,
     QueueDepth,
 )
-from dyn.disagg.queue import PrefillQueue, QueueFull
+from dyn.disagg.backend import MemoryBackend, QueueBackend, QueueFull, QueueStats
+from dyn.disagg.nats_connect import NatsOptions
 from dyn.errors import OverloadedError
 from dyn.observability.disagg_metrics import PrefillQueueMetrics
 from dyn.runtime.component import Component, endpoint
@@ -49,115 +52,127 @@ MAX_PULL_WAIT_S = 30.0
 DECODE_WORKER_TTL_S = 5.0
 
 
+class JetStreamOptions(NatsOptions, forbid_unknown_fields=True, frozen=True):
+    """The NATS server, and the stream the jobs are kept in."""
+
+    # Default: <namespace>_<component>_prefill, so two graphs on one server keep apart.
+    stream: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]+$")] | None = None
+    storage: Literal["file", "memory"] = "file"
+
+
 class PrefillQueueConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # A hard bound on jobs held (ready + leased); the disaggregation rule's
     # max_prefill_queue_size normally keeps the queue far shorter.
     max_size: Annotated[int, msgspec.Meta(gt=0)] = 64
     visibility_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
     max_deliveries: Annotated[int, msgspec.Meta(gt=0)] = 5
+    # memory: jobs live in this process; jetstream: in a NATS JetStream stream (options).
+    backend: Literal["memory", "jetstream"] = "memory"
+    options: JetStreamOptions | None = None
+
+    def __post_init__(self) -> None:
+        if self.backend == "jetstream" and self.options is None:
+            raise ValueError(
+                "backend jetstream needs options with the NATS servers, e.g. "
+                "options: {servers: [nats://127.0.0.1:4222]}"
+            )
+        if self.backend == "memory" and self.options is not None:
+            raise ValueError("options are for backend jetstream; the memory backend takes none")
 
 
 class PrefillQueueRole(Component[PrefillQueueConfig]):
-    """One in-memory queue; its state dies with the process (use several decode workers'
-    timeouts, or a durable backend, where that matters)."""
+    """The queue's endpoints over one backend: in memory (its jobs die with the process)
+    or a JetStream stream (its jobs outlive this process and every worker)."""
 
     async def start(self) -> None:
-        config = self.config
-        self.queue = PrefillQueue(
-            config.max_size, config.visibility_timeout_s, config.max_deliveries
-        )
+        self.backend = await self._open_backend()
         self.metrics = PrefillQueueMetrics.of(self.runtime.registry)
-        self._changed = anyio.Event()
+        self._redelivered_seen = 0
+        self._dropped_seen = 0
         # Thresholds set while serving; unset ones leave each decode worker's own config.
         self.disagg: dict[str, int] = {}
         # Each decode worker's own config thresholds, and when it last said so.
         self._configured: dict[str, tuple[DisaggThresholds, float]] = {}
-        self._publish()
+        await self._observe()
 
-    def _publish(self) -> None:
-        """Update the metrics and wake waiting pullers after any change."""
-        self.metrics.depth.set(self.queue.depth)
-        self._changed.set()
-        self._changed = anyio.Event()
+    async def _open_backend(self) -> QueueBackend:
+        config = self.config
+        sizes = (config.max_size, config.visibility_timeout_s, config.max_deliveries)
+        if config.backend == "memory" or config.options is None:
+            return MemoryBackend(*sizes)
+        from dyn.disagg.jetstream import JetStreamBackend
 
-    def _expire(self) -> None:
-        redelivered = self.queue.expire(anyio.current_time())
-        if redelivered:
+        options = config.options
+        stream = options.stream or f"{self.info.namespace}_{self.info.component}_prefill"
+        backend = JetStreamBackend(options, stream, *sizes, storage=options.storage)
+        await backend.open(name=f"dyn {self.info.component} {self.info.instance_id}")
+        self.log.info("prefill jobs kept in JetStream stream %s", stream)
+        return backend
+
+    async def stop(self) -> None:
+        await self.backend.close()
+
+    async def _observe(self) -> QueueStats:
+        """The backend's state, reflected in the metrics."""
+        stats = await self.backend.stats()
+        self.metrics.depth.set(stats.depth)
+        redelivered = stats.redelivered_total - self._redelivered_seen
+        if redelivered > 0:
             self.metrics.redelivered.inc(redelivered)
             self.log.info("%d prefill job(s) redelivered after their lease expired", redelivered)
-            self._publish()
+        self._redelivered_seen = stats.redelivered_total
+        return stats
 
     @endpoint
     async def push(self, job: PrefillJob, ctx: Context) -> AsyncIterator[Pushed]:
         try:
-            job_id = self.queue.push(job, anyio.current_time())
+            job_id = await self.backend.push(job)
         except QueueFull as exc:
             raise OverloadedError(str(exc)) from exc
-        self._publish()
-        yield Pushed(job_id=job_id, depth=self.queue.depth)
+        stats = await self._observe()
+        yield Pushed(job_id=job_id, depth=stats.depth)
 
     @endpoint
     async def pull(self, request: PullRequest, ctx: Context) -> AsyncIterator[LeasedJob]:
-        give_up = anyio.current_time() + min(max(request.wait_s, 0.0), MAX_PULL_WAIT_S)
-        while True:
-            now = anyio.current_time()
-            self._expire()
-            lease = self.queue.pull(now)
-            if lease is not None:
-                self._publish()
-                yield LeasedJob(
-                    job_id=lease.job_id,
-                    payload=lease.payload,
-                    delivery=lease.delivery,
-                    lease_s=lease.deadline - now,
-                )
-                return
-            wake = give_up
-            next_expiry = self.queue.next_deadline()
-            if next_expiry is not None:
-                wake = min(wake, next_expiry)
-            if now >= give_up:
-                return
-            with anyio.move_on_after(max(0.0, wake - now)):
-                await self._changed.wait()
+        lease = await self.backend.pull(min(max(request.wait_s, 0.0), MAX_PULL_WAIT_S))
+        await self._observe()
+        if lease is not None:
+            yield lease
 
     @endpoint
     async def ack(self, request: JobRef, ctx: Context) -> AsyncIterator[Acked]:
-        acked = self.queue.ack(request.job_id)
-        self._publish()
+        acked = await self.backend.ack(request.job_id)
+        await self._observe()
         yield Acked(acked=acked)
 
     @endpoint
     async def touch(self, request: JobRef, ctx: Context) -> AsyncIterator[LeaseState]:
         """Renew a lease: ``{"leased": bool}`` (false: it expired and went to another)."""
-        deadline = self.queue.touch(request.job_id, anyio.current_time())
-        yield LeaseState(leased=deadline is not None)
+        yield LeaseState(leased=await self.backend.touch(request.job_id))
 
     @endpoint
     async def nack(self, request: JobRef, ctx: Context) -> AsyncIterator[Nacked]:
-        nacked = self.queue.nack(request.job_id)
-        self._publish()
+        nacked = await self.backend.nack(request.job_id)
+        await self._observe()
         yield Nacked(nacked=nacked)
 
     @endpoint
     async def depth(self, request: DepthRequest, ctx: Context) -> AsyncIterator[QueueDepth]:
         """The queue's state (``{}`` from an operator); a decode worker also names itself."""
-        self._expire()
         if request.instance_id is not None and request.configured is not None:
             self._configured[request.instance_id] = (request.configured, anyio.current_time())
-        yield self._state()
+        yield self._state(await self._observe())
 
     @endpoint
     async def set_disagg(self, request: DisaggSettings, ctx: Context) -> AsyncIterator[QueueDepth]:
         """``{"max_local_prefill_length"?: N, "max_prefill_queue_size"?: N}``; answers with
         the queue's state, every threshold now in force included."""
         self.disagg = {**self.disagg, **request.given()}
-        state = self._state()
+        state = self._state(await self._observe())
         self.log.info("disaggregation thresholds now %s (set: %s)", state.thresholds, self.disagg)
         yield state
 
-    def _state(self) -> QueueDepth:
-        queue = self.queue
+    def _state(self, queue: QueueStats) -> QueueDepth:
         in_force = self._thresholds_in_force()
         return QueueDepth(
             depth=queue.depth,
