@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import anyio
@@ -56,15 +57,21 @@ class JetStreamBackend:
 
     def __init__(
         self,
-        options: NatsOptions,
+        options: NatsOptions | None,
         stream: str,
         max_size: int,
         visibility_timeout_s: float,
         max_deliveries: int,
         *,
         storage: str = "file",
+        dial: Callable[[str], Awaitable[NatsClient]] | None = None,
     ) -> None:
+        # Either options to connect with, or ``dial``: how to reach the run's own NATS
+        # (the nats transport's server and credentials).
+        if options is None and dial is None:
+            raise ValueError("a JetStream backend needs NATS options or a way to dial")
         self.options = options
+        self._dial = dial
         self.stream = stream
         self.subject = f"{stream}.jobs"
         self.max_size = max_size
@@ -93,7 +100,11 @@ class JetStreamBackend:
         )
         from nats.js.errors import APIError
 
-        self._nc = nc = await connect(self.options, name)
+        if self._dial is not None:
+            self._nc = nc = await self._dial(name)
+        else:
+            assert self.options is not None
+            self._nc = nc = await connect(self.options, name)
         self._js = js = nc.jetstream()
         stream = StreamConfig(
             name=self.stream,

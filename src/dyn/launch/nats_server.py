@@ -23,11 +23,12 @@ from pathlib import Path
 from types import MappingProxyType
 
 import anyio
+import msgspec
 from anyio.abc import Process
 
 from dyn import state
 from dyn.errors import LaunchError
-from dyn.graph import GraphSpec
+from dyn.graph import ComponentSpec, GraphSpec
 from dyn.net import free_port
 from dyn.settings import TransportSecurity
 
@@ -71,7 +72,23 @@ def nats_in_run(graph: GraphSpec) -> GraphSpec:
         host = graph.nodes[0].bind if graph.has_nodes() else "127.0.0.1"
         options["servers"] = [f"nats://{_url_host(host)}:{free_port(host)}"]
     options["start"] = True
-    return dataclasses.replace(graph, transport_options=MappingProxyType(options))
+    graph = dataclasses.replace(graph, transport_options=MappingProxyType(options))
+    return dataclasses.replace(
+        graph, components=tuple(_queue_on_jetstream(c) for c in graph.components)
+    )
+
+
+def _queue_on_jetstream(spec: ComponentSpec) -> ComponentSpec:
+    """A prefill queue that names no backend keeps its jobs in JetStream on the run's
+    server (which `dyn up` starts with JetStream): ``backend: jetstream`` without options
+    reaches it through the nats transport, with its token and TLS. One that says
+    ``backend: memory`` keeps it."""
+    from dyn.roles.prefill_queue import PrefillQueueConfig
+
+    config = spec.config
+    if not isinstance(config, PrefillQueueConfig) or config.backend is not None:
+        return spec
+    return dataclasses.replace(spec, config=msgspec.structs.replace(config, backend="jetstream"))
 
 
 def _url_host(host: str) -> str:

@@ -39,7 +39,7 @@ from dyn.contracts.disagg import (
 )
 from dyn.disagg.backend import MemoryBackend, QueueBackend, QueueFull, QueueStats
 from dyn.disagg.nats_connect import NatsOptions
-from dyn.errors import OverloadedError
+from dyn.errors import ConfigError, OverloadedError
 from dyn.observability.disagg_metrics import PrefillQueueMetrics
 from dyn.runtime.component import Component, endpoint
 
@@ -66,17 +66,15 @@ class PrefillQueueConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True
     max_size: Annotated[int, msgspec.Meta(gt=0)] = 64
     visibility_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
     max_deliveries: Annotated[int, msgspec.Meta(gt=0)] = 5
-    # memory: jobs live in this process; jetstream: in a NATS JetStream stream (options).
-    backend: Literal["memory", "jetstream"] = "memory"
+    # memory: jobs live in this process; jetstream: in a NATS JetStream stream, on the
+    # servers of options, or without options on the server of the graph's nats transport.
+    # Unset: memory, except in a run whose nats-server `dyn up` starts, where the launch
+    # makes it jetstream on that server (one `--transport nats` switches the queue too).
+    backend: Literal["memory", "jetstream"] | None = None
     options: JetStreamOptions | None = None
 
     def __post_init__(self) -> None:
-        if self.backend == "jetstream" and self.options is None:
-            raise ValueError(
-                "backend jetstream needs options with the NATS servers, e.g. "
-                "options: {servers: [nats://127.0.0.1:4222]}"
-            )
-        if self.backend == "memory" and self.options is not None:
+        if self.backend != "jetstream" and self.options is not None:
             raise ValueError("options are for backend jetstream; the memory backend takes none")
 
 
@@ -98,13 +96,26 @@ class PrefillQueueRole(Component[PrefillQueueConfig]):
     async def _open_backend(self) -> QueueBackend:
         config = self.config
         sizes = (config.max_size, config.visibility_timeout_s, config.max_deliveries)
-        if config.backend == "memory" or config.options is None:
+        if config.backend != "jetstream":
             return MemoryBackend(*sizes)
         from dyn.disagg.jetstream import JetStreamBackend
 
         options = config.options
-        stream = options.stream or f"{self.info.namespace}_{self.info.component}_prefill"
-        backend = JetStreamBackend(options, stream, *sizes, storage=options.storage)
+        stream = f"{self.info.namespace}_{self.info.component}_prefill"
+        if options is None:  # the run's NATS: the nats transport's server and credentials
+            transport = self.runtime.transport
+            dial = getattr(transport, "open_client", None)
+            if transport.name != "nats" or dial is None:
+                raise ConfigError(
+                    f"prefill queue {self.info.component}: backend jetstream without options "
+                    f"uses the graph's nats transport, but the transport is "
+                    f"{transport.name}; name the NATS servers in options, e.g. "
+                    "options: {servers: [nats://127.0.0.1:4222]}"
+                )
+            backend = JetStreamBackend(None, stream, *sizes, dial=dial)
+        else:
+            stream = options.stream or stream
+            backend = JetStreamBackend(options, stream, *sizes, storage=options.storage)
         await backend.open(name=f"dyn {self.info.component} {self.info.instance_id}")
         self.log.info("prefill jobs kept in JetStream stream %s", stream)
         return backend

@@ -61,6 +61,12 @@ class NatsTransport(Transport):
     async def _connect(self, name: str) -> Client:
         return await connect(self._connection_options, self._security, name=name)
 
+    async def open_client(self, name: str) -> Client:
+        """A connection of its own to this transport's NATS server, authenticated and
+        secured as the transport's (for other parts of a role that use the run's NATS,
+        such as a JetStream prefill queue). The caller closes it."""
+        return await self._connect(name)
+
     # -- serving --------------------------------------------------------------------------
 
     async def serve(
