@@ -10,6 +10,7 @@ import math
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import NoReturn
 
 import anyio
 from nats.aio.client import Client
@@ -41,6 +42,8 @@ class _Frame:
     data: bytes
     kind: str  # data | end | error | keepalive | gone
     code: str = ""
+    sent: str | None = None  # end and keepalive frames: the data frames the server sent
+    number: str = ""  # a data frame's number, counted from 1 (its reply field)
 
 
 class Inboxes:
@@ -65,12 +68,12 @@ class Inboxes:
             return
         headers = msg.headers
         if not headers:
-            call.arrive(_Frame(msg.data, "data"))
+            call.arrive(_Frame(msg.data, "data", number=msg.reply))
         elif headers.get(w.H_STATUS) == "503":
             call.arrive(_Frame(b"", "gone"))
         else:
             kind = headers.get(w.H_FRAME, "")
-            call.arrive(_Frame(msg.data, kind, headers.get(w.H_CODE, "")))
+            call.arrive(_Frame(msg.data, kind, headers.get(w.H_CODE, ""), headers.get(w.H_SENT)))
 
 
 class NatsCall(CallStream):
@@ -97,6 +100,7 @@ class NatsCall(CallStream):
         self._inbox = ""
         self._sid = ""
         self._read = 0  # data frames read since the last grant
+        self._received = 0  # data frames read in all
         self._done = False
         self._deadline = math.inf
         remaining = headers.get(HEADER_DEADLINE)
@@ -161,8 +165,13 @@ class NatsCall(CallStream):
             raise error
         frame = self._frames.popleft()
         if frame.kind == "data":
+            self._received += 1
+            if frame.number and frame.number != str(self._received):
+                await self._lost(frame.number)
             await self._granted_one()
             return frame.data
+        if frame.sent is not None and frame.sent != str(self._received):
+            await self._lost(frame.sent)
         if frame.kind == "keepalive":
             return await self.__anext__()
         self._finish()
@@ -176,6 +185,17 @@ class NatsCall(CallStream):
             raise TransportError(f"no server answers at {self._address} (calling {self._path})")
         await self._send_control("cancel")
         raise ProtocolError(f"malformed nats reply frame {frame.kind!r} from {self._address}")
+
+    async def _lost(self, sent: str) -> NoReturn:
+        """Frames lost on the way (NATS delivers at most once: a restarted server drops
+        what it held): the stream has a hole, so the call fails before the item after
+        it is passed on, as the server's loss would fail it, and a caller may resend it
+        elsewhere."""
+        await self.aclose()
+        raise TransportError(
+            f"{sent} items sent by {self._address} but {self._received} arrived calling "
+            f"{self._path}: the link to NATS lost some"
+        )
 
     async def _granted_one(self) -> None:
         self._read += 1

@@ -36,6 +36,7 @@ class _Call:
     inbox: str
     ctx: Context
     credit: int
+    sent: int = 0  # data frames published
     granted: anyio.Event = field(default_factory=anyio.Event)
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     last_sent: float = field(default_factory=time.monotonic)
@@ -66,7 +67,9 @@ class NatsServer:
             for call in list(self.calls.values()):
                 if now - call.last_sent >= w.KEEPALIVE_S:
                     call.last_sent = now
-                    await self._publish(call.inbox, b"", {w.H_FRAME: "keepalive"})
+                    await self._publish(
+                        call.inbox, b"", {w.H_FRAME: "keepalive", w.H_SENT: str(call.sent)}
+                    )
 
     async def _on_request(self, msg: Msg) -> None:
         inbox = msg.reply
@@ -125,14 +128,21 @@ class NatsServer:
                     await call.granted.wait()
                 call.credit -= 1
                 data = body if isinstance(body, bytes) else body.encode()
+                # Counted before the publish, which queues the frame before it may wait: a
+                # keepalive sent meanwhile then counts it too. One that fails to go out
+                # counts as lost.
+                call.sent += 1
                 try:
-                    await self._publish(call.inbox, data, None, raise_too_large=True)
+                    await self._publish(
+                        call.inbox, data, None, raise_too_large=True, number=call.sent
+                    )
                 except MaxPayloadError:
+                    call.sent -= 1  # refused before it was queued
                     raise RemoteError(
                         f"an item of {len(data)} bytes is larger than the NATS server's max_payload"
                     ) from None
             elif kind == "end":
-                await self._publish(call.inbox, b"", {w.H_FRAME: "end"})
+                await self._publish(call.inbox, b"", {w.H_FRAME: "end", w.H_SENT: str(call.sent)})
             else:
                 code = body if isinstance(body, str) else body.decode()
                 await self._publish(
@@ -157,9 +167,13 @@ class NatsServer:
         headers: dict[str, str] | None,
         *,
         raise_too_large: bool = False,
+        number: int = 0,
     ) -> None:
+        # A data frame's number (1, 2, ...) rides in its reply field: free to send and to
+        # read, unlike a header, and the caller never replies to a reply frame.
+        reply = str(number) if number else ""
         try:
-            await self.client.publish(subject, data, headers=headers)
+            await self.client.publish(subject, data, reply=reply, headers=headers)
         except MaxPayloadError:
             if raise_too_large:
                 raise

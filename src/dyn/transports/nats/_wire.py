@@ -32,6 +32,10 @@ H_PREFIX = "h-"
 # Reply headers: a message without headers is a data frame.
 H_FRAME = "dyn-frame"  # end | error | keepalive
 H_CODE = "dyn-code"
+# On end and keepalive frames: the data frames the call has sent so far. NATS delivers
+# at most once, so a server restart can drop frames in the middle of a call; the caller
+# compares, and fails the call rather than pass on a stream with a hole in it.
+H_SENT = "dyn-sent"
 # Control headers (caller to server, on the control subject).
 H_CALL = "dyn-call"  # the call's reply inbox, which names it
 H_OP = "dyn-op"  # credit | cancel
