@@ -3,12 +3,14 @@ steady load of completions, and the run's nats-server killed (SIGKILL) and start
 on the same port with the same command. Requests in flight then complete or fail with an
 OpenAI error body (none hangs), and new requests succeed within 5 s of the restart.
 
-Run with ``-s`` to see the figures: requests failed, migrated (in flight at the kill and
-still answered), succeeded, and the time from the restart to the first success."""
+Run with ``-s`` to see the figures: requests in flight at the kill (answered or failed),
+the processor's migrations, requests failed and succeeded, and the time from the restart
+to the first success."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -61,6 +63,13 @@ def complete(url: str, text: str) -> Outcome:
     return Outcome(began, ended, reply.status_code, error)
 
 
+def metric(url: str, name: str) -> float:
+    """A counter of the front process (the processor runs there in the auto layout)."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
 def listens(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.2):
@@ -73,7 +82,7 @@ GRAPHS = {
     "kv_routing": ("worker.replicas=2",),
     # Every prefill remote, so each request also goes through the JetStream queue.
     "disagg": (
-        "worker.replicas=1",
+        "worker.replicas=2",
         "prefill_worker.replicas=1",
         "worker.max_local_prefill_length=0",
         "worker.max_prefill_queue_size=100",
@@ -136,6 +145,7 @@ def test_nats_server_restart_under_load(tmp_path: Path, graph: str) -> None:
             assert not thread.is_alive(), "a request hung"
 
         in_flight = [o for o in outcomes if o.began < killed_at < o.ended]
+        migrations = metric(up.url, "dyn_migrations_total")
         failed = [o for o in outcomes if not o.ok]
         after = [o for o in outcomes if o.began >= restarted_at]
         firsts = [o.ended for o in after if o.ok]
@@ -144,7 +154,8 @@ def test_nats_server_restart_under_load(tmp_path: Path, graph: str) -> None:
             f"\nkilled at {killed_at:.2f}, restarted at {restarted_at:.2f}\n{graph}: nats-server restart under load ({CLIENTS} clients): "
             f"{len(outcomes)} requests, {len(in_flight)} in flight at the kill "
             f"({sum(o.ok for o in in_flight)} answered, "
-            f"{sum(not o.ok for o in in_flight)} failed), "
+            f"{sum(not o.ok for o in in_flight)} failed; the processor migrated "
+            f"{migrations:.0f}), "
             f"{len(failed)} failed in all, {len(outcomes) - len(failed)} succeeded; "
             f"server back {restarted_at - killed_at:.2f} s after the kill; first success "
             f"{recovered_s:.2f} s after the restart; failures: "
