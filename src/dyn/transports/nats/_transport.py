@@ -30,7 +30,8 @@ class NatsTransport(Transport):
     """Options: those of :mod:`dyn.transports.nats._connect` (``servers``, ``start``,
     ``token``, ``credentials``, ``tls_*``), ``cluster_secret`` (the token of a server
     dyn started), and ``stream_credit`` (frames a call may send ahead of its reader,
-    32). Without ``servers``, ``DYN_NATS_SERVERS`` names them.
+    32). Without ``servers``, the environment setting of the NATS servers names them
+    (:data:`dyn.settings.NATS_SERVERS_ENV`).
     """
 
     name: ClassVar[str] = "nats"
