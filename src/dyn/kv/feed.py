@@ -64,6 +64,8 @@ class WorkerFeed:
         self.last_id = expected - 1
         if len(fresh) == len(update.events):
             return FeedStep(apply=[update])
+        if not fresh and update.load is None:
+            return FeedStep()  # nothing the router does not have
         return FeedStep(apply=[WorkerUpdate(events=fresh, load=update.load)])
 
     def resync(self, snapshot: WorkerUpdate) -> FeedStep:

@@ -114,6 +114,7 @@ class NatsKvPlane(KvEventPlane):
         finally:
             with anyio.CancelScope(shield=True):
                 await client.close()
+            send.close()
 
     def _receiver(
         self, send: MemoryObjectSendStream[tuple[str, WorkerUpdate]]
