@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable
+from typing import ClassVar
 
 import anyio
 
@@ -48,6 +49,8 @@ Log = logging.Logger | logging.LoggerAdapter[logging.Logger]
 
 class KvEventPlane(ABC):
     """Feeds a router every live worker's updates, each worker's snapshot first."""
+
+    name: ClassVar[str]  # as `dyn route` and GET /admin/route show it
 
     @abstractmethod
     async def follow(self, apply: Apply, forget: Forget) -> None:
@@ -88,6 +91,8 @@ async def fetch_snapshot(workers: Client, instance_id: str) -> WorkerUpdate:
 
 class StreamKvPlane(KvEventPlane):
     """One ``kv_events`` stream per live worker instance (point-to-point transports)."""
+
+    name: ClassVar[str] = "stream"
 
     def __init__(self, workers: Client, log: Log) -> None:
         self.workers = workers

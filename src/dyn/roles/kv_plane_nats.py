@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import anyio
 import msgspec
@@ -84,6 +84,8 @@ async def publish_updates(
 
 class NatsKvPlane(KvEventPlane):
     """A router's side: one subscription for every instance of the worker component."""
+
+    name: ClassVar[str] = "nats"
 
     def __init__(self, runtime: Runtime, workers: Client, log: Log) -> None:
         self.runtime = runtime

@@ -350,6 +350,7 @@ class Processor(Component[ProcessorConfig]):
             ejected=self.worker.ejected(),
             replica_sync=self.replicas.describe() if self.replicas is not None else None,
             migrations=self.runtime.registry.get_sample_value("dyn_migrations_total") or 0,
+            kv_events=self._kv_plane.name,
         )
 
     @endpoint
