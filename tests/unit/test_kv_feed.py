@@ -63,3 +63,11 @@ def test_loads_apply_once_synced_and_a_marker_resnapshots() -> None:
     assert ids(feed.receive(WorkerUpdate(events=[removed])).apply) == [[1]]
     assert feed.receive(WorkerUpdate(snapshot=True)).needs_snapshot
     assert feed.resync(snapshot(1)).apply == [snapshot(1)]
+
+
+def test_a_restart_waits_for_a_snapshot() -> None:
+    feed = WorkerFeed()
+    feed.resync(snapshot(2))
+    assert feed.restart().needs_snapshot
+    assert feed.receive(WorkerUpdate(events=[stored(3)])).apply == []
+    assert ids(feed.resync(snapshot(2)).apply) == [[2], [3]]

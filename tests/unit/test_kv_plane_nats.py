@@ -4,23 +4,31 @@ snapshot; a worker's publisher sends no snapshot contents."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
+import subprocess
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 
 import anyio
 import msgspec
 import pytest
-from _nats_server import running_nats
+from _dyn_graph import free_port
+from _nats_server import NATS_SERVER, running_nats
 
 from dyn.context import Context
 from dyn.contracts.base import Empty
 from dyn.discovery.memory import MemoryDiscovery
 from dyn.kv.events import KvCleared, KvEvent, KvStored, StoredBlock, WorkerLoad, WorkerUpdate
+from dyn.launch.nats_server import write_config
 from dyn.roles.kv_plane_nats import NatsKvPlane, kv_subject, publish_updates
 from dyn.routing.simple import RoundRobin
 from dyn.runtime.client import Client
 from dyn.runtime.component import Component, EmptyConfig, endpoint
 from dyn.runtime.runtime import Runtime, component_info
+from dyn.settings import TransportSecurity
 from dyn.transports.nats import NatsTransport
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
@@ -173,3 +181,51 @@ async def test_a_publisher_sends_the_load_for_its_first_snapshot_and_a_marker_la
         ]
         await listener.close()
         await transport.aclose()
+
+
+def _start_nats(folder: Path, port: int) -> subprocess.Popen[bytes]:
+    """A nats-server on ``port``, listening when this returns (to restart one where its
+    clients expect it)."""
+    assert NATS_SERVER is not None
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / "nats.conf"
+    write_config(config, "127.0.0.1", port, folder / "data", TransportSecurity())
+    with (folder / "nats.log").open("ab") as log:
+        proc = subprocess.Popen([NATS_SERVER, "-c", str(config)], stdout=log, stderr=log)
+    for _ in range(200):
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            return proc
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError((folder / "nats.log").read_text()[-2000:])
+
+
+async def test_a_router_resyncs_after_the_server_restarts(tmp_path: Path) -> None:
+    """What a worker did while the server was away reaches the router by a snapshot,
+    though no later event shows a gap."""
+    port = free_port()
+    server = _start_nats(tmp_path / "nats", port)
+    try:
+        transport = NatsTransport(servers=[f"nats://127.0.0.1:{port}"])
+        view = RouterView()
+        async with Runtime(namespace="t", transport=transport, discovery=MemoryDiscovery()) as rt:
+            worker = ScriptedWorker(EmptyConfig(), component_info("t", "worker"), {})
+            await worker.start()
+            await rt.serve_component(worker)
+            worker.store(1)
+            client = Client(rt, "worker", RoundRobin(seed=0))
+            rt.tasks.start_soon(client.watch)
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(NatsKvPlane(rt, client, LOG).follow, view.apply, view.forget)
+                await _until(lambda: view.blocks == [1], "the first snapshot")
+                server.kill()
+                server.wait(10)
+                worker.store(2)  # published to nobody: the server is away
+                server = _start_nats(tmp_path / "nats", port)
+                await _until(lambda: view.blocks == [1, 2], "a snapshot after the reconnect")
+                assert worker.snapshots_served == 2
+                tasks.cancel_scope.cancel()
+            await transport.aclose()
+    finally:
+        server.kill()
+        server.wait(10)

@@ -89,6 +89,13 @@ class WorkerFeed:
                 break
         return step
 
+    def restart(self) -> FeedStep:
+        """Messages may have been lost without a later event to show it (the broker
+        connection was down): start over from a snapshot."""
+        self.last_id = None
+        self._held.clear()
+        return FeedStep(needs_snapshot=True)
+
     def _lost(self, update: WorkerUpdate) -> FeedStep:
         self.gaps += 1
         self.last_id = None

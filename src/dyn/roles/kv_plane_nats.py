@@ -13,6 +13,7 @@ worker's ``kv_events`` endpoint once.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, ClassVar
 
@@ -20,7 +21,7 @@ import anyio
 import msgspec
 from anyio.streams.memory import MemoryObjectSendStream
 
-from dyn.errors import DynError
+from dyn.errors import DynError, TransportError
 from dyn.kv.events import WorkerUpdate
 from dyn.kv.feed import FeedStep, WorkerFeed
 from dyn.roles.kv_plane import (
@@ -45,6 +46,10 @@ __all__ = ["NatsKvPlane", "kv_subject", "publish_updates"]
 # then sees as a gap (and answers with a snapshot).
 MAX_QUEUED_UPDATES = 16384
 
+# How often a router checks whether its NATS connection was re-established.
+RECONNECT_CHECK_S = 0.5
+
+_log = logging.getLogger("dyn.kv_plane")
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(WorkerUpdate)
 
@@ -54,20 +59,32 @@ def kv_subject(namespace: str, component: str, instance_id: str = "*") -> str:
     return f"dyn.kv.{namespace}.{component}.{instance_id}"
 
 
-async def _connect(runtime: Runtime, name: str) -> NatsClient:
+async def _connect(runtime: Runtime, name: str, log: Log) -> NatsClient:
+    """A client of the run's NATS, retried until it answers: a server that is restarting
+    delays the KV events, it does not stop the role."""
     from dyn.transports.nats import NatsTransport
 
     transport = runtime.transport
     assert isinstance(transport, NatsTransport)
-    return await transport.connect_client(name)
+    while True:
+        try:
+            return await transport.connect_client(name)
+        except TransportError as exc:
+            log.warning("KV events: %s; retrying", exc.message)
+            await anyio.sleep(RESUBSCRIBE_DELAY_S)
 
 
 async def publish_updates(
-    runtime: Runtime, info: ComponentInfo, updates: Callable[[], AsyncIterator[WorkerUpdate]]
+    runtime: Runtime,
+    info: ComponentInfo,
+    updates: Callable[[], AsyncIterator[WorkerUpdate]],
+    log: Log = _log,
 ) -> None:
     """Publish a worker's updates until cancelled (see the module docstring)."""
+    import nats.errors
+
     subject = kv_subject(info.namespace, info.component, info.instance_id)
-    client = await _connect(runtime, f"dyn-kv-{info.instance_id}")
+    client = await _connect(runtime, f"dyn-kv-{info.instance_id}", log)
     try:
         first = True
         async for update in updates():
@@ -76,7 +93,12 @@ async def publish_updates(
                 # ask for when they need it; a later one means events were skipped.
                 update = WorkerUpdate(load=update.load, snapshot=not first)
             first = False
-            await client.publish(subject, _encoder.encode(update))
+            try:
+                await client.publish(subject, _encoder.encode(update))
+            except nats.errors.Error as exc:
+                # Lost (the server is away and the reconnect buffer full): routers
+                # see the hole as a gap in event ids and fetch a snapshot.
+                log.debug("KV update not published on %s: %s", subject, exc)
     finally:
         with anyio.CancelScope(shield=True):
             await client.close()
@@ -99,7 +121,7 @@ class NatsKvPlane(KvEventPlane):
         send, receive = anyio.create_memory_object_stream[tuple[str, WorkerUpdate]](
             MAX_QUEUED_UPDATES
         )
-        client = await _connect(self.runtime, "dyn-kv-router")
+        client = await _connect(self.runtime, "dyn-kv-router", self.log)
         try:
             subject = kv_subject(self.runtime.namespace, self.workers.component)
             await client.subscribe(subject, cb=self._receiver(send))
@@ -108,6 +130,7 @@ class NatsKvPlane(KvEventPlane):
             await client.flush()
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(self._track_instances, tasks, apply, forget)
+                tasks.start_soon(self._watch_reconnects, client, tasks, apply)
                 async with receive:
                     async for instance_id, update in receive:
                         feed = self.feeds.get(instance_id)
@@ -146,6 +169,21 @@ class NatsKvPlane(KvEventPlane):
                 del self.feeds[instance_id]
                 forget(instance_id)
             await self.workers.changed()
+
+    async def _watch_reconnects(
+        self, client: NatsClient, tasks: anyio.abc.TaskGroup, apply: Apply
+    ) -> None:
+        """After a reconnect, resynchronise every worker: what was published while the
+        connection was down is lost, and a worker that then fell quiet would show no
+        gap until its next event."""
+        seen = client.stats["reconnects"]
+        while True:
+            await anyio.sleep(RECONNECT_CHECK_S)
+            if client.stats["reconnects"] != seen:
+                seen = client.stats["reconnects"]
+                self.log.info("KV events: reconnected to NATS; fetching fresh snapshots")
+                for instance_id, feed in self.feeds.items():
+                    self._step(tasks, instance_id, feed.restart(), apply)
 
     def _step(
         self, tasks: anyio.abc.TaskGroup, instance_id: str, step: FeedStep, apply: Apply
