@@ -118,28 +118,28 @@ class NatsKvPlane(KvEventPlane):
 
     async def follow(self, apply: Apply, forget: Forget) -> None:
         self.feeds, self._snapshotting = {}, set()
+        client = await _connect(self.runtime, "dyn-kv-router", self.log)
         send, receive = anyio.create_memory_object_stream[tuple[str, WorkerUpdate]](
             MAX_QUEUED_UPDATES
         )
-        client = await _connect(self.runtime, "dyn-kv-router", self.log)
-        try:
-            subject = kv_subject(self.runtime.namespace, self.workers.component)
-            await client.subscribe(subject, cb=self._receiver(send))
-            # Subscribed at the server before any snapshot is asked for: every event
-            # newer than a snapshot then reaches this router.
-            await client.flush()
-            async with anyio.create_task_group() as tasks:
-                tasks.start_soon(self._track_instances, tasks, apply, forget)
-                tasks.start_soon(self._watch_reconnects, client, tasks, apply)
-                async with receive:
+        with send, receive:
+            try:
+                subject = kv_subject(self.runtime.namespace, self.workers.component)
+                await client.subscribe(subject, cb=self._receiver(send))
+                # Subscribed at the server before any snapshot is asked for: every event
+                # newer than a snapshot then reaches this router.
+                await client.flush()
+                async with anyio.create_task_group() as tasks:
+                    tasks.start_soon(self._track_instances, tasks, apply, forget)
+                    tasks.start_soon(self._watch_reconnects, client, tasks, apply)
                     async for instance_id, update in receive:
                         feed = self.feeds.get(instance_id)
                         if feed is not None:
                             self._step(tasks, instance_id, feed.receive(update), apply)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await client.close()
-            send.close()
+            finally:
+                # Closed before the stream, so that no message arrives at a closed one.
+                with anyio.CancelScope(shield=True):
+                    await client.close()
 
     def _receiver(
         self, send: MemoryObjectSendStream[tuple[str, WorkerUpdate]]
