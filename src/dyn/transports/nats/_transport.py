@@ -62,6 +62,12 @@ class NatsTransport(Transport):
     async def _connect(self, name: str) -> Client:
         return await connect(self._connection_options, self._security, name=name)
 
+    async def connect_client(self, name: str) -> Client:
+        """A client of its own on this transport's NATS, the same way the transport
+        reaches it, for parts that publish there directly (the KV event plane). The
+        caller closes it."""
+        return await self._connect(name)
+
     # -- serving --------------------------------------------------------------------------
 
     async def serve(
