@@ -35,7 +35,7 @@ def test_validate_error_exits_2_with_one_line_per_problem(tmp_path: Path) -> Non
     lines = result.stderr.splitlines()
     assert lines[0].startswith("--set middle.replicas=0: components.middle.replicas: must be")
     assert lines[1].startswith(
-        f"{bad}:6: transport: unknown transport 'tcpp' (did you mean 'tcp'?); available: grpc, inproc, tcp"
+        f"{bad}:6: transport: unknown transport 'tcpp' (did you mean 'tcp'?); available: grpc, inproc, nats, tcp"
     )
     assert len(lines) == 2
     assert "Traceback" not in result.output

@@ -75,7 +75,14 @@ async def _raw_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWr
         writer.close()
 
 
-async def serve_bench(transport_name: str) -> None:
+def _make(name: str, nats_url: str | None) -> Transport:
+    """The transport ``name``; nats reaches ``nats_url`` when given (else its setting)."""
+    cls = plugins.load("dyn.transports", name)
+    transport: Transport = cls(servers=[nats_url]) if name == "nats" and nats_url else cls()
+    return transport
+
+
+async def serve_bench(transport_name: str, nats_url: str | None = None) -> None:
     """Serve the benchmark endpoints and print the address (run in its own process)."""
     if transport_name == "raw":
         server = await asyncio.start_server(_raw_connection, "127.0.0.1", 0)
@@ -83,7 +90,7 @@ async def serve_bench(transport_name: str) -> None:
         print(f"raw://127.0.0.1:{port}", flush=True)
         await server.serve_forever()
         return
-    transport: Transport = plugins.load("dyn.transports", transport_name)()
+    transport = _make(transport_name, nats_url)
     async with anyio.create_task_group() as tasks:
         address = await tasks.start(
             lambda task_status: transport.serve(_handler, host="127.0.0.1", task_status=task_status)
@@ -175,10 +182,10 @@ def _raw_ops(
 
 
 async def _measure(
-    name: str, address: str, concurrencies: list[int], seconds: float
+    name: str, address: str, concurrencies: list[int], seconds: float, nats_url: str | None
 ) -> list[Result]:
     if name != "raw":
-        transport: Transport = plugins.load("dyn.transports", name)()
+        transport = _make(name, nats_url)
         try:
             return await _measure_with(transport, name, address, concurrencies, seconds)
         finally:
@@ -199,9 +206,15 @@ async def _measure(
 
 
 class _ServerProcess:
-    def __init__(self, transport: str) -> None:
+    def __init__(self, transport: str, nats_url: str | None) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dyn.bench.transport", transport],
+            [
+                sys.executable,
+                "-m",
+                "dyn.bench.transport",
+                transport,
+                *([nats_url] if nats_url else []),
+            ],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -224,19 +237,25 @@ def run_transport_bench(
 ) -> list[Result]:
     """Measure the raw baseline and each transport, each server in its own process.
 
-    nats needs a NATS server: ``DYN_NATS_SERVERS`` names one, else one is started here
+    nats needs a NATS server: the NATS servers setting
+    (:data:`dyn.settings.NATS_SERVERS_ENV`) names one, else one is started here
     for the measurement (as `dyn up` would); without a nats-server binary (or without
     nats-py) nats is left out, and ``note`` says why.
     """
     with contextlib.ExitStack() as stack:
-        if "nats" in transports and not _nats_ready(stack, note):
-            transports = [t for t in transports if t != "nats"]
-        return _run(transports, concurrencies, seconds, progress)
+        nats_url: str | None = None
+        if "nats" in transports:
+            ready = _nats_ready(stack, note)
+            if ready is False:
+                transports = [t for t in transports if t != "nats"]
+            elif isinstance(ready, str):
+                nats_url = ready
+        return _run(transports, concurrencies, seconds, progress, nats_url)
 
 
-def _nats_ready(stack: contextlib.ExitStack, note: Callable[[str], None]) -> bool:
-    """A NATS server for the nats measurement (its URL in the environment, which the
-    server process inherits); False when none can be had."""
+def _nats_ready(stack: contextlib.ExitStack, note: Callable[[str], None]) -> str | bool:
+    """A NATS server for the nats measurement: the URL of one started here, True when the
+    environment names one already, False when none can be had."""
     import importlib.util
     import os
     import tempfile
@@ -272,10 +291,8 @@ def _nats_ready(stack: contextlib.ExitStack, note: Callable[[str], None]) -> boo
             return False
         time.sleep(0.05)
     url = f"nats://127.0.0.1:{port}"
-    os.environ[NATS_SERVERS_ENV] = url
-    stack.callback(os.environ.pop, NATS_SERVERS_ENV, None)
     note(f"nats: through a nats-server started for the bench at {url}")
-    return True
+    return url
 
 
 def _listens(port: int) -> bool:
@@ -293,19 +310,20 @@ def _run(
     concurrencies: list[int],
     seconds: float,
     progress: Callable[[str], None],
+    nats_url: str | None = None,
 ) -> list[Result]:
     for name in transports:
         # A bad setting in the environment fails here, once, not in the server process.
-        plugins.load("dyn.transports", name)()
+        _make(name, nats_url)
     results: list[Result] = []
     for name in ["raw", *transports]:
         progress(name)
         if name == "inproc":
             results += asyncio.run(_measure_inproc(concurrencies, seconds))
             continue
-        server = _ServerProcess(name)
+        server = _ServerProcess(name, nats_url if name == "nats" else None)
         try:
-            results += asyncio.run(_measure(name, server.address, concurrencies, seconds))
+            results += asyncio.run(_measure(name, server.address, concurrencies, seconds, nats_url))
         finally:
             server.close()
     return results
@@ -338,4 +356,4 @@ async def _measure_with(
 
 
 if __name__ == "__main__":
-    asyncio.run(serve_bench(sys.argv[1]))
+    asyncio.run(serve_bench(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None))

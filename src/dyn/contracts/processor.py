@@ -104,7 +104,9 @@ class GenerateOutput(msgspec.Struct, frozen=True, kw_only=True):
 
 class RouteInfo(msgspec.Struct, frozen=True):
     """The strategy in use, what it knows of each live worker, the instances, the
-    ejected ones (instance id → seconds of back-off left), replica sync, migrations."""
+    ejected ones (instance id → seconds of back-off left), replica sync, migrations, and
+    how worker KV events reach it (``stream``: each worker's ``kv_events`` stream;
+    ``nats``: the run's NATS)."""
 
     strategy: str
     workers: dict[str, dict[str, Any]]
@@ -112,6 +114,7 @@ class RouteInfo(msgspec.Struct, frozen=True):
     ejected: dict[str, float]
     replica_sync: dict[str, Any] | None
     migrations: float
+    kv_events: str = "stream"
 
 
 class RouteDecisions(msgspec.Struct, frozen=True):

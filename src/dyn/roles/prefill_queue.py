@@ -104,7 +104,7 @@ class PrefillQueueRole(Component[PrefillQueueConfig]):
         stream = f"{self.info.namespace}_{self.info.component}_prefill"
         if options is None:  # the run's NATS: the nats transport's server and credentials
             transport = self.runtime.transport
-            dial = getattr(transport, "open_client", None)
+            dial = getattr(transport, "connect_client", None)
             if transport.name != "nats" or dial is None:
                 raise ConfigError(
                     f"prefill queue {self.info.component}: backend jetstream without options "

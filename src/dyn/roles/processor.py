@@ -8,9 +8,10 @@ got the client's ``stop`` and applied it already.
 
 It speaks the OpenAI layer's ``GenerateRequest`` / ``GenerateOutput`` on ``generate``
 and the worker's ``EngineRequest`` / ``EngineOutput`` downstream. It follows every
-worker's ``kv_events`` stream and feeds the routing strategy, which can be switched while
-running (``set_strategy``), asked to explain a decision (``explain``) and to list its last ones
-(``route_decisions``); ``clear_kv``
+worker's KV events and load (:mod:`dyn.roles.kv_plane`: each worker's ``kv_events``
+stream, or their NATS subjects when the transport is nats) and feeds the routing
+strategy, which can be switched while running (``set_strategy``), asked to explain a
+decision (``explain``) and to list its last ones (``route_decisions``); ``clear_kv``
 empties every worker's prefix cache (between benchmark arms). Replicas of one processor
 share their routers' in-flight load through ``router_sync`` (:mod:`dyn.roles.replica_sync`)
 unless ``replica_sync`` is off.
@@ -46,6 +47,7 @@ from dyn.errors import BadRequestError, CallError, DynError, OverloadedError, Tr
 from dyn.kv.events import KvRemoved, KvStored, WorkerUpdate
 from dyn.observability.worker_metrics import RouterMetrics
 from dyn.openai.models import context_overflow
+from dyn.roles.kv_plane import kv_plane_for
 from dyn.roles.replica_sync import ReplicaLink
 from dyn.routing.base import RouteRequest, RoutingStrategy
 from dyn.routing.decisions import DecisionLog
@@ -56,8 +58,6 @@ from dyn.tokenizer.stop import StopMatcher
 
 __all__ = ["Processor", "ProcessorConfig"]
 
-# How long to wait before resubscribing to a worker whose event stream broke.
-RESUBSCRIBE_DELAY_S = 0.5
 # Dynamo's default is 0 (off); dyn resends a broken stream up to three times by default.
 DEFAULT_MIGRATION_LIMIT = 3
 # A request that got nothing back from a dead instance is sent to another one (never to
@@ -100,6 +100,8 @@ class Processor(Component[ProcessorConfig]):
         self.metrics = RouterMetrics.of(self.runtime.registry)
         self.strategy = ""
         self._subscriptions = anyio.CancelScope()
+        # Where the workers' KV events come from: their streams, or the run's NATS.
+        self._kv_plane = kv_plane_for(self.runtime, self.worker, self.log)
         # What each worker last reported, whatever the strategy: for `dyn route`.
         self.worker_stats: dict[str, dict[str, float]] = {}
         # The last decisions, whatever the strategy: kept across strategy switches.
@@ -128,35 +130,10 @@ class Processor(Component[ProcessorConfig]):
             while True:
                 with anyio.CancelScope() as scope:
                     self._subscriptions = scope
-                    await self._follow_workers()
+                    await self._kv_plane.follow(self._apply, self._forget)
 
-    async def _follow_workers(self) -> None:
-        """Keep one kv_events subscription per live worker instance."""
-        following: dict[str, anyio.CancelScope] = {}
-        async with anyio.create_task_group() as tasks:
-            while True:
-                live = {i.instance_id for i in self.worker.instances("kv_events")}
-                for instance_id in live - following.keys():
-                    following[instance_id] = anyio.CancelScope()
-                    tasks.start_soon(self._subscribe, instance_id, following[instance_id])
-                for instance_id in following.keys() - live:
-                    following.pop(instance_id).cancel()
-                    self.worker_stats.pop(instance_id, None)
-                await self.worker.changed()
-
-    async def _subscribe(self, instance_id: str, scope: anyio.CancelScope) -> None:
-        with scope:
-            while True:
-                route = RouteRequest(request_id=f"kv-events-{instance_id}", instance_id=instance_id)
-                try:
-                    async with self.worker.stream(
-                        ENGINE_KV_EVENTS, Empty(), route=route
-                    ) as updates:
-                        async for update in updates:
-                            self._apply(instance_id, update)
-                except DynError as exc:
-                    self.log.debug("kv events from %s broke: %s", instance_id, exc)
-                await anyio.sleep(RESUBSCRIBE_DELAY_S)
+    def _forget(self, instance_id: str) -> None:
+        self.worker_stats.pop(instance_id, None)
 
     def _apply(self, instance_id: str, update: WorkerUpdate) -> None:
         router = self.worker.router
@@ -373,6 +350,7 @@ class Processor(Component[ProcessorConfig]):
             ejected=self.worker.ejected(),
             replica_sync=self.replicas.describe() if self.replicas is not None else None,
             migrations=self.runtime.registry.get_sample_value("dyn_migrations_total") or 0,
+            kv_events=self._kv_plane.name,
         )
 
     @endpoint

@@ -30,6 +30,7 @@ from dyn.errors import OverloadedError
 from dyn.kv.events import WorkerUpdate
 from dyn.observability.batched import ObservationBatch
 from dyn.observability.worker_metrics import WorkerMetrics
+from dyn.roles.kv_plane import publish_kv_events
 from dyn.runtime.component import Component, endpoint
 from dyn.tokenizer import load_tokenizer
 
@@ -85,7 +86,11 @@ class Worker(Component[WorkerConfig]):
         self._idle.set()
 
     async def run(self) -> None:
-        await self.engine.run()
+        async with anyio.create_task_group() as tasks:
+            # On a broker transport the worker publishes its KV events for every router.
+            tasks.start_soon(publish_kv_events, self.runtime, self.info, self.engine.subscribe)
+            await self.engine.run()
+            tasks.cancel_scope.cancel()
 
     @endpoint
     async def generate(self, req: EngineRequest, ctx: Context) -> AsyncIterator[EngineOutput]:

@@ -178,8 +178,6 @@ class NatsCall(CallStream):
         if frame.kind == "end":
             raise StopAsyncIteration
         if frame.kind == "error":
-            if frame.code == "protocol":
-                raise ProtocolError(frame.data.decode(errors="replace"))
             raise call_error_from_wire(frame.code, frame.data.decode(errors="replace"))
         if frame.kind == "gone":
             raise TransportError(f"no server answers at {self._address} (calling {self._path})")

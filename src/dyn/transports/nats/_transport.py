@@ -30,7 +30,8 @@ class NatsTransport(Transport):
     """Options: those of :mod:`dyn.transports.nats._connect` (``servers``, ``start``,
     ``token``, ``credentials``, ``tls_*``), ``cluster_secret`` (the token of a server
     dyn started), and ``stream_credit`` (frames a call may send ahead of its reader,
-    32). Without ``servers``, ``DYN_NATS_SERVERS`` names them.
+    32). Without ``servers``, the environment setting of the NATS servers names them
+    (:data:`dyn.settings.NATS_SERVERS_ENV`).
     """
 
     name: ClassVar[str] = "nats"
@@ -61,10 +62,10 @@ class NatsTransport(Transport):
     async def _connect(self, name: str) -> Client:
         return await connect(self._connection_options, self._security, name=name)
 
-    async def open_client(self, name: str) -> Client:
-        """A connection of its own to this transport's NATS server, authenticated and
-        secured as the transport's (for other parts of a role that use the run's NATS,
-        such as a JetStream prefill queue). The caller closes it."""
+    async def connect_client(self, name: str) -> Client:
+        """A client of its own on this transport's NATS, the same way the transport
+        reaches it, for parts that publish there directly (the KV event plane). The
+        caller closes it."""
         return await self._connect(name)
 
     # -- serving --------------------------------------------------------------------------
