@@ -38,6 +38,7 @@ IN_FLIGHT = 16
 MAX_TOKENS = 100
 
 pytestmark = [
+    pytest.mark.e2e,
     pytest.mark.skipif(ETCD is None, reason="needs etcd (apt-get install etcd-server)"),
     pytest.mark.timeout(240),
 ]
