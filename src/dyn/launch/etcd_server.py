@@ -23,6 +23,7 @@ from anyio.abc import Process
 from dyn import state
 from dyn.errors import LaunchError
 from dyn.graph import GraphSpec
+from dyn.launch._server_logs import log_tail
 from dyn.net import free_port
 
 __all__ = ["LocalEtcd", "start_local_etcd", "wants_local_etcd"]
@@ -113,8 +114,7 @@ async def start_local_etcd(
     while not await _answers(url):
         if process.returncode is not None or time.monotonic() > deadline:
             await etcd.stop()
-            tail = log_path.read_text(errors="replace").splitlines()[-8:]
-            detail = "\n".join(f"  {line}" for line in tail) or "  (no output)"
+            detail = log_tail(log_path)
             raise LaunchError(
                 f"etcd did not start at {url} (is {host} an address of this machine?); "
                 f"its last log lines:\n{detail}"

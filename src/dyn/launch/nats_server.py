@@ -29,6 +29,7 @@ from anyio.abc import Process
 from dyn import state
 from dyn.errors import LaunchError
 from dyn.graph import ComponentSpec, GraphSpec
+from dyn.launch._server_logs import log_tail
 from dyn.net import free_port
 from dyn.settings import TransportSecurity
 
@@ -178,8 +179,7 @@ async def start_local_nats(
     while not _listens(host, port):
         if process.returncode is not None or time.monotonic() > deadline:
             await nats.stop()
-            tail = log_path.read_text(errors="replace").splitlines()[-8:]
-            detail = "\n".join(f"  {line}" for line in tail) or "  (no output)"
+            detail = log_tail(log_path)
             raise LaunchError(
                 f"nats-server did not start at {host}:{port} (is {host} an address of this "
                 f"machine?); its last log lines:\n{detail}"
