@@ -5,7 +5,7 @@ with the ways those tests speak to it: the official ``openai`` client and error 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -15,12 +15,12 @@ import httpx
 from _dyn_graph import free_port
 from openai import AsyncOpenAI
 
-from dyn.graph import load_graph
+from dyn.graph import GraphSpec, load_graph
 from dyn.launch.base import LaunchObserver
 from dyn.launch.inprocess import InProcessLauncher
 from dyn.launch.role_classes import role_class
 
-__all__ = ["KV_GRAPH", "error_of", "sdk", "serve_kv_graph"]
+__all__ = ["KV_GRAPH", "error_of", "sdk", "serve_graph", "serve_kv_graph"]
 
 KV_GRAPH = Path(__file__).resolve().parents[2] / "graphs" / "kv_routing.yaml"
 
@@ -28,13 +28,20 @@ KV_GRAPH = Path(__file__).resolve().parents[2] / "graphs" / "kv_routing.yaml"
 @asynccontextmanager
 async def serve_kv_graph() -> AsyncIterator[str]:
     """The graph's frontend URL while it serves; stopped on leaving."""
+    overrides = ["worker.replicas=1", "worker.timing={fixed: {prefill_ms: 0, decode_ms: 0}}"]
+    async with serve_graph(
+        lambda port: load_graph(KV_GRAPH, [port, *overrides], resolve_role=role_class)
+    ) as url:
+        yield url
+
+
+@asynccontextmanager
+async def serve_graph(load: Callable[[str], GraphSpec]) -> AsyncIterator[str]:
+    """A graph run in this process as `dyn up` runs it in one process, its frontend on a
+    free loopback port: ``load`` makes it given that port's override
+    (``frontend.port=N``). The frontend's URL while it serves; stopped on leaving."""
     port = free_port()
-    overrides = [
-        f"frontend.port={port}",
-        "worker.replicas=1",
-        "worker.timing={fixed: {prefill_ms: 0, decode_ms: 0}}",
-    ]
-    graph = load_graph(KV_GRAPH, overrides, resolve_role=role_class)
+    graph = load(f"frontend.port={port}")
     stop, ready = anyio.Event(), anyio.Event()
 
     class Observer(LaunchObserver):

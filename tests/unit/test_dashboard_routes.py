@@ -8,11 +8,9 @@ from collections.abc import AsyncIterator
 import anyio
 import httpx
 import pytest
-from _dyn_graph import free_port
+from _kv_graph_inprocess import serve_graph
 
 from dyn.graph import load_graph
-from dyn.launch.base import LaunchObserver
-from dyn.launch.inprocess import InProcessLauncher
 from dyn.launch.role_classes import role_class
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
@@ -21,20 +19,10 @@ BODY = {"model": "dyn-mock", "prompt": "one two three four " * 8, "max_tokens": 
 
 
 async def serve(path: str, *overrides: str) -> AsyncIterator[str]:
-    port = free_port()
-    graph = load_graph(path, [f"frontend.port={port}", *overrides], resolve_role=role_class)
-    stop, ready = anyio.Event(), anyio.Event()
-
-    class Observer(LaunchObserver):
-        def graph_ready(self, url: str | None, seconds: float) -> None:
-            ready.set()
-
-    async with anyio.create_task_group() as tasks:
-        tasks.start_soon(InProcessLauncher().run, graph, Observer(), stop)
-        with anyio.fail_after(20):
-            await ready.wait()
-        yield f"http://127.0.0.1:{port}"
-        stop.set()
+    async with serve_graph(
+        lambda port: load_graph(path, [port, *overrides], resolve_role=role_class)
+    ) as url:
+        yield url
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from dyn.cli.app import app
 from dyn.errors import SpecError
-from dyn.graph import dump_graph_yaml, load_graph, load_graph_text
+from dyn.graph import GraphSpec, dump_graph_yaml, load_graph, load_graph_text
 from dyn.k8s import grace_period_s, render
 from dyn.launch._roles import DRAIN_TIMEOUT_S
 from dyn.launch.role_classes import role_class
@@ -238,31 +238,16 @@ def test_dyn_up_ignores_the_kubernetes_keys() -> None:
     and serves; its resources and pull settings change nothing on this machine."""
     import anyio
     import httpx
-    from _dyn_graph import free_port
+    from _kv_graph_inprocess import serve_graph
 
-    from dyn.launch.base import LaunchObserver
-    from dyn.launch.inprocess import InProcessLauncher
-
-    port = free_port()
-    graph = load_graph_text(K8S_GRAPH, overrides=[f"frontend.port={port}"], resolve_role=role_class)
-    assert graph.component("worker").replicas == 2
+    assert load_graph_text(K8S_GRAPH, resolve_role=role_class).component("worker").replicas == 2
 
     async def main() -> str:
-        stop, ready = anyio.Event(), anyio.Event()
+        def load(port: str) -> GraphSpec:
+            return load_graph_text(K8S_GRAPH, overrides=[port], resolve_role=role_class)
 
-        class Observer(LaunchObserver):
-            def graph_ready(self, url: str | None, seconds: float) -> None:
-                ready.set()
-
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(InProcessLauncher().run, graph, Observer(), stop)
-            with anyio.fail_after(20):
-                await ready.wait()
-            async with httpx.AsyncClient(trust_env=False) as client:
-                response = await client.post(
-                    f"http://127.0.0.1:{port}/generate", content=b'{"text": "hi"}', timeout=10
-                )
-            stop.set()
+        async with serve_graph(load) as url, httpx.AsyncClient(trust_env=False) as client:
+            response = await client.post(f"{url}/generate", content=b'{"text": "hi"}', timeout=10)
         return response.text
 
     assert "Backend: hi" in anyio.run(main)
