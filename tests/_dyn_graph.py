@@ -200,14 +200,14 @@ class DynUp(DynProcess):
         """The run record (``run.json``), once the launcher has named the frontend in it."""
         assert self.state is not None, "the run record needs DynUp(state=...)"
         (run,) = (self.state / "runs").iterdir()
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         # The launcher rewrites the record once every role is up; it then names the frontend.
         while time.monotonic() < deadline:
             record: dict[str, Any] = json.loads((run / "run.json").read_text())
             if record["frontend_url"]:
                 return record
             time.sleep(0.05)
-        raise AssertionError("the run record never named the frontend")
+        self._fail("the run record never named the frontend")
 
     def role_pids(self) -> dict[str, int]:
         """Role name (``worker[1]``) → pid, from the run record."""
