@@ -211,6 +211,8 @@ class Runtime:
         self._routes[health_path(info.namespace, info.component, info.instance_id)] = (
             _health_handler(component, draining=False)
         )
+        # Callers that leave the choice of instance to the transport reach it too.
+        await self.transport.expose(info.namespace, info.component, info.instance_id)
         for instance in instances:
             await self.discovery.register(instance)
         self._registered[id(component)] = instances
@@ -222,6 +224,8 @@ class Runtime:
         path = health_path(info.namespace, info.component, info.instance_id)
         if path in self._routes:
             self._routes[path] = _health_handler(component, draining=True)
+        if id(component) in self._registered:
+            await self.transport.withdraw(info.namespace, info.component, info.instance_id)
         for instance in self._registered.pop(id(component), []):
             await self.discovery.deregister(instance)
             self._routes.pop(instance.key, None)

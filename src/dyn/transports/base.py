@@ -105,5 +105,13 @@ class Transport(ABC):
     ) -> CallStream:
         """Start a call to ``path`` on the server at ``address``. Does not block."""
 
+    async def expose(self, namespace: str, component: str, instance_id: str) -> None:  # noqa: B027
+        """An instance of ``component`` now serves on this transport's server(s). A
+        transport with a component-wide address (nats: the component's queue group) takes
+        calls to it from now on; most have none, and do nothing."""
+
+    async def withdraw(self, namespace: str, component: str, instance_id: str) -> None:  # noqa: B027
+        """The instance no longer takes new calls by the component-wide address."""
+
     async def aclose(self) -> None:  # noqa: B027 - a transport without a pool has nothing to do
         """Close pooled connections. The transport must not be used afterwards."""

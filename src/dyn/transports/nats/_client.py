@@ -40,8 +40,8 @@ _BACKGROUND: set[asyncio.Task[None]] = set()
 @dataclass
 class _Frame:
     data: bytes
-    kind: str  # data | end | error | keepalive | gone
-    code: str = ""
+    kind: str  # data | end | error | keepalive | accept | gone
+    code: str = ""  # error frames: the code; accept frames: the server id
     sent: str | None = None  # end and keepalive frames: the data frames the server sent
     number: str = ""  # a data frame's number, counted from 1 (its reply field)
 
@@ -73,7 +73,8 @@ class Inboxes:
             call.arrive(_Frame(b"", "gone"))
         else:
             kind = headers.get(w.H_FRAME, "")
-            call.arrive(_Frame(msg.data, kind, headers.get(w.H_CODE, ""), headers.get(w.H_SENT)))
+            code = headers.get(w.H_SERVER if kind == "accept" else w.H_CODE, "")
+            call.arrive(_Frame(msg.data, kind, code, headers.get(w.H_SENT)))
 
 
 class NatsCall(CallStream):
@@ -98,7 +99,8 @@ class NatsCall(CallStream):
         self._arrived = anyio.Event()
         self._inboxes: Inboxes | None = None
         self._inbox = ""
-        self._sid = ""
+        self._sid = ""  # the server's id; for a call to a queue group, once one took it
+        self._control = ""  # where credit and cancels go
         self._read = 0  # data frames read since the last grant
         self._received = 0  # data frames read in all
         self._done = False
@@ -117,7 +119,15 @@ class NatsCall(CallStream):
 
     async def _start(self) -> None:
         try:
-            self._sid = w.parse_address(self._address)
+            if self._address == w.GROUP_ADDRESS:
+                namespace, component, _ = w.group_path(self._path)
+                subject = w.group_subject(self._path)
+                # Until a member answers, a cancel goes to every member of the group.
+                self._control = w.group_control_subject(namespace, component)
+            else:
+                self._sid = w.parse_address(self._address)
+                subject = w.call_subject(self._sid, self._path)
+                self._control = w.control_subject(self._sid)
         except ValueError as exc:
             raise TransportError(str(exc)) from None
         inboxes = await self._inboxes_factory()
@@ -128,7 +138,6 @@ class NatsCall(CallStream):
         headers[w.H_PATH] = self._path
         headers[w.H_VERSION] = str(self._version)
         headers[w.H_CREDIT] = str(self._credit)
-        subject = w.call_subject(self._sid, self._path)
         try:
             await inboxes.client.publish(subject, self._payload, reply=self._inbox, headers=headers)
         except MaxPayloadError:
@@ -158,7 +167,7 @@ class NatsCall(CallStream):
                 error = DeadlineExceeded(f"deadline passed while calling {self._path}")
             else:
                 error = TransportError(
-                    f"no word from {self._address} for {w.SILENCE_LIMIT_S:.1f} s calling "
+                    f"no word from {self._where()} for {w.SILENCE_LIMIT_S:.1f} s calling "
                     f"{self._path}: the server or its link to NATS is gone"
                 )
             await self.aclose()
@@ -174,6 +183,14 @@ class NatsCall(CallStream):
             await self._lost(frame.sent)
         if frame.kind == "keepalive":
             return await self.__anext__()
+        if frame.kind == "accept" and not self._sid and self._received == 0:
+            try:
+                self._sid = w.parse_address(w.address_of(frame.code))
+            except ValueError:
+                pass  # a malformed reply frame: failed below
+            else:
+                self._control = w.control_subject(self._sid)
+                return await self.__anext__()
         self._finish()
         if frame.kind == "end":
             raise StopAsyncIteration
@@ -184,6 +201,10 @@ class NatsCall(CallStream):
         await self._send_control("cancel")
         raise ProtocolError(f"malformed nats reply frame {frame.kind!r} from {self._address}")
 
+    def _where(self) -> str:
+        """The server, in messages: for a call to a queue group, the member that took it."""
+        return w.address_of(self._sid) if self._sid else self._address
+
     async def _lost(self, sent: str) -> NoReturn:
         """Frames lost on the way (NATS delivers at most once: a restarted server drops
         what it held): the stream has a hole, so the call fails before the item after
@@ -191,7 +212,7 @@ class NatsCall(CallStream):
         elsewhere."""
         await self.aclose()
         raise TransportError(
-            f"{sent} items sent by {self._address} but {self._received} arrived calling "
+            f"{sent} items sent by {self._where()} but {self._received} arrived calling "
             f"{self._path}: the link to NATS lost some"
         )
 
@@ -209,7 +230,7 @@ class NatsCall(CallStream):
             headers[w.H_CREDIT] = str(credit)
         # Disconnected: the server's call ends by its deadline, or stalls out of credit.
         with contextlib.suppress(NatsError):
-            await self._inboxes.client.publish(w.control_subject(self._sid), b"", headers=headers)
+            await self._inboxes.client.publish(self._control, b"", headers=headers)
 
     def _finish(self) -> None:
         self._done = True

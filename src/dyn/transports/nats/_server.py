@@ -5,10 +5,15 @@ sends its frames to the request's reply inbox, no more data frames than the call
 granted. Credit grants and cancels arrive on ``dyn.ctl.ID``. A request that breaks the
 protocol is answered with a ``protocol`` error (when it has an inbox) or dropped: it
 never affects another call.
+
+Each component the server hosts also has a queue-group subscription,
+``dyn.any.<namespace>.<component>.>``: NATS hands each request there to one member of
+the group, which opens its answer with an accept frame naming itself.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -17,11 +22,12 @@ import anyio
 from anyio.abc import TaskGroup
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 from nats.errors import MaxPayloadError
 
 from dyn.context import Context
-from dyn.errors import ProtocolError, RemoteError
+from dyn.errors import DynError, ProtocolError, RemoteError, TransportError
 from dyn.transports._serving import ReplyFrame, error_to_wire, run_handler
 from dyn.transports.base import Handler
 from dyn.transports.nats import _wire as w
@@ -42,6 +48,20 @@ class _Call:
     last_sent: float = field(default_factory=time.monotonic)
 
 
+@dataclass(eq=False)
+class _Group:
+    """The instances of one component this server hosts, taking calls to its queue group
+    by turns."""
+
+    subscriptions: list[Subscription]
+    instances: list[str] = field(default_factory=list)
+    turn: int = 0
+
+    def next_instance(self) -> str:
+        self.turn = (self.turn + 1) % len(self.instances)
+        return self.instances[self.turn]
+
+
 class NatsServer:
     def __init__(
         self, client: Client, sid: str, handler: Handler, protocol_version: int, tasks: TaskGroup
@@ -52,6 +72,41 @@ class NatsServer:
         self.protocol_version = protocol_version
         self.tasks = tasks
         self.calls: dict[str, _Call] = {}
+        self.groups: dict[tuple[str, str], _Group] = {}
+        self._grouping = anyio.Lock()
+
+    async def expose(self, namespace: str, component: str, instance_id: str) -> None:
+        """Join ``component``'s queue group (once per component) with ``instance_id``."""
+        async with self._grouping:
+            group = self.groups.get((namespace, component))
+            if group is None:
+                requests = await self.client.subscribe(
+                    w.group_wildcard(namespace, component),
+                    queue=w.group_queue(namespace, component),
+                    cb=self._on_group_request,
+                )
+                controls = await self.client.subscribe(
+                    w.group_control_subject(namespace, component), cb=self._on_control
+                )
+                await self.client.flush()  # a member before the instance is announced
+                group = self.groups[namespace, component] = _Group([requests, controls])
+            if instance_id not in group.instances:
+                group.instances.append(instance_id)
+
+    async def withdraw(self, namespace: str, component: str, instance_id: str) -> None:
+        """Leave the group once the last of the component's instances here is withdrawn;
+        calls it took already run on."""
+        async with self._grouping:
+            group = self.groups.get((namespace, component))
+            if group is None or instance_id not in group.instances:
+                return
+            group.instances.remove(instance_id)
+            if group.instances:
+                return
+            del self.groups[namespace, component]
+            for subscription in group.subscriptions:
+                with contextlib.suppress(NatsError):
+                    await subscription.unsubscribe()
 
     async def subscribe(self) -> None:
         await self.client.subscribe(w.call_wildcard(self.sid), cb=self._on_request)
@@ -72,9 +127,33 @@ class NatsServer:
                     )
 
     async def _on_request(self, msg: Msg) -> None:
+        headers = msg.headers or {}
+        await self._accept(msg.reply, headers.get(w.H_PATH), headers, msg.data)
+
+    async def _on_group_request(self, msg: Msg) -> None:
+        """A call to the component's queue group: run it on one of the component's
+        instances here, after telling the caller which server took it."""
         inbox = msg.reply
         headers = msg.headers or {}
-        path = headers.get(w.H_PATH)
+        if not inbox or inbox in self.calls:
+            return
+        try:
+            namespace, component, _ = w.group_path(headers.get(w.H_PATH, ""))
+        except ValueError as exc:
+            await self._error(inbox, ProtocolError(str(exc)))
+            return
+        group = self.groups.get((namespace, component))
+        if group is None:  # withdrawn while the request was on its way
+            left = TransportError(f"{namespace}/{component} left nats:{self.sid}")
+            await self._error(inbox, left)
+            return
+        await self._publish(inbox, b"", {w.H_FRAME: "accept", w.H_SERVER: self.sid})
+        path = f"{headers[w.H_PATH]}/{group.next_instance()}"
+        await self._accept(inbox, path, headers, msg.data)
+
+    async def _accept(
+        self, inbox: str | None, path: str | None, headers: dict[str, str], payload: bytes
+    ) -> None:
         if not inbox or inbox in self.calls:
             return  # nowhere to answer (or a duplicate): nothing to run
         try:
@@ -99,7 +178,7 @@ class NatsServer:
         }
         call = _Call(inbox, Context.from_headers(call_headers), credit)
         self.calls[inbox] = call
-        self.tasks.start_soon(self._run, call, path, msg.data)
+        self.tasks.start_soon(self._run, call, path, payload)
 
     async def _on_control(self, msg: Msg) -> None:
         headers = msg.headers or {}
@@ -156,7 +235,7 @@ class NatsServer:
         finally:
             self.calls.pop(call.inbox, None)
 
-    async def _error(self, inbox: str, error: ProtocolError) -> None:
+    async def _error(self, inbox: str, error: DynError) -> None:
         code, message = error_to_wire(error)
         await self._publish(inbox, message.encode(), {w.H_FRAME: "error", w.H_CODE: code})
 

@@ -1,7 +1,10 @@
 """The nats transport: dyn's call model over a NATS server (``transports/nats.md``).
 
 Addresses look like ``nats:ID``: a server takes the subjects ``dyn.call.ID.<path>`` (each
-endpoint instance a subject of its own) and ``dyn.ctl.ID``. Callers and servers reach
+endpoint instance a subject of its own) and ``dyn.ctl.ID``. The address ``nats:*`` with
+the path ``namespace/component/endpoint`` reaches whichever server of the component NATS
+picks (the component's queue group, ``dyn.any.<namespace>.<component>.>``), for callers
+that leave the choice of instance to the broker. Callers and servers reach
 the same NATS (``servers`` option); the broker, not the transport, decides who may
 connect, so the trust model is the NATS server's (see ``_connect``).
 """
@@ -58,6 +61,7 @@ class NatsTransport(Transport):
         self._client: Client | None = None
         self._inboxes: Inboxes | None = None
         self._dialling = anyio.Lock()
+        self._servers: list[NatsServer] = []
 
     async def _connect(self, name: str) -> Client:
         return await connect(self._connection_options, self._security, name=name)
@@ -80,13 +84,24 @@ class NatsTransport(Transport):
             async with anyio.create_task_group() as calls:
                 server = NatsServer(client, sid, handler, self.protocol_version, calls)
                 await server.subscribe()
+                self._servers.append(server)
                 task_status.started(w.address_of(sid))
                 await server.keepalives()
         finally:
             if server is not None:
+                if server in self._servers:
+                    self._servers.remove(server)
                 server.cancel_all()
             with anyio.CancelScope(shield=True):
                 await client.close()
+
+    async def expose(self, namespace: str, component: str, instance_id: str) -> None:
+        for server in list(self._servers):
+            await server.expose(namespace, component, instance_id)
+
+    async def withdraw(self, namespace: str, component: str, instance_id: str) -> None:
+        for server in list(self._servers):
+            await server.withdraw(namespace, component, instance_id)
 
     # -- calling --------------------------------------------------------------------------
 

@@ -7,10 +7,16 @@ from urllib.parse import quote
 
 __all__ = [
     "DEFAULT_CREDIT",
+    "GROUP_ADDRESS",
     "KEEPALIVE_S",
     "SILENCE_LIMIT_S",
     "call_subject",
     "control_subject",
+    "group_control_subject",
+    "group_path",
+    "group_queue",
+    "group_subject",
+    "group_wildcard",
     "parse_address",
     "server_id",
 ]
@@ -30,12 +36,15 @@ H_VERSION = "dyn-version"
 H_CREDIT = "dyn-credit"
 H_PREFIX = "h-"
 # Reply headers: a message without headers is a data frame.
-H_FRAME = "dyn-frame"  # end | error | keepalive
+H_FRAME = "dyn-frame"  # end | error | keepalive | accept
 H_CODE = "dyn-code"
 # On end and keepalive frames: the data frames the call has sent so far. NATS delivers
 # at most once, so a server restart can drop frames in the middle of a call; the caller
 # compares, and fails the call rather than pass on a stream with a hole in it.
 H_SENT = "dyn-sent"
+# On the accept frame that opens a call made to a component's queue group: the server id
+# of the member that took it, to which the caller sends the call's credit and cancels.
+H_SERVER = "dyn-server"
 # Control headers (caller to server, on the control subject).
 H_CALL = "dyn-call"  # the call's reply inbox, which names it
 H_OP = "dyn-op"  # credit | cancel
@@ -52,6 +61,11 @@ def server_id(host: str, port: int, random_id: str) -> str:
     return f"{_UNSAFE.sub('_', host)}:{port}"
 
 
+# The address of "whichever server of the component NATS picks": the component's queue
+# group. "*" is no server id (parse_address refuses it), so the two never clash.
+GROUP_ADDRESS = "nats:*"
+
+
 def address_of(sid: str) -> str:
     return f"nats:{sid}"
 
@@ -64,11 +78,46 @@ def parse_address(address: str) -> str:
     return sid
 
 
+def _tokens(path: str) -> list[str]:
+    """Path segments as subject tokens, percent-encoded where NATS would read them as
+    syntax (an empty segment becomes ``%``, which no encoded segment is)."""
+    return [quote(part, safe="-_~").replace(".", "%2E") or "%" for part in path.split("/")]
+
+
 def call_subject(sid: str, path: str) -> str:
-    """``dyn.call.ID.<path segments>``: each endpoint instance has a subject of its own
-    (the segments are percent-encoded where NATS would read them as syntax)."""
-    tokens = [quote(part, safe="-_~").replace(".", "%2E") or "%" for part in path.split("/")]
-    return ".".join((SUBJECT_ROOT, "call", sid, *tokens))
+    """``dyn.call.ID.<path segments>``: each endpoint instance has a subject of its own."""
+    return ".".join((SUBJECT_ROOT, "call", sid, *_tokens(path)))
+
+
+def group_path(path: str) -> tuple[str, str, str]:
+    """``(namespace, component, endpoint)`` of a call to a queue group, whose path is
+    ``namespace/component/endpoint`` (no instance: the member that takes it adds its own)."""
+    parts = path.split("/")
+    if len(parts) != 3 or not all(parts):
+        raise ValueError(
+            f"a call to {GROUP_ADDRESS} needs the path namespace/component/endpoint, not {path!r}"
+        )
+    return parts[0], parts[1], parts[2]
+
+
+def group_subject(path: str) -> str:
+    """``dyn.any.<namespace>.<component>.<endpoint>``: a component's queue-group subject."""
+    return ".".join((SUBJECT_ROOT, "any", *_tokens(path)))
+
+
+def group_wildcard(namespace: str, component: str) -> str:
+    return ".".join((SUBJECT_ROOT, "any", *_tokens(f"{namespace}/{component}"), ">"))
+
+
+def group_queue(namespace: str, component: str) -> str:
+    """The queue group: NATS gives each message on the group subject to one member."""
+    return ".".join((SUBJECT_ROOT, *_tokens(f"{namespace}/{component}")))
+
+
+def group_control_subject(namespace: str, component: str) -> str:
+    """Where a caller sends a cancel before it knows which member took its call: every
+    member hears it, and the one that holds the call acts on it."""
+    return ".".join((SUBJECT_ROOT, "ctl", "any", *_tokens(f"{namespace}/{component}")))
 
 
 def call_wildcard(sid: str) -> str:

