@@ -10,8 +10,10 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 import anyio
+import nats
 import pytest
 from _nats_server import NATS_SERVER, running_nats
+from nats.aio.msg import Msg
 
 from dyn.context import Context
 from dyn.discovery.memory import MemoryDiscovery
@@ -19,6 +21,7 @@ from dyn.errors import ProtocolError, TransportError
 from dyn.runtime import codec
 from dyn.runtime.component import Component, EmptyConfig, endpoint
 from dyn.runtime.runtime import Runtime, component_info
+from dyn.transports.base import PROTOCOL_VERSION
 from dyn.transports.nats import NatsTransport
 from dyn.transports.nats import _wire as w
 
@@ -151,25 +154,51 @@ async def test_a_group_call_needs_a_component_path(nats_url: str) -> None:
         await caller.aclose()
 
 
-async def test_an_instance_path_on_the_group_subject_is_refused(nats_url: str) -> None:
-    """A hand-made request whose path names an instance gets a protocol error."""
-    async with AsyncExitStack() as stack:
-        _, echo = await serve_echo(stack, nats_url)
-        caller = NatsTransport(servers=[nats_url])
-        stack.push_async_callback(caller.aclose)
-        inboxes = await caller._inboxes_ready()
-        got: list[dict[str, str]] = []
-        done = anyio.Event()
+async def raw_call(
+    url: str, path: str, payload: bytes, subject: str | None = None
+) -> list[tuple[dict[str, str], bytes]]:
+    """A call made by a plain NATS client with the documented framing (transports/nats.md),
+    on ``path``'s group subject unless told another: every reply frame, as (headers,
+    payload), up to the end or error frame."""
+    raw = await nats.connect(url)
+    frames: list[tuple[dict[str, str], bytes]] = []
+    done = anyio.Event()
 
-        async def on_reply(msg: Any) -> None:
-            got.append(dict(msg.headers or {}))
+    async def on_reply(msg: Msg) -> None:
+        headers = dict(msg.headers or {})
+        frames.append((headers, msg.data))
+        if headers.get(w.H_FRAME) in ("end", "error"):
             done.set()
 
-        inbox = inboxes.client.new_inbox()
-        await inboxes.client.subscribe(inbox, cb=on_reply)
-        headers = {w.H_PATH: f"{PATH}/{echo.info.instance_id}", w.H_VERSION: "1", w.H_CREDIT: "4"}
-        await inboxes.client.publish(w.group_subject(PATH), b"", reply=inbox, headers=headers)
+    try:
+        inbox = raw.new_inbox()
+        await raw.subscribe(inbox, cb=on_reply)
+        headers = {w.H_PATH: path, w.H_VERSION: str(PROTOCOL_VERSION), w.H_CREDIT: "8"}
+        subject = subject or w.group_subject(path)
+        await raw.publish(subject, payload, reply=inbox, headers=headers)
         with anyio.fail_after(10):
             await done.wait()
-        assert got[0][w.H_FRAME] == "error"
-        assert got[0][w.H_CODE] == ProtocolError.code
+    finally:
+        await raw.close()
+    return frames
+
+
+async def test_a_plain_nats_client_calls_the_component(nats_url: str) -> None:
+    async with AsyncExitStack() as stack:
+        _, echo = await serve_echo(stack, nats_url)
+        frames = await raw_call(nats_url, PATH, codec.encode({"n": 2}))
+    kinds = [headers.get(w.H_FRAME, "data") for headers, _ in frames]
+    assert kinds == ["accept", "data", "data", "end"]
+    assert frames[0][0][w.H_SERVER]
+    assert [codec.decode(data) for _, data in frames[1:3]] == [echo.info.instance_id] * 2
+
+
+async def test_an_instance_path_on_the_group_subject_is_refused(nats_url: str) -> None:
+    async with AsyncExitStack() as stack:
+        _, echo = await serve_echo(stack, nats_url)
+        # Sent on the component's group subject, but the path names one instance.
+        path = f"{PATH}/{echo.info.instance_id}"
+        frames = await raw_call(nats_url, path, b"", subject=w.group_subject(PATH))
+    ((headers, _),) = frames
+    assert headers[w.H_FRAME] == "error"
+    assert headers[w.H_CODE] == ProtocolError.code
