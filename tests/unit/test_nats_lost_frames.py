@@ -14,7 +14,7 @@ import pytest
 from _nats_server import NATS_SERVER, running_nats
 from nats.aio.msg import Msg
 
-from dyn.errors import TransportError
+from dyn.errors import ProtocolError, TransportError
 from dyn.transports.nats import NatsTransport
 from dyn.transports.nats import _wire as w
 
@@ -84,3 +84,10 @@ def test_items_lost_before_a_keepalive_fail_the_call(tmp_path: Path) -> None:
         keepalive = (b"", "", {w.H_FRAME: "keepalive", w.H_SENT: "2"})
         with pytest.raises(TransportError, match="the link to NATS lost some"):
             anyio.run(call_with_frames, url, [data(b"a", 1), keepalive, end(2)])
+
+
+def test_an_accept_frame_on_a_call_to_one_server_fails_the_call(tmp_path: Path) -> None:
+    """Accept frames open calls to a queue group only (transports/nats.md)."""
+    accept: Frame = (b"", "", {w.H_FRAME: "accept", w.H_SERVER: SID})
+    with running_nats(tmp_path) as url, pytest.raises(ProtocolError, match="accept"):
+        anyio.run(call_with_frames, url, [accept, data(b"a", 1), end(1)])

@@ -115,21 +115,27 @@ class NatsCall(CallStream):
         self._arrived.set()
 
     def has_ready(self) -> bool:
-        return bool(self._frames) and self._frames[0].kind == "data"
+        frames = self._frames
+        if frames and frames[0].kind == "accept":  # read on the way to the data frame
+            return len(frames) > 1 and frames[1].kind == "data"
+        return bool(frames) and frames[0].kind == "data"
 
     async def _start(self) -> None:
-        try:
-            if self._address == w.GROUP_ADDRESS:
+        if self._address == w.GROUP_ADDRESS:
+            try:
                 namespace, component, _ = w.group_path(self._path)
-                subject = w.group_subject(self._path)
-                # Until a member answers, a cancel goes to every member of the group.
-                self._control = w.group_control_subject(namespace, component)
-            else:
+            except ValueError as exc:  # the caller's mistake: no use trying elsewhere
+                raise BadRequestError(str(exc)) from None
+            subject = w.group_subject(self._path)
+            # Until a member answers, control messages go to every member of the group.
+            self._control = w.group_control_subject(namespace, component)
+        else:
+            try:
                 self._sid = w.parse_address(self._address)
-                subject = w.call_subject(self._sid, self._path)
-                self._control = w.control_subject(self._sid)
-        except ValueError as exc:
-            raise TransportError(str(exc)) from None
+            except ValueError as exc:
+                raise TransportError(str(exc)) from None
+            subject = w.call_subject(self._sid, self._path)
+            self._control = w.control_subject(self._sid)
         inboxes = await self._inboxes_factory()
         self._inboxes = inboxes
         self._inbox = inboxes.new()

@@ -36,16 +36,24 @@ __all__ = ["NatsServer"]
 
 log = logging.getLogger("dyn.transports.nats")
 
+# How long a member that left a queue group still serves the requests NATS routed to it
+# before it took the unsubscribe (see _leave).
+LEAVE_GRACE_S = 0.25
+
 
 @dataclass(eq=False)
 class _Call:
     inbox: str
     ctx: Context
     credit: int
+    path: str = ""
     sent: int = 0  # data frames published
     granted: anyio.Event = field(default_factory=anyio.Event)
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     last_sent: float = field(default_factory=time.monotonic)
+    # Set once its task runs: the handler has its endpoint from then on, even if the
+    # instance is withdrawn (calls admitted before a withdrawal run on).
+    started: anyio.Event = field(default_factory=anyio.Event)
 
 
 @dataclass(eq=False)
@@ -79,34 +87,51 @@ class NatsServer:
         """Join ``component``'s queue group (once per component) with ``instance_id``."""
         async with self._grouping:
             group = self.groups.get((namespace, component))
-            if group is None:
-                requests = await self.client.subscribe(
-                    w.group_wildcard(namespace, component),
-                    queue=w.group_queue(namespace, component),
-                    cb=self._on_group_request,
+            if group is not None:
+                if instance_id not in group.instances:
+                    group.instances.append(instance_id)
+                return
+            # Known before the subscription exists: NATS hands it requests at once.
+            group = self.groups[namespace, component] = _Group([], [instance_id])
+            try:
+                group.subscriptions.append(
+                    await self.client.subscribe(
+                        w.group_wildcard(namespace, component),
+                        queue=w.group_queue(namespace, component),
+                        cb=self._on_group_request,
+                    )
                 )
-                controls = await self.client.subscribe(
-                    w.group_control_subject(namespace, component), cb=self._on_control
+                group.subscriptions.append(
+                    await self.client.subscribe(
+                        w.group_control_subject(namespace, component), cb=self._on_control
+                    )
                 )
                 await self.client.flush()  # a member before the instance is announced
-                group = self.groups[namespace, component] = _Group([requests, controls])
-            if instance_id not in group.instances:
-                group.instances.append(instance_id)
+            except BaseException:
+                del self.groups[namespace, component]
+                with anyio.CancelScope(shield=True):
+                    await _drain(group.subscriptions)
+                raise
 
     async def withdraw(self, namespace: str, component: str, instance_id: str) -> None:
-        """Leave the group once the last of the component's instances here is withdrawn;
-        calls it took already run on."""
+        """Stop giving group calls to ``instance_id``; leave the group with the component's
+        last instance here. Calls admitted before run on."""
         async with self._grouping:
             group = self.groups.get((namespace, component))
             if group is None or instance_id not in group.instances:
                 return
-            group.instances.remove(instance_id)
-            if group.instances:
-                return
-            del self.groups[namespace, component]
-            for subscription in group.subscriptions:
-                with contextlib.suppress(NatsError):
-                    await subscription.unsubscribe()
+            if len(group.instances) == 1:
+                # Requests NATS sent before it took the unsubscribe are still served
+                # (by this instance, still listed): none is dropped unanswered.
+                await _leave(self.client, group.subscriptions)
+                del self.groups[namespace, component]
+            else:
+                group.instances.remove(instance_id)
+            # Until every call admitted so far has its endpoint (the runtime removes the
+            # instance's endpoints once this returns); bounded, should one never start.
+            with anyio.move_on_after(w.KEEPALIVE_S):
+                for call in list(self.calls.values()):
+                    await call.started.wait()
 
     async def subscribe(self) -> None:
         await self.client.subscribe(w.call_wildcard(self.sid), cb=self._on_request)
@@ -127,8 +152,19 @@ class NatsServer:
                     )
 
     async def _on_request(self, msg: Msg) -> None:
+        inbox = msg.reply
         headers = msg.headers or {}
-        await self._accept(msg.reply, headers.get(w.H_PATH), headers, msg.data)
+        path = headers.get(w.H_PATH)
+        if not inbox or inbox in self.calls:
+            return  # nowhere to answer (or a duplicate): nothing to run
+        if path is not None and msg.subject != w.call_subject(self.sid, path):
+            # The path must be the one the subject names: NATS permissions on subjects
+            # then also hold for paths.
+            await self._error(inbox, ProtocolError(f"path {path!r} sent on {msg.subject}"))
+            return
+        call = await self._admit(inbox, path, headers)
+        if call is not None:
+            self._start(call, msg.data)
 
     async def _on_group_request(self, msg: Msg) -> None:
         """A call to the component's queue group: run it on one of the component's
@@ -137,25 +173,28 @@ class NatsServer:
         headers = msg.headers or {}
         if not inbox or inbox in self.calls:
             return
+        path = headers.get(w.H_PATH, "")
         try:
-            namespace, component, _ = w.group_path(headers.get(w.H_PATH, ""))
+            namespace, component, _ = w.group_path(path)
         except ValueError as exc:
             await self._error(inbox, ProtocolError(str(exc)))
             return
-        group = self.groups.get((namespace, component))
-        if group is None:  # withdrawn while the request was on its way
-            left = TransportError(f"{namespace}/{component} left nats:{self.sid}")
-            await self._error(inbox, left)
+        if msg.subject != w.group_subject(path):
+            await self._error(inbox, ProtocolError(f"path {path!r} sent on {msg.subject}"))
             return
-        await self._publish(inbox, b"", {w.H_FRAME: "accept", w.H_SERVER: self.sid})
-        path = f"{headers[w.H_PATH]}/{group.next_instance()}"
-        await self._accept(inbox, path, headers, msg.data)
+        group = self.groups.get((namespace, component))
+        if group is None:  # cannot happen while withdraw drains first; never a hang
+            await self._error(inbox, TransportError(f"nats:{self.sid} no longer hosts {path}"))
+            return
+        # The instance is picked and the call admitted before anything is awaited; its
+        # task starts after the accept frame is queued, so the accept comes first.
+        call = await self._admit(inbox, f"{path}/{group.next_instance()}", headers)
+        if call is not None:
+            await self._publish(inbox, b"", {w.H_FRAME: "accept", w.H_SERVER: self.sid})
+            self._start(call, msg.data)
 
-    async def _accept(
-        self, inbox: str | None, path: str | None, headers: dict[str, str], payload: bytes
-    ) -> None:
-        if not inbox or inbox in self.calls:
-            return  # nowhere to answer (or a duplicate): nothing to run
+    async def _admit(self, inbox: str, path: str | None, headers: dict[str, str]) -> _Call | None:
+        """The call, registered, if the request is well formed; else answer with an error."""
         try:
             credit = int(headers.get(w.H_CREDIT, ""))
             version = int(headers.get(w.H_VERSION, ""))
@@ -163,7 +202,7 @@ class NatsServer:
             credit = version = -1
         if path is None or credit < 1:
             await self._error(inbox, ProtocolError("malformed nats request: no path or credit"))
-            return
+            return None
         if version != self.protocol_version:
             await self._error(
                 inbox,
@@ -172,13 +211,16 @@ class NatsServer:
                     f"{self.protocol_version}; this caller speaks version {version}"
                 ),
             )
-            return
+            return None
         call_headers = {
             k[len(w.H_PREFIX) :]: v for k, v in headers.items() if k.startswith(w.H_PREFIX)
         }
-        call = _Call(inbox, Context.from_headers(call_headers), credit)
+        call = _Call(inbox, Context.from_headers(call_headers), credit, path)
         self.calls[inbox] = call
-        self.tasks.start_soon(self._run, call, path, payload)
+        return call
+
+    def _start(self, call: _Call, payload: bytes) -> None:
+        self.tasks.start_soon(self._run, call, call.path, payload)
 
     async def _on_control(self, msg: Msg) -> None:
         headers = msg.headers or {}
@@ -199,6 +241,8 @@ class NatsServer:
                 call.granted.set()
 
     async def _run(self, call: _Call, path: str, payload: bytes) -> None:
+        call.started.set()
+
         async def send(frame: ReplyFrame) -> None:
             kind, body, message = frame
             if kind == "data":
@@ -264,3 +308,29 @@ class NatsServer:
         for call in self.calls.values():
             call.ctx.cancel()
             call.scope.cancel()
+
+
+async def _drain(subscriptions: list[Subscription]) -> None:
+    """Unsubscribe, and handle what NATS sent before it took the unsubscribe."""
+    for subscription in subscriptions:
+        with contextlib.suppress(NatsError):
+            await subscription.drain()  # type: ignore[no-untyped-call]
+
+
+async def _leave(client: Client, subscriptions: list[Subscription]) -> None:
+    """Leave a queue group without dropping a request NATS already chose this member for.
+
+    The server may hand a request to a member just before it takes the member's
+    unsubscribe and deliver it after the round trip that confirms it, which is as long as
+    a subscription's drain waits; the client library then drops it, and its caller hears
+    nothing. So the unsubscribe goes out first, the subscription keeps handling what
+    arrives for a grace period, and only then drains.
+    """
+    # nats-py has no public call that sends an unsubscribe and keeps the subscription.
+    send_unsubscribe = getattr(client, "_send_unsubscribe", None)
+    if send_unsubscribe is not None:
+        for subscription in subscriptions:
+            with contextlib.suppress(NatsError):
+                await send_unsubscribe(subscription._id)
+        await anyio.sleep(LEAVE_GRACE_S)
+    await _drain(subscriptions)
