@@ -231,7 +231,7 @@ async def test_members_join_and_leave_under_load_and_no_call_is_lost(nats_url: s
         failed: list[BaseException] = []
 
         async def keep_calling() -> None:
-            for _ in range(2000):  # bounded; stops once the churn is over
+            for _ in range(20_000):  # bounded; stops once the churn is over
                 if churned.is_set():
                     return
                 try:
