@@ -55,7 +55,7 @@ def free_port(host: str = "127.0.0.1") -> int:
             if port not in _handed_out and _bindable(host, port):
                 _handed_out.add(port)
                 return port
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+    with socket.socket(_family(host)) as sock:
         sock.bind((host, 0))
         picked: int = sock.getsockname()[1]
         _handed_out.add(picked)
@@ -63,8 +63,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def _bindable(host: str, port: int) -> bool:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
+    with socket.socket(_family(host), socket.SOCK_STREAM) as sock:
         # As a server binds (SO_REUSEADDR): connections lingering in TIME_WAIT do not count.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -72,3 +71,7 @@ def _bindable(host: str, port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET

@@ -46,7 +46,7 @@ class _Call:
     inbox: str
     ctx: Context
     credit: int
-    path: str = ""
+    path: str  # the endpoint instance's path
     sent: int = 0  # data frames published
     granted: anyio.Event = field(default_factory=anyio.Event)
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
@@ -220,7 +220,7 @@ class NatsServer:
         return call
 
     def _start(self, call: _Call, payload: bytes) -> None:
-        self.tasks.start_soon(self._run, call, call.path, payload)
+        self.tasks.start_soon(self._run, call, payload)
 
     async def _on_control(self, msg: Msg) -> None:
         headers = msg.headers or {}
@@ -240,7 +240,7 @@ class NatsServer:
                 call.credit += more
                 call.granted.set()
 
-    async def _run(self, call: _Call, path: str, payload: bytes) -> None:
+    async def _run(self, call: _Call, payload: bytes) -> None:
         call.started.set()
 
         async def send(frame: ReplyFrame) -> None:
@@ -275,7 +275,7 @@ class NatsServer:
 
         try:
             with call.scope:
-                await run_handler(self.handler, path, payload, call.ctx, send)
+                await run_handler(self.handler, call.path, payload, call.ctx, send)
         finally:
             self.calls.pop(call.inbox, None)
 
